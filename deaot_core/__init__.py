@@ -1,0 +1,1 @@
+"""DeAOT / AOT video object segmentation core (pure PyTorch; no FiftyOne)."""
