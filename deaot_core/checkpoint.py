@@ -1,0 +1,146 @@
+"""Checkpoint I/O in the official aot-benchmark layouts, strict and with clear errors."""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded into the requested model."""
+
+
+def cache_dir() -> Path:
+    """Where downloaded checkpoints live: $DEAOT_CACHE, else ~/.cache/deaot."""
+    return Path(os.environ.get("DEAOT_CACHE", Path.home() / ".cache" / "deaot"))
+
+
+def _model_name(model: nn.Module) -> str:
+    cfg = getattr(model, "cfg", None)
+    return getattr(cfg, "name", type(model).__name__)
+
+
+def extract_state_dict(obj: Any, source: str = "checkpoint") -> dict[str, torch.Tensor]:
+    """The state dict inside an official checkpoint object: plain, or under 'state_dict' / 'model',
+    with any 'module.' (DataParallel) prefix removed."""
+    if isinstance(obj, Mapping):
+        for key in ("state_dict", "model"):
+            if key in obj and isinstance(obj[key], Mapping):
+                obj = obj[key]
+                break
+    if not isinstance(obj, Mapping) or not obj:
+        raise CheckpointError(f"{source} does not hold a state dict (got {type(obj).__name__})")
+    state = {}
+    for key, value in obj.items():
+        if not isinstance(key, str) or not torch.is_tensor(value):
+            raise CheckpointError(f"{source} is not a state dict of tensors (entry {key!r} is "
+                                  f"{type(value).__name__})")
+        state[key[len("module."):] if key.startswith("module.") else key] = value
+    return state
+
+
+def _read_file(path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # torch raises several types for corrupt / unsafe files
+        raise CheckpointError(f"cannot read checkpoint {path}: {type(err).__name__}: {err}") from err
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def download(url: str, sha256: str | None = None, directory: str | Path | None = None) -> Path:
+    """Fetch ``url`` once into the cache directory, verifying ``sha256`` when given."""
+    directory = Path(directory) if directory is not None else cache_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    name = Path(urllib.parse.urlparse(url).path).name or "checkpoint.pth"
+    target = directory / name
+    if target.exists() and (sha256 is None or _sha256(target) == sha256):
+        log.info("using cached checkpoint %s", target)
+        return target
+    log.info("downloading %s -> %s", url, target)
+    with tempfile.NamedTemporaryFile(dir=directory, delete=False, suffix=".part") as tmp:
+        try:
+            with urllib.request.urlopen(url) as response:
+                shutil.copyfileobj(response, tmp)
+        except Exception:
+            os.unlink(tmp.name)
+            raise
+    if sha256 is not None:
+        actual = _sha256(Path(tmp.name))
+        if actual != sha256:
+            os.unlink(tmp.name)
+            raise CheckpointError(f"checksum mismatch for {url}: expected sha256 {sha256}, got {actual}")
+    os.replace(tmp.name, target)
+    return target
+
+
+def resolve_path(path_or_url: str | os.PathLike, sha256: str | None = None) -> Path:
+    text = str(path_or_url)
+    if "://" in text:
+        return download(text, sha256)
+    path = Path(text).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint file not found: {path}")
+    if sha256 is not None and _sha256(path) != sha256:
+        raise CheckpointError(f"checksum mismatch for {path}")
+    return path
+
+
+def load_checkpoint(model: nn.Module, path_or_url: str | os.PathLike, sha256: str | None = None) -> nn.Module:
+    """Load an official (or our) checkpoint strictly into ``model``; returns the model.
+
+    Accepts a plain state dict or one under 'state_dict' / 'model', with an optional 'module.'
+    prefix. Raises ``CheckpointError`` naming the expected model and what did not match.
+    """
+    path = resolve_path(path_or_url, sha256)
+    state = extract_state_dict(_read_file(path), str(path))
+    expected = model.state_dict()
+    name = _model_name(model)
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path} does not match model {name}: {len(missing)} missing keys "
+            f"(e.g. {missing[:3]}), {len(unexpected)} unexpected keys (e.g. {unexpected[:3]}); "
+            f"is it a checkpoint of another variant?")
+    wrong = [(k, tuple(state[k].shape), tuple(v.shape)) for k, v in expected.items() if state[k].shape != v.shape]
+    if wrong:
+        key, got, want = wrong[0]
+        raise CheckpointError(f"{path} does not match model {name}: {len(wrong)} tensors of the wrong shape, "
+                              f"e.g. {key} is {got}, expected {want}")
+    converted = {k: (v.to(expected[k].dtype) if v.is_floating_point() else v) for k, v in state.items()}
+    model.load_state_dict(converted, strict=True)
+    return model
+
+
+def save_checkpoint(model: nn.Module, path: str | os.PathLike, extra: Mapping[str, Any] | None = None,
+                    half: bool = False) -> Path:
+    """Write ``{'state_dict': ..., **extra}`` (the official layout) atomically; fp16 floats if ``half``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu()
+             for k, v in model.state_dict().items()}
+    payload = {"state_dict": state, "model_name": _model_name(model), **(extra or {})}
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,1 @@
+"""Network modules of AOT / DeAOT: encoders, propagation layers, decoder, the model."""

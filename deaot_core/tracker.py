@@ -1,0 +1,225 @@
+"""Streaming video object segmentation: ``Tracker.step(frame, mask)`` one frame at a time."""
+from __future__ import annotations
+
+import contextlib
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .engine import GroupEngine
+from .modeling.model import VOSModel
+
+IMAGE_MEAN = (0.485, 0.456, 0.406)
+IMAGE_STD = (0.229, 0.224, 0.225)
+_PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def network_size(height: int, width: int, max_short_edge: float | None, max_long_edge: float | None,
+                 align_corners: bool, stride: int = 16) -> tuple[int, int]:
+    """Input size of the official test-time resize policy for an (height, width) frame.
+
+    The short edge is limited to ``max_short_edge``, then the long edge to ``max_long_edge``;
+    each side is then rounded to the nearest 16k+1 (align_corners) or multiple of 16.
+    """
+    h, w = float(height), float(width)
+    if max_short_edge is not None and min(h, w) > max_short_edge:
+        scale = float(max_short_edge) / min(h, w)
+        h, w = h * scale, w * scale
+    if max_long_edge is not None and max(h, w) > max_long_edge:
+        scale = float(max_long_edge) / max(h, w)
+        h, w = h * scale, w * scale
+    sides = []
+    for side in (int(h), int(w)):
+        if align_corners and (side - 1) % stride:
+            side = int(np.around((side - 1) / stride) * stride + 1)
+        elif not align_corners and side % stride:
+            side = int(np.around(side / stride) * stride)
+        sides.append(max(side, stride + 1 if align_corners else stride))
+    return sides[0], sides[1]
+
+
+def _resize_image(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bicubic resize of an (H, W, 3) image to ``size`` (h, w), as the official pipeline (OpenCV)."""
+    try:
+        import cv2
+    except ImportError:  # pragma: no cover - OpenCV ships with FiftyOne
+        tensor = torch.from_numpy(frame).permute(2, 0, 1)[None].float()
+        return F.interpolate(tensor, size=size, mode="bicubic", align_corners=False)[0].permute(1, 2, 0).numpy()
+    return cv2.resize(frame.astype(np.float32), dsize=(size[1], size[0]), interpolation=cv2.INTER_CUBIC)
+
+
+def merge_groups(logits: list[torch.Tensor], max_objects: int) -> torch.Tensor:
+    """Official soft aggregation of identity groups: (B, 1+max_objects, H, W) each ->
+    (B, 1+max_objects*G, H, W) logits; background = product of the groups' backgrounds."""
+    if len(logits) == 1:
+        return logits[0]
+    probs = [torch.softmax(x, dim=1) for x in logits]
+    background = torch.prod(torch.cat([p[:, :1] for p in probs], dim=1), dim=1, keepdim=True)
+    merged = torch.cat([background] + [p[:, 1:1 + max_objects] for p in probs], dim=1)
+    return torch.logit(merged.clamp(1e-5, 1 - 1e-5))
+
+
+class Tracker:
+    """Propagates object masks through a video, one frame per ``step``.
+
+    Objects are ids 1..K in (H, W) label maps; any K (groups of ``model.max_objects`` identities
+    run through the same network and are merged). The first ``step`` needs a mask; a mask on a
+    later frame adds the objects that appear there and corrects the ones it re-labels.
+
+    Args:
+        model: a ``VOSModel`` (``deaot_core.build_model``) with weights loaded.
+        device: "cpu", "cuda", "cuda:1", ... or "auto".
+        long_term_gap: frames between long-term memory frames (default: the variant's).
+        max_long_term_frames: cap on long-term memory frames (None = unbounded, as official).
+        max_short_edge / max_long_edge: the official resize limits (defaults: None / 1040).
+        precision: "fp32", or "fp16" / "bf16" autocast (CUDA).
+    """
+
+    def __init__(self, model: VOSModel, device: str | torch.device = "cpu", long_term_gap: int | None = None,
+                 max_long_term_frames: int | None = None, max_short_edge: float | None = None,
+                 max_long_edge: float | None = 1040, precision: str = "fp32", short_term_skip: int | None = None):
+        if precision not in _PRECISIONS:
+            raise ValueError(f"precision must be one of {sorted(_PRECISIONS)}, got {precision!r}")
+        if str(device) == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.cfg = model.cfg
+        self.long_term_gap = int(long_term_gap or self.cfg.long_term_gap)
+        self.short_term_skip = int(short_term_skip or self.cfg.short_term_skip)
+        self.max_long_term_frames = max_long_term_frames
+        self.max_short_edge, self.max_long_edge = max_short_edge, max_long_edge
+        self.precision = precision
+        mean = torch.tensor(IMAGE_MEAN, device=self.device).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGE_STD, device=self.device).view(1, 3, 1, 1)
+        self._mean, self._std = mean, std
+        self.reset()
+
+    # -- state ----------------------------------------------------------------------------------
+    def reset(self) -> None:
+        """Forget the video: the next ``step`` starts a new one."""
+        self.groups: list[GroupEngine] = []
+        self.num_objects = 0
+        self.frame_index = -1
+        self.frame_size: tuple[int, int] | None = None
+        self.input_size: tuple[int, int] | None = None
+        self._label: torch.Tensor | None = None
+
+    @property
+    def label(self) -> np.ndarray:
+        """(H, W) int64 label map kept for the last frame (the prediction merged with its mask)."""
+        if self._label is None:
+            raise RuntimeError("no frame has been processed yet")
+        return self._label.cpu().numpy().astype(np.int64)
+
+    @property
+    def long_term_frames(self) -> int:
+        """Frames held in long-term memory (the first group's)."""
+        return self.groups[0].long_term_frames if self.groups else 0
+
+    # -- helpers --------------------------------------------------------------------------------
+    def _autocast(self):
+        dtype = _PRECISIONS[self.precision]
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    def _prepare_image(self, frame: np.ndarray) -> torch.Tensor:
+        frame = np.asarray(frame)
+        if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
+            raise ValueError(f"frame must be an (H, W, 3) uint8 RGB array, got {frame.dtype} {frame.shape}")
+        if self.frame_size is None:
+            self.frame_size = frame.shape[:2]
+            self.input_size = network_size(*self.frame_size, self.max_short_edge, self.max_long_edge,
+                                           self.cfg.align_corners)
+        elif frame.shape[:2] != self.frame_size:
+            raise ValueError(f"frame {self.frame_index + 1} is {frame.shape[:2]}, the video is {self.frame_size}")
+        image = frame if tuple(frame.shape[:2]) == self.input_size else _resize_image(frame, self.input_size)
+        image = torch.from_numpy(np.ascontiguousarray(image)).to(self.device).permute(2, 0, 1)[None].float()
+        return (image / 255.0 - self._mean) / self._std
+
+    def _prepare_mask(self, mask) -> torch.Tensor:
+        mask = torch.as_tensor(np.asarray(mask) if not torch.is_tensor(mask) else mask)
+        if mask.ndim != 2 or tuple(mask.shape) != tuple(self.frame_size):
+            raise ValueError(f"mask must be an (H, W) label map of the frame's size {tuple(self.frame_size)}, "
+                             f"got shape {tuple(mask.shape)}")
+        if mask.is_floating_point() or mask.dtype == torch.bool:
+            if mask.dtype != torch.bool and not torch.equal(mask, mask.round()):
+                raise ValueError("mask must hold integer object ids")
+        mask = mask.to(self.device).long()
+        if mask.numel() and int(mask.min()) < 0:
+            raise ValueError("mask ids must be >= 0 (0 = background)")
+        return mask
+
+    def _to_input(self, label: torch.Tensor) -> torch.Tensor:
+        """(H, W) label at frame size -> (1, h, w) at network input size (nearest)."""
+        if tuple(label.shape) == tuple(self.input_size):
+            return label[None]
+        return F.interpolate(label[None, None].float(), size=self.input_size, mode="nearest")[0].long()
+
+    def _split(self, label: torch.Tensor) -> list[tuple[torch.Tensor, int]]:
+        """Per group: (labels with ids 1..max_objects, object count), as the official engine."""
+        per_group = self.cfg.max_objects
+        parts = []
+        for g in range(len(self.groups)):
+            start = g * per_group
+            inside = (label > start) & (label <= start + per_group)
+            parts.append((torch.where(inside, label - start, torch.zeros_like(label)),
+                          min(per_group, self.num_objects - start)))
+        return parts
+
+    def _ensure_groups(self) -> None:
+        needed = max(1, math.ceil(self.num_objects / self.cfg.max_objects))
+        while len(self.groups) < needed:
+            self.groups.append(GroupEngine(self.model, self.long_term_gap, self.short_term_skip,
+                                           self.max_long_term_frames))
+
+    def _add_reference(self, feats, label: torch.Tensor) -> None:
+        self._ensure_groups()
+        for group, (part, count) in zip(self.groups, self._split(self._to_input(label))):
+            group.add_reference(feats, part, [count], self.frame_index)
+
+    # -- the API --------------------------------------------------------------------------------
+    @torch.no_grad()
+    def step(self, frame: np.ndarray, mask=None) -> torch.Tensor:
+        """Process the next frame.
+
+        frame: (H, W, 3) uint8 RGB; mask: (H, W) integer label map (0 = background) or None.
+        Returns (K+1, H, W) float32 probabilities on the tracker's device, channel 0 background,
+        over the K objects tracked before this frame's mask (the model's own prediction; on the
+        first frame, the one-hot of the mask). ``label`` holds the label map after the mask.
+        """
+        image = self._prepare_image(frame)
+        mask_t = self._prepare_mask(mask) if mask is not None else None
+        self.frame_index += 1
+        with self._autocast():
+            feats = self.model.encode_image(image)
+            if not self.groups:
+                if mask_t is None:
+                    raise ValueError("the first frame needs a mask")
+                self.num_objects = int(mask_t.max())
+                self._add_reference(feats, mask_t)
+                self._label = mask_t
+                ids = torch.arange(self.num_objects + 1, device=self.device).view(-1, 1, 1)
+                return (mask_t[None] == ids).float()
+
+            logits = []
+            for group in self.groups:
+                group.propagate(feats)
+                logits.append(F.interpolate(group.decode(), size=self.frame_size, mode="bilinear",
+                                            align_corners=self.cfg.align_corners))
+            probs = torch.softmax(merge_groups(logits, self.cfg.max_objects), dim=1)[0]
+            label = probs.argmax(dim=0)
+            output = probs[:self.num_objects + 1]
+            if mask_t is not None and bool((mask_t > 0).any()):
+                corrected = torch.isin(label, torch.unique(mask_t[mask_t > 0]))
+                label = torch.where(mask_t > 0, mask_t, torch.where(corrected, torch.zeros_like(label), label))
+                self.num_objects = max(self.num_objects, int(label.max()))
+                self._add_reference(feats, label)
+            else:
+                for group, (part, _) in zip(self.groups, self._split(self._to_input(label))):
+                    group.update_memory(self.frame_index, part)
+            self._label = label
+        return output.float()
