@@ -1,0 +1,341 @@
+"""DeAOT core: registry, checkpoint layouts, golden fidelity, shapes and the Tracker's behaviour."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import deaot_core
+from deaot_core.modeling import attention
+from deaot_core.modeling.encoders import build_encoder
+
+from golden_cases import build_case_model, load_case, run_case
+
+DATA = Path(__file__).parent / "data"
+GOLDEN_CASES = sorted((DATA / "golden").glob("*.json"))
+KEY_FILES = {p.stem: p for p in (DATA / "state_dict_keys").glob("*.json")}
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="module")
+def deaott() -> deaot_core.VOSModel:
+    torch.manual_seed(0)
+    return deaot_core.build_model("DeAOTT")
+
+
+def _reference_layout(name: str) -> dict:
+    return json.loads(KEY_FILES[name].read_text())
+
+
+def _random_state(layout: dict) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(1)
+    state = {}
+    for key, shape, dtype in layout["state_dict"]:
+        if dtype.startswith("int"):
+            state[key] = torch.randint(0, 5, shape, generator=gen, dtype=getattr(torch, dtype))
+        else:
+            state[key] = torch.randn(shape, generator=gen)
+    return state
+
+
+# -- registry and checkpoints ---------------------------------------------------------------------
+
+def test_registry_has_the_twelve_released_models():
+    assert set(deaot_core.MODEL_NAMES) == set(KEY_FILES)
+    assert len(deaot_core.MODEL_NAMES) == 12
+    assert deaot_core.get_config("deaott").name == "DeAOTT"
+    with pytest.raises(KeyError, match="known models"):
+        deaot_core.get_config("DeAOTXL")
+
+
+@pytest.mark.parametrize("name", deaot_core.MODEL_NAMES)
+def test_official_layout_loads_strictly(name, tmp_path):
+    layout = _reference_layout(name)
+    model = deaot_core.build_model(name)
+    assert not model.training
+    state = model.state_dict()
+    assert list(state) == [k for k, _, _ in layout["state_dict"]]
+    for key, shape, dtype in layout["state_dict"]:
+        assert list(state[key].shape) == shape, key
+        assert str(state[key].dtype).replace("torch.", "") == dtype, key
+    assert deaot_core.count_parameters(model) == layout["num_parameters"]
+
+    official = _random_state(layout)
+    path = tmp_path / f"{name}_PRE_YTB_DAV.pth"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in official.items()}}, path)
+    deaot_core.load_checkpoint(model, path)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, official[key].to(value.dtype)), key
+
+
+@pytest.mark.parametrize("wrapper", ["plain", "state_dict", "model", "module_prefix"])
+def test_checkpoint_wrappers(wrapper, deaott, tmp_path):
+    state = {k: v.clone() + 0.5 if v.is_floating_point() else v for k, v in deaott.state_dict().items()}
+    payload = {"plain": state, "state_dict": {"state_dict": state, "epoch": 3}, "model": {"model": state},
+               "module_prefix": {f"module.{k}": v for k, v in state.items()}}[wrapper]
+    path = tmp_path / "ckpt.pth"
+    torch.save(payload, path)
+    model = deaot_core.load_checkpoint(deaot_core.build_model("DeAOTT"), path)
+    assert torch.equal(model.state_dict()["decoder.conv_out.bias"], state["decoder.conv_out.bias"])
+
+
+def test_checkpoint_of_another_variant_is_refused(deaott, tmp_path):
+    path = tmp_path / "deaott.pth"
+    deaot_core.save_checkpoint(deaott, path)
+    with pytest.raises(deaot_core.CheckpointError, match="DeAOTS.*missing"):
+        deaot_core.load_checkpoint(deaot_core.build_model("DeAOTS"), path)
+    with pytest.raises(deaot_core.CheckpointError, match="AOTT"):
+        deaot_core.load_checkpoint(deaot_core.build_model("AOTT"), path)
+
+
+def test_checkpoint_with_wrong_shapes_is_refused(tmp_path):
+    # DeAOTB and SwinB_DeAOTL share propagation keys but not encoder / decoder shapes.
+    layout = _reference_layout("DeAOTL")
+    path = tmp_path / "deaotl.pth"
+    torch.save(_random_state(layout), path)
+    deaot_core.load_checkpoint(deaot_core.build_model("DeAOTB"), path)  # same layout: fine
+    state = _random_state(layout)
+    state["decoder.conv_out.weight"] = torch.zeros(12, 128, 1, 1)
+    torch.save(state, path)
+    with pytest.raises(deaot_core.CheckpointError, match=r"conv_out.weight is \(12, 128, 1, 1\), expected"):
+        deaot_core.load_checkpoint(deaot_core.build_model("DeAOTL"), path)
+
+
+def test_corrupt_and_unsafe_files_are_refused(deaott, tmp_path):
+    good = tmp_path / "good.pth"
+    deaot_core.save_checkpoint(deaott, good)
+    truncated = tmp_path / "truncated.pth"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(deaot_core.CheckpointError, match="cannot read"):
+        deaot_core.load_checkpoint(deaott, truncated)
+    not_a_state_dict = tmp_path / "list.pth"
+    torch.save([1, 2, 3], not_a_state_dict)
+    with pytest.raises(deaot_core.CheckpointError, match="does not hold a state dict"):
+        deaot_core.load_checkpoint(deaott, not_a_state_dict)
+    pickle_with_code = tmp_path / "object.pth"
+    torch.save({"state_dict": deaott.state_dict(), "hook": deaot_core.ModelConfig}, pickle_with_code)
+    with pytest.raises(deaot_core.CheckpointError, match="cannot read"):
+        deaot_core.load_checkpoint(deaott, pickle_with_code)
+    with pytest.raises(FileNotFoundError):
+        deaot_core.load_checkpoint(deaott, tmp_path / "missing.pth")
+
+
+def test_url_is_downloaded_once_with_checksum(deaott, tmp_path, monkeypatch):
+    source = tmp_path / "src" / "DeAOTT_PRE_YTB_DAV.pth"
+    deaot_core.save_checkpoint(deaott, source)
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("DEAOT_CACHE", str(cache))
+    url = source.as_uri()
+    deaot_core.load_checkpoint(deaot_core.build_model("DeAOTT"), url, sha256=digest)
+    cached = cache / source.name
+    assert cached.is_file() and cached.read_bytes() == source.read_bytes()
+    source.unlink()  # a second load must come from the cache
+    deaot_core.load_checkpoint(deaot_core.build_model("DeAOTT"), url, sha256=digest)
+    deaot_core.save_checkpoint(deaott, source)
+    other_cache = tmp_path / "other-cache"
+    with pytest.raises(deaot_core.CheckpointError, match="checksum mismatch"):
+        deaot_core.download(url, sha256="0" * 64, directory=other_cache)
+    assert not any(other_cache.iterdir())  # nothing half-downloaded is left behind
+
+
+def test_half_precision_checkpoint_round_trip(deaott, tmp_path):
+    path = deaot_core.save_checkpoint(deaott, tmp_path / "half.pth", half=True, extra={"step": 7})
+    raw = torch.load(path, weights_only=True)
+    assert raw["step"] == 7 and raw["state_dict"]["decoder.conv_out.weight"].dtype == torch.float16
+    model = deaot_core.load_checkpoint(deaot_core.build_model("DeAOTT"), path)
+    assert model.state_dict()["decoder.conv_out.weight"].dtype == torch.float32
+
+
+# -- golden fidelity -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("case_json", GOLDEN_CASES, ids=[p.stem for p in GOLDEN_CASES])
+def test_golden_case_matches_official(case_json, tmp_path):
+    meta, data = load_case(case_json)
+    model = build_case_model(meta, case_json, tmp_path)
+    result = run_case(meta, data, model)
+    assert result["max_abs_diff"] <= 1e-4, result
+    pixels = meta["H"] * meta["W"]
+    assert all(n <= max(5, pixels // 10000) for n in result["label_mismatches"].values()), result
+
+
+# -- modules -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("encoder,dims", [("mobilenetv2", (24, 32, 96, 1280)), ("resnet50", (256, 512, 1024, 1024)),
+                                          ("swin_base", (128, 256, 512, 512))])
+def test_encoder_strides_and_dims(encoder, dims):
+    net = build_encoder(encoder).eval()
+    h, w = (97, 129) if encoder != "swin_base" else (96, 128)
+    with torch.no_grad():
+        feats = net(torch.randn(1, 3, h, w))
+    assert [f.shape[1] for f in feats] == list(dims)
+    for feat, stride in zip(feats, (4, 8, 16, 16)):
+        assert feat.shape[-2:] == (-(-h // stride), -(-w // stride))
+
+
+def _naive_local_attention(q, k, v, bias, radius):
+    """Official formula, written plainly: q, k (N, D, H, W) scaled q; v (N, C, H, W); bias (N, W2, H, W)."""
+    n, _, h, w = q.shape
+    kp = torch.nn.functional.pad(k, (radius,) * 4)
+    vp = torch.nn.functional.pad(v, (radius,) * 4)
+    offsets = [(dy, dx) for dy in range(2 * radius + 1) for dx in range(2 * radius + 1)]
+    logits = torch.stack([(q * kp[:, :, dy:dy + h, dx:dx + w]).sum(1) for dy, dx in offsets], 1) + bias
+    inside = torch.zeros(1, 1, h + 2 * radius, w + 2 * radius)
+    inside[..., radius:radius + h, radius:radius + w] = 1
+    valid = torch.stack([inside[0, 0, dy:dy + h, dx:dx + w] for dy, dx in offsets], 0)[None]
+    attn = torch.softmax(logits - (1 - valid) * 1e8, dim=1)
+    out = sum(attn[:, i:i + 1] * vp[:, :, dy:dy + h, dx:dx + w] for i, (dy, dx) in enumerate(offsets))
+    return attn, out
+
+
+def test_local_attention_equals_the_official_formula():
+    torch.manual_seed(0)
+    n, d, c, h, w, r = 3, 8, 5, 6, 9, 2
+    q, k, v = torch.randn(n, d, h, w), torch.randn(n, d, h, w), torch.randn(n, c, h, w)
+    bias = torch.randn(n, (2 * r + 1) ** 2, h, w)
+    ref_attn, ref_out = _naive_local_attention(q, k, v, bias, r)
+    seq = lambda x: x.flatten(2).transpose(1, 2)  # noqa: E731
+    attn = attention.local_attention_weights(seq(q), seq(k), seq(bias), (h, w), r)
+    out = attention.local_attention_apply(attn, seq(v), (h, w), r)
+    torch.testing.assert_close(attn, seq(ref_attn), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(out, seq(ref_out), atol=1e-5, rtol=1e-5)
+
+
+def test_network_size_follows_the_official_policy():
+    assert deaot_core.network_size(193, 257, None, 1040, True) == (193, 257)  # already 16k+1
+    assert deaot_core.network_size(1080, 1920, None, 1040, True) == (577, 1041)
+    assert deaot_core.network_size(480, 854, None, 1040, True) == (481, 849)
+    assert deaot_core.network_size(480, 854, None, 1040, False) == (480, 848)
+    assert deaot_core.network_size(1080, 1920, 624, 1040, True) == (577, 1041)
+
+
+def _clip(t=6, h=65, w=97, objects=3, seed=0):
+    """Frames with coloured squares moving right; labels 1..objects."""
+    rng = np.random.default_rng(seed)
+    frames = np.empty((t, h, w, 3), np.uint8)
+    labels = np.zeros((t, h, w), np.int64)
+    background = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+    for i in range(t):
+        frames[i] = background
+        for obj in range(1, objects + 1):
+            y, x = 5 + (obj - 1) * (h - 10) // max(objects, 1), 3 + i * 2 + obj * 4
+            frames[i, y:y + 8, x:x + 8] = (obj * 70) % 255
+            labels[i, y:y + 8, x:x + 8] = obj
+    return frames, labels
+
+
+@pytest.mark.parametrize("name", deaot_core.MODEL_NAMES)
+def test_every_variant_tracks_a_small_clip(name):
+    torch.manual_seed(0)
+    model = deaot_core.build_model(name)
+    frames, labels = _clip(t=3, h=64, w=96)
+    tracker = deaot_core.Tracker(model, device="cpu", long_term_gap=1)
+    first = tracker.step(frames[0], labels[0])
+    assert first.shape == (4, 64, 96) and np.array_equal(first.argmax(0).numpy(), labels[0])
+    for frame in frames[1:]:
+        probs = tracker.step(frame)
+        assert probs.shape == (4, 64, 96) and probs.dtype == torch.float32
+        torch.testing.assert_close(probs.sum(0), torch.ones(64, 96), atol=1e-5, rtol=0)
+        assert tracker.label.shape == (64, 96) and tracker.label.max() <= 3
+    assert tracker.long_term_frames == 3
+
+
+def test_many_objects_run_in_groups_of_ten(deaott):
+    frames, labels = _clip(t=3, h=97, w=129, objects=12)
+    tracker = deaot_core.Tracker(deaott, device="cpu")
+    tracker.step(frames[0], labels[0])
+    assert len(tracker.groups) == 2 and [g.num_objects for g in tracker.groups] == [[10], [2]]
+    probs = tracker.step(frames[1])
+    assert probs.shape == (13, 97, 129)
+    assert set(np.unique(tracker.label)) <= set(range(13))
+
+
+def test_merge_groups_is_the_official_soft_aggregation():
+    torch.manual_seed(0)
+    a, b = torch.randn(1, 11, 4, 5), torch.randn(1, 11, 4, 5)
+    merged = deaot_core.merge_groups([a, b], 10)
+    pa, pb = a.softmax(1), b.softmax(1)
+    expected = torch.cat([pa[:, :1] * pb[:, :1], pa[:, 1:], pb[:, 1:]], 1).clamp(1e-5, 1 - 1e-5)
+    torch.testing.assert_close(torch.sigmoid(merged), expected)
+    assert deaot_core.merge_groups([a], 10) is a
+
+
+def test_later_keyframe_adds_objects_and_corrects(deaott):
+    frames, labels = _clip(t=5, h=65, w=97, objects=3)
+    tracker = deaot_core.Tracker(deaott, device="cpu", long_term_gap=2)
+    first = labels[0].copy()
+    first[first == 3] = 0  # object 3 first appears on frame 2
+    tracker.step(frames[0], first)
+    assert tracker.num_objects == 2
+    tracker.step(frames[1])
+    before = tracker.label
+    keyframe = np.zeros_like(labels[2])
+    keyframe[labels[2] == 3] = 3
+    keyframe[labels[2] == 1] = 1  # re-labels object 1: a correction
+    probs = tracker.step(frames[2], keyframe)
+    assert probs.shape[0] == 3  # the prediction over the objects known before this mask
+    assert tracker.num_objects == 3
+    label = tracker.label
+    assert np.array_equal(label[keyframe > 0], keyframe[keyframe > 0])
+    assert not np.any((label == 1) & (keyframe != 1))  # object 1 now comes from the mask only
+    assert np.all(label[(keyframe == 0) & (before == 2)] != 1)
+    assert tracker.groups[0].entries[-1].is_reference and tracker.groups[0].entries[-1].step == 2
+    assert tracker.step(frames[3]).shape[0] == 4
+
+
+def test_bounded_long_term_memory_keeps_the_reference(deaott):
+    frames, labels = _clip(t=7)
+    tracker = deaot_core.Tracker(deaott, device="cpu", long_term_gap=1, max_long_term_frames=3)
+    tracker.step(frames[0], labels[0])
+    for frame in frames[1:]:
+        tracker.step(frame)
+        assert tracker.long_term_frames <= 3
+    group = tracker.groups[0]
+    assert group.entries[0].is_reference and group.entries[0].step == 0
+    assert [e.step for e in group.entries[1:]] == [5, 6]
+    assert group.long_mems[0][0].shape[0] == 3 * group.short_mems[0][0].shape[0]
+
+
+def test_invalid_inputs_are_refused(deaott):
+    frames, labels = _clip(t=2)
+    tracker = deaot_core.Tracker(deaott, device="cpu")
+    with pytest.raises(ValueError, match="first frame needs a mask"):
+        tracker.step(frames[0])
+    tracker.reset()
+    with pytest.raises(ValueError, match="uint8"):
+        tracker.step(frames[0].astype(np.float32), labels[0])
+    with pytest.raises(ValueError, match="frame's size"):
+        tracker.step(frames[0], labels[0][:10])
+    with pytest.raises(ValueError, match="precision"):
+        deaot_core.Tracker(deaott, precision="int8")
+    tracker = deaot_core.Tracker(deaott, device="cpu")
+    tracker.step(frames[0], labels[0])
+    with pytest.raises(ValueError, match="the video is"):
+        tracker.step(frames[1][:32])
+
+
+def test_resized_input_is_mapped_back_to_frame_size(deaott):
+    frames, labels = _clip(t=3, h=70, w=100)
+    tracker = deaot_core.Tracker(deaott, device="cpu", max_long_edge=64)
+    tracker.step(frames[0], labels[0])
+    assert tracker.input_size == (49, 65)
+    assert tracker.step(frames[1]).shape == (4, 70, 100)
+
+
+def test_train_forward_is_differentiable():
+    torch.manual_seed(0)
+    model = deaot_core.build_model("DeAOTT").train()
+    frames = torch.randn(2, 3, 3, 65, 65)
+    labels = torch.randint(0, 3, (2, 3, 65, 65))
+    logits = deaot_core.train_forward(model, frames, labels, [2, 2])
+    assert len(logits) == 2 and logits[0].shape == (2, 11, 65, 65)
+    assert float(logits[0][:, 3:].detach().max()) <= -1e9  # unused identities are masked
+    loss = sum(torch.nn.functional.cross_entropy(x[:, :3], labels[:, i + 1]) for i, x in enumerate(logits))
+    loss.backward()
+    assert model.patch_wise_id_bank.weight.grad is not None
+    assert model.LSTT.layers[0].linear_QV.weight.grad.abs().sum() > 0
