@@ -126,7 +126,7 @@ def train_forward(model: VOSModel, frames: torch.Tensor, labels: torch.Tensor, n
     gap = model.cfg.train_long_term_gap if long_term_gap is None else long_term_gap
     engine = GroupEngine(model, gap)
     feats_all = model.encode_image(frames.flatten(0, 1))
-    feats = [[f.view(b, t, *f.shape[1:])[:, i] for f in feats_all] for i in range(t)]
+    feats = [[f.reshape(b, t, *f.shape[1:])[:, i] for f in feats_all] for i in range(t)]
     engine.add_reference(feats[0], labels[:, 0], num_objects, step=0)
     outputs = []
     for i in range(1, t):

@@ -75,17 +75,22 @@ class Tracker:
         max_long_term_frames: cap on long-term memory frames (None = unbounded, as official).
         max_short_edge / max_long_edge: the official resize limits (defaults: None / 1040).
         precision: "fp32", or "fp16" / "bf16" autocast (CUDA).
+        channels_last: run convolutions in channels-last layout: about 15-25% faster on CPU, but
+            its convolution kernels round differently (golden case A: 4e-5 instead of 7e-7), so
+            the default keeps the official numerics.
     """
 
     def __init__(self, model: VOSModel, device: str | torch.device = "cpu", long_term_gap: int | None = None,
                  max_long_term_frames: int | None = None, max_short_edge: float | None = None,
-                 max_long_edge: float | None = 1040, precision: str = "fp32", short_term_skip: int | None = None):
+                 max_long_edge: float | None = 1040, precision: str = "fp32", short_term_skip: int | None = None,
+                 channels_last: bool = False):
         if precision not in _PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(_PRECISIONS)}, got {precision!r}")
         if str(device) == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
-        self.model = model.to(self.device).eval()
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.model = model.to(self.device, memory_format=self.memory_format).eval()
         self.cfg = model.cfg
         self.long_term_gap = int(long_term_gap or self.cfg.long_term_gap)
         self.short_term_skip = int(short_term_skip or self.cfg.short_term_skip)
@@ -138,7 +143,7 @@ class Tracker:
             raise ValueError(f"frame {self.frame_index + 1} is {frame.shape[:2]}, the video is {self.frame_size}")
         image = frame if tuple(frame.shape[:2]) == self.input_size else _resize_image(frame, self.input_size)
         image = torch.from_numpy(np.ascontiguousarray(image)).to(self.device).permute(2, 0, 1)[None].float()
-        return (image / 255.0 - self._mean) / self._std
+        return ((image / 255.0 - self._mean) / self._std).contiguous(memory_format=self.memory_format)
 
     def _prepare_mask(self, mask) -> torch.Tensor:
         mask = torch.as_tensor(np.asarray(mask) if not torch.is_tensor(mask) else mask)

@@ -116,7 +116,7 @@ class MultiheadLocalAttention(nn.Module):
         """q, k, v: (H*W, B, C) -> (H*W, B, C)."""
         length, n, c = v.shape
         heads, hidden, area = self.num_head, self.hidden_dim, self.window_size ** 2
-        bias = self.relative_emb_k(seq_to_2d(q, size_2d)).view(n * heads, area, length).transpose(1, 2)
+        bias = self.relative_emb_k(seq_to_2d(q, size_2d)).reshape(n * heads, area, length).transpose(1, 2)
         attn = local_attention_weights(_heads_first(q, heads) / self.T, _heads_first(k, heads), bias, size_2d,
                                        self.max_dis, self.dilation)
         attn = self.dropout(attn)
@@ -202,7 +202,7 @@ class LocalGatedPropagation(nn.Module):
         """q, k: (H*W, B, d_att*heads); v, u: (H*W, B, expand_d_vu) -> (H*W, B, d_vu)."""
         length, n, _ = v.shape
         heads, area = self.num_head, self.window_size ** 2
-        bias = self.relative_emb_k(seq_to_2d(q, size_2d)).view(n * heads, area, length).transpose(1, 2)
+        bias = self.relative_emb_k(seq_to_2d(q, size_2d)).reshape(n * heads, area, length).transpose(1, 2)
         attn = local_attention_weights(_heads_first(q, heads) / self.T, _heads_first(k, heads), bias, size_2d,
                                        self.max_dis, self.dilation)
         attn = self.dropout(attn)
