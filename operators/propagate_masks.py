@@ -1,0 +1,189 @@
+"""``@deaot/vos/propagate_masks``: a thin operator over :func:`plugin.propagate`."""
+from __future__ import annotations
+
+import fiftyone as fo
+import fiftyone.operators as foo
+import fiftyone.operators.types as types
+
+from plugin.labels import KEYFRAME_TYPES
+from plugin.models import DEFAULT_MODEL, PRECISIONS, model_names
+from plugin.propagation import OutputExistsError, PropagationCancelled, check_fields, propagate
+
+DEFAULT_OUTPUT = "deaot"
+_INT_KNOBS = ("long_term_gap", "max_long_term_frames", "max_short_edge", "max_long_edge")
+
+
+def _target_view(ctx):
+    """The selected samples when there is a selection, else the current view."""
+    if ctx.selected:
+        return ctx.view.select(ctx.selected)
+    return ctx.view
+
+
+def _keyframe_fields(dataset) -> list[str]:
+    schema = dataset.get_frame_field_schema() or {}
+    return [name for name, field in schema.items()
+            if getattr(field, "document_type", None) in KEYFRAME_TYPES]
+
+
+def _device_choices() -> list[str]:
+    choices = ["auto", "cpu"]
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            choices.append("cuda")
+            choices += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    except Exception:  # pragma: no cover - torch is a requirement
+        pass
+    return choices
+
+
+def _int_or_none(value):
+    if value is None or value == "":
+        return None
+    return int(value)
+
+
+def params_to_kwargs(params: dict) -> dict:
+    """The :func:`plugin.propagate` keyword arguments for the operator's ``params``."""
+    kwargs = dict(
+        keyframes_field=params.get("keyframes_field"),
+        output_field=params.get("output_field") or DEFAULT_OUTPUT,
+        model=params.get("model") or DEFAULT_MODEL,
+        checkpoint=(params.get("checkpoint") or "").strip() or None,
+        device=params.get("device") or "auto",
+        overwrite=bool(params.get("overwrite", False)),
+        precision=params.get("precision") or "fp32",
+        write_segmentation=(params.get("write_segmentation") or "").strip() or None,
+    )
+    for name in _INT_KNOBS:
+        if name in params:
+            kwargs[name] = _int_or_none(params.get(name))
+    return kwargs
+
+
+class PropagateMasks(foo.Operator):
+    @property
+    def config(self):
+        return foo.OperatorConfig(
+            name="propagate_masks",
+            label="DeAOT: propagate masks",
+            description="Propagate keyframe instance masks to every frame of the videos with DeAOT/AOT",
+            dynamic=True,
+            allow_immediate_execution=True,
+            allow_delegated_execution=True,
+            default_choice_to_delegated=False,
+        )
+
+    def resolve_delegation(self, ctx):
+        # an explicit ``delegate`` param forces the choice; else the App offers both
+        delegate = ctx.params.get("delegate", None)
+        return None if delegate is None else bool(delegate)
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        form = types.View(label="Propagate masks with DeAOT")
+        dataset = ctx.dataset
+        if dataset is None or dataset.media_type != fo.core.media.VIDEO:
+            inputs.view("not_video", types.Error(label="This operator needs a video dataset"))
+            return types.Property(inputs, view=form)
+
+        target = _target_view(ctx)
+        what = f"{len(ctx.selected)} selected samples" if ctx.selected else f"all {target.count()} samples of the current view"
+        inputs.view("target_notice", types.Notice(label=f"Runs on {what}"))
+
+        fields = _keyframe_fields(dataset)
+        if not fields:
+            inputs.view("no_keyframes", types.Error(
+                label="No frame field with Detections (instance masks), Segmentation or Polylines to use as keyframes"))
+        kf_choices = types.DropdownView()
+        for name in fields:
+            kf_choices.add_choice(name, label=name)
+        inputs.enum("keyframes_field", kf_choices.values(), required=True, label="Keyframes field",
+                    description="Frame field holding the keyframe masks (Detections with instance masks, "
+                                "Segmentation, or filled Polylines)", view=kf_choices,
+                    default=fields[0] if fields else None)
+
+        output = inputs.str("output_field", required=True, default=DEFAULT_OUTPUT, label="Output field",
+                            description="New frame field for the propagated Detections (instance masks)")
+        overwrite = bool(ctx.params.get("overwrite", False))
+        inputs.bool("overwrite", default=False, label="Overwrite",
+                    description="Replace the output field(s) if they already exist")
+        seg = inputs.str("write_segmentation", required=False, label="Segmentation field (optional)",
+                         description="Also write a Segmentation label map (pixel value = object index) here")
+        keyframes_field = ctx.params.get("keyframes_field") or (fields[0] if fields else None)
+        output_field = ctx.params.get("output_field") or DEFAULT_OUTPUT
+        if keyframes_field:
+            try:
+                check_fields(target, keyframes_field, output_field, ctx.params.get("write_segmentation") or None,
+                             overwrite)
+            except OutputExistsError as err:
+                bad = output if err.field == output_field.replace("frames.", "", 1) else seg
+                bad.invalid = True
+                bad.error_message = str(err)
+            except ValueError as err:
+                output.invalid = True
+                output.error_message = str(err)
+
+        model_choices = types.DropdownView()
+        for name in model_names():
+            model_choices.add_choice(name, label=name)
+        inputs.enum("model", model_choices.values(), default=DEFAULT_MODEL, label="Model", view=model_choices,
+                    description="Official AOT/DeAOT variant")
+        inputs.str("checkpoint", required=False, label="Checkpoint (optional)",
+                   description="Path or URL of the weights; default: the official file in the cache dir "
+                               "(~/.cache/deaot or $DEAOT_CACHE), else the shipped demo checkpoint")
+        device_choices = types.DropdownView()
+        for name in _device_choices():
+            device_choices.add_choice(name, label=name)
+        inputs.enum("device", device_choices.values(), default="auto", label="Device", view=device_choices)
+
+        inputs.int("long_term_gap", required=False, min=1, label="Long-term memory gap",
+                   description="Frames between long-term memory entries (default: the model's)")
+        inputs.int("max_long_term_frames", required=False, min=1, label="Max long-term frames",
+                   description="Cap on long-term memory entries (default: unbounded)")
+        inputs.int("max_long_edge", required=False, min=16, default=1040, label="Max long edge",
+                   description="Frames are resized so their long edge is at most this many pixels")
+        precision_choices = types.RadioGroup()
+        for name in PRECISIONS:
+            precision_choices.add_choice(name, label=name)
+        inputs.enum("precision", precision_choices.values(), default="fp32", label="Precision",
+                    view=precision_choices)
+        return types.Property(inputs, view=form)
+
+    def execute(self, ctx):
+        kwargs = params_to_kwargs(ctx.params)
+
+        def progress(fraction, label):
+            ctx.set_progress(progress=fraction, label=label)
+
+        try:
+            summary = propagate(_target_view(ctx), progress=progress, **kwargs)
+        except PropagationCancelled:
+            return dict(status="cancelled", message="cancelled; no field was changed")
+        ctx.trigger("reload_dataset")
+        samples = summary["samples"]
+        return dict(
+            status="ok",
+            model=summary["model"],
+            weights=summary["weights"],
+            output_field=summary["output_field"],
+            samples=len(samples),
+            propagated=sum(1 for s in samples if s.get("status") == "ok"),
+            frames=sum(s.get("frames_written", 0) for s in samples),
+            seconds=summary["seconds"],
+            summary=samples,
+        )
+
+    def resolve_output(self, ctx):
+        outputs = types.Object()
+        outputs.str("status", label="Status")
+        outputs.str("model", label="Model")
+        outputs.str("weights", label="Weights")
+        outputs.str("output_field", label="Output field")
+        outputs.int("samples", label="Samples")
+        outputs.int("propagated", label="Samples propagated")
+        outputs.int("frames", label="Frames written")
+        outputs.float("seconds", label="Seconds")
+        return types.Property(outputs, view=types.View(label="DeAOT propagation"))

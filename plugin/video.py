@@ -1,0 +1,88 @@
+"""Streaming video decoding with decord (no ffmpeg/ffprobe needed).
+
+Frames are decoded on demand: forward passes read one frame at a time, backward passes read
+bounded chunks forward and yield them in reverse, so a video is never held in memory whole.
+Frame numbers are FiftyOne's (1-based).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Iterator
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+class VideoError(RuntimeError):
+    """A video that cannot be opened or decoded."""
+
+
+class VideoReader:
+    """A decord-backed reader of one video file (RGB uint8 frames)."""
+
+    def __init__(self, path: str, num_threads: int = 0):
+        try:
+            import decord
+        except ImportError as err:  # pragma: no cover - decord is a requirement
+            raise VideoError("decord is required to read videos: pip install decord") from err
+        self.path = path
+        try:
+            self._vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=num_threads)
+        except Exception as err:
+            raise VideoError(f"cannot open video {path}: {err}") from err
+        self.decoded_frames = len(self._vr)
+        if self.decoded_frames <= 0:
+            raise VideoError(f"video {path} has no frames")
+        first = self._vr[0].asnumpy()
+        self.height, self.width = first.shape[:2]
+        self._vr.seek(0)
+        self.fps = float(self._vr.get_avg_fps() or 0.0)
+        self.num_frames = self.decoded_frames
+
+    def limit(self, num_frames: int | None) -> None:
+        """Use at most ``num_frames`` frames (e.g. FiftyOne's ``total_frame_count``)."""
+        if num_frames is not None and 0 < num_frames < self.decoded_frames:
+            self.num_frames = int(num_frames)
+
+    def frame(self, frame_number: int) -> np.ndarray:
+        """(H, W, 3) uint8 RGB frame ``frame_number`` (1-based)."""
+        if not 1 <= frame_number <= self.num_frames:
+            raise IndexError(f"frame {frame_number} outside 1..{self.num_frames} of {self.path}")
+        try:
+            return self._vr[frame_number - 1].asnumpy()
+        except Exception as err:
+            raise VideoError(f"cannot decode frame {frame_number} of {self.path}: {err}") from err
+
+    def forward(self, start: int, stop: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+        """Frames ``start..stop`` (inclusive, 1-based) in order."""
+        stop = self.num_frames if stop is None else min(stop, self.num_frames)
+        for number in range(start, stop + 1):
+            yield number, self.frame(number)
+
+    def backward(self, start: int, stop: int = 1, chunk: int = 16) -> Iterator[tuple[int, np.ndarray]]:
+        """Frames ``start`` down to ``stop`` (inclusive, 1-based), decoded in forward chunks of
+        at most ``chunk`` frames (seeking backwards frame by frame is slow with long GOPs)."""
+        hi = min(start, self.num_frames)
+        while hi >= stop:
+            lo = max(stop, hi - chunk + 1)
+            try:
+                batch = self._vr.get_batch(list(range(lo - 1, hi))).asnumpy()
+            except Exception as err:
+                raise VideoError(f"cannot decode frames {lo}..{hi} of {self.path}: {err}") from err
+            for offset in range(batch.shape[0] - 1, -1, -1):
+                yield lo + offset, batch[offset]
+            del batch
+            hi = lo - 1
+
+
+def open_video(path: str, total_frame_count: int | None = None) -> VideoReader:
+    """Open ``path``; the frame count is decord's, capped by FiftyOne's metadata when known."""
+    reader = VideoReader(path)
+    if total_frame_count:
+        if int(total_frame_count) != reader.decoded_frames:
+            log.warning("%s: metadata says %s frames, decord decodes %s; using %s", path,
+                        total_frame_count, reader.decoded_frames,
+                        min(int(total_frame_count), reader.decoded_frames))
+        reader.limit(int(total_frame_count))
+    return reader
