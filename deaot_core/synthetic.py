@@ -584,7 +584,7 @@ def relabel_from_reference(labels: np.ndarray, rng: np.random.Generator | None =
                            max_objects: int = 10) -> np.ndarray:
     """Renumber (T, H, W) labels so that the objects visible in frame 0 become 1..K.
 
-    Ids absent from frame 0 (and 255, "ignore" in some datasets) become background. With more
+    Ids absent from frame 0 become background; 255 ("ignore" / void) stays 255. With more
     than ``max_objects`` objects, a random subset (``rng``) or the first ones are kept.
     """
     ids = [int(i) for i in np.unique(labels[0]) if i not in (0, 255)]
@@ -592,6 +592,7 @@ def relabel_from_reference(labels: np.ndarray, rng: np.random.Generator | None =
         ids = sorted(rng.choice(ids, size=max_objects, replace=False).tolist()) if rng is not None \
             else ids[:max_objects]
     lut = np.zeros(max(256, int(labels.max()) + 1), np.uint8)
+    lut[255] = 255
     for new, old in enumerate(ids, start=1):
         lut[old] = new
     return lut[labels]

@@ -1,0 +1,103 @@
+"""DAVIS J&F of a checkpoint on held-out synthetic clips, against random weights and a
+"copy the first mask" baseline.
+
+    .venv/bin/python bench/bench_synthetic_jf.py --checkpoint checkpoints/deaott_synthetic/final.pth
+
+Clips: ``--clips`` (20) clips of ``--frames`` (40) frames from ``deaot_core.synthetic``
+with seeds ``--seed`` (1_000_000) + i -- a range the trainer never draws from (it uses
+(seed, index) pairs of its own) -- and 2-5 objects each. Default size 241x433 (about half of
+480p, sides of the form 16k+1 so the tracker does not resize) because a 2-core CPU needs
+about 4x longer at 480x854 (``--size 481x857``); the clip generator scales object size with
+the frame, so the task is the same. The tracker propagates from frame 0's ground truth;
+scores use the official DAVIS 2017 semi-supervised protocol (``plugin.metrics``: frames
+1..T-2, objects pooled over clips). Prints one JSON document.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+import deaot_core  # noqa: E402
+from deaot_core.synthetic import generate_clip  # noqa: E402
+from plugin.metrics import global_summary, sequence_metrics  # noqa: E402
+
+
+def held_out_clips(count: int, frames: int, height: int, width: int, seed: int):
+    for i in range(count):
+        yield f"synthetic_{seed + i}", generate_clip(seed + i, num_frames=frames, height=height, width=width)
+
+
+def propagate(model, clip, device: str) -> tuple[np.ndarray, float]:
+    tracker = deaot_core.Tracker(model, device=device)
+    pred = np.zeros(clip.labels.shape, np.uint8)
+    pred[0] = clip.labels[0]
+    tracker.step(clip.frames[0], clip.labels[0])
+    start = time.perf_counter()
+    for t in range(1, len(clip.frames)):
+        tracker.step(clip.frames[t])
+        pred[t] = tracker.label
+    per_frame = (time.perf_counter() - start) / max(1, len(clip.frames) - 1)
+    return pred, per_frame
+
+
+def score(name: str, clips, predict) -> dict:
+    objects, per_clip, times = [], {}, []
+    for clip_name, clip in clips:
+        pred, per_frame = predict(clip)
+        result = sequence_metrics(clip.labels, pred)
+        objects.extend(result["objects"])
+        per_clip[clip_name] = round(result["summary"]["J&F-Mean"], 4)
+        times.append(per_frame)
+    summary = {k: round(v, 4) for k, v in global_summary(objects).items()}
+    return {"name": name, "summary": summary, "per_clip_JF": per_clip, "objects": len(objects),
+            "sec_per_frame": round(float(np.mean(times)), 4) if times else None}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", help="checkpoint to score (omit to score random weights only)")
+    p.add_argument("--model", default="DeAOTT")
+    p.add_argument("--clips", type=int, default=20)
+    p.add_argument("--frames", type=int, default=40)
+    p.add_argument("--size", default="241x433", help="HxW of the clips")
+    p.add_argument("--seed", type=int, default=1_000_000, help="first clip seed (held out)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--no-random", action="store_true", help="skip the random-weights baseline")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    height, width = (int(v) for v in args.size.lower().split("x"))
+    clips = list(held_out_clips(args.clips, args.frames, height, width, args.seed))
+
+    results = [score("copy_first_mask", clips,
+                     lambda c: (np.repeat(c.labels[:1], len(c.labels), axis=0), 0.0))]
+    if not args.no_random:
+        torch.manual_seed(0)
+        random_model = deaot_core.build_model(args.model)
+        results.append(score("random_weights", clips, lambda c: propagate(random_model, c, args.device)))
+    if args.checkpoint:
+        model = deaot_core.build_model(args.model)
+        deaot_core.load_checkpoint(model, args.checkpoint)
+        results.append(score(f"checkpoint:{args.checkpoint}", clips, lambda c: propagate(model, c, args.device)))
+    doc = {
+        "setup": {"model": args.model, "clips": args.clips, "frames": args.frames, "size": [height, width],
+                  "first_seed": args.seed, "objects_per_clip": [int(c.labels[0].max()) for _, c in clips],
+                  "device": args.device, "threads": args.threads, "torch": torch.__version__},
+        "results": {r["name"]: r for r in results},
+    }
+    print(json.dumps(doc, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,730 @@
+"""Train or fine-tune an AOT / DeAOT model on synthetic clips or a FiftyOne dataset.
+
+    python -m deaot_core.train --model DeAOTT --data synthetic --minutes 45 \\
+        --out checkpoints/deaott_synthetic --seed 0 --half
+    python -m deaot_core.train --model DeAOTT --data fiftyone:my_videos:gt_masks \\
+        --init checkpoints/deaott_synthetic/final.pth --steps 500 --out runs/finetune
+
+Recipe (the official trainer's, see ``checkpoints/README.md``): AdamW, base LR 2e-4 with
+linear warm-up over the first 5 % of training and poly(0.9) decay to 2e-5, weight decay 0.07
+(none on biases, norms and ID-free embeddings), encoder LR x0.1 when fine-tuning, gradient
+clipping at norm 5, bootstrapped CE + soft Jaccard with hard-pixel mining annealed over the
+first half, memory written with the ground truth first and with the model's own prediction
+(ID bank frozen) from ``--seq-training-start`` on, an EMA of the weights for the final
+checkpoint, AMP (bf16, else fp16 + loss scaling) on CUDA.
+
+With ``--minutes`` the schedules run on the fraction of the time budget used (so a run
+always ends with a fully decayed LR, however fast the machine is); with ``--steps`` on the
+fraction of steps; with both, whichever ends first.
+
+Files in ``--out``: ``last.pth`` (weights + optimizer + EMA + step, for resuming; official
+layout, so ``load_checkpoint`` reads it too), ``final.pth`` (the weights to use; fp16 with
+``--half``), ``train_log.json`` and ``loss_curve.png``. Re-running the same command resumes
+from ``last.pth`` unless ``--no-resume``.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+
+from .losses import VOSLoss
+from .synthetic import Clip, ClipOptions, SyntheticVOS, clip_rng, relabel_from_reference
+
+log = logging.getLogger("deaot_core.train")
+
+IMAGE_MEAN = (0.485, 0.456, 0.406)
+IMAGE_STD = (0.229, 0.224, 0.225)
+#: parameters without weight decay (besides every 1-D parameter), as the official trainer
+NO_WEIGHT_DECAY_KEYS = ("absolute_pos_embed", "relative_position_bias_table", "relative_emb_v", "conv_out")
+#: parameters frozen once the memory is written with the model's own predictions
+SEQ_TRAINING_FREEZE_KEYS = ("patch_wise_id_bank",)
+
+
+# ------------------------------------------------------------------------------------- config
+@dataclass
+class TrainConfig:
+    model: str = "DeAOTT"
+    data: str = "synthetic"  # "synthetic" or "fiftyone:<dataset>:<field>"
+    out: str = "runs/train"
+    seed: int = 0
+    minutes: float | None = None
+    steps: int | None = None
+    batch_size: int = 2
+    seq_len: int = 5  # reference + seq_len-1 frames with loss
+    height: int = 225
+    width: int = 225
+    lr: float = 2e-4
+    min_lr: float = 2e-5
+    weight_decay: float = 0.07
+    warmup: float = 0.05  # fraction of training
+    lr_power: float = 0.9
+    encoder_lr_ratio: float | None = None  # default: 0.1 with --init, else 1.0
+    top_k_percent: float = 0.15
+    hard_mining: float = 0.5  # fraction of training over which bootstrapping anneals to top_k_percent
+    seq_training_start: float = 0.5  # fraction of training after which memory uses predictions
+    clip_grad: float = 5.0
+    ema_ratio: float = 0.1  # EMA decay = 1 - 1 / (ema_ratio * expected steps); 0 disables
+    final_weights: str = "ema"  # "ema" or "raw"
+    init: str | None = None
+    calibrate_bn: bool | None = None  # default: only when training from scratch
+    amp: str = "auto"  # auto | off | bf16 | fp16 (CUDA only)
+    device: str = "auto"
+    threads: int | None = None
+    long_term_gap: int | None = None
+    static_prob: float = 0.0
+    background_dir: str | None = None
+    max_gap: int = 3
+    half: bool = False
+    log_every: int = 10
+    save_every_minutes: float = 5.0
+    resume: bool = True
+    progress_bar: bool = True
+    expected_steps: int | None = None  # for the EMA decay when only --minutes is given
+
+
+# ------------------------------------------------------------------------------------ schedules
+def learning_rate(progress: float, base_lr: float, min_lr: float, warmup: float = 0.05, power: float = 0.9) -> float:
+    """Official schedule on training progress in [0, 1]: linear warm-up min -> base over
+    ``warmup``, then min + (base - min) * (1 - t)^power over the rest."""
+    p = min(max(progress, 0.0), 1.0)
+    if warmup > 0 and p < warmup:
+        return min_lr + (base_lr - min_lr) * p / warmup
+    t = (p - warmup) / max(1.0 - warmup, 1e-12)
+    return min_lr + (base_lr - min_lr) * max(0.0, 1.0 - t) ** power
+
+
+def encoder_learning_rate(lr: float, min_lr: float, ratio: float) -> float:
+    return (lr - min_lr) * ratio + min_lr
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """One AdamW group per parameter, named, with the official weight-decay exemptions."""
+    groups = []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        no_wd = param.ndim <= 1 or any(key in name for key in NO_WEIGHT_DECAY_KEYS)
+        groups.append({"params": [param], "name": name, "weight_decay": 0.0 if no_wd else weight_decay,
+                       "base_weight_decay": 0.0 if no_wd else weight_decay})
+    return groups
+
+
+def set_learning_rates(optimizer: torch.optim.Optimizer, lr: float, min_lr: float, encoder_ratio: float,
+                       frozen_keys: Sequence[str] = ()) -> None:
+    enc_lr = encoder_learning_rate(lr, min_lr, encoder_ratio)
+    for group in optimizer.param_groups:
+        name = group["name"]
+        if any(key in name for key in frozen_keys):
+            group["lr"], group["weight_decay"] = 0.0, 0.0
+            continue
+        group["lr"] = enc_lr if name.startswith("encoder.") else lr
+        group["weight_decay"] = group["base_weight_decay"]
+
+
+class EMA:
+    """Exponential moving average of the trainable parameters (official warm-up rule)."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = float(decay)
+        self.updates = 0
+        self.shadow = {n: p.detach().clone().float() for n, p in model.named_parameters() if p.requires_grad}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        self.updates += 1
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for name, param in model.named_parameters():
+            if name in self.shadow:
+                self.shadow[name].sub_((1.0 - decay) * (self.shadow[name] - param.detach().float()))
+
+    @contextlib.contextmanager
+    def applied(self, model: nn.Module) -> Iterator[None]:
+        """Temporarily load the averaged weights into ``model``."""
+        backup = {}
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if name in self.shadow:
+                    backup[name] = param.detach().clone()
+                    param.copy_(self.shadow[name].to(param.dtype))
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for name, param in model.named_parameters():
+                    if name in backup:
+                        param.copy_(backup[name])
+
+    def state_dict(self) -> dict:
+        return {"decay": self.decay, "updates": self.updates, "shadow": {k: v.cpu() for k, v in self.shadow.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.decay, self.updates = float(state["decay"]), int(state["updates"])
+        for k, v in state["shadow"].items():
+            if k in self.shadow:
+                self.shadow[k].copy_(v)
+
+
+@torch.no_grad()
+def calibrate_frozen_batchnorm(model: nn.Module, images: torch.Tensor) -> int:
+    """Data-dependent init of the encoder's frozen BatchNorms, for training from scratch.
+
+    The released encoders use frozen BN (fixed statistics); with a random initialisation their
+    identity statistics let activations vanish through the network (1e-8 at the MobileNetV2
+    output). This sets each frozen BN's running mean / variance, in forward order, to the
+    statistics of its input on ``images`` (N, 3, H, W), so every layer starts normalised.
+    Returns the number of layers calibrated.
+    """
+    from torchvision.ops import FrozenBatchNorm2d
+
+    layers = [m for m in model.modules() if isinstance(m, FrozenBatchNorm2d)]
+
+    def hook(module, inputs):
+        x = inputs[0].float()
+        module.running_mean.copy_(x.mean(dim=(0, 2, 3)))
+        module.running_var.copy_(x.var(dim=(0, 2, 3), unbiased=False).clamp_min(1e-6))
+
+    handles = [m.register_forward_pre_hook(hook) for m in layers]
+    try:
+        model.encode_image(images)
+    finally:
+        for h in handles:
+            h.remove()
+    return len(layers)
+
+
+# ----------------------------------------------------------------------------------------- data
+def random_scale_crop(frames: np.ndarray, labels: np.ndarray, rng: np.random.Generator, height: int, width: int,
+                      scale_range: tuple[float, float] = (0.7, 1.3), tries: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """Rescale a clip (short edge ~ the crop's short side x U(scale_range)) and crop
+    (height, width), preferring crops where the reference frame shows an object (official
+    "balanced" crop). Smaller results are padded (image grey, labels 0)."""
+    t, ih, iw = labels.shape
+    base = min(height, width) / 0.97
+    s = base * rng.uniform(*scale_range) / min(ih, iw)
+    nh, nw = max(1, int(round(ih * s))), max(1, int(round(iw * s)))
+    if (nh, nw) != (ih, iw):
+        frames = np.stack([cv2.resize(f, (nw, nh), interpolation=cv2.INTER_LINEAR) for f in frames])
+        labels = np.stack([cv2.resize(l, (nw, nh), interpolation=cv2.INTER_NEAREST) for l in labels])
+    ph, pw = max(0, height - nh), max(0, width - nw)
+    if ph or pw:
+        frames = np.pad(frames, ((0, 0), (0, ph), (0, pw), (0, 0)), constant_values=0)
+        frames[:, nh:, :] = (124, 116, 104)
+        frames[:, :, nw:] = (124, 116, 104)
+        labels = np.pad(labels, ((0, 0), (0, ph), (0, pw)), constant_values=0)
+        nh, nw = labels.shape[1:]
+    best = None
+    for _ in range(tries):
+        y0, x0 = int(rng.integers(0, nh - height + 1)), int(rng.integers(0, nw - width + 1))
+        ref = labels[0, y0:y0 + height, x0:x0 + width]
+        if best is None:
+            best = (y0, x0)
+        if ((ref > 0) & (ref != 255)).any():
+            best = (y0, x0)
+            break
+    y0, x0 = best
+    return frames[:, y0:y0 + height, x0:x0 + width], labels[:, y0:y0 + height, x0:x0 + width]
+
+
+def augment_clip(clip: Clip, rng: np.random.Generator) -> Clip:
+    """DeAOT's 'v2' photometric augmentation + flip, applied consistently to a clip:
+    horizontal flip (p 0.5), colour jitter (p 0.8), grayscale (p 0.2), Gaussian blur (p 0.3)."""
+    frames = clip.frames.astype(np.float32)
+    labels = clip.labels
+    if rng.random() < 0.5:
+        frames, labels = frames[:, :, ::-1], labels[:, :, ::-1]
+    if rng.random() < 0.8:
+        b, c, s = rng.uniform(0.6, 1.4), rng.uniform(0.6, 1.4), rng.uniform(0.6, 1.4)
+        frames = frames * b
+        mean = frames.mean(axis=(1, 2, 3), keepdims=True)
+        frames = (frames - mean) * c + mean
+        gray = frames.mean(axis=3, keepdims=True)
+        frames = gray + (frames - gray) * s
+        hue = rng.uniform(-0.1, 0.1)
+        if abs(hue) > 0.01:
+            out = []
+            for f in np.clip(frames, 0, 255).astype(np.uint8):
+                hsv = cv2.cvtColor(f, cv2.COLOR_RGB2HSV)
+                hsv[..., 0] = ((hsv[..., 0].astype(np.int32) + int(round(hue * 180))) % 180).astype(np.uint8)
+                out.append(cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB))
+            frames = np.stack(out).astype(np.float32)
+    if rng.random() < 0.2:
+        frames = np.repeat(frames.mean(axis=3, keepdims=True), 3, axis=3)
+    if rng.random() < 0.3:
+        sigma = rng.uniform(0.1, 2.0)
+        frames = np.stack([cv2.GaussianBlur(f, (0, 0), sigma) for f in frames])
+    return Clip(np.ascontiguousarray(np.clip(frames, 0, 255).astype(np.uint8)), np.ascontiguousarray(labels))
+
+
+def clips_to_batch(clips: Sequence[Clip], device: torch.device | str = "cpu"
+                   ) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """Clips of equal size -> (frames (B, T, 3, H, W) normalised float, labels (B, T, H, W) int64,
+    object counts)."""
+    frames = torch.from_numpy(np.stack([c.frames for c in clips])).to(device)
+    frames = frames.permute(0, 1, 4, 2, 3).float().div_(255.0)
+    mean = torch.tensor(IMAGE_MEAN, device=device).view(1, 1, 3, 1, 1)
+    std = torch.tensor(IMAGE_STD, device=device).view(1, 1, 3, 1, 1)
+    frames = (frames - mean) / std
+    labels = torch.from_numpy(np.stack([c.labels for c in clips]).astype(np.int64)).to(device)
+    counts = []
+    for c in clips:
+        ref = c.labels[0]
+        ref = ref[ref != 255]
+        counts.append(int(ref.max()) if ref.size else 0)
+    return frames, labels, counts
+
+
+class ClipSource:
+    """Training clips: item i is determined by (seed, i); flip / photometric augmentation added."""
+
+    def __init__(self, base, seed: int, augment: bool = True, max_objects: int = 10):
+        self.base, self.seed, self.augment, self.max_objects = base, seed, augment, max_objects
+
+    def __getitem__(self, index: int) -> Clip:
+        clip = self.base[index]
+        rng = clip_rng([self.seed, 7919], index)
+        labels = relabel_from_reference(clip.labels, rng, self.max_objects)
+        clip = Clip(clip.frames, labels)
+        return augment_clip(clip, rng) if self.augment else clip
+
+
+def build_source(cfg: TrainConfig, max_objects: int = 10):
+    """The clip source named by ``cfg.data``."""
+    if cfg.data == "synthetic":
+        base = SyntheticVOS(length=2 ** 62, seed=cfg.seed, num_frames=cfg.seq_len, height=cfg.height,
+                            width=cfg.width, options=ClipOptions(), static_prob=cfg.static_prob,
+                            background_dir=cfg.background_dir)
+    elif cfg.data.startswith("fiftyone:"):
+        parts = cfg.data.split(":")
+        if len(parts) != 3 or not parts[1] or not parts[2]:
+            raise ValueError(f"--data fiftyone needs the form fiftyone:<dataset_name>:<field>, got {cfg.data!r}")
+        from plugin.vos_reader import FiftyOneVOS  # FiftyOne stays out of deaot_core's imports
+
+        base = FiftyOneVOS.from_dataset(parts[1], parts[2], num_frames=cfg.seq_len, height=cfg.height,
+                                        width=cfg.width, seed=cfg.seed, max_gap=cfg.max_gap,
+                                        max_objects=max_objects)
+    else:
+        raise ValueError(f"unknown --data {cfg.data!r}: use 'synthetic' or 'fiftyone:<dataset>:<field>'")
+    return ClipSource(base, cfg.seed, augment=True, max_objects=max_objects)
+
+
+# ------------------------------------------------------------------------------------- training
+def _resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    if device.type != "cuda" or cfg.amp == "off":
+        return None
+    if cfg.amp == "fp16":
+        return torch.float16
+    if cfg.amp == "bf16" or (cfg.amp == "auto" and torch.cuda.is_bf16_supported()):
+        return torch.bfloat16
+    return torch.float16
+
+
+def _check_size(model_cfg, height: int, width: int) -> None:
+    for side in (height, width):
+        if model_cfg.align_corners and (side - 1) % 16:
+            raise ValueError(f"{model_cfg.name} trains on sides of the form 16k+1 (e.g. 225, 241, 465); got {side}")
+        if not model_cfg.align_corners and side % 16:
+            raise ValueError(f"{model_cfg.name} trains on sides that are multiples of 16; got {side}")
+
+
+def _rng_state() -> dict:
+    # Data are a function of (seed, step); only torch's generator (DropPath) needs restoring.
+    return {"torch": torch.get_rng_state()}
+
+
+def _load_state(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def plot_losses(records: list[dict], path: Path, title: str = "") -> Path:
+    """Loss / IoU / LR curves as a PNG (matplotlib if installed, else OpenCV)."""
+    steps = [r["step"] for r in records]
+    loss = [r["loss"] for r in records]
+    iou = [r["iou"] for r in records]
+    lr = [r["lr"] for r in records]
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, axes = plt.subplots(3, 1, figsize=(8, 8), sharex=True)
+        axes[0].plot(steps, loss, lw=0.8, label="loss")
+        if len(loss) >= 5:
+            smooth = np.convolve(loss, np.ones(5) / 5, mode="valid")
+            axes[0].plot(steps[4:], smooth, lw=1.6, label="5-point mean")
+        axes[0].set_ylabel("0.5 CE + 0.5 Jaccard")
+        axes[0].legend()
+        axes[1].plot(steps, iou, color="tab:green", lw=0.8)
+        axes[1].set_ylabel("train IoU")
+        axes[2].plot(steps, lr, color="tab:red", lw=0.8)
+        axes[2].set_ylabel("LR")
+        axes[2].set_xlabel("step")
+        fig.suptitle(title)
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        return path
+    except ImportError:  # pragma: no cover - matplotlib ships with the venv
+        pass
+    h, w, pad = 300, 640, 30  # a plain OpenCV chart of the loss
+    img = np.full((h, w, 3), 255, np.uint8)
+    if len(steps) >= 2:
+        x = np.interp(steps, (min(steps), max(steps)), (pad, w - pad))
+        y = np.interp(loss, (min(loss), max(loss) + 1e-9), (h - pad, pad))
+        cv2.polylines(img, [np.stack([x, y], 1).astype(np.int32)], False, (200, 80, 20), 1, cv2.LINE_AA)
+    cv2.putText(img, f"loss {title}", (pad, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1)
+    cv2.imwrite(str(path), img)
+    return path
+
+
+class Trainer:
+    """The training loop; ``run()`` returns a summary dict (also written to train_log.json)."""
+
+    def __init__(self, cfg: TrainConfig):
+        import deaot_core  # the package's public API (model registry, checkpoints, train_forward)
+
+        self.core = deaot_core
+        self.cfg = cfg
+        if cfg.steps is None and cfg.minutes is None:
+            raise ValueError("give --steps and/or --minutes")
+        if cfg.final_weights not in ("ema", "raw"):
+            raise ValueError(f"final_weights must be 'ema' or 'raw', got {cfg.final_weights!r}")
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        random.seed(cfg.seed)
+        np.random.seed(cfg.seed % 2 ** 32)
+        torch.manual_seed(cfg.seed)
+        self.out = Path(cfg.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.device = _resolve_device(cfg.device)
+        self.amp_dtype = _amp_dtype(cfg, self.device)
+
+        self.model = deaot_core.build_model(cfg.model)
+        _check_size(self.model.cfg, cfg.height, cfg.width)
+        if cfg.init:
+            deaot_core.load_checkpoint(self.model, cfg.init)
+        self.model.to(self.device).train()
+        self.encoder_ratio = cfg.encoder_lr_ratio if cfg.encoder_lr_ratio is not None else (0.1 if cfg.init else 1.0)
+        self.optimizer = torch.optim.AdamW(parameter_groups(self.model, cfg.weight_decay), lr=cfg.lr,
+                                           weight_decay=cfg.weight_decay)
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
+        self.loss_fn = VOSLoss(top_k_percent=cfg.top_k_percent, hard_mining_steps=cfg.hard_mining)
+        self.source = build_source(cfg, self.model.cfg.max_objects)
+        self.long_term_gap = cfg.long_term_gap or self.model.cfg.train_long_term_gap
+        self.step = 0
+        self.elapsed = 0.0
+        self.records: list[dict] = []
+        self.ema: EMA | None = None
+        self.calibrated = 0
+        self.resumed_from: str | None = None
+        last = self.out / "last.pth"
+        if cfg.resume and last.is_file():
+            self._resume(last)
+
+    # -- state ------------------------------------------------------------------------------------
+    def _ema_decay(self) -> float:
+        expected = self.cfg.steps or self.cfg.expected_steps or 1000
+        return 1.0 - 1.0 / max(1.0, self.cfg.ema_ratio * expected)
+
+    def _resume(self, path: Path) -> None:
+        state = _load_state(path)
+        if state.get("model_name") not in (None, self.model.cfg.name):
+            raise ValueError(f"{path} holds a {state.get('model_name')} run, not {self.model.cfg.name}; "
+                             f"use another --out or --no-resume")
+        self.core.load_checkpoint(self.model, path)
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.step, self.elapsed = int(state["step"]), float(state["elapsed"])
+        self.records = list(state.get("records", []))
+        if state.get("ema") is not None and self.cfg.ema_ratio > 0:
+            self.ema = EMA(self.model, self._ema_decay())
+            self.ema.load_state_dict(state["ema"])
+        rng = state.get("rng")
+        if rng:
+            torch.set_rng_state(rng["torch"])
+        self.calibrated = int(state.get("calibrated_bn_layers", 0))
+        self.resumed_from = str(path)
+        log.info("resumed from %s at step %d (%.1f min)", path, self.step, self.elapsed / 60)
+
+    def save_last(self) -> Path:
+        extra = {
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "step": self.step, "elapsed": self.elapsed, "records": self.records,
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "rng": _rng_state(), "train_config": dataclasses.asdict(self.cfg),
+            "calibrated_bn_layers": self.calibrated,
+        }
+        return self.core.save_checkpoint(self.model, self.out / "last.pth", extra=extra)
+
+    def save_final(self) -> Path:
+        extra = {"step": self.step, "train_config": dataclasses.asdict(self.cfg),
+                 "weights": "ema" if self.ema is not None and self.cfg.final_weights == "ema" else "raw"}
+        ctx = self.ema.applied(self.model) if extra["weights"] == "ema" else contextlib.nullcontext()
+        with ctx:
+            return self.core.save_checkpoint(self.model, self.out / "final.pth", extra=extra, half=self.cfg.half)
+
+    # -- loop -------------------------------------------------------------------------------------
+    def progress(self) -> float:
+        parts = []
+        if self.cfg.steps:
+            parts.append(self.step / self.cfg.steps)
+        if self.cfg.minutes:
+            parts.append(self.elapsed / (60.0 * self.cfg.minutes))
+        return min(1.0, max(parts))
+
+    def batch(self, step: int):
+        b = self.cfg.batch_size
+        clips = [self.source[step * b + i] for i in range(b)]
+        return clips_to_batch(clips, self.device)
+
+    def _forward(self, frames, labels, counts, use_prediction: bool):
+        kwargs = {"long_term_gap": self.long_term_gap}
+        if use_prediction:
+            kwargs["use_prediction"] = True
+        autocast = (torch.autocast("cuda", dtype=self.amp_dtype) if self.amp_dtype is not None
+                    else contextlib.nullcontext())
+        with autocast:
+            return self.core.train_forward(self.model, frames, labels, counts, **kwargs)
+
+    def train_step(self, frames, labels, counts, progress: float) -> dict:
+        cfg = self.cfg
+        use_prediction = progress >= cfg.seq_training_start
+        lr = learning_rate(progress, cfg.lr, cfg.min_lr, cfg.warmup, cfg.lr_power)
+        set_learning_rates(self.optimizer, lr, cfg.min_lr, self.encoder_ratio,
+                           SEQ_TRAINING_FREEZE_KEYS if use_prediction else ())
+        self.optimizer.zero_grad(set_to_none=True)
+        logits = self._forward(frames, labels, counts, use_prediction)
+        loss, stats = self.loss_fn(logits, labels[:, 1:], counts, step=progress)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite loss at step {self.step}: {loss.item()}")
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+        else:
+            loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update(self.model)
+        stats.update(lr=lr, grad_norm=float(grad_norm), use_prediction=use_prediction)
+        return stats
+
+    def write_log(self, summary: dict | None = None) -> None:
+        doc = {"config": dataclasses.asdict(self.cfg), "model_name": self.model.cfg.name,
+               "device": str(self.device), "amp": str(self.amp_dtype) if self.amp_dtype else None,
+               "encoder_lr_ratio": self.encoder_ratio, "calibrated_bn_layers": self.calibrated,
+               "resumed_from": self.resumed_from, "records": self.records}
+        if summary is not None:
+            doc["summary"] = summary
+        tmp = self.out / "train_log.json.tmp"
+        tmp.write_text(json.dumps(doc, indent=1))
+        os.replace(tmp, self.out / "train_log.json")
+
+    def run(self, until_step: int | None = None) -> dict | None:
+        """Train to the end (returns the summary), or only up to ``until_step`` (saves
+        ``last.pth`` and returns None, as an interrupted run would)."""
+        cfg = self.cfg
+        if self.step == 0 and not self.records:
+            calibrate = cfg.calibrate_bn if cfg.calibrate_bn is not None else not cfg.init
+            if calibrate:
+                frames, _, _ = self.batch(0)
+                self.calibrated = calibrate_frozen_batchnorm(self.model, frames.flatten(0, 1))
+                log.info("calibrated %d frozen BatchNorm layers on the first batch", self.calibrated)
+        if self.ema is None and cfg.ema_ratio > 0:
+            self.ema = EMA(self.model, self._ema_decay())
+
+        bar = None
+        if cfg.progress_bar:
+            try:
+                from tqdm import tqdm
+
+                bar = tqdm(total=100, unit="%", bar_format="{l_bar}{bar}| {n:.1f}/{total}% [{elapsed}<{remaining}]{postfix}",
+                           file=sys.stderr, dynamic_ncols=True)
+            except ImportError:  # pragma: no cover
+                bar = None
+        window: list[dict] = []
+        last_save = time.monotonic()
+        step_times: list[float] = []
+        try:
+            while self.progress() < 1.0:
+                if until_step is not None and self.step >= until_step:
+                    break
+                t0 = time.monotonic()
+                frames, labels, counts = self.batch(self.step)
+                t_data = time.monotonic() - t0
+                stats = self.train_step(frames, labels, counts, self.progress())
+                dt = time.monotonic() - t0
+                self.elapsed += dt
+                self.step += 1
+                step_times.append(dt)
+                stats["data_s"] = t_data
+                window.append(stats)
+                if self.step % cfg.log_every == 0 or self.progress() >= 1.0 or self.step == 1:
+                    self.records.append(self._record(window, step_times))
+                    window, step_times = [], []
+                    self.write_log()
+                    if bar is not None:
+                        r = self.records[-1]
+                        bar.set_postfix_str(f"step {self.step} loss {r['loss']:.3f} iou {r['iou']:.2f} "
+                                            f"lr {r['lr']:.1e} {r['sec_per_step']:.2f}s/it", refresh=False)
+                if bar is not None:
+                    bar.n = round(100 * self.progress(), 1)
+                    bar.refresh()
+                if time.monotonic() - last_save > 60 * cfg.save_every_minutes:
+                    self.save_last()
+                    last_save = time.monotonic()
+        except KeyboardInterrupt:
+            log.warning("interrupted at step %d; saving %s", self.step, self.out / "last.pth")
+            self.save_last()
+            self.write_log()
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
+        if window:
+            self.records.append(self._record(window, step_times))
+        self.save_last()
+        if self.progress() < 1.0:
+            self.write_log()
+            return None
+        final = self.save_final()
+        curve = plot_losses(self.records, self.out / "loss_curve.png", f"{self.model.cfg.name} on {cfg.data}")
+        summary = self.summary(final, curve)
+        self.write_log(summary)
+        return summary
+
+    def _record(self, window: list[dict], step_times: list[float]) -> dict:
+        def mean(key):
+            return float(np.mean([w[key] for w in window]))
+
+        return {"step": self.step, "progress": round(self.progress(), 5), "elapsed_s": round(self.elapsed, 2),
+                "loss": mean("loss"), "ce": mean("ce"), "jaccard": mean("jaccard"), "iou": mean("iou"),
+                "lr": window[-1]["lr"], "top_k_fraction": window[-1]["top_k_fraction"],
+                "grad_norm": mean("grad_norm"), "use_prediction": bool(window[-1]["use_prediction"]),
+                "sec_per_step": float(np.mean(step_times)) if step_times else None,
+                "data_s": mean("data_s")}
+
+    def summary(self, final: Path, curve: Path) -> dict:
+        recs = self.records
+        head = recs[:max(1, len(recs) // 10)]
+        tail = recs[-max(1, len(recs) // 10):]
+        timed = [r["sec_per_step"] for r in recs[1:] if r.get("sec_per_step")]
+        return {"steps": self.step, "elapsed_min": round(self.elapsed / 60, 2),
+                "sec_per_step": float(np.median(timed)) if timed else None,
+                "first_loss": float(np.mean([r["loss"] for r in head])),
+                "last_loss": float(np.mean([r["loss"] for r in tail])),
+                "first_iou": float(np.mean([r["iou"] for r in head])),
+                "last_iou": float(np.mean([r["iou"] for r in tail])),
+                "final_checkpoint": str(final), "final_mb": round(final.stat().st_size / 2 ** 20, 2),
+                "loss_curve": str(curve)}
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Run a training described by ``cfg``; returns the summary."""
+    return Trainer(cfg).run()
+
+
+# ------------------------------------------------------------------------------------------ CLI
+def _size(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must be HxW, e.g. 225x225, got {text!r}") from None
+    return h, w
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = TrainConfig()
+    p = argparse.ArgumentParser(prog="python -m deaot_core.train", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", default=d.model, help="variant, e.g. DeAOTT, DeAOTS, R50_DeAOTL")
+    p.add_argument("--data", default=d.data, help="'synthetic' or 'fiftyone:<dataset_name>:<frame field>'")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--minutes", type=float, help="time budget (the schedules follow the time used)")
+    p.add_argument("--steps", type=int, help="number of optimiser steps")
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--seq-len", type=int, default=d.seq_len, help="frames per sample: reference + seq_len-1")
+    p.add_argument("--size", type=_size, default=(d.height, d.width), help="training crop HxW (16k+1 sides)")
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--min-lr", type=float, default=d.min_lr)
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--warmup", type=float, default=d.warmup, help="LR warm-up, fraction of training")
+    p.add_argument("--encoder-lr-ratio", type=float, help="encoder LR multiplier (default 0.1 with --init, else 1)")
+    p.add_argument("--top-k", type=float, default=d.top_k_percent, help="bootstrapped CE: hardest pixel fraction")
+    p.add_argument("--hard-mining", type=float, default=d.hard_mining,
+                   help="fraction of training over which the CE anneals from all pixels to --top-k")
+    p.add_argument("--seq-training-start", type=float, default=d.seq_training_start,
+                   help="fraction of training after which memory holds the model's own predictions (1 = never)")
+    p.add_argument("--clip-grad", type=float, default=d.clip_grad)
+    p.add_argument("--ema-ratio", type=float, default=d.ema_ratio, help="0 disables the EMA")
+    p.add_argument("--expected-steps", type=int, help="steps expected within --minutes (sets the EMA decay)")
+    p.add_argument("--final-weights", choices=("ema", "raw"), default=d.final_weights)
+    p.add_argument("--init", help="checkpoint to fine-tune from (official or ours)")
+    p.add_argument("--calibrate-bn", dest="calibrate_bn", action="store_true", default=None,
+                   help="calibrate frozen BN statistics on the first batch (default: from scratch only)")
+    p.add_argument("--no-calibrate-bn", dest="calibrate_bn", action="store_false")
+    p.add_argument("--amp", choices=("auto", "off", "bf16", "fp16"), default=d.amp)
+    p.add_argument("--device", default=d.device)
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--long-term-gap", type=int, help="training long-term memory gap (default: the variant's)")
+    p.add_argument("--static-prob", type=float, default=d.static_prob,
+                   help="synthetic data: share of static-image (affine-warp) sequences")
+    p.add_argument("--background-dir", help="synthetic data: folder of images to use as backgrounds")
+    p.add_argument("--max-gap", type=int, default=d.max_gap, help="FiftyOne data: max gap between sampled frames")
+    p.add_argument("--half", action="store_true", help="save final.pth in fp16")
+    p.add_argument("--log-every", type=int, default=d.log_every)
+    p.add_argument("--save-every-minutes", type=float, default=d.save_every_minutes)
+    p.add_argument("--no-resume", dest="resume", action="store_false", help="ignore an existing last.pth")
+    p.add_argument("--no-progress", dest="progress_bar", action="store_false")
+    return p
+
+
+def config_from_args(argv: Sequence[str] | None = None) -> TrainConfig:
+    args = build_parser().parse_args(argv)
+    if args.steps is None and args.minutes is None:
+        build_parser().error("give --steps and/or --minutes")
+    values = vars(args)
+    values["height"], values["width"] = values.pop("size")
+    values["top_k_percent"] = values.pop("top_k")
+    return TrainConfig(**values)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    cfg = config_from_args(argv)
+    summary = train(cfg)
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
