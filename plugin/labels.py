@@ -91,16 +91,31 @@ def _resize_nearest(label_map: np.ndarray, height: int, width: int) -> np.ndarra
 
 
 def _render_detection(det: fo.Detection, height: int, width: int) -> np.ndarray:
-    """Boolean (H, W) mask of one detection, rendered the way FiftyOne renders it."""
-    canvas = np.zeros((height, width), dtype=np.uint8)
+    """Boolean (H, W) mask of one detection: its mask stretched (nearest) over its bounding box,
+    whose corners are rounded to pixels (the App's convention; FiftyOne's Python renderer
+    truncates and can lose a row/column to floating-point error)."""
+    canvas = np.zeros((height, width), dtype=bool)
+    x, y, w, h = det.bounding_box
+    x0, y0 = int(round(x * width)), int(round(y * height))
+    x1, y1 = int(round((x + w) * width)), int(round((y + h) * height))
+    if x1 <= x0 or y1 <= y0:
+        return canvas
     if det.has_mask:
-        det.to_segmentation(mask=canvas, target=1)
+        mask = np.asarray(det.get_mask() if hasattr(det, "get_mask") else det.mask)
+        if mask.ndim == 3:
+            mask = mask[..., 0]
+        mask = mask.astype(np.uint8) if mask.dtype == bool else (mask > 0).astype(np.uint8)
+        if mask.shape != (y1 - y0, x1 - x0):
+            import cv2
+
+            mask = cv2.resize(mask, (x1 - x0, y1 - y0), interpolation=cv2.INTER_NEAREST)
     else:
-        x, y, w, h = det.bounding_box
-        x0, y0 = int(round(x * width)), int(round(y * height))
-        x1, y1 = int(round((x + w) * width)), int(round((y + h) * height))
-        canvas[max(y0, 0):max(y1, 0), max(x0, 0):max(x1, 0)] = 1
-    return canvas.astype(bool)
+        mask = np.ones((y1 - y0, x1 - x0), dtype=np.uint8)
+    cx0, cy0, cx1, cy1 = max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)
+    if cx1 <= cx0 or cy1 <= cy0:
+        return canvas
+    canvas[cy0:cy1, cx0:cx1] = mask[cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0] > 0
+    return canvas
 
 
 def _render_polyline(poly: fo.Polyline, height: int, width: int) -> np.ndarray:
@@ -218,10 +233,22 @@ def mask_to_detections(label_map: np.ndarray, probs: np.ndarray | None, registry
             confidence = float(probs[obj_id][ys, xs][crop].mean())
         else:
             confidence = exact_confidence
-        bbox = [xs.start / width, ys.start / height, (xs.stop - xs.start) / width, (ys.stop - ys.start) / height]
+        bbox = bbox_of(xs, ys, width, height)
         dets.append(fo.Detection(label=label, bounding_box=bbox, mask=crop, index=info.index,
                                  confidence=confidence))
     return fo.Detections(detections=dets)
+
+
+# A millionth of a pixel added to the top-left corner: FiftyOne's Python renderer truncates
+# ``int(W * x)``, and ``W * (x0 / W)`` can land just below ``x0`` in floating point.
+_NUDGE = 1e-6
+
+
+def bbox_of(xs: slice, ys: slice, width: int, height: int) -> list[float]:
+    """Relative [x, y, w, h] of the pixel box ``ys, xs`` that renders back to exactly those
+    pixels both by rounding (the App) and by truncation (FiftyOne's Python rendering)."""
+    return [(xs.start + _NUDGE) / width, (ys.start + _NUDGE) / height,
+            (xs.stop - xs.start) / width, (ys.stop - ys.start) / height]
 
 
 def mask_to_segmentation(label_map: np.ndarray, registry: ObjectRegistry) -> fo.Segmentation:

@@ -1,0 +1,121 @@
+"""Command line: ``python -m plugin propagate ...`` and ``python -m plugin demo``.
+
+``propagate`` runs the same code as the ``@deaot/vos/propagate_masks`` operator on a dataset
+(or the samples given with ``--sample-id``), with a tqdm progress bar. Ctrl-C cancels: the
+output field is left as it was.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+
+def _add_propagate(sub) -> None:
+    p = sub.add_parser("propagate", help="propagate keyframe masks through the videos of a dataset")
+    p.add_argument("--dataset", required=True, help="FiftyOne dataset name")
+    p.add_argument("--keyframes-field", required=True, help="frame field with the keyframe masks")
+    p.add_argument("--output-field", required=True, help="frame field to write (fo.Detections)")
+    p.add_argument("--model", default=None, help="official model name (default R50_DeAOTL)")
+    p.add_argument("--checkpoint", default=None, help="path or URL of the weights")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--overwrite", action="store_true", help="replace the output field(s) if they exist")
+    p.add_argument("--write-segmentation", default=None, metavar="FIELD",
+                   help="also write a fo.Segmentation label map to this frame field")
+    p.add_argument("--long-term-gap", type=int, default=None)
+    p.add_argument("--max-long-term-frames", type=int, default=None)
+    p.add_argument("--max-short-edge", type=int, default=None)
+    p.add_argument("--max-long-edge", type=int, default=1040)
+    p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"))
+    p.add_argument("--sample-id", action="append", default=None, help="only this sample (repeatable)")
+    p.add_argument("--skip-failures", action="store_true", help="go on when a video fails")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="build the demo dataset and propagate its masks")
+    p.add_argument("--name", default="deaot-demo", help="dataset name (replaced if it exists)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-real-clips", action="store_true", help="only the synthetic video")
+    p.add_argument("--launch", action="store_true", help="open the FiftyOne App at the end")
+
+
+def print_summary(summary: dict, stream=sys.stdout) -> None:
+    print(f"model {summary['model']} ({summary['weights']} weights"
+          + (f": {summary['checkpoint']}" if summary.get("checkpoint") else "") + f") on {summary['device']}",
+          file=stream)
+    for row in summary["samples"]:
+        name = os.path.basename(row.get("filepath", row["id"]))
+        if row.get("status") == "ok":
+            print(f"  {name}: {row['frames']} frames ({row['width']}x{row['height']}), keyframes {row['keyframes']}, "
+                  f"{row['objects']} objects, {row['seconds']:.1f}s ({row.get('fps') or 0:.1f} frames/s)", file=stream)
+        else:
+            print(f"  {name}: {row.get('status')}", file=stream)
+    fields = summary["output_field"] + (f" and {summary['segmentation_field']}" if summary.get("segmentation_field") else "")
+    print(f"wrote frames.{fields} in {summary.get('seconds', 0):.1f}s", file=stream)
+
+
+def _tqdm_progress():
+    from tqdm import tqdm
+
+    bar = tqdm(total=1000, unit="‰", bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}")
+
+    def progress(fraction, label):
+        bar.n = int(round(fraction * 1000))
+        bar.set_postfix_str(label, refresh=False)
+        bar.refresh()
+
+    return bar, progress
+
+
+def run_propagate(args) -> int:
+    import fiftyone as fo
+
+    from .models import DEFAULT_MODEL
+    from .propagation import OutputExistsError, PropagationCancelled, propagate
+
+    if not fo.dataset_exists(args.dataset):
+        print(f"error: no dataset named {args.dataset!r}", file=sys.stderr)
+        return 2
+    dataset = fo.load_dataset(args.dataset)
+    view = dataset.select(args.sample_id) if args.sample_id else dataset
+    bar, progress = _tqdm_progress()
+    try:
+        summary = propagate(view, args.keyframes_field, args.output_field, model=args.model or DEFAULT_MODEL,
+                            checkpoint=args.checkpoint, device=args.device, overwrite=args.overwrite,
+                            progress=progress, long_term_gap=args.long_term_gap,
+                            max_long_term_frames=args.max_long_term_frames, max_short_edge=args.max_short_edge,
+                            max_long_edge=args.max_long_edge, precision=args.precision,
+                            write_segmentation=args.write_segmentation, skip_failures=args.skip_failures)
+    except (KeyboardInterrupt, PropagationCancelled):
+        bar.close()
+        print("cancelled: no field was changed", file=sys.stderr)
+        return 130
+    except (OutputExistsError, ValueError, RuntimeError) as err:
+        bar.close()
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    bar.close()
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print_summary(summary)
+    return 0
+
+
+def main(argv=None) -> int:
+    os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
+    parser = argparse.ArgumentParser(prog="python -m plugin", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_propagate(sub)
+    _add_demo(sub)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.command == "propagate":
+        return run_propagate(args)
+    from .demo import run_demo
+
+    return run_demo(name=args.name, device=args.device, real_clips=not args.no_real_clips, launch=args.launch)
