@@ -105,8 +105,8 @@ def read_sequences(dataset, field_name: str, mask_targets: dict | None = None) -
         dataset = fo.load_dataset(dataset)
     name, is_video = _frame_field(dataset, field_name)
     if mask_targets is None:
-        targets = dataset.frame_mask_targets if is_video else dataset.mask_targets
-        mask_targets = (targets or {}).get(name) or dataset.default_mask_targets or None
+        key = f"frames.{name}" if is_video else name
+        mask_targets = (dataset.mask_targets or {}).get(key) or dataset.default_mask_targets or None
     view = dataset.select_fields(f"frames.{name}" if is_video else name)
     sequences = []
     for sample in view.iter_samples():
