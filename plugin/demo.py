@@ -1,0 +1,239 @@
+"""``python -m plugin demo`` (``make demo``): a persistent FiftyOne video dataset with keyframe
+masks, propagated with the default model resolution.
+
+Samples:
+
+- ``synthetic.mp4``: generated here (48 frames, 384x216): four shapes moving over a textured
+  background, keyframes on frames 8 (three shapes) and 30 (a fourth shape has entered), and a
+  ``ground_truth`` field on every frame. Shows backward filling (frames 1-7) and an object that
+  first appears on a later keyframe.
+- two real clips from the official AOT/DeAOT demo (YouTube-VOS frames, BSD-3-Clause), downscaled
+  from 1920x1080 to 480x270 and stored in ``demo_data/aot-demo/`` as H.264 MP4s with their
+  first-frame label maps (44 and 43 objects): many-object propagation.
+
+Videos are written as H.264 with the ffmpeg binary of the ``imageio-ffmpeg`` wheel so the App's
+browser can play them (OpenCV's mp4v is readable by decord but not playable in Chromium); that
+binary is used only here, never on the propagation path. Frames are small so the demo runs in a
+few minutes on 2 CPU cores.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .models import DEFAULT_MODEL, REPO_ROOT
+
+log = logging.getLogger(__name__)
+
+DEMO_DIR = REPO_ROOT / "demo_data"
+AOT_DIR = DEMO_DIR / "aot-demo"
+REAL_CLIPS = ("1001_3iEIq5HBY1s", "1007_YCTBBdbKSSg")
+KEYFRAMES_FIELD = "keyframes"
+OUTPUT_FIELD = "deaot"
+SEGMENTATION_FIELD = "deaot_segmentation"
+SHAPES = {1: "circle", 2: "square", 3: "triangle", 4: "ellipse"}
+
+
+# -- encoding ------------------------------------------------------------------------------------
+
+def write_video(frames, path: str | Path, fps: float = 24.0) -> str:
+    """Encode an iterable of (H, W, 3) uint8 RGB frames as H.264 (App-playable) MP4.
+
+    Falls back to OpenCV's MPEG-4 (decodable by decord, not playable in the App) when the
+    ``imageio-ffmpeg`` wheel is missing. Returns the codec used.
+    """
+    path = str(path)
+    frames = iter(frames)
+    first = next(frames)
+    height, width = first.shape[:2]
+    try:
+        import imageio_ffmpeg
+    except ImportError:
+        imageio_ffmpeg = None
+    if imageio_ffmpeg is not None:
+        writer = imageio_ffmpeg.write_frames(
+            path, (width, height), fps=fps, codec="libx264", pix_fmt_in="rgb24", pix_fmt_out="yuv420p",
+            macro_block_size=2, quality=None, ffmpeg_log_level="error",
+            output_params=["-crf", "23", "-preset", "medium", "-movflags", "+faststart"])
+        writer.send(None)
+        for frame in [first, *frames]:
+            writer.send(np.ascontiguousarray(frame))
+        writer.close()
+        return "h264"
+    import cv2
+
+    log.warning("imageio-ffmpeg is not installed: writing %s as MPEG-4 Part 2, which the App cannot play "
+                "(pip install imageio-ffmpeg for H.264)", path)
+    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+    for frame in [first, *frames]:
+        writer.write(np.ascontiguousarray(frame[:, :, ::-1]))
+    writer.release()
+    return "mp4v"
+
+
+def video_metadata(path: str | Path):
+    """``fo.VideoMetadata`` from decord (no ffprobe needed)."""
+    import fiftyone as fo
+
+    from .video import VideoReader
+
+    reader = VideoReader(str(path))
+    fps = reader.fps or 24.0
+    return fo.VideoMetadata(size_bytes=os.path.getsize(path), mime_type="video/mp4", frame_width=reader.width,
+                            frame_height=reader.height, frame_rate=fps, total_frame_count=reader.num_frames,
+                            duration=reader.num_frames / fps, encoding_str="avc1")
+
+
+# -- data ----------------------------------------------------------------------------------------
+
+def prepare_real_clips(source: str | Path = "/work/shared/data/aot-demo", target: str | Path = AOT_DIR,
+                       width: int = 480) -> None:
+    """Maintainers only: downscale the official demo clips (JPEG frames + first-frame palette
+    PNG) into ``target`` as H.264 MP4 + label-map PNG (what the repository ships)."""
+    from PIL import Image
+
+    source, target = Path(source), Path(target)
+    target.mkdir(parents=True, exist_ok=True)
+    for clip in REAL_CLIPS:
+        images = sorted((source / "images" / clip).glob("*.jpg"))
+        mask_file = sorted((source / "masks" / clip).glob("*.png"))[0]
+        size = Image.open(images[0]).size
+        new = (width, int(round(size[1] * width / size[0] / 2)) * 2)
+
+        def frames():
+            for image in images:
+                yield np.asarray(Image.open(image).convert("RGB").resize(new, Image.BILINEAR))
+
+        write_video(frames(), target / f"{clip}.mp4", fps=24)
+        mask = Image.open(mask_file)
+        mask.resize(new, Image.NEAREST).save(target / f"{clip}.png")
+
+
+def synthetic_label_maps(num_frames: int = 48, width: int = 384, height: int = 216) -> np.ndarray:
+    """(T, H, W) label maps of four moving shapes (4 enters from the right on frame ~18)."""
+    import cv2
+
+    maps = np.zeros((num_frames, height, width), dtype=np.uint8)
+    for t in range(num_frames):
+        m = maps[t]
+        # drawn back to front: later shapes occlude earlier ones
+        cx = int(40 + 5.5 * t)
+        cv2.circle(m, (cx, int(70 + 25 * np.sin(t / 6))), 26, 1, -1)
+        x = int(250 - 2.5 * t)
+        y = int(120 + 30 * np.cos(t / 8))
+        cv2.rectangle(m, (x, y), (x + 46, y + 46), 2, -1)
+        tx, ty = int(60 + 3 * t), int(185 - 1.5 * t)
+        cv2.fillPoly(m, [np.array([(tx, ty - 34), (tx - 30, ty + 18), (tx + 30, ty + 18)], np.int32)], 3)
+        ex = int(width + 40 - 7 * (t - 14))
+        if ex - 36 < width:
+            cv2.ellipse(m, (ex, 150), (36, 20), 15, 0, 360, 4, -1)
+    return maps
+
+
+def synthetic_frames(maps: np.ndarray) -> np.ndarray:
+    """Render RGB frames for ``maps``: shaded coloured shapes on a textured, drifting background."""
+    t, h, w = maps.shape
+    yy, xx = np.mgrid[0:h, 0:w]
+    rng = np.random.default_rng(7)
+    texture = rng.integers(-18, 18, size=(h, w + t * 2, 3))
+    colours = np.array([[0, 0, 0], [220, 60, 50], [60, 190, 80], [70, 90, 230], [235, 200, 40]], np.float32)
+    frames = np.empty((t, h, w, 3), np.uint8)
+    for i in range(t):
+        base = np.stack([90 + 40 * xx / w, 100 + 30 * yy / h, 120 - 30 * xx / w], -1)
+        frame = base + texture[:, 2 * i:2 * i + w]
+        fg = maps[i] > 0
+        shade = (0.85 + 0.15 * np.sin(xx / 9.0 + yy / 13.0))[..., None]
+        frame[fg] = (colours[maps[i]] * shade)[fg]
+        frames[i] = np.clip(frame, 0, 255).astype(np.uint8)
+    return frames
+
+
+def _detections(label_map: np.ndarray, names: dict[int, str], confidence=None):
+    from .labels import ObjectRegistry, mask_to_detections
+
+    registry = ObjectRegistry()
+    for k in sorted(int(v) for v in np.unique(label_map) if v):
+        registry.get(("value", k), names.get(k, "object"), 1, index=k)
+    return mask_to_detections(label_map.astype(np.int32), None, registry, {}, exact_confidence=confidence)
+
+
+def build_dataset(name: str = "deaot-demo", real_clips: bool = True, workdir: str | Path | None = None):
+    """Create (replace) the persistent demo dataset; returns it."""
+    import fiftyone as fo
+    from PIL import Image
+
+    workdir = Path(workdir) if workdir else Path(fo.config.default_dataset_dir) / name
+    workdir.mkdir(parents=True, exist_ok=True)
+    if fo.dataset_exists(name):
+        fo.delete_dataset(name)
+    dataset = fo.Dataset(name, persistent=True)
+    samples = []
+
+    maps = synthetic_label_maps()
+    video = workdir / "synthetic.mp4"
+    codec = write_video(synthetic_frames(maps), video, fps=12)
+    sample = fo.Sample(filepath=str(video), source="synthetic", tags=["synthetic"])
+    sample.metadata = video_metadata(video)
+    for number in range(1, len(maps) + 1):
+        sample.frames[number]["ground_truth"] = _detections(maps[number - 1], SHAPES)
+    for number, objects in ((8, (1, 2, 3)), (30, (1, 2, 3, 4))):
+        keyframe = np.where(np.isin(maps[number - 1], objects), maps[number - 1], 0)
+        sample.frames[number][KEYFRAMES_FIELD] = _detections(keyframe, SHAPES)
+    samples.append(sample)
+
+    if real_clips:
+        for clip in REAL_CLIPS:
+            src = AOT_DIR / f"{clip}.mp4"
+            if not src.is_file():
+                log.warning("demo clip %s is missing; skipped", src)
+                continue
+            video = workdir / src.name
+            shutil.copyfile(src, video)
+            mask = np.array(Image.open(AOT_DIR / f"{clip}.png"))
+            sample = fo.Sample(filepath=str(video), source="aot-demo", tags=["aot-demo"])
+            sample.metadata = video_metadata(video)
+            sample.frames[1][KEYFRAMES_FIELD] = _detections(mask, {})
+            samples.append(sample)
+    dataset.add_samples(samples)
+    dataset.info["description"] = "DeAOT plugin demo: keyframe masks in 'keyframes', propagated into 'deaot'"
+    dataset.save()
+    log.info("demo dataset '%s': %s videos in %s (synthetic video codec: %s)", name, len(samples), workdir, codec)
+    return dataset
+
+
+def run_demo(name: str = "deaot-demo", device: str = "auto", real_clips: bool = True, launch: bool = False) -> int:
+    import fiftyone as fo
+
+    from .cli import _tqdm_progress, print_summary
+    from .propagation import propagate
+
+    start = time.time()
+    dataset = build_dataset(name, real_clips=real_clips)
+    print(f"built dataset '{name}' with {len(dataset)} videos in {time.time() - start:.1f}s; propagating "
+          f"(small videos: 384x216 and 480x270, so this runs in a few minutes on 2 CPU cores)")
+    bar, progress = _tqdm_progress()
+    try:
+        summary = propagate(dataset, KEYFRAMES_FIELD, OUTPUT_FIELD, model=DEFAULT_MODEL, device=device,
+                            overwrite=True, progress=progress, write_segmentation=SEGMENTATION_FIELD,
+                            allow_random_weights=True)
+    finally:
+        bar.close()
+    print_summary(summary)
+    if summary["weights"] == "random":
+        print("\nWARNING: no checkpoint was found, the masks come from RANDOMLY INITIALISED weights and are "
+              "meaningless.\n         Put an official checkpoint in ~/.cache/deaot (or $DEAOT_CACHE) or add "
+              "checkpoints/deaot_t_synthetic.pth, then rerun `make demo`.", file=sys.stderr)
+    print(f"\nOpen it in the App:\n    .venv/bin/python -c \"import fiftyone as fo; "
+          f"fo.launch_app(fo.load_dataset('{name}')).wait()\"\n"
+          f"(frame fields: '{KEYFRAMES_FIELD}' = the given keyframes, '{OUTPUT_FIELD}' = propagated instance "
+          f"masks, '{SEGMENTATION_FIELD}' = label maps; the synthetic video also has 'ground_truth')")
+    if launch:
+        session = fo.launch_app(dataset)
+        session.wait()
+    return 0
