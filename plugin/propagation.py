@@ -201,6 +201,11 @@ def propagate(sample_collection, keyframes_field: str, output_field: str, model:
     import deaot_core
 
     start_time = time.time()
+    dataset = _root_dataset(sample_collection)
+    for name, what in ((output_field, "output_field"), (write_segmentation, "write_segmentation")):
+        name = _field_name(name, what)
+        if name is not None:  # a killed earlier run may have left the field renamed or a temporary one
+            _recover_stale(dataset, name)
     keyframes_field, output_field, write_segmentation = check_fields(
         sample_collection, keyframes_field, output_field, write_segmentation, overwrite)
     if precision not in PRECISIONS:
@@ -211,7 +216,6 @@ def propagate(sample_collection, keyframes_field: str, output_field: str, model:
     tracker = deaot_core.Tracker(net, device=device, long_term_gap=long_term_gap,
                                  max_long_term_frames=max_long_term_frames, max_short_edge=max_short_edge,
                                  max_long_edge=max_long_edge, precision=precision)
-    dataset = _root_dataset(sample_collection)
     mask_targets = dataset.mask_targets.get("frames." + keyframes_field) or dataset.default_mask_targets or None
 
     rows = sample_collection.values(["id", "filepath", "metadata.total_frame_count"])
@@ -221,8 +225,6 @@ def propagate(sample_collection, keyframes_field: str, output_field: str, model:
                                    segmentation_field=write_segmentation, samples=[])
 
     finals = [(output_field, fo.Detections)] + ([(write_segmentation, fo.Segmentation)] if write_segmentation else [])
-    for final, _ in finals:
-        _recover_stale(dataset, final)
     tmps: list[str] = []
     try:
         for final, kind in finals:

@@ -358,3 +358,23 @@ def test_demo_dataset_and_synthetic_propagation(tmp_path, tiny_checkpoint):
     finally:
         if fo.dataset_exists(name):
             fo.delete_dataset(name)
+
+
+def test_leftovers_of_a_killed_run_are_recovered(make_video, tiny_checkpoint):
+    import fiftyone as fo
+    import plugin
+
+    path, maps = make_video("k", 5)
+    ds = _dataset("t_killed")
+    ds.add_sample(_video_sample(path, maps, [1]))
+    run = dict(model="DeAOTT", checkpoint=tiny_checkpoint, device="cpu")
+    plugin.propagate(ds, "kf", "out", **run)
+    before = ds.values("frames.out")
+    # killed between the two renames of the swap, with a temporary field of a later run left over
+    ds.rename_frame_field("out", "out_deaot_old")
+    ds.add_frame_field("out_deaot_tmp", fo.EmbeddedDocumentField, embedded_doc_type=fo.Detections)
+    with pytest.raises(plugin.OutputExistsError):
+        plugin.propagate(ds, "kf", "out", **run)
+    schema = ds.get_frame_field_schema()
+    assert "out" in schema and "out_deaot_old" not in schema and "out_deaot_tmp" not in schema
+    assert ds.values("frames.out") == before
