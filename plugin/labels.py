@@ -199,13 +199,13 @@ def parse_keyframe(value: Any, frame_number: int, height: int, width: int,
     return kf
 
 
-def mask_to_detections(label_map: np.ndarray, probs: np.ndarray | None, registry: ObjectRegistry,
+def mask_to_detections(label_map: np.ndarray, confidences: Mapping[int, float] | None, registry: ObjectRegistry,
                        labels: Mapping[int, str | None], exact: Mapping[int, Any] | None = None,
                        given: set[int] | None = None, exact_confidence: float = 1.0) -> fo.Detections:
     """One ``fo.Detection`` per object present in ``label_map`` (bbox-relative masks).
 
     ``exact``: obj id -> given detection whose bbox and mask are copied unchanged (keyframes).
-    ``probs``: (K+1, H, W) probabilities for the confidence (mean inside the mask).
+    ``confidences``: obj id -> confidence (see :func:`mean_confidences`).
     ``given``: obj ids given on this (key)frame: confidence ``exact_confidence``.
     """
     from scipy import ndimage
@@ -229,14 +229,40 @@ def mask_to_detections(label_map: np.ndarray, probs: np.ndarray | None, registry
         crop = label_map[ys, xs] == obj_id
         if given is not None and obj_id in given:
             confidence = exact_confidence
-        elif probs is not None and obj_id < probs.shape[0]:
-            confidence = float(probs[obj_id][ys, xs][crop].mean())
+        elif confidences is not None and obj_id in confidences:
+            confidence = confidences[obj_id]
         else:
             confidence = exact_confidence
         bbox = bbox_of(xs, ys, width, height)
         dets.append(fo.Detection(label=label, bounding_box=bbox, mask=crop, index=info.index,
                                  confidence=confidence))
     return fo.Detections(detections=dets)
+
+
+def mean_confidences(probs, label_map: np.ndarray) -> dict[int, float]:
+    """obj id -> mean probability of that object over its pixels in ``label_map``.
+
+    ``probs``: (K+1, H, W) torch tensor (any device; resized bilinearly if its size differs);
+    computed on its device with one gather and one scatter, so (K+1, H, W) never leaves it.
+    Objects beyond the K channels (new on this frame) get no entry.
+    """
+    import torch
+
+    if probs is None:
+        return {}
+    height, width = label_map.shape
+    if tuple(probs.shape[-2:]) != (height, width):
+        probs = torch.nn.functional.interpolate(probs[None].float(), size=(height, width), mode="bilinear",
+                                                align_corners=False)[0]
+    channels = probs.shape[0]
+    labels = torch.from_numpy(np.ascontiguousarray(label_map, dtype=np.int64)).to(probs.device)
+    inside = labels < channels
+    picked = probs.float().gather(0, labels.clamp(max=channels - 1)[None])[0] * inside
+    size = int(labels.max()) + 1 if labels.numel() else 1
+    sums = torch.zeros(size, dtype=torch.float64, device=probs.device).scatter_add_(
+        0, labels.flatten(), picked.flatten().double())
+    counts = torch.bincount(labels.flatten(), minlength=size)
+    return {k: float(sums[k] / counts[k]) for k in range(1, min(size, channels)) if counts[k] > 0}
 
 
 # A millionth of a pixel added to the top-left corner: FiftyOne's Python renderer truncates

@@ -16,7 +16,8 @@ import numpy as np
 
 import fiftyone as fo
 
-from .labels import KEYFRAME_TYPES, ObjectRegistry, mask_to_detections, mask_to_segmentation, parse_keyframe
+from .labels import (KEYFRAME_TYPES, ObjectRegistry, mask_to_detections, mask_to_segmentation, mean_confidences,
+                     parse_keyframe)
 from .models import DEFAULT_MODEL, PRECISIONS, load_model, resolve_checkpoint, resolve_device
 from .video import open_video
 
@@ -154,17 +155,6 @@ def _drop(dataset: fo.Dataset, field: str) -> None:
             dataset.delete_frame_field(field)
     except Exception as err:  # best effort: the next run removes it too
         log.warning("could not remove temporary field '%s': %s", field, err)
-
-
-def _probs_numpy(probs, height: int, width: int) -> np.ndarray:
-    import torch
-
-    if probs is None:
-        return None
-    if probs.shape[-2:] != (height, width):
-        probs = torch.nn.functional.interpolate(probs[None].float(), size=(height, width), mode="bilinear",
-                                                align_corners=False)[0]
-    return probs.detach().float().cpu().numpy()
 
 
 def propagate(sample_collection, keyframes_field: str, output_field: str, model: str = DEFAULT_MODEL,
@@ -314,8 +304,7 @@ def _propagate_sample(sample_collection, dataset, sid, path, meta_count, keyfram
             label_map[np.isin(label_map, kf.objects) & (kf.label_map == 0)] = 0
             label_map[kf.label_map > 0] = kf.label_map[kf.label_map > 0]
             labels.update(kf.labels)
-        probs_np = _probs_numpy(probs, height, width)
-        dets = mask_to_detections(label_map, probs_np, registry, labels,
+        dets = mask_to_detections(label_map, mean_confidences(probs, label_map), registry, labels,
                                   exact=kf.exact if kf is not None else None,
                                   given=set(kf.objects) if kf is not None else None)
         seg = mask_to_segmentation(label_map, registry) if seg_field is not None else None

@@ -121,7 +121,8 @@ def test_segmentation_and_polylines_keyframes():
 @settings(max_examples=25, deadline=None)
 @given(st.integers(0, 2 ** 32 - 1))
 def test_label_map_to_detections_round_trips_through_fiftyone_rendering(seed):
-    from plugin.labels import ObjectRegistry, mask_to_detections, mask_to_segmentation
+    import torch
+    from plugin.labels import ObjectRegistry, mask_to_detections, mask_to_segmentation, mean_confidences
 
     rng = np.random.default_rng(seed)
     h, w = int(rng.integers(5, 40)), int(rng.integers(5, 40))
@@ -130,7 +131,7 @@ def test_label_map_to_detections_round_trips_through_fiftyone_rendering(seed):
     for k in range(1, 4):
         reg.get(("label", "x", k), "x", 1, index=10 * k)
     probs = rng.random((4, h, w)).astype(np.float32)
-    dets = mask_to_detections(label_map, probs, reg, {})
+    dets = mask_to_detections(label_map, mean_confidences(torch.from_numpy(probs), label_map), reg, {})
     assert np.array_equal(_render(dets, h, w), np.where(label_map > 0, label_map * 10, 0))
     for d in dets.detections:
         k = d.index // 10
