@@ -478,7 +478,7 @@ def generate_clip(seed: int | np.random.Generator, num_frames: int = 8, height: 
 def _hidden_objects(sprites: list[_Sprite], order: list[int], distractors: list[_Sprite], dist_z: np.ndarray,
                     height: int, width: int, min_pixels: float) -> list[int]:
     """Objects whose visible area in frame 0 is below ``min_pixels`` or a quarter of their own."""
-    label = np.zeros((height, width), np.int16)
+    label = np.full((height, width), -1, np.int16)  # -1: background or distractor
     own = {}
     layers = [(d, -1) for d, front in zip(distractors, dist_z) if not front]
     layers += [(sprites[i], i) for i in order]

@@ -65,19 +65,19 @@ class TrainConfig:
     seed: int = 0
     minutes: float | None = None
     steps: int | None = None
-    batch_size: int = 2
-    seq_len: int = 5  # reference + seq_len-1 frames with loss
-    height: int = 225
-    width: int = 225
-    lr: float = 2e-4
+    batch_size: int = 4  # official: 16 (4 GPUs x 4)
+    seq_len: int = 3  # reference + seq_len-1 frames with loss (official: 5)
+    height: int = 161  # official: 465x465 crops
+    width: int = 161
+    lr: float | None = None  # None: the stage preset (see STAGE_PRESETS)
     min_lr: float = 2e-5
-    weight_decay: float = 0.07
+    weight_decay: float | None = None
     warmup: float = 0.05  # fraction of training
     lr_power: float = 0.9
     encoder_lr_ratio: float | None = None  # default: 0.1 with --init, else 1.0
     top_k_percent: float = 0.15
     hard_mining: float = 0.5  # fraction of training over which bootstrapping anneals to top_k_percent
-    seq_training_start: float = 0.5  # fraction of training after which memory uses predictions
+    seq_training_start: float | None = None  # fraction of training after which memory uses predictions
     clip_grad: float = 5.0
     ema_ratio: float = 0.1  # EMA decay = 1 - 1 / (ema_ratio * expected steps); 0 disables
     final_weights: str = "ema"  # "ema" or "raw"
@@ -96,6 +96,23 @@ class TrainConfig:
     resume: bool = True
     progress_bar: bool = True
     expected_steps: int | None = None  # for the EMA decay when only --minutes is given
+
+
+#: official stage configs: training from scratch follows the static pre-training stage
+#: (configs/pre.py), fine-tuning (--init) the main stage (configs/default.py)
+STAGE_PRESETS = {
+    "pre": {"lr": 2e-4, "weight_decay": 0.03, "seq_training_start": 1.0, "encoder_lr_ratio": 1.0},
+    "main": {"lr": 2e-4, "weight_decay": 0.07, "seq_training_start": 0.5, "encoder_lr_ratio": 0.1},
+}
+
+
+def resolve_stage(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with unset hyper-parameters taken from the stage preset ("main" when
+    fine-tuning from ``--init``, else "pre"). Pre-training keeps the official encoder LR ratio
+    of 1 because our encoder starts from random weights, not ImageNet."""
+    preset = STAGE_PRESETS["main" if cfg.init else "pre"]
+    changes = {k: v for k, v in preset.items() if getattr(cfg, k) is None}
+    return dataclasses.replace(cfg, **changes)
 
 
 # ------------------------------------------------------------------------------------ schedules
@@ -406,6 +423,7 @@ class Trainer:
         import deaot_core  # the package's public API (model registry, checkpoints, train_forward)
 
         self.core = deaot_core
+        cfg = resolve_stage(cfg)
         self.cfg = cfg
         if cfg.steps is None and cfg.minutes is None:
             raise ValueError("give --steps and/or --minutes")
@@ -426,7 +444,7 @@ class Trainer:
         if cfg.init:
             deaot_core.load_checkpoint(self.model, cfg.init)
         self.model.to(self.device).train()
-        self.encoder_ratio = cfg.encoder_lr_ratio if cfg.encoder_lr_ratio is not None else (0.1 if cfg.init else 1.0)
+        self.encoder_ratio = cfg.encoder_lr_ratio
         self.optimizer = torch.optim.AdamW(parameter_groups(self.model, cfg.weight_decay), lr=cfg.lr,
                                            weight_decay=cfg.weight_decay)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
@@ -674,16 +692,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--seq-len", type=int, default=d.seq_len, help="frames per sample: reference + seq_len-1")
     p.add_argument("--size", type=_size, default=(d.height, d.width), help="training crop HxW (16k+1 sides)")
-    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--lr", type=float, help="base LR (default: 4e-4 from scratch, 2e-4 with --init)")
     p.add_argument("--min-lr", type=float, default=d.min_lr)
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--weight-decay", type=float, help="default: 0.03 from scratch, 0.07 with --init")
     p.add_argument("--warmup", type=float, default=d.warmup, help="LR warm-up, fraction of training")
     p.add_argument("--encoder-lr-ratio", type=float, help="encoder LR multiplier (default 0.1 with --init, else 1)")
     p.add_argument("--top-k", type=float, default=d.top_k_percent, help="bootstrapped CE: hardest pixel fraction")
     p.add_argument("--hard-mining", type=float, default=d.hard_mining,
                    help="fraction of training over which the CE anneals from all pixels to --top-k")
-    p.add_argument("--seq-training-start", type=float, default=d.seq_training_start,
-                   help="fraction of training after which memory holds the model's own predictions (1 = never)")
+    p.add_argument("--seq-training-start", type=float,
+                   help="fraction of training after which memory holds the model's own predictions "
+                        "(1 = never; default: 1 from scratch, 0.5 with --init)")
     p.add_argument("--clip-grad", type=float, default=d.clip_grad)
     p.add_argument("--ema-ratio", type=float, default=d.ema_ratio, help="0 disables the EMA")
     p.add_argument("--expected-steps", type=int, help="steps expected within --minutes (sets the EMA decay)")
