@@ -25,8 +25,8 @@ import torch.nn.functional as F
 IGNORE_INDEX = 255
 JACCARD_EPS = 1e-6
 
-__all__ = ["IGNORE_INDEX", "top_k_fraction", "bootstrapped_cross_entropy", "soft_jaccard_loss", "VOSLoss",
-           "frame_iou"]
+__all__ = ["IGNORE_INDEX", "top_k_fraction", "pixel_cross_entropy", "top_k_mean", "bootstrapped_cross_entropy",
+           "soft_jaccard_loss", "VOSLoss", "frame_iou"]
 
 
 def top_k_fraction(step: float, top_k_percent: float | None = 0.15, hard_mining_steps: float = 0.0) -> float:
@@ -60,27 +60,33 @@ def _check(logits: torch.Tensor, labels: torch.Tensor, num_objects: Sequence[int
             raise ValueError(f"batch item {b}: label {int(valid.max())} above its object count {int(n)}")
 
 
+def pixel_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, num_objects: Sequence[int]) -> torch.Tensor:
+    """(B, H*W) per-pixel cross-entropy over each item's ids 0..num_objects (0 where ignored)."""
+    _check(logits, labels, num_objects)
+    return torch.cat([
+        F.cross_entropy(logits[b:b + 1, :int(n) + 1].float(), labels[b:b + 1].long(), ignore_index=IGNORE_INDEX,
+                        reduction="none").flatten(1)
+        for b, n in enumerate(num_objects)])
+
+
+def top_k_mean(pixel_losses: torch.Tensor, fraction: float) -> torch.Tensor:
+    """(B, P) -> (B,): mean of the ``int(fraction * P)`` largest values of each row."""
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    num_pixels = pixel_losses.shape[1]
+    k = max(1, int(fraction * num_pixels))
+    if k >= num_pixels:
+        return pixel_losses.mean(dim=1)
+    return torch.topk(pixel_losses, k, dim=1, sorted=False).values.mean(dim=1)
+
+
 def bootstrapped_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, num_objects: Sequence[int],
                                fraction: float = 1.0) -> torch.Tensor:
     """Mean cross-entropy of the ``fraction`` hardest pixels of each item -> (B,).
 
     logits (B, C, H, W) float; labels (B, H, W) int with ids 0..num_objects[b] or 255.
     """
-    _check(logits, labels, num_objects)
-    if not 0.0 < fraction <= 1.0:
-        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
-    num_pixels = labels.shape[-2] * labels.shape[-1]
-    k = max(1, int(fraction * num_pixels))
-    losses = []
-    for b, n in enumerate(num_objects):
-        item_logits = logits[b:b + 1, :int(n) + 1].float()
-        pixel = F.cross_entropy(item_logits, labels[b:b + 1].long(), ignore_index=IGNORE_INDEX,
-                                reduction="none").flatten()
-        if k >= num_pixels:
-            losses.append(pixel.mean())
-        else:
-            losses.append(torch.topk(pixel, k, sorted=False).values.mean())
-    return torch.stack(losses)
+    return top_k_mean(pixel_cross_entropy(logits, labels, num_objects), fraction)
 
 
 def soft_jaccard_loss(logits: torch.Tensor, labels: torch.Tensor, num_objects: Sequence[int],
@@ -140,32 +146,37 @@ class VOSLoss:
         return top_k_fraction(step, self.top_k_percent, self.hard_mining_steps)
 
     def frame_loss(self, logits: torch.Tensor, labels: torch.Tensor, num_objects: Sequence[int],
-                   step: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(total, ce, jaccard) per item, each (B,), for one frame."""
-        ce = bootstrapped_cross_entropy(logits, labels, num_objects, self.fraction(step))
+                   step: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(total, bootstrapped ce, jaccard, plain mean ce) per item, each (B,), for one frame."""
+        pixel = pixel_cross_entropy(logits, labels, num_objects)
+        ce = top_k_mean(pixel, self.fraction(step))
         jac = soft_jaccard_loss(logits, labels, num_objects)
-        return self.ce_weight * ce + self.jaccard_weight * jac, ce, jac
+        return self.ce_weight * ce + self.jaccard_weight * jac, ce, jac, pixel.detach().mean(dim=1)
 
     def __call__(self, logits: Sequence[torch.Tensor], labels: torch.Tensor, num_objects: Sequence[int],
                  step: float = 0.0) -> tuple[torch.Tensor, dict[str, float | list[float]]]:
         """Loss over frames: ``logits[i]`` (B, C, H, W) is scored against ``labels[:, i]``.
 
         ``labels`` is (B, len(logits), H, W). Returns the scalar loss (mean over items and
-        frames) and a dict of detached statistics for logging.
+        frames) and a dict of detached statistics for logging; ``loss_all_pixels`` is the same
+        loss with the CE over every pixel, comparable across the bootstrapping warm-up.
         """
         if labels.ndim != 4 or labels.shape[1] != len(logits):
             raise ValueError(f"labels must be (B, {len(logits)}, H, W), got {tuple(labels.shape)}")
-        totals, ces, jacs, ious = [], [], [], []
+        totals, ces, jacs, plain, ious = [], [], [], [], []
         for i, frame_logits in enumerate(logits):
-            total, ce, jac = self.frame_loss(frame_logits, labels[:, i], num_objects, step)
+            total, ce, jac, ce_all = self.frame_loss(frame_logits, labels[:, i], num_objects, step)
             totals.append(total.mean())
             ces.append(ce.mean().item())
             jacs.append(jac.mean().item())
+            plain.append(ce_all.mean().item())
             ious.append(frame_iou(frame_logits.detach(), labels[:, i], num_objects).mean().item())
         loss = torch.stack(totals).mean()
+        n = len(logits)
         stats = {
-            "loss": loss.item(), "ce": sum(ces) / len(ces), "jaccard": sum(jacs) / len(jacs),
-            "iou": sum(ious) / len(ious), "frame_loss": [t.item() for t in totals], "frame_iou": ious,
+            "loss": loss.item(), "ce": sum(ces) / n, "jaccard": sum(jacs) / n, "ce_all_pixels": sum(plain) / n,
+            "loss_all_pixels": self.ce_weight * sum(plain) / n + self.jaccard_weight * sum(jacs) / n,
+            "iou": sum(ious) / n, "frame_loss": [t.item() for t in totals], "frame_iou": ious,
             "top_k_fraction": self.fraction(step),
         }
         return loss, stats

@@ -88,6 +88,7 @@ class TrainConfig:
     threads: int | None = None
     long_term_gap: int | None = None
     static_prob: float = 0.0
+    id_shuffle: float = 0.0  # probability that a sample's objects move to random ID slots
     background_dir: str | None = None
     max_gap: int = 3
     half: bool = False
@@ -95,7 +96,7 @@ class TrainConfig:
     save_every_minutes: float = 5.0
     resume: bool = True
     progress_bar: bool = True
-    expected_steps: int | None = None  # for the EMA decay when only --minutes is given
+    expected_steps: int | None = None  # for the EMA decay with --minutes only (default: measured)
 
 
 #: official stage configs: training from scratch follows the static pre-training stage
@@ -306,16 +307,30 @@ def clips_to_batch(clips: Sequence[Clip], device: torch.device | str = "cpu"
     return frames, labels, counts
 
 
-class ClipSource:
-    """Training clips: item i is determined by (seed, i); flip / photometric augmentation added."""
+def shuffle_ids(labels: np.ndarray, rng: np.random.Generator, max_objects: int = 10) -> np.ndarray:
+    """Move objects 1..K to K distinct random ID-bank slots in 1..max_objects (255 kept), so
+    that every slot gets trained, like the official trainer's identity shuffling."""
+    k = int(labels[labels != 255].max()) if (labels != 255).any() else 0
+    lut = np.arange(256, dtype=np.uint8)
+    lut[1:k + 1] = rng.choice(np.arange(1, max_objects + 1), size=k, replace=False)
+    return lut[labels]
 
-    def __init__(self, base, seed: int, augment: bool = True, max_objects: int = 10):
+
+class ClipSource:
+    """Training clips: item i is determined by (seed, i); objects renumbered 1..K from the
+    reference frame, optionally moved to random ID slots (``id_shuffle`` probability), flip /
+    photometric augmentation added."""
+
+    def __init__(self, base, seed: int, augment: bool = True, max_objects: int = 10, id_shuffle: float = 0.0):
         self.base, self.seed, self.augment, self.max_objects = base, seed, augment, max_objects
+        self.id_shuffle = id_shuffle
 
     def __getitem__(self, index: int) -> Clip:
         clip = self.base[index]
         rng = clip_rng([self.seed, 7919], index)
         labels = relabel_from_reference(clip.labels, rng, self.max_objects)
+        if self.id_shuffle > 0 and rng.random() < self.id_shuffle:
+            labels = shuffle_ids(labels, rng, self.max_objects)
         clip = Clip(clip.frames, labels)
         return augment_clip(clip, rng) if self.augment else clip
 
@@ -337,7 +352,7 @@ def build_source(cfg: TrainConfig, max_objects: int = 10):
                                         max_objects=max_objects)
     else:
         raise ValueError(f"unknown --data {cfg.data!r}: use 'synthetic' or 'fiftyone:<dataset>:<field>'")
-    return ClipSource(base, cfg.seed, augment=True, max_objects=max_objects)
+    return ClipSource(base, cfg.seed, augment=True, max_objects=max_objects, id_shuffle=cfg.id_shuffle)
 
 
 # ------------------------------------------------------------------------------------- training
@@ -377,7 +392,8 @@ def _load_state(path: Path) -> dict:
 def plot_losses(records: list[dict], path: Path, title: str = "") -> Path:
     """Loss / IoU / LR curves as a PNG (matplotlib if installed, else OpenCV)."""
     steps = [r["step"] for r in records]
-    loss = [r["loss"] for r in records]
+    objective = [r["loss"] for r in records]
+    loss = [r.get("loss_all_pixels", r["loss"]) for r in records]
     iou = [r["iou"] for r in records]
     lr = [r["lr"] for r in records]
     try:
@@ -387,10 +403,11 @@ def plot_losses(records: list[dict], path: Path, title: str = "") -> Path:
         import matplotlib.pyplot as plt
 
         fig, axes = plt.subplots(3, 1, figsize=(8, 8), sharex=True)
-        axes[0].plot(steps, loss, lw=0.8, label="loss")
+        axes[0].plot(steps, objective, lw=0.6, color="tab:gray", label="objective (bootstrapped CE)")
+        axes[0].plot(steps, loss, lw=0.8, color="tab:blue", label="loss, CE over all pixels")
         if len(loss) >= 5:
             smooth = np.convolve(loss, np.ones(5) / 5, mode="valid")
-            axes[0].plot(steps[4:], smooth, lw=1.6, label="5-point mean")
+            axes[0].plot(steps[4:], smooth, lw=1.6, color="tab:orange", label="5-point mean")
         axes[0].set_ylabel("0.5 CE + 0.5 Jaccard")
         axes[0].legend()
         axes[1].plot(steps, iou, color="tab:green", lw=0.8)
@@ -559,6 +576,7 @@ class Trainer:
         doc = {"config": dataclasses.asdict(self.cfg), "model_name": self.model.cfg.name,
                "device": str(self.device), "amp": str(self.amp_dtype) if self.amp_dtype else None,
                "encoder_lr_ratio": self.encoder_ratio, "calibrated_bn_layers": self.calibrated,
+               "ema_decay": self.ema.decay if self.ema is not None else None,
                "resumed_from": self.resumed_from, "records": self.records}
         if summary is not None:
             doc["summary"] = summary
@@ -605,6 +623,10 @@ class Trainer:
                 step_times.append(dt)
                 stats["data_s"] = t_data
                 window.append(stats)
+                if self.step == 20 and self.ema is not None and not cfg.steps and not cfg.expected_steps:
+                    # --minutes only: size the EMA for the steps this machine will manage
+                    expected = 60.0 * cfg.minutes * self.step / max(self.elapsed, 1e-6)
+                    self.ema.decay = 1.0 - 1.0 / max(1.0, cfg.ema_ratio * expected)
                 if self.step % cfg.log_every == 0 or self.progress() >= 1.0 or self.step == 1:
                     self.records.append(self._record(window, step_times))
                     window, step_times = [], []
@@ -644,7 +666,8 @@ class Trainer:
             return float(np.mean([w[key] for w in window]))
 
         return {"step": self.step, "progress": round(self.progress(), 5), "elapsed_s": round(self.elapsed, 2),
-                "loss": mean("loss"), "ce": mean("ce"), "jaccard": mean("jaccard"), "iou": mean("iou"),
+                "loss": mean("loss"), "loss_all_pixels": mean("loss_all_pixels"), "ce": mean("ce"),
+                "ce_all_pixels": mean("ce_all_pixels"), "jaccard": mean("jaccard"), "iou": mean("iou"),
                 "lr": window[-1]["lr"], "top_k_fraction": window[-1]["top_k_fraction"],
                 "grad_norm": mean("grad_norm"), "use_prediction": bool(window[-1]["use_prediction"]),
                 "sec_per_step": float(np.mean(step_times)) if step_times else None,
@@ -657,8 +680,8 @@ class Trainer:
         timed = [r["sec_per_step"] for r in recs[1:] if r.get("sec_per_step")]
         return {"steps": self.step, "elapsed_min": round(self.elapsed / 60, 2),
                 "sec_per_step": float(np.median(timed)) if timed else None,
-                "first_loss": float(np.mean([r["loss"] for r in head])),
-                "last_loss": float(np.mean([r["loss"] for r in tail])),
+                "first_loss_all_pixels": float(np.mean([r["loss_all_pixels"] for r in head])),
+                "last_loss_all_pixels": float(np.mean([r["loss_all_pixels"] for r in tail])),
                 "first_iou": float(np.mean([r["iou"] for r in head])),
                 "last_iou": float(np.mean([r["iou"] for r in tail])),
                 "final_checkpoint": str(final), "final_mb": round(final.stat().st_size / 2 ** 20, 2),
@@ -718,6 +741,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--static-prob", type=float, default=d.static_prob,
                    help="synthetic data: share of static-image (affine-warp) sequences")
     p.add_argument("--background-dir", help="synthetic data: folder of images to use as backgrounds")
+    p.add_argument("--id-shuffle", type=float, default=d.id_shuffle,
+                   help="probability that a sample's objects use random ID-bank slots (official: always)")
     p.add_argument("--max-gap", type=int, default=d.max_gap, help="FiftyOne data: max gap between sampled frames")
     p.add_argument("--half", action="store_true", help="save final.pth in fp16")
     p.add_argument("--log-every", type=int, default=d.log_every)

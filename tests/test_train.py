@@ -18,7 +18,7 @@ from deaot_core.losses import (
 from deaot_core.synthetic import ClipOptions, generate_clip
 from deaot_core.train import (
     EMA, TrainConfig, Trainer, calibrate_frozen_batchnorm, clips_to_batch, config_from_args, learning_rate,
-    parameter_groups, random_scale_crop, set_learning_rates,
+    parameter_groups, random_scale_crop, set_learning_rates, shuffle_ids,
 )
 
 pytestmark = pytest.mark.usefixtures("torch_threads")
@@ -160,6 +160,29 @@ def test_random_scale_crop_shapes_and_objects():
     frames, labels = random_scale_crop(clip.frames[:, :20, :20], clip.labels[:, :20, :20], rng, 65, 65,
                                        scale_range=(0.2, 0.2))  # smaller than the crop: padded
     assert frames.shape == (3, 65, 65, 3)
+
+
+def test_shuffle_ids_moves_objects_to_distinct_slots():
+    labels = np.array([[[0, 1, 2, 3, 255]], [[3, 3, 1, 0, 255]]], np.uint8)
+    seen = set()
+    for seed in range(20):
+        out = shuffle_ids(labels, np.random.default_rng(seed), max_objects=10)
+        slots = [int(out[0, 0, i]) for i in (1, 2, 3)]
+        assert len(set(slots)) == 3 and all(1 <= v <= 10 for v in slots)
+        assert out[0, 0, 0] == 0 and out[0, 0, 4] == 255
+        assert out[1, 0, 0] == out[0, 0, 3] and out[1, 0, 2] == out[0, 0, 1]  # consistent over time
+        seen.update(slots)
+    assert len(seen) == 10
+
+
+def test_loss_all_pixels_is_logged_alongside_the_bootstrapped_objective():
+    labels = torch.zeros(1, 1, 10, 10, dtype=torch.long)
+    labels[0, 0, :5] = 1
+    logits = torch.randn(1, 11, 10, 10)
+    _, early = VOSLoss(hard_mining_steps=10)([logits], labels, [1], step=0)
+    _, late = VOSLoss(hard_mining_steps=10)([logits], labels, [1], step=10)
+    assert early["loss"] == pytest.approx(early["loss_all_pixels"], rel=1e-6)
+    assert late["loss"] > late["loss_all_pixels"] == pytest.approx(early["loss_all_pixels"], rel=1e-6)
 
 
 # ----------------------------------------------------------------------------------- training
