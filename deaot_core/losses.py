@@ -114,7 +114,8 @@ def soft_jaccard_loss(logits: torch.Tensor, labels: torch.Tensor, num_objects: S
 
 @torch.no_grad()
 def frame_iou(logits: torch.Tensor, labels: torch.Tensor, num_objects: Sequence[int]) -> torch.Tensor:
-    """Mean IoU over objects 1..n of the argmax prediction, per item -> (B,) (for logging)."""
+    """Mean IoU of the argmax prediction over the ids 1..n in its ground truth or prediction,
+    per item -> (B,) (1 when neither has any object; for logging)."""
     out = []
     for b, n in enumerate(num_objects):
         n = int(n)
@@ -125,7 +126,8 @@ def frame_iou(logits: torch.Tensor, labels: torch.Tensor, num_objects: Sequence[
         for obj in range(1, n + 1):
             p, g = (pred == obj) & keep, (gt == obj) & keep
             union = (p | g).sum()
-            ious.append(torch.ones(()) if union == 0 else (p & g).sum() / union)
+            if union > 0:
+                ious.append((p & g).sum() / union)
         out.append(torch.stack(ious).float().mean() if ious else torch.ones(()))
     return torch.stack(out)
 

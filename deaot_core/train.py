@@ -1,17 +1,19 @@
 """Train or fine-tune an AOT / DeAOT model on synthetic clips or a FiftyOne dataset.
 
-    python -m deaot_core.train --model DeAOTT --data synthetic --minutes 45 \\
-        --out checkpoints/deaott_synthetic --seed 0 --half
+    python -m deaot_core.train --model DeAOTT --data synthetic --minutes 45 --out runs/deaott_synthetic \\
+        --seed 0 --threads 2 --id-shuffle 0.5 --half --export checkpoints/deaot_t_synthetic.pth
     python -m deaot_core.train --model DeAOTT --data fiftyone:my_videos:gt_masks \\
-        --init checkpoints/deaott_synthetic/final.pth --steps 500 --out runs/finetune
+        --init checkpoints/deaot_t_synthetic.pth --steps 500 --out runs/finetune
 
-Recipe (the official trainer's, see ``checkpoints/README.md``): AdamW, base LR 2e-4 with
-linear warm-up over the first 5 % of training and poly(0.9) decay to 2e-5, weight decay 0.07
-(none on biases, norms and ID-free embeddings), encoder LR x0.1 when fine-tuning, gradient
-clipping at norm 5, bootstrapped CE + soft Jaccard with hard-pixel mining annealed over the
-first half, memory written with the ground truth first and with the model's own prediction
-(ID bank frozen) from ``--seq-training-start`` on, an EMA of the weights for the final
-checkpoint, AMP (bf16, else fp16 + loss scaling) on CUDA.
+Recipe (the official trainer's; details and deviations in ``checkpoints/README.md``): AdamW,
+LR 2e-4 with linear warm-up over the first 5 % of training and poly(0.9) decay to 2e-5, no
+weight decay on biases / norms, gradient clipping at norm 5, bootstrapped CE + soft Jaccard
+with hard-pixel mining annealed over the first half, an EMA of the weights for the final
+checkpoint, AMP (bf16, else fp16 + loss scaling) on CUDA. Two presets: from scratch = the
+official static pre-training stage (weight decay 0.03, memory always written with
+ground-truth identities, frozen-BN statistics calibrated on the first batch); fine-tuning
+(``--init``) = the main stage (weight decay 0.07, encoder LR x0.1, memory written with the
+model's own predictions and the ID bank frozen from ``--seq-training-start`` = 0.5 on).
 
 With ``--minutes`` the schedules run on the fraction of the time budget used (so a run
 always ends with a fully decayed LR, however fast the machine is); with ``--steps`` on the
@@ -92,6 +94,7 @@ class TrainConfig:
     background_dir: str | None = None
     max_gap: int = 3
     half: bool = False
+    export: str | None = None  # also write the final weights to this file
     log_every: int = 10
     save_every_minutes: float = 5.0
     resume: bool = True
@@ -338,9 +341,11 @@ class ClipSource:
 def build_source(cfg: TrainConfig, max_objects: int = 10):
     """The clip source named by ``cfg.data``."""
     if cfg.data == "synthetic":
+        # Wider object sizes than the benchmark's defaults (0.07-0.2 of the short side): the
+        # crops are smaller than the frames the model is used on.
         base = SyntheticVOS(length=2 ** 62, seed=cfg.seed, num_frames=cfg.seq_len, height=cfg.height,
-                            width=cfg.width, options=ClipOptions(), static_prob=cfg.static_prob,
-                            background_dir=cfg.background_dir)
+                            width=cfg.width, options=ClipOptions(size_range=(0.06, 0.3)),
+                            static_prob=cfg.static_prob, background_dir=cfg.background_dir)
     elif cfg.data.startswith("fiftyone:"):
         parts = cfg.data.split(":")
         if len(parts) != 3 or not parts[1] or not parts[2]:
@@ -520,7 +525,10 @@ class Trainer:
                  "weights": "ema" if self.ema is not None and self.cfg.final_weights == "ema" else "raw"}
         ctx = self.ema.applied(self.model) if extra["weights"] == "ema" else contextlib.nullcontext()
         with ctx:
-            return self.core.save_checkpoint(self.model, self.out / "final.pth", extra=extra, half=self.cfg.half)
+            path = self.core.save_checkpoint(self.model, self.out / "final.pth", extra=extra, half=self.cfg.half)
+            if self.cfg.export:
+                self.core.save_checkpoint(self.model, self.cfg.export, extra=extra, half=self.cfg.half)
+        return path
 
     # -- loop -------------------------------------------------------------------------------------
     def progress(self) -> float:
@@ -745,6 +753,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="probability that a sample's objects use random ID-bank slots (official: always)")
     p.add_argument("--max-gap", type=int, default=d.max_gap, help="FiftyOne data: max gap between sampled frames")
     p.add_argument("--half", action="store_true", help="save final.pth in fp16")
+    p.add_argument("--export", help="also write the final weights to this file (e.g. checkpoints/deaot_t_synthetic.pth)")
     p.add_argument("--log-every", type=int, default=d.log_every)
     p.add_argument("--save-every-minutes", type=float, default=d.save_every_minutes)
     p.add_argument("--no-resume", dest="resume", action="store_false", help="ignore an existing last.pth")

@@ -213,9 +213,9 @@ def _tiny_config(out, **kw) -> TrainConfig:
 
 
 def test_trainer_writes_checkpoints_that_reload_strictly(tmp_path):
-    summary = Trainer(_tiny_config(tmp_path, half=True)).run()
+    summary = Trainer(_tiny_config(tmp_path, half=True, id_shuffle=1.0, export=str(tmp_path / "x" / "demo.pth"))).run()
     assert summary["steps"] == 4
-    for name in ("final.pth", "last.pth"):
+    for name in ("final.pth", "last.pth", "x/demo.pth"):
         model = deaot_core.build_model("DeAOTT")
         deaot_core.load_checkpoint(model, tmp_path / name)  # strict
     final = torch.load(tmp_path / "final.pth", weights_only=True)
