@@ -341,11 +341,9 @@ class ClipSource:
 def build_source(cfg: TrainConfig, max_objects: int = 10):
     """The clip source named by ``cfg.data``."""
     if cfg.data == "synthetic":
-        # Wider object sizes than the benchmark's defaults (0.07-0.2 of the short side): the
-        # crops are smaller than the frames the model is used on.
         base = SyntheticVOS(length=2 ** 62, seed=cfg.seed, num_frames=cfg.seq_len, height=cfg.height,
-                            width=cfg.width, options=ClipOptions(size_range=(0.06, 0.3)),
-                            static_prob=cfg.static_prob, background_dir=cfg.background_dir)
+                            width=cfg.width, options=ClipOptions(), static_prob=cfg.static_prob,
+                            background_dir=cfg.background_dir)
     elif cfg.data.startswith("fiftyone:"):
         parts = cfg.data.split(":")
         if len(parts) != 3 or not parts[1] or not parts[2]:
