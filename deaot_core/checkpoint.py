@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import pickle
 import shutil
 import tempfile
 import urllib.parse
@@ -56,7 +57,15 @@ def _read_file(path: Path) -> Any:
     except FileNotFoundError:
         raise
     except Exception as err:  # torch raises several types for corrupt / unsafe files
-        raise CheckpointError(f"cannot read checkpoint {path}: {type(err).__name__}: {err}") from err
+        text = str(err)
+        if isinstance(err, pickle.UnpicklingError) or "weights_only" in text.lower():
+            raise CheckpointError(
+                f"cannot read checkpoint {path}: refused, it holds Python objects other than tensors and plain "
+                f"containers, and checkpoints are only loaded with weights_only=True (no code from the file is "
+                f"run); re-save it as a plain state dict. ({type(err).__name__}: {text.splitlines()[0][:300]})"
+            ) from err
+        raise CheckpointError(f"cannot read checkpoint {path} (truncated or not a PyTorch file?): "
+                              f"{type(err).__name__}: {err}") from err
 
 
 def _sha256(path: Path) -> str:
@@ -112,7 +121,9 @@ def load_checkpoint(model: nn.Module, path_or_url: str | os.PathLike, sha256: st
     prefix. Raises ``CheckpointError`` naming the expected model and what did not match.
     """
     path = resolve_path(path_or_url, sha256)
-    state = extract_state_dict(_read_file(path), str(path))
+    obj = _read_file(path)
+    stored_name = obj.get("model_name") if isinstance(obj, Mapping) else None
+    state = extract_state_dict(obj, str(path))
     expected = model.state_dict()
     name = _model_name(model)
     missing = [k for k in expected if k not in state]
@@ -121,7 +132,8 @@ def load_checkpoint(model: nn.Module, path_or_url: str | os.PathLike, sha256: st
         raise CheckpointError(
             f"{path} does not match model {name}: {len(missing)} missing keys "
             f"(e.g. {missing[:3]}), {len(unexpected)} unexpected keys (e.g. {unexpected[:3]}); "
-            f"is it a checkpoint of another variant?")
+            + (f"the file says it holds a {stored_name}" if isinstance(stored_name, str) and stored_name != name
+               else "is it a checkpoint of another variant?"))
     wrong = [(k, tuple(state[k].shape), tuple(v.shape)) for k, v in expected.items() if state[k].shape != v.shape]
     if wrong:
         key, got, want = wrong[0]

@@ -7,10 +7,17 @@ Objects are identified across keyframes by their ``index`` when set (for segment
 their pixel value), else by ``label`` plus their order among the keyframe's objects with that
 label. Each object gets an internal id 1..K (the tracker's ids, in order of first appearance)
 and a stable output ``index`` (its given index, else the smallest unused integer >= 1).
+
+Keyframes are validated strictly: a label that cannot be turned into exactly the masks the user
+drew (a detection without a mask, an empty mask, a mask outside the frame or of another aspect
+ratio, two objects with the same index, an object entirely hidden by later ones) raises
+:class:`KeyframeError` naming the frame and the object, never a silent guess.
 """
 from __future__ import annotations
 
 import logging
+import math
+import os
 from dataclasses import dataclass, field
 from typing import Any, Hashable, Mapping
 
@@ -21,6 +28,41 @@ import fiftyone as fo
 log = logging.getLogger(__name__)
 
 KEYFRAME_TYPES = (fo.Detections, fo.Segmentation, fo.Polylines)
+
+
+class KeyframeError(ValueError):
+    """A keyframe label that cannot be used as given.
+
+    The message names the sample, the field and the frame (``sample_id``, ``filepath``,
+    ``field``, ``frame_number`` attributes; the sample and field are added by
+    :meth:`with_context` once known) and what is wrong with which object (``detail``).
+    """
+
+    def __init__(self, detail: str, frame_number: int | None = None, sample_id: str | None = None,
+                 filepath: str | None = None, field: str | None = None):
+        self.detail = detail
+        self.frame_number = frame_number
+        self.sample_id, self.filepath, self.field = sample_id, filepath, field
+        super().__init__(self._message())
+
+    def with_context(self, sample_id: str | None = None, filepath: str | None = None,
+                     field: str | None = None) -> "KeyframeError":
+        self.sample_id = sample_id or self.sample_id
+        self.filepath = filepath or self.filepath
+        self.field = field or self.field
+        self.args = (self._message(),)
+        return self
+
+    def _message(self) -> str:
+        where = []
+        if self.sample_id is not None:
+            where.append(f"sample {self.sample_id}"
+                         + (f" ({os.path.basename(self.filepath)})" if self.filepath else ""))
+        if self.field is not None:
+            where.append(f"field '{self.field}'")
+        if self.frame_number is not None:
+            where.append(f"frame {self.frame_number}")
+        return (", ".join(where) + ": " if where else "") + self.detail
 
 
 @dataclass
@@ -80,9 +122,17 @@ def _rgb_to_int(mask: np.ndarray) -> np.ndarray:
     return (mask[..., 0] << 16) | (mask[..., 1] << 8) | mask[..., 2]
 
 
-def _resize_nearest(label_map: np.ndarray, height: int, width: int) -> np.ndarray:
+def _resize_nearest(label_map: np.ndarray, height: int, width: int, frame_number: int | None = None) -> np.ndarray:
+    """A segmentation mask of another size than the video is stretched over the frame (FiftyOne's
+    convention) when it has the video's aspect ratio (within a pixel); otherwise it belongs to
+    something else: refused."""
     if label_map.shape[:2] == (height, width):
         return label_map
+    mh, mw = label_map.shape[:2]
+    if min(mh, mw) <= 0 or (abs(mh * width / mw - height) > 1.0 and abs(mw * height / mh - width) > 1.0):
+        raise KeyframeError(f"segmentation mask is {mw}x{mh} but the video is {width}x{height} (another aspect "
+                            f"ratio): a mask of another video, or cropped/padded? Re-export it at the video's "
+                            f"size", frame_number)
     import cv2
 
     log.warning("resizing a %sx%s keyframe mask to the video size %sx%s (nearest)",
@@ -90,59 +140,158 @@ def _resize_nearest(label_map: np.ndarray, height: int, width: int) -> np.ndarra
     return cv2.resize(label_map.astype(np.int32), (width, height), interpolation=cv2.INTER_NEAREST)
 
 
-def _render_detection(det: fo.Detection, height: int, width: int) -> np.ndarray:
+def _describe(kind: str, position: int, item) -> str:
+    text = f"{kind} #{position}"
+    extra = []
+    if getattr(item, "label", None) is not None:
+        extra.append(f"label {item.label!r}")
+    if getattr(item, "index", None) is not None:
+        extra.append(f"index {item.index}")
+    return text + (f" ({', '.join(extra)})" if extra else "")
+
+
+def _detection_mask(det: fo.Detection, what: str, frame_number: int | None) -> np.ndarray:
+    """The detection's (h, w) instance mask as uint8 0/1, validated."""
+    try:
+        mask = det.get_mask() if hasattr(det, "get_mask") else det.mask
+    except Exception as err:  # e.g. a mask_path that does not exist
+        raise KeyframeError(f"{what}: cannot read its instance mask ({type(err).__name__}: {err})",
+                            frame_number) from err
+    if mask is None:
+        raise KeyframeError(f"{what} has no instance mask: boxes alone are not enough to propagate masks; "
+                            f"draw its mask (or convert boxes to masks, e.g. with SAM) first", frame_number)
+    mask = np.asarray(mask)
+    if mask.ndim == 3:
+        mask = mask[..., 0]
+    if mask.ndim != 2 or mask.size == 0:
+        raise KeyframeError(f"{what} has an instance mask of shape {tuple(mask.shape)}; expected a 2-D mask "
+                            f"covering its bounding box", frame_number)
+    mask = (mask > 0).astype(np.uint8)
+    if not mask.any():
+        raise KeyframeError(f"{what} has an empty instance mask (no pixel set)", frame_number)
+    return mask
+
+
+def _render_detection(det: fo.Detection, height: int, width: int, what: str = "detection",
+                      frame_number: int | None = None) -> np.ndarray:
     """Boolean (H, W) mask of one detection: its mask stretched (nearest) over its bounding box,
     whose corners are rounded to pixels (the App's convention; FiftyOne's Python renderer
-    truncates and can lose a row/column to floating-point error)."""
+    truncates and can lose a row/column to floating-point error). Parts outside the frame are
+    clipped; a detection without a mask, with an empty mask or entirely outside the frame raises
+    :class:`KeyframeError`."""
+    box = det.bounding_box
+    try:
+        x, y, w, h = (float(v) for v in box)
+    except (TypeError, ValueError):
+        raise KeyframeError(f"{what} has no valid bounding box (got {box!r})", frame_number) from None
+    if not all(math.isfinite(v) for v in (x, y, w, h)) or w <= 0 or h <= 0:
+        raise KeyframeError(f"{what} has an invalid bounding box {list(box)} (needs finite [x, y, w, h] with "
+                            f"w, h > 0)", frame_number)
+    mask = _detection_mask(det, what, frame_number)
     canvas = np.zeros((height, width), dtype=bool)
-    x, y, w, h = det.bounding_box
     x0, y0 = int(round(x * width)), int(round(y * height))
     x1, y1 = int(round((x + w) * width)), int(round((y + h) * height))
     if x1 <= x0 or y1 <= y0:
-        return canvas
-    if det.has_mask:
-        mask = np.asarray(det.get_mask() if hasattr(det, "get_mask") else det.mask)
-        if mask.ndim == 3:
-            mask = mask[..., 0]
-        mask = mask.astype(np.uint8) if mask.dtype == bool else (mask > 0).astype(np.uint8)
-        if mask.shape != (y1 - y0, x1 - x0):
-            import cv2
-
-            mask = cv2.resize(mask, (x1 - x0, y1 - y0), interpolation=cv2.INTER_NEAREST)
-    else:
-        mask = np.ones((y1 - y0, x1 - x0), dtype=np.uint8)
+        raise KeyframeError(f"{what} has a bounding box {list(box)} smaller than a pixel of the {width}x{height} "
+                            f"video", frame_number)
     cx0, cy0, cx1, cy1 = max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)
     if cx1 <= cx0 or cy1 <= cy0:
-        return canvas
+        raise KeyframeError(f"{what} lies outside the frame (bounding box {list(box)}, relative coordinates must "
+                            f"overlap [0, 1])", frame_number)
+    if mask.shape != (y1 - y0, x1 - x0):
+        import cv2
+
+        mask = cv2.resize(mask, (x1 - x0, y1 - y0), interpolation=cv2.INTER_NEAREST)
     canvas[cy0:cy1, cx0:cx1] = mask[cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0] > 0
+    if not canvas.any():
+        raise KeyframeError(f"{what}: the part of its mask inside the frame is empty (bounding box {list(box)})",
+                            frame_number)
     return canvas
 
 
-def _render_polyline(poly: fo.Polyline, height: int, width: int) -> np.ndarray:
+def _render_polyline(poly: fo.Polyline, height: int, width: int, what: str = "polyline",
+                     frame_number: int | None = None) -> np.ndarray:
+    shapes = poly.points or []
+    if not any(len(shape or []) for shape in shapes):
+        raise KeyframeError(f"{what} has no points", frame_number)
+    for shape in shapes:
+        for point in shape or []:
+            try:
+                ok = len(point) == 2 and all(math.isfinite(float(v)) for v in point)
+            except (TypeError, ValueError):
+                ok = False
+            if not ok:
+                raise KeyframeError(f"{what} has an invalid point {point!r} (expected finite relative [x, y])",
+                                    frame_number)
+    if not poly.filled:
+        log.warning("frame %s: %s is not filled; filling it", frame_number, what)
     canvas = np.zeros((height, width), dtype=np.uint8)
     filled = poly.copy()
     filled.filled = True
     filled.closed = True
     filled.to_segmentation(mask=canvas, target=1)
+    if not canvas.any():
+        raise KeyframeError(f"{what} covers no pixel of the {width}x{height} frame (empty polygon, or outside "
+                            f"the frame)", frame_number)
     return canvas.astype(bool)
+
+
+def _given_index(item, what: str, frame_number: int) -> int | None:
+    index = item.index
+    if index is None:
+        return None
+    if isinstance(index, (bool, np.bool_)) or not (
+            isinstance(index, (int, np.integer)) or (isinstance(index, float) and index.is_integer())):
+        raise KeyframeError(f"{what} has index {index!r}; an index must be an integer >= 0", frame_number)
+    if int(index) < 0:
+        raise KeyframeError(f"{what} has index {index}; an index must be an integer >= 0", frame_number)
+    return int(index)
+
+
+def _segmentation_mask(value: fo.Segmentation, frame_number: int) -> tuple[np.ndarray, bool]:
+    """(H, W) int64 values of a segmentation (RGB packed as 0xRRGGBB) and whether it was RGB."""
+    try:
+        mask = value.get_mask() if hasattr(value, "get_mask") else value.mask
+    except Exception as err:  # e.g. a mask_path that does not exist
+        raise KeyframeError(f"cannot read the segmentation mask ({type(err).__name__}: {err})",
+                            frame_number) from err
+    if mask is None:
+        raise KeyframeError("segmentation has no mask (neither mask nor mask_path)", frame_number)
+    mask = np.asarray(mask)
+    if mask.ndim == 3 and mask.shape[2] == 1:
+        mask = mask[..., 0]
+    was_rgb = mask.ndim == 3
+    if (was_rgb and mask.shape[2] not in (3, 4)) or mask.ndim not in (2, 3) or mask.size == 0:
+        raise KeyframeError(f"segmentation mask has shape {tuple(mask.shape)}; expected (H, W) values or "
+                            f"(H, W, 3) RGB", frame_number)
+    if mask.dtype == bool:
+        mask = mask.astype(np.uint8)
+    if not np.issubdtype(mask.dtype, np.integer):
+        if not np.issubdtype(mask.dtype, np.floating) or not np.array_equal(mask, np.round(mask)):
+            raise KeyframeError(f"segmentation mask holds {mask.dtype} values that are not integers", frame_number)
+    if mask.min() < 0:
+        raise KeyframeError("segmentation mask holds negative values", frame_number)
+    mask = mask.astype(np.int64)
+    if was_rgb:
+        mask = _rgb_to_int(mask[..., :3])
+    return mask, was_rgb
 
 
 def parse_keyframe(value: Any, frame_number: int, height: int, width: int,
                    registry: ObjectRegistry, mask_targets: Mapping | None = None) -> Keyframe | None:
-    """Turn one frame's keyframe label into a :class:`Keyframe`; None when it holds no object."""
+    """Turn one frame's keyframe label into a :class:`Keyframe`; None when it holds no object
+    (``None``, empty ``Detections`` / ``Polylines``, an all-zero ``Segmentation``).
+
+    Raises :class:`KeyframeError` (naming the frame and the object) for labels that cannot be
+    used as given; see the module docstring.
+    """
     if value is None:
         return None
     label_map = np.zeros((height, width), dtype=np.int32)
     kf = Keyframe(frame_number, label_map)
     if isinstance(value, fo.Segmentation):
-        mask = value.get_mask() if hasattr(value, "get_mask") else value.mask
-        if mask is None:
-            return None
-        mask = np.asarray(mask)
-        was_rgb = mask.ndim == 3
-        if was_rgb:
-            mask = _rgb_to_int(mask)
-        mask = _resize_nearest(mask.astype(np.int64), height, width)
+        mask, was_rgb = _segmentation_mask(value, frame_number)
+        mask = _resize_nearest(mask, height, width, frame_number)
         for v in np.unique(mask):
             v = int(v)
             if v == 0:
@@ -157,43 +306,47 @@ def parse_keyframe(value: Any, frame_number: int, height: int, width: int,
             kf.objects.append(info.obj_id)
             kf.labels[info.obj_id] = info.label if name is None else name
     elif isinstance(value, (fo.Detections, fo.Polylines)):
-        items = value.detections if isinstance(value, fo.Detections) else value.polylines
+        is_det = isinstance(value, fo.Detections)
+        items = value.detections if is_det else value.polylines
+        kind = "detection" if is_det else "polyline"
         seen: dict[Any, int] = {}
-        for item in items:
-            if item.index is not None:
-                key = ("index", int(item.index))
+        by_index: dict[int, str] = {}
+        names: dict[int, str] = {}
+        for position, item in enumerate(items or []):
+            what = _describe(kind, position, item)
+            given_index = _given_index(item, what, frame_number)
+            if given_index is not None:
+                if given_index in by_index:
+                    raise KeyframeError(f"{by_index[given_index]} and {what} have the same index {given_index}: "
+                                        f"an index identifies one object, two objects on a frame cannot share it",
+                                        frame_number)
+                by_index[given_index] = what
+                key = ("index", given_index)
             else:
                 order = seen.get(item.label, 0)
                 seen[item.label] = order + 1
                 key = ("label", item.label, order)
-            info = registry.get(key, item.label, frame_number,
-                                index=int(item.index) if item.index is not None else None)
-            if isinstance(item, fo.Detection):
-                if not item.has_mask:
-                    log.warning("frame %s: detection %r has no instance mask; using its box as the mask",
-                                frame_number, item.label)
-                region = _render_detection(item, height, width)
-                if item.has_mask:
-                    kf.exact[info.obj_id] = item
+            if is_det:
+                region = _render_detection(item, height, width, what, frame_number)
             else:
-                if not item.filled:
-                    log.warning("frame %s: polyline %r is not filled; filling it", frame_number, item.label)
-                region = _render_polyline(item, height, width)
-            if not region.any():
-                log.warning("frame %s: object %r covers no pixel; ignored", frame_number, item.label)
-                kf.exact.pop(info.obj_id, None)
-                continue
+                region = _render_polyline(item, height, width, what, frame_number)
+            info = registry.get(key, item.label, frame_number, index=given_index)
             label_map[region] = info.obj_id  # later objects paint over earlier ones
+            if is_det:
+                kf.exact[info.obj_id] = item
             if info.obj_id not in kf.objects:
                 kf.objects.append(info.obj_id)
             kf.labels[info.obj_id] = item.label
-        # an object fully painted over by later ones is not on this keyframe any more
+            names[info.obj_id] = what
+        # an object entirely painted over by later ones would silently vanish from its own keyframe
         present = set(np.unique(label_map).tolist())
-        kf.objects = [o for o in kf.objects if o in present]
-        kf.exact = {o: d for o, d in kf.exact.items() if o in present}
+        hidden = [o for o in kf.objects if o not in present]
+        if hidden:
+            raise KeyframeError(f"{names[hidden[0]]} is entirely covered by objects listed after it (later objects "
+                                f"are drawn on top); list it after them or fix the masks", frame_number)
     else:
-        raise TypeError(f"frame {frame_number}: unsupported keyframe label type {type(value).__name__}; "
-                        "expected Detections, Segmentation or Polylines")
+        raise KeyframeError(f"unsupported keyframe label type {type(value).__name__}; expected Detections, "
+                            "Segmentation or Polylines", frame_number)
     if not kf.objects:
         return None
     return kf

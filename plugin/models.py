@@ -145,7 +145,11 @@ def load_model(choice: ModelChoice, device: str = "cpu"):
         _CACHE.clear()
         model = deaot_core.build_model(choice.model)
         if choice.checkpoint is not None:
-            deaot_core.load_checkpoint(model, choice.checkpoint)
+            try:
+                deaot_core.load_checkpoint(model, choice.checkpoint)
+            except (FileNotFoundError, OSError) as err:  # a vanished file, a failed download
+                raise ModelUnavailableError(f"cannot load checkpoint {choice.checkpoint} for {choice.model}: "
+                                            f"{type(err).__name__}: {err}") from err
         model = model.to(device).eval()
         _CACHE[key] = model
         return model

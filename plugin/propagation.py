@@ -1,25 +1,42 @@
 """Propagate keyframe masks through the videos of a FiftyOne collection with DeAOT / AOT.
 
-All writes go to temporary frame fields that are renamed onto the output field(s) only after
-every sample succeeded: a crash, an error or a cancel leaves the output field as it was (or
-absent). Values are written in bulk with ``set_values`` (dict form keyed by sample id and
-frame number, which also creates missing frame documents).
+Nothing is lost or half-written, whatever happens:
+
+- every input is checked before anything is written (fields, model, checkpoint, then each
+  sample: its video opens and decodes, its keyframes parse into exactly the masks given); bad
+  input raises an error naming the sample, the frame and the field, and the dataset is unchanged;
+- results go to temporary frame fields (``<field>_deaot_tmp``) that are renamed onto the output
+  field(s) only at the end: an error, a cancel (progress callback, SIGTERM/SIGINT with
+  :func:`cancel_on_signals`) or a crash leaves the output field as it was, and frame documents
+  this run created are deleted again; a killed run's leftovers are recovered by the next run;
+- with ``skip_failures`` a failing video keeps its previous output values and is listed in the
+  summary (``failed``) while the others are written;
+- a CUDA out-of-memory error retries the video at half, then a quarter of the resolution, then
+  on the CPU, with a warning in the summary.
+
+Values are written in bulk with ``set_values`` (dict form keyed by sample id and frame number,
+which also creates missing frame documents).
 """
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
+import math
 import os
+import signal
+import threading
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 
 import fiftyone as fo
 
-from .labels import (KEYFRAME_TYPES, ObjectRegistry, mask_to_detections, mask_to_segmentation, mean_confidences,
-                     parse_keyframe)
+from .labels import (KEYFRAME_TYPES, KeyframeError, ObjectRegistry, mask_to_detections, mask_to_segmentation,
+                     mean_confidences, parse_keyframe)
 from .models import DEFAULT_MODEL, PRECISIONS, load_model, resolve_checkpoint, resolve_device
-from .video import open_video
+from .video import VideoError, open_video
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +44,8 @@ TMP_SUFFIX = "_deaot_tmp"
 OLD_SUFFIX = "_deaot_old"
 RESERVED_FRAME_FIELDS = {"id", "_id", "frame_number", "created_at", "last_modified_at", "_sample_id",
                          "_dataset_id"}
+OOM_HALVINGS = 2  # out-of-memory retries at 1/2 and 1/4 of the resolution (then the CPU, from CUDA)
+OOM_MIN_LONG_EDGE = 32  # never retry below this network input long edge
 
 ProgressCallback = Callable[[float, str], Optional[bool]]
 
@@ -43,6 +62,49 @@ class OutputExistsError(ValueError):
         self.field = field
 
 
+class NoKeyframesError(ValueError):
+    """No sample of the collection has a keyframe (a non-empty label in the keyframes field)."""
+
+
+def _oom_errors() -> tuple[type, ...]:
+    import torch
+
+    return (torch.OutOfMemoryError, MemoryError)
+
+
+@contextlib.contextmanager
+def cancel_on_signals(signals=(signal.SIGTERM,)) -> Iterator[threading.Event]:
+    """Turn ``signals`` into a cooperative cancel for the duration of the block.
+
+    Yields an event that is set on the first signal; a progress callback that returns False
+    when it is set stops the run at the next frame with nothing written. A second signal
+    raises ``KeyboardInterrupt`` at once (the temporary fields are still dropped). Only in the
+    main thread (elsewhere Python cannot install handlers: the event is never set).
+    """
+    event = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield event
+        return
+
+    def handler(signum, frame):
+        if event.is_set():
+            raise KeyboardInterrupt(f"signal {signum}")
+        log.warning("signal %s: cancelling at the next frame (nothing will be written)", signum)
+        event.set()
+
+    previous = {}
+    for sig in signals:
+        try:
+            previous[sig] = signal.signal(sig, handler)
+        except (ValueError, OSError):  # pragma: no cover - not in the main thread / unsupported
+            pass
+    try:
+        yield event
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
 def _field_name(name: str | None, what: str) -> str | None:
     if name is None or str(name).strip() == "":
         return None
@@ -55,6 +117,8 @@ def _field_name(name: str | None, what: str) -> str | None:
 
 
 def _root_dataset(sample_collection) -> fo.Dataset:
+    if not isinstance(sample_collection, fo.core.collections.SampleCollection):
+        raise TypeError(f"expected a FiftyOne dataset or view, got {type(sample_collection).__name__}")
     if isinstance(sample_collection, fo.Dataset):
         return sample_collection
     if getattr(sample_collection, "_is_generated", False):
@@ -85,11 +149,15 @@ def check_fields(sample_collection, keyframes_field: str, output_field: str,
         raise ValueError("keyframes_field and output_field are required")
     schema = dataset.get_frame_field_schema()
     kf_type = _embedded_type(schema, keyframes_field)
+    usable = sorted(n for n in schema if _embedded_type(schema, n) in KEYFRAME_TYPES)
+    hint = f" (frame fields that could be: {', '.join(usable)})" if usable else \
+        " (it has no Detections, Segmentation or Polylines frame field)"
     if keyframes_field not in schema:
-        raise ValueError(f"dataset '{dataset.name}' has no frame field '{keyframes_field}'")
+        raise ValueError(f"keyframes field: dataset '{dataset.name}' has no frame field '{keyframes_field}'{hint}")
     if kf_type not in KEYFRAME_TYPES:
-        raise ValueError(f"frame field '{keyframes_field}' must hold Detections, Segmentation or Polylines "
-                         f"(got {getattr(kf_type, '__name__', kf_type)})")
+        raise ValueError(f"keyframes field: frame field '{keyframes_field}' of dataset '{dataset.name}' holds "
+                         f"{getattr(kf_type, '__name__', None) or type(schema[keyframes_field]).__name__}, not "
+                         f"Detections (with instance masks), Segmentation or Polylines{hint}")
     names = [output_field] + ([write_segmentation] if write_segmentation else [])
     if len(set(names + [keyframes_field])) != len(names) + 1:
         raise ValueError("keyframes_field, output_field and write_segmentation must be different fields")
@@ -107,8 +175,10 @@ def check_fields(sample_collection, keyframes_field: str, output_field: str,
 
 
 def _recover_stale(dataset: fo.Dataset, final: str) -> None:
-    """Undo what an interrupted earlier run left behind for ``final``."""
-    schema = dataset.get_frame_field_schema()
+    """Undo what an interrupted (killed) earlier run left behind for ``final``: a renamed output
+    field is restored, a temporary field is deleted together with the frame documents that run
+    created (those whose only value is the temporary field)."""
+    schema = dataset.get_frame_field_schema() or {}
     tmp, old = final + TMP_SUFFIX, final + OLD_SUFFIX
     if old in schema:
         if final in schema:
@@ -117,18 +187,28 @@ def _recover_stale(dataset: fo.Dataset, final: str) -> None:
         else:
             log.warning("restoring '%s' from the backup '%s' of an interrupted run", final, old)
             dataset.rename_frame_field(old, final)
-    if tmp in dataset.get_frame_field_schema():
+    schema = dataset.get_frame_field_schema() or {}
+    if tmp in schema:
         log.warning("removing leftover temporary field '%s' of an interrupted run", tmp)
+        from fiftyone import ViewField as F
+
+        others = [n for n in schema if n not in RESERVED_FRAME_FIELDS and n != tmp]
+        only_tmp = F(tmp).exists()
+        for name in others:
+            only_tmp = only_tmp & ~F(name).exists()
+        created = dataset.match_frames(only_tmp).values("frames.id", unwind=True)
+        if created:
+            log.warning("deleting %s frame documents created by the interrupted run", len(created))
+            dataset.delete_frames(created)
         dataset.delete_frame_field(tmp)
 
 
-def _prepare_tmp(dataset: fo.Dataset, final: str, kind, sample_ids: list[str]) -> str:
+def _prepare_tmp(dataset: fo.Dataset, final: str, kind) -> str:
+    """The temporary field: a copy of the output field when it exists (samples that are not
+    processed, skipped or fail keep their values), else a new empty field."""
     tmp = final + TMP_SUFFIX
-    schema = dataset.get_frame_field_schema()
-    if final in schema and len(sample_ids) < len(dataset):
-        # keep the values of samples outside the processed view; clear those of the view
+    if final in dataset.get_frame_field_schema():
         dataset.clone_frame_field(final, tmp)
-        dataset.select(sample_ids).clear_frame_field(tmp)
     else:
         dataset.add_frame_field(tmp, fo.EmbeddedDocumentField, embedded_doc_type=kind)
     return tmp
@@ -157,6 +237,104 @@ def _drop(dataset: fo.Dataset, field: str) -> None:
         log.warning("could not remove temporary field '%s': %s", field, err)
 
 
+def _delete_created_frames(dataset: fo.Dataset, existing: dict[str, set]) -> None:
+    """Delete the frame documents of samples ``existing`` (sample id -> frame numbers that
+    existed before the run) that this run created."""
+    if not existing:
+        return
+    sids, fids, numbers = dataset.select(list(existing)).values(["id", "frames.id", "frames.frame_number"])
+    doomed = [fid for sid, ids, nums in zip(sids, fids, numbers)
+              for fid, n in zip(ids or [], nums or []) if n not in existing[sid]]
+    if doomed:
+        dataset.delete_frames(doomed)
+
+
+def _reset_sample(dataset: fo.Dataset, sid: str, tmps: list[str], finals: list[str], existing: set,
+                  restore: bool) -> None:
+    """Clear the sample's temporary values; with ``restore``, also delete the frame documents
+    this run created for it and copy its previous output values back (a failed sample)."""
+    one = dataset.select(sid)
+    if restore:
+        _delete_created_frames(dataset, {sid: existing})
+    schema = dataset.get_frame_field_schema()
+    for tmp, final in zip(tmps, finals):
+        one.clear_frame_field(tmp)
+        if restore and final in schema:
+            numbers, values = one.values(["frames.frame_number", "frames." + final])
+            previous = {n: v for n, v in zip(numbers[0] or [], values[0] or []) if v is not None}
+            if previous:
+                dataset.set_values("frames." + tmp, {sid: previous}, key_field="id")
+
+
+def _add_context(err: BaseException, sid: str, path: str, frame: int | None = None) -> BaseException:
+    """Name the sample (and frame) in the error: in the message of our own error types, as a
+    note on others (shown in tracebacks)."""
+    where = f"sample {sid} ({os.path.basename(path)})"
+    if isinstance(err, KeyframeError):
+        return err.with_context(sid, path)
+    if isinstance(err, (VideoError, NoKeyframesError)) and err.args and str(sid) not in str(err.args[0]):
+        err.args = (f"{where}: {err.args[0]}",) + tuple(err.args[1:])
+        err.sample_id = sid
+        return err
+    if hasattr(err, "add_note") and not getattr(err, "_deaot_noted", False):
+        err.add_note(f"while propagating {where}" + (f" at frame {frame}" if frame else "") + f": {path}")
+        err._deaot_noted = True
+    return err
+
+
+def _error_text(err: BaseException, frame: int | None = None) -> str:
+    text = f"{type(err).__name__}: {err}"
+    if frame and not isinstance(err, (KeyframeError, VideoError)):
+        text += f" (at frame {frame})"
+    return text
+
+
+def _load_sample(sample_collection, sid: str, path: str, meta_count, keyframes_field: str, mask_targets,
+                 write_segmentation: bool):
+    """Open the video and parse the sample's keyframes, validating everything.
+
+    Returns (reader, registry, keyframes {frame number: Keyframe}, frame numbers that exist).
+    """
+    one = sample_collection.select(sid)
+    frame_numbers, values = one.values(["frames.frame_number", "frames." + keyframes_field])
+    frame_numbers, values = (frame_numbers[0] or []), (values[0] or [])
+    reader = open_video(path, meta_count)
+    height, width, count = reader.height, reader.width, reader.num_frames
+    registry = ObjectRegistry()
+    keyframes = {}
+    for number, value in sorted(zip(frame_numbers, values), key=lambda x: x[0]):
+        if value is None:
+            continue
+        kf = parse_keyframe(value, number, height, width, registry, mask_targets)
+        if kf is None:
+            continue
+        if number > count:
+            capped = (f" (metadata.total_frame_count is {int(meta_count)}, decord decodes {reader.decoded_frames})"
+                      if meta_count and int(meta_count) != reader.decoded_frames else "")
+            raise KeyframeError(f"keyframe on frame {number} but the video has only {count} frames{capped}: "
+                                f"labels of another video, or a wrong frame rate/trim?", number)
+        keyframes[number] = kf
+    registry.assign_indexes()
+    if write_segmentation:
+        for info in registry.by_id.values():
+            if not 1 <= info.index < 2 ** 31:
+                raise KeyframeError(f"object {info.label!r} has index {info.index}, which a segmentation label map "
+                                    f"cannot hold (0 is background); use indexes >= 1 or no segmentation field",
+                                    info.first_frame)
+    return reader, registry, keyframes, set(frame_numbers)
+
+
+def _check_knobs(long_term_gap, max_long_term_frames, max_short_edge, max_long_edge, write_every) -> None:
+    for name, value, low in (("long_term_gap", long_term_gap, 1), ("max_long_term_frames", max_long_term_frames, 1),
+                             ("max_short_edge", max_short_edge, 16), ("max_long_edge", max_long_edge, 16),
+                             ("write_every", write_every, 1)):
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer, float)) or not math.isfinite(value) \
+                or value < low:
+            raise ValueError(f"{name} must be a number >= {low} (or None), got {value!r}")
+
+
 def propagate(sample_collection, keyframes_field: str, output_field: str, model: str = DEFAULT_MODEL,
               checkpoint: str | None = None, device: str = "auto", overwrite: bool = False,
               progress: ProgressCallback | None = None, long_term_gap: int | None = None,
@@ -180,18 +358,30 @@ def propagate(sample_collection, keyframes_field: str, output_field: str, model:
         long_term_gap, max_long_term_frames, max_short_edge, max_long_edge, precision: engine knobs
         write_segmentation: optional frame field for a ``fo.Segmentation`` label map whose
             values are the objects' ``index``
-        skip_failures: record failing videos in the summary and go on instead of raising
+        skip_failures: a video that fails (bad keyframes, undecodable, an error while running)
+            keeps its previous output values and is listed in ``failed``; the others are written.
+            Without it (the default) the first failure raises and nothing is written
         allow_random_weights: run with random weights when no checkpoint exists (demo only)
         write_every: frames buffered per bulk write
 
     Returns:
-        a dict with the run settings and ``samples``: one summary dict per processed sample
+        a dict with the run settings, ``samples`` (one summary dict per sample: ``status`` is
+        ``ok``, ``skipped: no keyframes`` or ``error: <type>: <message>``), ``failed`` (id,
+        filepath, error of each failed sample) and ``written`` (whether the output was replaced)
+
+    Raises:
+        ValueError (bad field names/types, unknown model, bad knobs), ``OutputExistsError``,
+        ``NoKeyframesError``, ``KeyframeError``, ``VideoError``, ``ModelUnavailableError``,
+        ``deaot_core.CheckpointError``, ``PropagationCancelled``; without ``skip_failures`` also
+        whatever a video's propagation raised (with a note naming the sample and frame).
     """
-    import torch
     import deaot_core
 
     start_time = time.time()
     dataset = _root_dataset(sample_collection)
+    if sample_collection.media_type != fo.core.media.VIDEO:
+        raise ValueError(f"'{dataset.name}' is not a video collection (media type {sample_collection.media_type!r}); "
+                         f"propagation needs videos")
     for name, what in ((output_field, "output_field"), (write_segmentation, "write_segmentation")):
         name = _field_name(name, what)
         if name is not None:  # a killed earlier run may have left the field renamed or a temporary one
@@ -200,86 +390,219 @@ def propagate(sample_collection, keyframes_field: str, output_field: str, model:
         sample_collection, keyframes_field, output_field, write_segmentation, overwrite)
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    _check_knobs(long_term_gap, max_long_term_frames, max_short_edge, max_long_edge, write_every)
     device = resolve_device(device)
     choice = resolve_checkpoint(model, checkpoint, allow_random=allow_random_weights)
-    net = load_model(choice, device)
-    tracker = deaot_core.Tracker(net, device=device, long_term_gap=long_term_gap,
-                                 max_long_term_frames=max_long_term_frames, max_short_edge=max_short_edge,
-                                 max_long_edge=max_long_edge, precision=precision)
+
+    trackers: dict[tuple, Any] = {}
+
+    def get_tracker(dev: str, edge):
+        key = (dev, edge)
+        if key not in trackers:
+            trackers.clear()
+            trackers[key] = deaot_core.Tracker(load_model(choice, dev), device=dev, long_term_gap=long_term_gap,
+                                               max_long_term_frames=max_long_term_frames,
+                                               max_short_edge=max_short_edge, max_long_edge=edge,
+                                               precision=precision)
+        return trackers[key]
+
+    get_tracker(device, max_long_edge)  # weights and settings are checked before any video
     mask_targets = dataset.mask_targets.get("frames." + keyframes_field) or dataset.default_mask_targets or None
 
+    def ask(fraction: float, label: str) -> None:
+        if progress is not None and progress(min(max(fraction, 0.0), 1.0), label) is False:
+            raise PropagationCancelled("cancelled by the progress callback")
+
+    # -- 1. check every sample before writing anything ---------------------------------------------
     rows = sample_collection.values(["id", "filepath", "metadata.total_frame_count"])
-    sample_ids, filepaths, frame_counts = (list(r) for r in rows) if rows else ([], [], [])
+    samples = list(zip(*rows)) if rows and rows[0] else []
     summary: dict[str, Any] = dict(model=choice.model, checkpoint=choice.checkpoint, weights=choice.source,
                                    device=device, keyframes_field=keyframes_field, output_field=output_field,
-                                   segmentation_field=write_segmentation, samples=[])
+                                   segmentation_field=write_segmentation, samples=[], failed=[], written=False)
+    if not samples:
+        raise NoKeyframesError(f"nothing to propagate: the view of dataset '{dataset.name}' has no samples")
+    total = len(samples)
+    checked: list[dict[str, Any]] = []
+    failures: list[BaseException] = []
+    for i, (sid, path, meta_count) in enumerate(samples):
+        ask(0.0, f"[{i + 1}/{total}] {os.path.basename(path)}: checking the video and keyframes")
+        row: dict[str, Any] = dict(id=sid, filepath=path)
+        try:
+            reader, registry, keyframes, existing = _load_sample(
+                sample_collection, sid, path, meta_count, keyframes_field, mask_targets, bool(write_segmentation))
+            row.update(frames=reader.num_frames, width=reader.width, height=reader.height,
+                       keyframes=sorted(keyframes), objects=registry.num_objects)
+            del reader
+            row["_existing"] = existing
+            if not keyframes:
+                log.warning("%s: no keyframe with objects in '%s'; skipped (its output is unchanged)", path,
+                            keyframes_field)
+                row.update(status="skipped: no keyframes", frames_written=0)
+        except Exception as err:  # KeyframeError, VideoError, or anything unexpected
+            _add_context(err, sid, path)
+            if hasattr(err, "with_context"):
+                err.with_context(field=keyframes_field)
+            failures.append(err)
+            row.update(status=f"error: {_error_text(err)}")
+            log.error("%s", err)
+        checked.append(row)
+    if failures and not skip_failures:
+        first = failures[0]
+        if len(failures) > 1:
+            more = "; ".join(str(e) for e in failures[1:4]) + ("; ..." if len(failures) > 4 else "")
+            first.args = (f"{first.args[0]} [and {len(failures) - 1} more sample(s) failed the checks: {more}]",) \
+                + tuple(first.args[1:])
+        first.failures = failures
+        raise first
+    runnable = [r for r in checked if "status" not in r]
+    if not runnable and not failures:
+        raise NoKeyframesError(
+            f"no keyframes: none of the {total} samples has a non-empty '{keyframes_field}' label on any frame "
+            f"(label a few frames with instance masks first)")
 
+    # -- 2. propagate into temporary fields, swap at the end ---------------------------------------
     finals = [(output_field, fo.Detections)] + ([(write_segmentation, fo.Segmentation)] if write_segmentation else [])
+    final_names = [f for f, _ in finals]
     tmps: list[str] = []
+    created: dict[str, set] = {}  # sample id -> frame numbers that existed before this run wrote to it
+    done_ok = 0
     try:
-        for final, kind in finals:
-            tmps.append(_prepare_tmp(dataset, final, kind, sample_ids))
-        total = len(sample_ids)
-        for i, (sid, path, meta_count) in enumerate(zip(sample_ids, filepaths, frame_counts)):
-            def report(done: int, count: int, label: str, _i=i) -> None:
+        if runnable:
+            for final, kind in finals:
+                tmps.append(_prepare_tmp(dataset, final, kind))
+        for i, row in enumerate(checked):
+            if "status" in row:
+                continue
+            sid, path = row["id"], row["filepath"]
+            meta_count = samples[i][2]
+            existing = row.pop("_existing")
+
+            def report(done: int, count: int, label: str, _i=i, _path=path) -> None:
                 if progress is None:
                     return
-                fraction = (_i + (done / count if count else 1.0)) / max(total, 1)
-                if progress(min(fraction, 1.0), f"[{_i + 1}/{total}] {os.path.basename(path)}: {label}") is False:
-                    raise PropagationCancelled("cancelled by the progress callback")
+                ask((_i + (done / count if count else 1.0)) / total,
+                    f"[{_i + 1}/{total}] {os.path.basename(_path)}: {label}")
 
+            created[sid] = existing
+            where: dict[str, Any] = {}
             try:
-                row = _propagate_sample(sample_collection, dataset, sid, path, meta_count, keyframes_field,
-                                        tmps, tracker, mask_targets, report, write_every)
+                row.update(_run_sample(sample_collection, dataset, sid, path, meta_count, keyframes_field, tmps,
+                                       final_names, existing, get_tracker, device, max_long_edge, mask_targets,
+                                       report, write_every, bool(write_segmentation), where))
+                done_ok += 1
             except (PropagationCancelled, KeyboardInterrupt):
                 raise
             except Exception as err:
+                _add_context(err, sid, path, where.get("frame"))
                 if not skip_failures:
                     raise
-                log.error("sample %s (%s) failed: %s", sid, path, err)
-                row = dict(id=sid, filepath=path, status=f"error: {type(err).__name__}: {err}")
-            summary["samples"].append(row)
-        for tmp, (final, _) in zip(tmps, finals):
-            _swap(dataset, tmp, final)
-        tmps = []
+                log.error("sample %s (%s) failed, its output is unchanged: %s", sid, path,
+                          _error_text(err, where.get("frame")))
+                _reset_sample(dataset, sid, tmps, final_names, existing, restore=True)
+                created.pop(sid, None)
+                row.update(status=f"error: {_error_text(err, where.get('frame'))}", frames_written=0)
+                failures.append(err)
+        if done_ok:
+            for final in final_names:
+                _swap(dataset, tmps[0], final)
+                tmps.pop(0)
+                summary["written"] = True
     finally:
-        for tmp in tmps:
+        for row in checked:
+            row.pop("_existing", None)
+        for tmp in tmps:  # not swapped: nothing of this run may remain
             _drop(dataset, tmp)
-        tracker.reset()
+        if tmps and not summary["written"]:
+            try:
+                _delete_created_frames(dataset, created)
+            except Exception as err:  # best effort
+                log.warning("could not delete the frame documents created by this run: %s", err)
+        trackers.clear()
+    summary["samples"] = checked
+    summary["failed"] = [dict(id=r["id"], filepath=r["filepath"], error=r["status"][len("error: "):])
+                         for r in checked if str(r.get("status", "")).startswith("error")]
     summary["seconds"] = round(time.time() - start_time, 3)
+    if summary["failed"]:
+        log.warning("%s of %s samples failed (their output is unchanged): %s", len(summary["failed"]), total,
+                    "; ".join(f"{os.path.basename(f['filepath'])}: {f['error']}" for f in summary["failed"]))
     if progress is not None:
         progress(1.0, "done")
     return summary
 
 
-def _propagate_sample(sample_collection, dataset, sid, path, meta_count, keyframes_field, tmps, tracker,
-                      mask_targets, report, write_every) -> dict[str, Any]:
+def _oom_plan(device: str, max_long_edge, height: int, width: int) -> list[tuple[str, Any]]:
+    """(device, max_long_edge) attempts: as asked, at 1/2 and 1/4 of the effective network input
+    long edge (not below ``OOM_MIN_LONG_EDGE``), then, from CUDA, the CPU as asked."""
+    plan = [(device, max_long_edge)]
+    edge = min(max_long_edge or math.inf, max(height, width))
+    for _ in range(OOM_HALVINGS):
+        edge = int(edge // 2)
+        if edge < OOM_MIN_LONG_EDGE:
+            break
+        plan.append((device, edge))
+    if device != "cpu":
+        plan.append(("cpu", max_long_edge))
+    return plan
+
+
+def _free_memory(device: str) -> None:
+    gc.collect()
+    if device.startswith("cuda"):
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def _run_sample(sample_collection, dataset, sid, path, meta_count, keyframes_field, tmps, finals, existing,
+                get_tracker, device, max_long_edge, mask_targets, report, write_every, write_segmentation,
+                where) -> dict[str, Any]:
+    """Propagate one video, retrying out-of-memory failures (see :func:`_oom_plan`)."""
+    plan = None
+    warnings: list[str] = []
+    attempt = 0
+    while True:
+        dev, edge = plan[attempt] if plan else (device, max_long_edge)
+        tracker = get_tracker(dev, edge)
+        oom = None
+        try:
+            row = _propagate_sample(sample_collection, dataset, sid, path, meta_count, keyframes_field, tmps,
+                                    finals, existing, tracker, mask_targets, report, write_every,
+                                    write_segmentation, where)
+        except _oom_errors() as err:
+            oom = f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
+            if plan is None:
+                plan = _oom_plan(device, max_long_edge, where.get("height", 0), where.get("width", 0))
+            if attempt + 1 >= len(plan):
+                raise
+        finally:
+            tracker.reset()
+        if oom is None:
+            row.update(device=dev, max_long_edge=edge, warnings=warnings)
+            return row
+        _free_memory(dev)
+        attempt += 1
+        nxt_dev, nxt_edge = plan[attempt]
+        message = (f"out of memory at frame {where.get('frame')} on {dev} with max_long_edge {edge} ({oom}); "
+                   f"retrying the video " + (f"on {nxt_dev} " if nxt_dev != dev else "")
+                   + f"with max_long_edge {nxt_edge}")
+        log.warning("%s: %s", path, message)
+        warnings.append(message)
+
+
+def _propagate_sample(sample_collection, dataset, sid, path, meta_count, keyframes_field, tmps, finals, existing,
+                      tracker, mask_targets, report, write_every, write_segmentation, where) -> dict[str, Any]:
     import torch
 
     t0 = time.time()
-    one = sample_collection.select(sid)
-    frame_numbers, values = one.values(["frames.frame_number", "frames." + keyframes_field])
-    frame_numbers, values = (frame_numbers[0] or []), (values[0] or [])
-    reader = open_video(path, meta_count)
+    reader, registry, keyframes, _ = _load_sample(sample_collection, sid, path, meta_count, keyframes_field,
+                                                  mask_targets, write_segmentation)
     height, width, count = reader.height, reader.width, reader.num_frames
-    registry = ObjectRegistry()
-    keyframes = {}
-    for number, value in sorted(zip(frame_numbers, values), key=lambda x: x[0]):
-        if value is None:
-            continue
-        if number > count:
-            log.warning("%s: keyframe on frame %s beyond the video's %s frames; ignored", path, number, count)
-            continue
-        kf = parse_keyframe(value, number, height, width, registry, mask_targets)
-        if kf is not None:
-            keyframes[number] = kf
-    registry.assign_indexes()
-    row: dict[str, Any] = dict(id=sid, filepath=path, frames=count, width=width, height=height,
-                               keyframes=sorted(keyframes), objects=registry.num_objects)
-    if not keyframes:
-        log.warning("%s: no keyframe with objects in '%s'; skipped", path, keyframes_field)
-        row.update(status="skipped: no keyframes", frames_written=0, seconds=round(time.time() - t0, 3))
-        return row
+    where.update(height=height, width=width, frame=None)
+    row: dict[str, Any] = dict(frames=count, width=width, height=height, keyframes=sorted(keyframes),
+                               objects=registry.num_objects)
+    # start from a clean slate for this sample (the temporary field may be a copy of the old output)
+    _reset_sample(dataset, sid, tmps, finals, existing, restore=False)
 
     out_field, seg_field = tmps[0], (tmps[1] if len(tmps) > 1 else None)
     buffer: dict[int, tuple] = {}
@@ -296,6 +619,7 @@ def _propagate_sample(sample_collection, dataset, sid, path, meta_count, keyfram
         buffer.clear()
 
     def emit(number: int, frame: np.ndarray, kf, labels: dict) -> None:
+        where["frame"] = number
         probs = tracker.step(frame, kf.label_map if kf is not None else None)
         label_map = np.asarray(tracker.label)
         if kf is not None:
@@ -328,6 +652,7 @@ def _propagate_sample(sample_collection, dataset, sid, path, meta_count, keyfram
             labels = dict(keyframes[first].labels)
             for number, frame in reader.backward(first, 1):
                 if number == first:
+                    where["frame"] = number
                     tracker.step(frame, keyframes[first].label_map)
                     continue
                 emit(number, frame, None, labels)

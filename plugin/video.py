@@ -7,6 +7,7 @@ Frame numbers are FiftyOne's (1-based).
 from __future__ import annotations
 
 import logging
+import os
 from typing import Iterator
 
 import numpy as np
@@ -15,7 +16,7 @@ log = logging.getLogger(__name__)
 
 
 class VideoError(RuntimeError):
-    """A video that cannot be opened or decoded."""
+    """A video that cannot be opened or decoded (missing, empty, truncated, undecodable, no frames)."""
 
 
 class VideoReader:
@@ -27,16 +28,27 @@ class VideoReader:
         except ImportError as err:  # pragma: no cover - decord is a requirement
             raise VideoError("decord is required to read videos: pip install decord") from err
         self.path = path
+        if not os.path.isfile(path):
+            raise VideoError(f"video file not found: {path}")
+        if os.path.getsize(path) == 0:
+            raise VideoError(f"video file is empty (0 bytes): {path}")
         try:
             self._vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=num_threads)
         except Exception as err:
-            raise VideoError(f"cannot open video {path}: {err}") from err
+            detail = str(err).strip().splitlines()[0][-300:] if str(err).strip() else type(err).__name__
+            raise VideoError(f"cannot open video {path} (missing, truncated or not a decodable video?): "
+                             f"{detail}") from err
         self.decoded_frames = len(self._vr)
         if self.decoded_frames <= 0:
             raise VideoError(f"video {path} has no frames")
-        first = self._vr[0].asnumpy()
+        try:
+            first = self._vr[0].asnumpy()
+            self._vr.seek(0)
+        except Exception as err:
+            raise VideoError(f"cannot decode the first frame of {path}: {err}") from err
+        if first.ndim != 3 or first.shape[2] != 3 or first.shape[0] <= 0 or first.shape[1] <= 0:
+            raise VideoError(f"video {path} decodes to frames of shape {first.shape}, not (H, W, 3)")
         self.height, self.width = first.shape[:2]
-        self._vr.seek(0)
         self.fps = float(self._vr.get_avg_fps() or 0.0)
         self.num_frames = self.decoded_frames
 
