@@ -1,6 +1,9 @@
 """Thin FiftyOne operators of the ``@deaot/vos`` plugin; the work is done in ``plugin/``."""
+from .compare_panel import CompareVOS, VOSComparePanel
+from .evaluate_vos import EvaluateVOS
 from .propagate_masks import PropagateMasks
+from .vos_io_ops import ExportVOS, ImportVOS
 
-OPERATORS = (PropagateMasks,)
+OPERATORS = (PropagateMasks, EvaluateVOS, CompareVOS, VOSComparePanel, ExportVOS, ImportVOS)
 
-__all__ = ["OPERATORS", "PropagateMasks"]
+__all__ = ["OPERATORS", "PropagateMasks", "EvaluateVOS", "CompareVOS", "VOSComparePanel", "ExportVOS", "ImportVOS"]

@@ -115,8 +115,13 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_propagate(sub)
     _add_demo(sub)
+    from .eval_cli import add_parsers  # evaluate, compare, export-vos, import-vos
+
+    add_parsers(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if getattr(args, "handler", None) is not None:
+        return args.handler(args)
     if args.command == "propagate":
         return run_propagate(args)
     from .demo import run_demo

@@ -1,0 +1,102 @@
+"""Compare J&F evaluation runs (``plugin.evaluation``): the official summary table per run and the
+per-frame J&F curves of one video, for the CLI (``python -m plugin compare``) and the App panel.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable, Sequence
+
+from .idmaps import root_dataset
+from .metrics import SUMMARY_KEYS
+
+#: columns of the comparison table
+TABLE_KEYS = ("eval_key", *SUMMARY_KEYS)
+
+
+def _results(dataset, eval_key: str):
+    from .evaluation import VOSEvaluationResults, list_vos_evaluations
+
+    if eval_key not in dataset.list_evaluations():
+        raise ValueError(f"dataset '{dataset.name}' has no evaluation '{eval_key}'; J&F evaluations: "
+                         f"{list_vos_evaluations(dataset)}")
+    results = dataset.load_evaluation_results(eval_key)
+    if not isinstance(results, VOSEvaluationResults):
+        raise ValueError(f"evaluation '{eval_key}' of dataset '{dataset.name}' is not a DeAOT J&F evaluation "
+                         f"(type {dataset.get_evaluation_info(eval_key).config.type!r})")
+    return results
+
+
+def summary_rows(sample_collection, eval_keys: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """One row per evaluation run: ``eval_key``, ``pred_field``, ``gt_field``, ``sequences``,
+    ``objects`` and the official summary (:data:`plugin.metrics.SUMMARY_KEYS`).
+    ``eval_keys=None``: every J&F run of the dataset."""
+    from .evaluation import list_vos_evaluations
+
+    dataset = root_dataset(sample_collection)
+    keys = list(eval_keys) if eval_keys else list_vos_evaluations(dataset)
+    rows = []
+    for key in keys:
+        results = _results(dataset, key)
+        rows.append(dict(eval_key=key, pred_field=results.config.pred_field, gt_field=results.config.gt_field,
+                         sequences=len(results.sequences), objects=len(results.objects), **results.summary()))
+    return rows
+
+
+def _fmt(value, digits: int = 3, nan: str = "NaN") -> str:
+    if isinstance(value, float):
+        return nan if math.isnan(value) else f"{value:.{digits}f}"
+    return "" if value is None else str(value)
+
+
+def format_table(rows: Iterable[dict[str, Any]], columns: Sequence[str] = TABLE_KEYS, digits: int = 3) -> str:
+    """Aligned text table, floats with ``digits`` decimals (3, as the official CSV)."""
+    rows = list(rows)
+    cells = [list(columns)] + [[_fmt(r.get(c), digits) for c in columns] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+    lines = []
+    for n, row in enumerate(cells):
+        lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def to_csv(rows: Iterable[dict[str, Any]], columns: Sequence[str] = TABLE_KEYS) -> str:
+    """CSV as the official ``global_results`` file (``%.3f``, NaN as an empty field), one line per run."""
+    lines = [",".join(columns)]
+    for r in rows:
+        lines.append(",".join(_fmt(r.get(c), 3, nan="") for c in columns))
+    return "\n".join(lines) + "\n"
+
+
+def frame_curves(sample_collection, sample_id: str, eval_keys: Sequence[str]) -> dict[str, dict[str, list]]:
+    """Per-frame J, F and J&F (means over objects) of one video for each run, read from the frame
+    fields ``<eval_key>_J`` / ``<eval_key>_F``: ``{eval_key: {"frames": [...], "J": [...],
+    "F": [...], "JF": [...]}}`` (scored frames only; runs that did not score the video are empty)."""
+    from .evaluation import frame_fields
+
+    dataset = root_dataset(sample_collection)
+    schema = dataset.get_frame_field_schema() or {}
+    one = dataset.select(sample_id)
+    out: dict[str, dict[str, list]] = {}
+    for key in eval_keys:
+        fj, ff = frame_fields(key)
+        curve = dict(frames=[], J=[], F=[], JF=[])
+        if fj in schema and ff in schema and len(one):
+            numbers, js, fs = (v[0] or [] for v in one.values(["frames.frame_number", "frames." + fj, "frames." + ff]))
+            for n, j, f in sorted(zip(numbers, js, fs), key=lambda x: x[0]):
+                if j is None or f is None:
+                    continue
+                curve["frames"].append(int(n))
+                curve["J"].append(float(j))
+                curve["F"].append(float(f))
+                curve["JF"].append((float(j) + float(f)) / 2.0)
+        out[key] = curve
+    return out
+
+
+def plotly_traces(curves: dict[str, dict[str, list]]) -> list[dict[str, Any]]:
+    """Plotly line traces (one per run) of per-frame J&F."""
+    return [dict(type="scatter", mode="lines+markers", name=key, x=c["frames"], y=c["JF"],
+                 hovertemplate="frame %{x}<br>J&F %{y:.3f}<extra>" + key + "</extra>")
+            for key, c in curves.items()]

@@ -1,0 +1,421 @@
+"""DAVIS 2017 semi-supervised J&F of a prediction field against a ground-truth field, stored as a
+FiftyOne evaluation run.
+
+``evaluate_vos(view, "deaot", "ground_truth", eval_key="deaot_eval")`` scores every video of the
+collection with :func:`plugin.metrics.sequence_metrics` (the official protocol) and records a real
+FiftyOne evaluation run (``dataset.list_evaluations()``, ``get_evaluation_info``,
+``load_evaluation_results``, ``rename_evaluation`` and ``delete_evaluation`` all work) plus fields
+the App can sort, filter and plot:
+
+* sample fields ``<eval_key>_JF``, ``<eval_key>_J``, ``<eval_key>_F``: the video's J&F-Mean,
+  J-Mean and F-Mean (means over its objects, as in the official per-sequence table);
+* frame fields ``<eval_key>_J``, ``<eval_key>_F``: on each scored frame, the mean over objects.
+
+Protocol. Both fields are turned into (H, W) id maps (pixel value = object ``index``; see
+``plugin.idmaps``). Only frames whose ground truth is set are used, in order (frames without
+ground truth are skipped, as DAVIS scores only annotated frames); the first of them is the
+reference: its objects (by index, sorted) are the objects scored, as 1..K. As in the official
+code the first and last annotated frames are not scored, ground-truth objects absent from the
+reference are ignored, objects missing from a prediction score as empty masks, a frame without
+a prediction is all background, and a predicted object that is not in the reference on a scored
+frame aborts the evaluation (``extra_objects="error"``, official) or is ignored
+(``extra_objects="ignore"``, e.g. for objects added by a later keyframe). The dataset-level
+summary pools every object of every video with equal weight (``plugin.metrics.global_summary``).
+
+Everything is computed before anything is written: an error leaves the dataset unchanged.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+import fiftyone as fo
+import fiftyone.core.fields as fof
+from fiftyone.utils.eval.base import BaseEvaluationMethod, BaseEvaluationMethodConfig, BaseEvaluationResults
+
+from .idmaps import (LabelFieldError, check_label_field, describe_sample, frame_size, mask_targets_of,
+                     read_id_maps, root_dataset)
+from .metrics import STAT_KEYS, SUMMARY_KEYS, global_summary, official_csvs, sequence_metrics
+
+log = logging.getLogger(__name__)
+
+METHOD = "davis2017"
+EXTRA_OBJECTS = ("error", "ignore")
+SAMPLE_SUFFIXES = ("_JF", "_J", "_F")
+FRAME_SUFFIXES = ("_J", "_F")
+MAX_OBJECTS = 254  # uint8 ids; 255 is the DAVIS void label
+
+ProgressCallback = Callable[[float, str], Optional[bool]]
+
+
+class EvaluationError(ValueError):
+    """Input that cannot be evaluated; the message names the field and the sample."""
+
+
+class EvaluationCancelled(Exception):
+    """The progress callback asked to stop; nothing was written."""
+
+
+def sample_fields(eval_key: str) -> list[str]:
+    return [eval_key + s for s in SAMPLE_SUFFIXES]
+
+
+def frame_fields(eval_key: str) -> list[str]:
+    return [eval_key + s for s in FRAME_SUFFIXES]
+
+
+# --------------------------------------------------------------------------- run machinery
+
+
+class VOSEvaluationConfig(BaseEvaluationMethodConfig):
+    """Configuration of a DAVIS J&F evaluation run.
+
+    Args:
+        pred_field: frame field with the predictions
+        gt_field: frame field with the ground truth
+        bound_th (0.008): boundary tolerance (fraction of the diagonal, or pixels if >= 1)
+        extra_objects ("error"): what to do with a predicted object that is not in the
+            reference frame: ``"error"`` (official) or ``"ignore"``
+        custom_metrics (None): FiftyOne custom metrics (unused by this method)
+    """
+
+    def __init__(self, pred_field, gt_field, bound_th=0.008, extra_objects="error", custom_metrics=None, **kwargs):
+        super().__init__(**kwargs)
+        self.pred_field = pred_field
+        self.gt_field = gt_field
+        self.bound_th = bound_th
+        self.extra_objects = extra_objects
+        self.custom_metrics = custom_metrics
+
+    @property
+    def type(self):
+        return "vos"
+
+    @property
+    def method(self):
+        return METHOD
+
+
+class VOSEvaluation(BaseEvaluationMethod):
+    """DAVIS 2017 semi-supervised J&F (see the module docstring)."""
+
+    def get_fields(self, samples, eval_key, include_custom_metrics=True):
+        fields = sample_fields(eval_key) + [samples._FRAMES_PREFIX + f for f in frame_fields(eval_key)]
+        if include_custom_metrics:
+            fields.extend(self.get_custom_metric_fields(samples, eval_key))
+        return fields
+
+    def rename(self, samples, eval_key, new_eval_key):
+        dataset = samples._dataset
+        sample_schema = dataset.get_field_schema()
+        frame_schema = dataset.get_frame_field_schema() or {}
+        renames = {a: b for a, b in zip(sample_fields(eval_key), sample_fields(new_eval_key)) if a in sample_schema}
+        if renames:
+            dataset.rename_sample_fields(renames)
+        renames = {a: b for a, b in zip(frame_fields(eval_key), frame_fields(new_eval_key)) if a in frame_schema}
+        if renames:
+            dataset.rename_frame_fields(renames)
+        self.rename_custom_metrics(samples, eval_key, new_eval_key)
+        samples._rename_sidebar_group(eval_key, new_eval_key)
+
+    def cleanup(self, samples, eval_key):
+        dataset = samples._dataset
+        dataset.delete_sample_fields(sample_fields(eval_key), error_level=1)
+        dataset.delete_frame_fields(frame_fields(eval_key), error_level=1)
+        self.cleanup_custom_metrics(samples, eval_key)
+        samples._delete_empty_sidebar_group(eval_key)
+
+    def _validate_run(self, samples, eval_key, existing_info):
+        pass  # overwriting a run with other fields is fine: cleanup() removes the old run's fields
+
+
+class VOSEvaluationResults(BaseEvaluationResults):
+    """Results of a DAVIS J&F evaluation.
+
+    Attributes:
+        sequences: one dict per evaluated video: ``sample_id``, ``filepath``, ``name``,
+            ``frames`` (annotated frame numbers used, the first is the reference),
+            ``scored_frames``, ``K``, ``objects`` (per object: ``index``, ``label`` and the
+            official statistics ``J-Mean`` ... ``J&F-Mean``), ``J`` and ``F`` ((K, N) lists,
+            column i = ``scored_frames[i]``), ``summary`` (the video's table row) and
+            ``missing_predictions`` (annotated frames without a prediction)
+        skipped: videos not evaluated (no ground truth): ``sample_id``, ``filepath``, ``reason``
+    """
+
+    def __init__(self, samples, config, eval_key, sequences, skipped=None, custom_metrics=None, backend=None):
+        super().__init__(samples, config, eval_key, custom_metrics=custom_metrics, backend=backend)
+        self.sequences = sequences
+        self.skipped = skipped or []
+
+    @property
+    def objects(self) -> list[dict[str, Any]]:
+        """The per-object table: one row per object of every video (the official per-sequence CSV
+        rows, with the sample, the object index and label)."""
+        rows = []
+        for seq in self.sequences:
+            for number, obj in enumerate(seq["objects"], start=1):
+                rows.append(dict(sequence=f"{seq['name']}_{number}", sample_id=seq["sample_id"],
+                                 filepath=seq["filepath"], **obj))
+        return rows
+
+    def summary(self) -> dict[str, float]:
+        """The official global table (every object of every video pooled with equal weight)."""
+        return global_summary(self.objects)
+
+    def metrics(self, *args, **kwargs) -> dict[str, float]:
+        return {**self.summary(), **self._get_custom_metrics()}
+
+    def print_metrics(self, digits=3):
+        self._print_metrics(self.metrics(), digits=digits)
+
+    def report(self) -> list[dict[str, Any]]:
+        """Per-video rows: ``name``, ``sample_id``, ``objects`` and the summary keys."""
+        return [dict(name=s["name"], sample_id=s["sample_id"], objects=s["K"], **s["summary"]) for s in self.sequences]
+
+    def print_report(self, digits=3):
+        from .compare import format_table
+
+        print(format_table(self.report(), ["name", "objects", *SUMMARY_KEYS], digits=digits))
+
+    def official_csvs(self) -> tuple[str, str]:
+        """The official CLI's ``global_results-val.csv`` and ``per-sequence_results-val.csv`` text."""
+        return official_csvs({s["name"]: s for s in self.sequences})
+
+    def sequence(self, sample_id: str) -> dict[str, Any] | None:
+        for seq in self.sequences:
+            if seq["sample_id"] == str(sample_id):
+                return seq
+        return None
+
+    @classmethod
+    def _from_dict(cls, d, samples, config, eval_key, **kwargs):
+        return cls(samples, config, eval_key, d.get("sequences") or [], skipped=d.get("skipped"),
+                   custom_metrics=d.get("custom_metrics"), **kwargs)
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def list_vos_evaluations(sample_collection) -> list[str]:
+    """Keys of the J&F evaluation runs of this plugin on the collection's dataset."""
+    dataset = root_dataset(sample_collection)
+    keys = []
+    for key in dataset.list_evaluations():
+        try:
+            config = dataset.get_evaluation_info(key).config
+        except Exception:  # a run whose class cannot be loaded
+            continue
+        if isinstance(config, VOSEvaluationConfig) or (config.type == "vos" and config.method == METHOD):
+            keys.append(key)
+    return keys
+
+
+def check_evaluation(sample_collection, pred_field: str, gt_field: str, eval_key: str | None,
+                     overwrite: bool = False, extra_objects: str = "error") -> tuple[str, str]:
+    """Validate the fields, the key and that no unrelated field would be replaced; returns the
+    normalised (pred_field, gt_field). Raises ``ValueError`` / ``EvaluationError``."""
+    dataset = root_dataset(sample_collection)
+    pred_field, _ = check_label_field(sample_collection, pred_field, "pred_field")
+    gt_field, _ = check_label_field(sample_collection, gt_field, "gt_field")
+    if pred_field == gt_field:
+        raise EvaluationError(f"pred_field and gt_field are the same field '{gt_field}'")
+    if extra_objects not in EXTRA_OBJECTS:
+        raise ValueError(f"extra_objects must be one of {EXTRA_OBJECTS}, got {extra_objects!r}")
+    if eval_key is None:
+        return pred_field, gt_field
+    if not isinstance(eval_key, str) or not eval_key.isidentifier():
+        raise ValueError(f"invalid eval_key {eval_key!r}: keys must be valid Python identifiers")
+    existing = eval_key in dataset.list_evaluations()
+    if existing and not overwrite:
+        raise EvaluationError(f"dataset '{dataset.name}' already has an evaluation '{eval_key}'; pass overwrite=True "
+                              f"to replace it, or choose another eval_key")
+    if existing:
+        try:
+            config = dataset.get_evaluation_info(eval_key).config
+        except Exception:
+            config = None
+        if config is not None and not isinstance(config, VOSEvaluationConfig):
+            raise EvaluationError(f"evaluation '{eval_key}' on dataset '{dataset.name}' is a {config.type!r} evaluation, "
+                                  f"not a DeAOT J&F one; delete it or choose another eval_key")
+    # our fields must not clobber fields that are not this run's
+    own = existing
+    sample_schema = dataset.get_field_schema()
+    frame_schema = dataset.get_frame_field_schema() or {}
+    for name in sample_fields(eval_key):
+        if name in sample_schema and not own:
+            raise EvaluationError(f"sample field '{name}' already exists on dataset '{dataset.name}' and does not belong "
+                                  f"to an evaluation '{eval_key}'; choose another eval_key")
+    for name in frame_fields(eval_key):
+        if name in (pred_field, gt_field) or (name in frame_schema and not own):
+            raise EvaluationError(f"frame field '{name}' already exists on dataset '{dataset.name}' and does not belong "
+                                  f"to an evaluation '{eval_key}'; choose another eval_key")
+    return pred_field, gt_field
+
+
+def _relabel(id_map: np.ndarray, lut: dict[int, int]) -> tuple[np.ndarray, list[int]]:
+    """Map ids through ``lut`` (id -> 1..K; 0 stays 0) into uint8; returns the map and the ids
+    that are not in ``lut``."""
+    values, inverse = np.unique(id_map, return_inverse=True)
+    mapped = np.array([lut.get(int(v), 0) for v in values], dtype=np.uint8)
+    unknown = [int(v) for v in values if v != 0 and int(v) not in lut]
+    return mapped[inverse].reshape(id_map.shape), unknown
+
+
+def evaluate_sequence(gt, pred, *, sample_id: str = "", filepath: str = "", name: str = "",
+                      pred_field: str = "pred", gt_field: str = "gt", gt_is_segmentation: bool = False,
+                      bound_th: float = 0.008, extra_objects: str = "error") -> dict[str, Any]:
+    """Score one video from its :class:`plugin.idmaps.IdMaps` (``gt``, ``pred``): see the module
+    docstring. Returns the ``sequences`` entry of :class:`VOSEvaluationResults`."""
+    where = describe_sample(sample_id, filepath)
+    frames = list(gt.frames)
+    if len(frames) < 3:
+        raise EvaluationError(f"{where}: ground truth '{gt_field}' is set on {len(frames)} frame(s) {frames}; the DAVIS "
+                              f"protocol needs at least 3 annotated frames (the first is the reference, the first and "
+                              f"last are not scored)")
+    reference = gt.maps[frames[0]]
+    ref_ids = sorted(int(v) for v in np.unique(reference) if v != 0 and not (gt_is_segmentation and v == 255))
+    if len(ref_ids) > MAX_OBJECTS:
+        raise EvaluationError(f"{where}: {len(ref_ids)} objects on the reference frame {frames[0]} of '{gt_field}'; "
+                              f"at most {MAX_OBJECTS} are supported")
+    lut = {index: k for k, index in enumerate(ref_ids, start=1)}
+    shape = reference.shape
+    gt_stack = np.zeros((len(frames),) + shape, dtype=np.uint8)
+    pred_stack = np.zeros((len(frames),) + shape, dtype=np.uint8)
+    missing = []
+    for i, number in enumerate(frames):
+        gt_stack[i], _ = _relabel(gt.maps[number], lut)
+        p = pred.maps.get(number)
+        if p is None:
+            missing.append(number)
+            continue
+        if p.shape != shape:
+            raise EvaluationError(f"{where}: frame {number} of '{pred_field}' is {p.shape[1]}x{p.shape[0]}, the ground "
+                                  f"truth is {shape[1]}x{shape[0]}")
+        pred_stack[i], unknown = _relabel(p, lut)
+        if unknown and 0 < i < len(frames) - 1 and extra_objects == "error":
+            raise EvaluationError(
+                f"{where}: frame {number} of '{pred_field}' has object index(es) {unknown} that are not on the reference "
+                f"frame {frames[0]} of '{gt_field}' (objects {ref_ids}); the official protocol aborts here. Pass "
+                f"extra_objects='ignore' to score only the reference objects")
+    res = sequence_metrics(gt_stack, pred_stack, bound_th=bound_th)
+    objects = [dict(index=index, label=gt.labels.get(index), **{k: float(o[k]) for k in STAT_KEYS})
+               for index, o in zip(ref_ids, res["objects"])]
+    if missing:
+        log.warning("%s: %d annotated frame(s) have no prediction in '%s' (scored as background): %s", where,
+                    len(missing), pred_field, missing[:10])
+    return dict(sample_id=str(sample_id), filepath=filepath, name=name, frames=frames, scored_frames=frames[1:-1],
+                K=int(res["K"]), objects=objects, J=res["J"].tolist(), F=res["F"].tolist(),
+                summary={k: float(v) for k, v in res["summary"].items()}, missing_predictions=missing)
+
+
+def _sequence_names(ids, filepaths, names) -> list[str]:
+    out, seen = [], {}
+    for sid, path, name in zip(ids, filepaths, names):
+        base = str(name) if name else os.path.splitext(os.path.basename(path))[0]
+        n = seen.get(base, 0)
+        seen[base] = n + 1
+        out.append(base if n == 0 else f"{base}_{n + 1}")
+    return out
+
+
+def evaluate_vos(sample_collection, pred_field: str, gt_field: str = "ground_truth", eval_key: str | None = None,
+                 bound_th: float = 0.008, extra_objects: str = "error", overwrite: bool = False,
+                 progress: ProgressCallback | None = None) -> VOSEvaluationResults:
+    """Evaluate ``pred_field`` against ``gt_field`` on every video of ``sample_collection`` with the
+    DAVIS 2017 semi-supervised protocol (see the module docstring).
+
+    Args:
+        sample_collection: a video ``Dataset`` or ``DatasetView``
+        pred_field, gt_field: frame fields with Detections (instance masks), Segmentation or
+            Polylines; objects are matched by ``index`` (segmentations: pixel value)
+        eval_key: key of the evaluation run to store (None: compute only, write nothing)
+        bound_th: boundary tolerance (official 0.008 of the image diagonal)
+        extra_objects: ``"error"`` (official) or ``"ignore"`` predicted objects absent from the
+            reference frame
+        overwrite: replace an existing evaluation with this key (else refused)
+        progress: ``progress(fraction, label)`` per video; return False to cancel
+            (``EvaluationCancelled``, nothing written)
+
+    Returns:
+        a :class:`VOSEvaluationResults`
+    """
+    t0 = time.time()
+    dataset = root_dataset(sample_collection)
+    pred_field, gt_field = check_evaluation(sample_collection, pred_field, gt_field, eval_key, overwrite, extra_objects)
+    gt_is_segmentation = dataset.get_frame_field_schema()[gt_field].document_type is fo.Segmentation
+    gt_targets, pred_targets = mask_targets_of(dataset, gt_field), mask_targets_of(dataset, pred_field)
+    has_sequence = "sequence" in dataset.get_field_schema()
+    columns = ["id", "filepath", "metadata"] + (["sequence"] if has_sequence else [])
+    values = sample_collection.values(columns)
+    ids, paths, metas = values[0], values[1], values[2]
+    names = _sequence_names(ids, paths, values[3] if has_sequence else [None] * len(ids))
+
+    config = VOSEvaluationConfig(pred_field, gt_field, bound_th=bound_th, extra_objects=extra_objects)
+    method = config.build()
+    sequences, skipped = [], []
+    total = len(ids)
+    for i, (sid, path, meta, name) in enumerate(zip(ids, paths, metas, names)):
+        if progress is not None and progress(i / max(total, 1), f"[{i + 1}/{total}] {os.path.basename(path)}") is False:
+            raise EvaluationCancelled("cancelled by the progress callback; nothing was written")
+        height, width = frame_size(sid, path, meta)
+        gt = read_id_maps(sample_collection, sid, path, gt_field, height, width, gt_targets, what="gt_field")
+        if not gt.frames:
+            log.warning("%s has no ground truth in '%s'; skipped", describe_sample(sid, path), gt_field)
+            skipped.append(dict(sample_id=str(sid), filepath=path, reason=f"no ground truth in '{gt_field}'"))
+            continue
+        pred = read_id_maps(sample_collection, sid, path, pred_field, height, width, pred_targets, what="pred_field")
+        sequences.append(evaluate_sequence(gt, pred, sample_id=sid, filepath=path, name=name, pred_field=pred_field,
+                                           gt_field=gt_field, gt_is_segmentation=gt_is_segmentation,
+                                           bound_th=bound_th, extra_objects=extra_objects))
+    results = VOSEvaluationResults(sample_collection, config, eval_key, sequences, skipped=skipped, backend=method)
+    if eval_key is not None:
+        _write(sample_collection, dataset, method, eval_key, results, overwrite)
+    log.info("evaluated %d video(s) (%d skipped) in %.1fs: J&F-Mean %.3f", len(sequences), len(skipped),
+             time.time() - t0, results.summary()["J&F-Mean"])
+    if progress is not None:
+        progress(1.0, "done")
+    return results
+
+
+def _none_if_nan(value: float):
+    return None if value is None or value != value else float(value)
+
+
+def _write(sample_collection, dataset, method: VOSEvaluation, eval_key: str, results: VOSEvaluationResults,
+           overwrite: bool) -> None:
+    """Register the run (an existing run with this key is deleted with its fields), then write the
+    fields in bulk and save the results."""
+    method.register_run(sample_collection, eval_key, overwrite=overwrite)
+    for name in sample_fields(eval_key):
+        dataset.add_sample_field(name, fof.FloatField)
+    for name in frame_fields(eval_key):
+        dataset.add_frame_field(name, fof.FloatField)
+    per_sample = {name: {} for name in sample_fields(eval_key)}
+    per_frame = {name: {} for name in frame_fields(eval_key)}
+    jf, j, f = sample_fields(eval_key)
+    fj, ff = frame_fields(eval_key)
+    for seq in results.sequences:
+        sid = seq["sample_id"]
+        if seq["K"] == 0:
+            for name in per_sample:
+                per_sample[name][sid] = None
+            continue
+        per_sample[jf][sid] = _none_if_nan(seq["summary"]["J&F-Mean"])
+        per_sample[j][sid] = _none_if_nan(seq["summary"]["J-Mean"])
+        per_sample[f][sid] = _none_if_nan(seq["summary"]["F-Mean"])
+        jm = np.asarray(seq["J"], dtype=np.float64).mean(axis=0)
+        fm = np.asarray(seq["F"], dtype=np.float64).mean(axis=0)
+        per_frame[fj][sid] = {int(n): float(v) for n, v in zip(seq["scored_frames"], jm)}
+        per_frame[ff][sid] = {int(n): float(v) for n, v in zip(seq["scored_frames"], fm)}
+    for name, vals in per_sample.items():
+        if vals:
+            dataset.set_values(name, vals, key_field="id")
+    for name, vals in per_frame.items():
+        if vals:
+            dataset.set_values("frames." + name, vals, key_field="id")
+    method.save_run_results(sample_collection, eval_key, results)
+    method.add_fields_to_sidebar_group(sample_collection, eval_key)
