@@ -128,7 +128,7 @@ class VOSComparePanel(foo.Panel):
             panel.btn("refresh", label="Refresh", on_click=self.refresh)
             return types.Property(panel, view=types.GridView(orientation="vertical", padding=2))
         panel.md("### J&F evaluations (DAVIS 2017 semi-supervised)", name="title")
-        runs = panel.obj("chosen", label="Runs", view=types.HStackView())
+        runs = panel.h_stack("chosen", gap=2)
         for key in available:
             runs.bool(key, label=key, default=True, view=types.CheckboxView(), on_change=self.on_toggle)
         panel.list("summary_table", types.Object(), view=_table_view(), label="Summary (official global table, "

@@ -7,7 +7,8 @@ import fiftyone.operators.types as types
 
 from plugin.labels import KEYFRAME_TYPES
 from plugin.models import DEFAULT_MODEL, PRECISIONS, model_names
-from plugin.propagation import OutputExistsError, PropagationCancelled, check_fields, propagate
+from plugin.propagation import (DelegatedCancelCheck, OutputExistsError, PropagationCancelled, cancel_on_signals,
+                                check_fields, propagate)
 
 DEFAULT_OUTPUT = "deaot"
 _INT_KNOBS = ("long_term_gap", "max_long_term_frames", "max_short_edge", "max_long_edge")
@@ -56,6 +57,7 @@ def params_to_kwargs(params: dict) -> dict:
         overwrite=bool(params.get("overwrite", False)),
         precision=params.get("precision") or "fp32",
         write_segmentation=(params.get("write_segmentation") or "").strip() or None,
+        skip_failures=bool(params.get("skip_failures", False)),
     )
     for name in _INT_KNOBS:
         if name in params:
@@ -150,22 +152,33 @@ class PropagateMasks(foo.Operator):
             precision_choices.add_choice(name, label=name)
         inputs.enum("precision", precision_choices.values(), default="fp32", label="Precision",
                     view=precision_choices)
+        inputs.bool("skip_failures", default=False, label="Skip failing videos",
+                    description="A video that fails keeps its previous output and is listed in the result; "
+                                "the others are written (default: any failure writes nothing)")
         return types.Property(inputs, view=form)
 
     def execute(self, ctx):
         kwargs = params_to_kwargs(ctx.params)
+        # cancel paths: the delegated operation marked failed (polled), or SIGTERM (FiftyOne's
+        # monitor terminating the worker): both stop at the next frame with nothing written
+        marked_failed = DelegatedCancelCheck(ctx.request_params.get("run_doc") if ctx.delegated else None)
 
-        def progress(fraction, label):
-            ctx.set_progress(progress=fraction, label=label)
+        with cancel_on_signals(resend=True) as terminated:
+            def progress(fraction, label):
+                if terminated.is_set() or marked_failed():
+                    return False
+                ctx.set_progress(progress=fraction, label=label)
 
-        try:
-            summary = propagate(_target_view(ctx), progress=progress, **kwargs)
-        except PropagationCancelled:
-            return dict(status="cancelled", message="cancelled; no field was changed")
+            try:
+                summary = propagate(_target_view(ctx), progress=progress, **kwargs)
+            except PropagationCancelled:
+                return dict(status="cancelled", message="cancelled; no field was changed")
         ctx.trigger("reload_dataset")
         samples = summary["samples"]
         return dict(
-            status="ok",
+            status="ok" if not summary["failed"] else "partial",
+            failed=len(summary["failed"]),
+            failures=[f"{f['filepath']}: {f['error']}" for f in summary["failed"]],
             model=summary["model"],
             weights=summary["weights"],
             output_field=summary["output_field"],
@@ -184,6 +197,8 @@ class PropagateMasks(foo.Operator):
         outputs.str("output_field", label="Output field")
         outputs.int("samples", label="Samples")
         outputs.int("propagated", label="Samples propagated")
+        outputs.int("failed", label="Samples failed (output unchanged)")
+        outputs.list("failures", types.String(), label="Failures")
         outputs.int("frames", label="Frames written")
         outputs.float("seconds", label="Seconds")
         return types.Property(outputs, view=types.View(label="DeAOT propagation"))

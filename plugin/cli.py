@@ -1,8 +1,10 @@
 """Command line: ``python -m plugin propagate ...`` and ``python -m plugin demo``.
 
 ``propagate`` runs the same code as the ``@deaot/vos/propagate_masks`` operator on a dataset
-(or the samples given with ``--sample-id``), with a tqdm progress bar. Ctrl-C cancels: the
-output field is left as it was.
+(or the samples given with ``--sample-id``), with a tqdm progress bar. Ctrl-C or SIGTERM
+cancels at the next frame: the output field is left as it was (exit status 130). Exit status 1:
+an error (nothing written); 3: with ``--skip-failures``, some videos failed (listed on stderr,
+their output unchanged), the others were written.
 """
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 
 
@@ -31,6 +34,7 @@ def _add_propagate(sub) -> None:
     p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"))
     p.add_argument("--sample-id", action="append", default=None, help="only this sample (repeatable)")
     p.add_argument("--skip-failures", action="store_true", help="go on when a video fails")
+    p.add_argument("--write-every", type=int, default=64, help="frames buffered per bulk write")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
 
@@ -42,7 +46,8 @@ def _add_demo(sub) -> None:
     p.add_argument("--launch", action="store_true", help="open the FiftyOne App at the end")
 
 
-def print_summary(summary: dict, stream=sys.stdout) -> None:
+def print_summary(summary: dict, stream=None) -> None:
+    stream = stream or sys.stdout
     print(f"model {summary['model']} ({summary['weights']} weights"
           + (f": {summary['checkpoint']}" if summary.get("checkpoint") else "") + f") on {summary['device']}",
           file=stream)
@@ -54,7 +59,10 @@ def print_summary(summary: dict, stream=sys.stdout) -> None:
         else:
             print(f"  {name}: {row.get('status')}", file=stream)
     fields = summary["output_field"] + (f" and {summary['segmentation_field']}" if summary.get("segmentation_field") else "")
-    print(f"wrote frames.{fields} in {summary.get('seconds', 0):.1f}s", file=stream)
+    if summary.get("written", True):
+        print(f"wrote frames.{fields} in {summary.get('seconds', 0):.1f}s", file=stream)
+    else:
+        print(f"nothing written: frames.{fields} unchanged ({summary.get('seconds', 0):.1f}s)", file=stream)
 
 
 def _tqdm_progress():
@@ -74,34 +82,48 @@ def run_propagate(args) -> int:
     import fiftyone as fo
 
     from .models import DEFAULT_MODEL
-    from .propagation import OutputExistsError, PropagationCancelled, propagate
+    from .propagation import OutputExistsError, PropagationCancelled, cancel_on_signals, propagate
 
     if not fo.dataset_exists(args.dataset):
         print(f"error: no dataset named {args.dataset!r}", file=sys.stderr)
         return 2
     dataset = fo.load_dataset(args.dataset)
     view = dataset.select(args.sample_id) if args.sample_id else dataset
-    bar, progress = _tqdm_progress()
-    try:
-        summary = propagate(view, args.keyframes_field, args.output_field, model=args.model or DEFAULT_MODEL,
-                            checkpoint=args.checkpoint, device=args.device, overwrite=args.overwrite,
-                            progress=progress, long_term_gap=args.long_term_gap,
-                            max_long_term_frames=args.max_long_term_frames, max_short_edge=args.max_short_edge,
-                            max_long_edge=args.max_long_edge, precision=args.precision,
-                            write_segmentation=args.write_segmentation, skip_failures=args.skip_failures)
-    except (KeyboardInterrupt, PropagationCancelled):
-        bar.close()
-        print("cancelled: no field was changed", file=sys.stderr)
-        return 130
-    except (OutputExistsError, ValueError, RuntimeError) as err:
-        bar.close()
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    bar, show = _tqdm_progress()
+    # Ctrl-C / SIGTERM: stop at the next frame and drop the temporary fields (a second one
+    # interrupts at once; the temporary fields are still dropped)
+    with cancel_on_signals((signal.SIGINT, signal.SIGTERM)) as stop:
+        def progress(fraction, label):
+            if stop.is_set():
+                return False
+            show(fraction, label)
+
+        try:
+            summary = propagate(view, args.keyframes_field, args.output_field, model=args.model or DEFAULT_MODEL,
+                                checkpoint=args.checkpoint, device=args.device, overwrite=args.overwrite,
+                                progress=progress, long_term_gap=args.long_term_gap,
+                                max_long_term_frames=args.max_long_term_frames, max_short_edge=args.max_short_edge,
+                                max_long_edge=args.max_long_edge, precision=args.precision,
+                                write_segmentation=args.write_segmentation, skip_failures=args.skip_failures,
+                                write_every=args.write_every)
+        except (KeyboardInterrupt, PropagationCancelled):
+            bar.close()
+            print("cancelled: no field was changed", file=sys.stderr)
+            return 130
+        except (OutputExistsError, ValueError, RuntimeError, OSError) as err:
+            bar.close()
+            print(f"error: {err}", file=sys.stderr)
+            return 1
     bar.close()
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
         print_summary(summary)
+    if summary.get("failed"):
+        print(f"{len(summary['failed'])} video(s) failed; their output is unchanged:", file=sys.stderr)
+        for failure in summary["failed"]:
+            print(f"  {failure['filepath']}: {failure['error']}", file=sys.stderr)
+        return 3
     return 0
 
 

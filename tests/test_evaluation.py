@@ -1,0 +1,423 @@
+"""J&F evaluation as FiftyOne evaluation runs, the comparison table, CLI and App panel.
+
+A small video dataset (real videos written to tmp, decoded by decord) with ground truth on every
+frame is propagated with two settings (DeAOTT with random weights, long_term_gap 1 vs the
+default), evaluated through the operator and through the Python function; values are checked
+against ``plugin.metrics.sequence_metrics`` run directly on independent label maps.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import synthetic_label_maps, write_video
+
+pytestmark = pytest.mark.usefixtures("fiftyone_db")
+
+EVAL_URI = "@deaot/vos/evaluate_vos"
+PANEL_URI = "@deaot/vos/vos_compare"
+COMPARE_URI = "@deaot/vos/compare_vos"
+VIDEOS = ((12, 2), (9, 2))  # (frames, objects)
+SPARSE = (1, 3, 5, 7, 9)  # frames of the sparse ground truth
+
+
+def _det(label, region, **kwargs):
+    import fiftyone as fo
+
+    h, w = region.shape
+    ys, xs = np.nonzero(region)
+    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    return fo.Detection(label=label, bounding_box=[x0 / w, y0 / h, (x1 - x0) / w, (y1 - y0) / h],
+                        mask=region[y0:y1, x0:x1].copy(), **kwargs)
+
+
+def _gt_detections(label_map, extra=None):
+    import fiftyone as fo
+
+    dets = [_det(f"obj{k}", label_map == k, index=k) for k in (1, 2) if (label_map == k).any()]
+    return fo.Detections(detections=dets + (extra or []))
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory, tiny_checkpoint, fiftyone_db):
+    """Dataset with ground truth on every frame, propagated twice, evaluated twice
+    (run_a: operator, run_b: Python)."""
+    import torch
+    import fiftyone as fo
+    import fiftyone.operators as foo
+
+    import plugin
+    from plugin.evaluation import evaluate_vos
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    tmp = tmp_path_factory.mktemp("eval")
+    name = "t_evaluation"
+    if fo.dataset_exists(name):
+        fo.delete_dataset(name)
+    ds = fo.Dataset(name)
+    maps = {}
+    for vid, (count, objects) in enumerate(VIDEOS):
+        label_maps = synthetic_label_maps(count, objects=objects)
+        path = write_video(tmp / f"ev{vid}.mp4", label_maps)
+        sample = fo.Sample(filepath=str(path), note=f"video {vid}")
+        for number in range(1, count + 1):
+            m = label_maps[number - 1]
+            sample.frames[number]["ground_truth"] = _gt_detections(m)
+            sample.frames[number]["gt_seg"] = fo.Segmentation(mask=m.astype(np.uint8))
+            if number in SPARSE:
+                sample.frames[number]["gt_sparse"] = _gt_detections(m)
+        sample.frames[1]["kf"] = _gt_detections(label_maps[0])
+        sample.frames[2]["other"] = fo.Classification(label="x")
+        ds.add_sample(sample)
+        maps[sample.id] = label_maps
+    for field, knobs in (("pred_a", {}), ("pred_b", dict(long_term_gap=1))):
+        plugin.propagate(ds, "kf", field, model="DeAOTT", checkpoint=tiny_checkpoint, device="cpu",
+                         write_segmentation=field + "_seg", **knobs)
+    result = foo.execute_operator(EVAL_URI, dict(dataset=ds, view=ds.view(), params=dict(
+        pred_field="pred_a", gt_field="ground_truth", eval_key="run_a")))
+    assert result.result["status"] == "ok", result.result
+    results_b = evaluate_vos(ds, "pred_b", "ground_truth", eval_key="run_b")
+    torch.set_num_threads(threads)
+    yield dict(ds=ds, maps=maps, op_result=result.result, results_b=results_b)
+    fo.delete_dataset(name)
+
+
+def _stack(ds, sid, field):
+    """(T, H, W) label maps of a Segmentation frame field, independent of plugin.idmaps."""
+    return np.stack([np.asarray(m.mask) for m in ds.select(sid).values(f"frames.{field}")[0]]).astype(np.int64)
+
+
+def _direct(ds, maps, sid, pred_field, frames=None):
+    from plugin.metrics import sequence_metrics
+
+    gt = maps[sid]
+    pred = _stack(ds, sid, pred_field + "_seg")
+    if frames is not None:
+        gt, pred = gt[[n - 1 for n in frames]], pred[[n - 1 for n in frames]]
+    return sequence_metrics(gt, pred)
+
+
+def test_runs_are_fiftyone_evaluations(evaluated):
+    from plugin.evaluation import METHOD, VOSEvaluationConfig, VOSEvaluationResults, list_vos_evaluations
+
+    ds = evaluated["ds"]
+    assert ds.list_evaluations() == ["run_a", "run_b"] == list_vos_evaluations(ds)
+    info = ds.get_evaluation_info("run_a")
+    assert isinstance(info.config, VOSEvaluationConfig)
+    assert (info.config.pred_field, info.config.gt_field, info.config.method) == ("pred_a", "ground_truth", METHOD)
+    assert ds.get_evaluation_info("run_b").config.pred_field == "pred_b"
+    ds.reload()
+    for key in ("run_a", "run_b"):
+        results = ds.load_evaluation_results(key, cache=False)  # from the database, not the cache
+        assert isinstance(results, VOSEvaluationResults) and results.key == key
+        assert len(results.sequences) == 2 and len(results.objects) == 4
+        assert {o["index"] for o in results.objects} == {1, 2}
+        assert {o["label"] for o in results.objects} == {"obj1", "obj2"}
+    op = evaluated["op_result"]
+    loaded = ds.load_evaluation_results("run_a", cache=False)
+    assert op["sequences"] == 2 and op["objects"] == 4
+    assert op["summary"] == pytest.approx(loaded.summary())
+    # the sample fields are grouped in the App's sidebar under the eval key
+    groups = {g.name: g.paths for g in ds.app_config.sidebar_groups or []}
+    assert set(groups.get("run_a", [])) >= {"run_a_JF", "run_a_J", "run_a_F"}
+
+
+def test_values_match_sequence_metrics(evaluated):
+    from plugin.metrics import global_summary
+
+    ds, maps = evaluated["ds"], evaluated["maps"]
+    for key, pred in (("run_a", "pred_a"), ("run_b", "pred_b")):
+        results = ds.load_evaluation_results(key)
+        pooled = []
+        for sid in ds.values("id"):
+            direct = _direct(ds, maps, sid, pred)
+            pooled += direct["objects"]
+            seq = results.sequence(sid)
+            assert seq["K"] == direct["K"] == 2
+            assert np.allclose(seq["J"], direct["J"]) and np.allclose(seq["F"], direct["F"])
+            for got, want in zip(seq["objects"], direct["objects"]):
+                assert {k: got[k] for k in want} == pytest.approx(want, nan_ok=True)
+            sample = ds[sid]
+            assert sample[f"{key}_JF"] == pytest.approx(direct["summary"]["J&F-Mean"])
+            assert sample[f"{key}_J"] == pytest.approx(direct["summary"]["J-Mean"])
+            assert sample[f"{key}_F"] == pytest.approx(direct["summary"]["F-Mean"])
+            count = len(maps[sid])
+            numbers = ds.select(sid).values("frames.frame_number")[0]
+            js = dict(zip(numbers, ds.select(sid).values(f"frames.{key}_J")[0]))
+            fs = dict(zip(numbers, ds.select(sid).values(f"frames.{key}_F")[0]))
+            # first (reference) and last annotated frames are not scored
+            assert js[1] is None and js[count] is None and fs[1] is None and fs[count] is None
+            assert [js[n] for n in range(2, count)] == pytest.approx(direct["J"].mean(axis=0))
+            assert [fs[n] for n in range(2, count)] == pytest.approx(direct["F"].mean(axis=0))
+        assert results.summary() == pytest.approx(global_summary(pooled), nan_ok=True)
+        global_csv, per_seq = results.official_csvs()
+        assert global_csv.splitlines()[0].startswith("J&F-Mean,J-Mean")
+        assert "%.3f" % results.summary()["J&F-Mean"] in global_csv and len(per_seq.splitlines()) == 5
+    # the two settings are two different runs with their own values
+    assert ds.values("run_a_JF") != [None, None] and ds.values("run_b_JF") != [None, None]
+    # the App can sort / filter on them
+    assert len(ds.sort_by("run_a_JF", reverse=True)) == 2 and ds.bounds("frames.run_b_J")[0] is not None
+
+
+def test_other_label_types_sparse_gt_and_no_write(evaluated):
+    from plugin.evaluation import evaluate_vos
+
+    ds, maps = evaluated["ds"], evaluated["maps"]
+    schema_before = (sorted(ds.get_field_schema()), sorted(ds.get_frame_field_schema()), ds.list_evaluations())
+    base = ds.load_evaluation_results("run_a")
+    # Segmentation predictions and Segmentation ground truth read as the same id maps
+    for pred, gt in (("pred_a_seg", "ground_truth"), ("pred_a", "gt_seg")):
+        res = evaluate_vos(ds, pred, gt)  # eval_key None: compute only
+        assert res.summary() == pytest.approx(base.summary(), nan_ok=True)
+    # frames without ground truth are skipped: only annotated frames, in order
+    res = evaluate_vos(ds, "pred_a", "gt_sparse")
+    for sid in ds.values("id"):
+        count = len(maps[sid])
+        frames = [n for n in SPARSE if n <= count]
+        seq = res.sequence(sid)
+        assert seq["frames"] == frames and seq["scored_frames"] == frames[1:-1]
+        direct = _direct(ds, maps, sid, "pred_a", frames)
+        assert np.allclose(seq["J"], direct["J"]) and np.allclose(seq["F"], direct["F"])
+    assert (sorted(ds.get_field_schema()), sorted(ds.get_frame_field_schema()), ds.list_evaluations()) == schema_before
+
+
+def test_compare_table_and_cli(evaluated, capsys):
+    from plugin.cli import main
+    from plugin.compare import format_table, frame_curves, summary_rows, to_csv
+
+    ds = evaluated["ds"]
+    rows = summary_rows(ds, ["run_a", "run_b"])
+    assert [r["eval_key"] for r in rows] == ["run_a", "run_b"]
+    for row in rows:
+        assert {k: row[k] for k in ("pred_field", "sequences", "objects")} == dict(
+            pred_field="pred_a" if row["eval_key"] == "run_a" else "pred_b", sequences=2, objects=4)
+        assert row["J&F-Mean"] == pytest.approx(ds.load_evaluation_results(row["eval_key"]).summary()["J&F-Mean"])
+    assert summary_rows(ds) == rows  # default: every J&F run
+    text = format_table(rows)
+    header = text.splitlines()[0].split()
+    assert header == ["eval_key", "J&F-Mean", "J-Mean", "J-Recall", "J-Decay", "F-Mean", "F-Recall", "F-Decay"]
+    csv = to_csv(rows).splitlines()
+    assert csv[1].startswith("run_a,%.3f," % rows[0]["J&F-Mean"])
+
+    assert main(["compare", "--dataset", ds.name, "--eval-keys", "run_a", "run_b"]) == 0
+    out = capsys.readouterr().out
+    for row in rows:
+        line = next(l for l in out.splitlines() if l.startswith(row["eval_key"]))
+        assert line.split()[1:] == ["%.3f" % row[k] if row[k] == row[k] else "NaN" for k in header[1:]]
+    assert main(["compare", "--dataset", ds.name, "--eval-keys", "run_a", "--csv"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == ",".join(header)
+    assert main(["compare", "--dataset", ds.name, "--eval-keys", "nope"]) == 1
+    assert "no evaluation 'nope'" in capsys.readouterr().err
+
+    sid = ds.first().id
+    curves = frame_curves(ds, sid, ["run_a", "run_b"])
+    assert curves["run_a"]["frames"] == list(range(2, 12))
+    res = ds.load_evaluation_results("run_b").sequence(sid)
+    assert curves["run_b"]["JF"] == pytest.approx(
+        (np.mean(res["J"], axis=0) + np.mean(res["F"], axis=0)) / 2)
+
+
+def test_evaluate_cli_and_overwrite(evaluated, capsys):
+    from plugin.cli import main
+    from plugin.evaluation import EvaluationError, evaluate_vos
+
+    ds = evaluated["ds"]
+    before = ds.values("run_b_JF")
+    with pytest.raises(EvaluationError, match="already has an evaluation 'run_b'"):
+        evaluate_vos(ds, "pred_a", "ground_truth", eval_key="run_b")
+    assert ds.values("run_b_JF") == before and ds.get_evaluation_info("run_b").config.pred_field == "pred_b"
+    assert main(["evaluate", "--dataset", ds.name, "--pred-field", "pred_a", "--eval-key", "run_cli"]) == 0
+    out = capsys.readouterr().out
+    assert "run_cli" in out and "J&F-Mean" in out
+    assert ds.values("run_cli_JF") == pytest.approx(ds.values("run_a_JF"))
+    assert main(["evaluate", "--dataset", ds.name, "--pred-field", "pred_a", "--eval-key", "run_cli"]) == 1
+    assert "already has an evaluation" in capsys.readouterr().err
+    # overwrite with other fields: the old run's values are replaced
+    assert main(["evaluate", "--dataset", ds.name, "--pred-field", "pred_b", "--eval-key", "run_cli",
+                 "--overwrite", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["summary"]["J&F-Mean"] == pytest.approx(
+        ds.load_evaluation_results("run_b").summary()["J&F-Mean"])
+    assert ds.values("run_cli_JF") == pytest.approx(ds.values("run_b_JF"))
+    assert ds.get_evaluation_info("run_cli").config.pred_field == "pred_b"
+    # rename and delete remove / move the fields with the run
+    ds.rename_evaluation("run_cli", "run_renamed")
+    assert "run_renamed_JF" in ds.get_field_schema() and "run_cli_JF" not in ds.get_field_schema()
+    assert "run_renamed_J" in ds.get_frame_field_schema()
+    ds.delete_evaluation("run_renamed")
+    assert "run_renamed" not in ds.list_evaluations()
+    assert not [f for f in ds.get_field_schema() if f.startswith("run_renamed")]
+    assert not [f for f in ds.get_frame_field_schema() if f.startswith("run_renamed")]
+    assert ds.list_evaluations() == ["run_a", "run_b"] and ds.values("run_b_JF") == before
+
+
+def _state(ds):
+    return (sorted(ds.get_field_schema()), sorted(ds.get_frame_field_schema()), ds.list_evaluations(),
+            ds.values("run_a_JF"), ds.values("frames.run_a_J"))
+
+
+def test_bad_input_is_refused_and_changes_nothing(evaluated):
+    import fiftyone as fo
+
+    from plugin.evaluation import EvaluationError, evaluate_vos
+    from plugin.idmaps import LabelFieldError
+
+    ds = evaluated["ds"]
+    first, second = ds.values("id")
+    v0 = ds[first]
+    name0 = v0.filepath.rsplit("/", 1)[-1]
+    # a prediction with an object (index 9) that is not on the reference frame, on frame 4
+    extra = {}
+    for n, frame in v0.frames.items():
+        dets = frame["ground_truth"].copy()
+        if n == 4:
+            dets.detections.append(_det("intruder", np.pad(np.ones((4, 4), bool), ((50, 10), (80, 12))), index=9))
+        extra[n] = dets
+    ds.set_values("frames.pred_extra", {first: extra}, key_field="id")
+    # ground truth with an object without index on frame 2 of the second video
+    v1 = ds[second]
+    noindex = {n: f["ground_truth"].copy() for n, f in v1.frames.items()}
+    noindex[2].detections[0].index = None
+    ds.set_values("frames.gt_noindex", {second: noindex}, key_field="id")
+    # ground truth on only two frames
+    ds.set_values("frames.gt_short", {first: {1: v0.frames[1]["ground_truth"], 5: v0.frames[5]["ground_truth"]}},
+                  key_field="id")
+    ds.add_sample_field("taken_JF", fo.FloatField)
+    before = _state(ds)
+
+    cases = [
+        (dict(pred_field="missing"), LabelFieldError, "no frame field 'missing'"),
+        (dict(pred_field="other"), LabelFieldError, "'other'.*Classification"),
+        (dict(gt_field="pred_a"), EvaluationError, "same field"),
+        (dict(pred_field="pred_extra"), EvaluationError, f"{name0}.*frame 4 of 'pred_extra'.*\\[9\\]"),
+        (dict(gt_field="gt_noindex"), LabelFieldError, "frame 2 of field 'gt_noindex'.*without an index"),
+        (dict(gt_field="gt_short"), EvaluationError, f"{name0}.*'gt_short' is set on 2 frame"),
+        (dict(eval_key="taken"), EvaluationError, "sample field 'taken_JF' already exists"),
+        (dict(eval_key="not-a-key"), ValueError, "invalid eval_key"),
+        (dict(eval_key="run_a"), EvaluationError, "already has an evaluation 'run_a'"),
+        (dict(extra_objects="maybe"), ValueError, "extra_objects"),
+    ]
+    for kwargs, error, match in cases:
+        args = {**dict(pred_field="pred_a", gt_field="ground_truth", eval_key="bad"), **kwargs}
+        with pytest.raises(error, match=match):
+            evaluate_vos(ds, args.pop("pred_field"), args.pop("gt_field"), **args)
+        assert _state(ds) == before, kwargs
+    # clips views are refused
+    with pytest.raises(ValueError, match="clips"):
+        evaluate_vos(ds.to_clips("frames.kf"), "pred_a", "ground_truth")
+    # the operator refuses too, naming the problem
+    import fiftyone.operators as foo
+
+    with pytest.raises(Exception, match="frame 4 of 'pred_extra'"):
+        foo.execute_operator(EVAL_URI, dict(dataset=ds, view=ds.view(), params=dict(
+            pred_field="pred_extra", gt_field="ground_truth", eval_key="bad")))
+    assert _state(ds) == before
+    # extra_objects="ignore" scores the reference objects only
+    res = evaluate_vos(ds.select(first), "pred_extra", "ground_truth", extra_objects="ignore")
+    assert res.sequence(first)["K"] == 2 and res.summary()["J-Mean"] == pytest.approx(1.0)
+    for field in ("pred_extra", "gt_noindex", "gt_short"):
+        ds.delete_frame_field(field)
+    ds.delete_sample_field("taken_JF")
+
+
+def test_evaluate_operator_form(evaluated):
+    import fiftyone.operators as foo
+    from fiftyone.operators.executor import ExecutionContext
+
+    ds = evaluated["ds"]
+    op = foo.get_operator(EVAL_URI)
+    ctx = ExecutionContext(request_params=dict(dataset_name=ds.name, view=[], params={}))
+    form = op.resolve_input(ctx)
+    props = form.type.properties
+    for name in ("pred_field", "gt_field", "eval_key", "overwrite", "extra_objects"):
+        assert name in props, name
+    assert props["gt_field"].default == "ground_truth"
+    assert "other" not in props["pred_field"].type.values and "pred_a" in props["pred_field"].type.values
+    assert form.to_json()
+    params = dict(pred_field="pred_a", gt_field="ground_truth", eval_key="run_a")
+    ctx = ExecutionContext(request_params=dict(dataset_name=ds.name, view=[], params=params))
+    props = op.resolve_input(ctx).type.properties
+    assert props["eval_key"].invalid and "already has an evaluation" in props["eval_key"].error_message
+    ctx = ExecutionContext(request_params=dict(dataset_name=ds.name, view=[], params=dict(params, overwrite=True)))
+    assert not op.resolve_input(ctx).type.properties["eval_key"].invalid
+
+
+def _panel_event(ds, method, panel_state=None, current_sample=None):
+    import fiftyone.operators as foo
+    from fiftyone.operators.executor import ExecutionContext, Executor
+
+    executor = Executor()
+    request = dict(dataset_name=ds.name, view=[], params=dict(panel_id="panel1", __method__=method,
+                                                                panel_state=panel_state or {}))
+    if current_sample:
+        request["current_sample"] = current_sample
+    ctx = ExecutionContext(request_params=request, executor=executor)
+    foo.get_operator(PANEL_URI).execute(ctx)
+    state, data, output = {}, {}, None
+    for req in executor._requests:
+        uri = req.operator_uri.rsplit("/", 1)[-1]
+        if uri == "patch_panel_state":
+            state.update(req.params["state"])
+        elif uri == "patch_panel_data":
+            data.update(req.params["data"])
+        elif uri == "show_panel_output":
+            output = req.params["output"]
+    return state, data, output
+
+
+def test_panel_renders_table_and_plot(evaluated):
+    import fiftyone.operators as foo
+
+    ds = evaluated["ds"]
+    panel = foo.get_operator(PANEL_URI)
+    assert isinstance(panel, foo.Panel) and "modal" in panel.config.surfaces
+    sid = ds.last().id
+    state, data, output = _panel_event(ds, "on_load", current_sample=sid)
+    assert state["chosen"] == {"run_a": True, "run_b": True}
+    assert [r["eval_key"] for r in state["summary_table"]] == ["run_a", "run_b"]
+    rows = {r["eval_key"]: r for r in state["summary_table"]}
+    assert rows["run_b"]["J&F-Mean"] == "%.3f" % ds.load_evaluation_results("run_b").summary()["J&F-Mean"]
+    traces = data["jf_plot"]
+    assert [t["name"] for t in traces] == ["run_a", "run_b"] and traces[0]["x"] == list(range(2, 9))
+    assert "ev1.mp4" in state["plot_title"]
+    props = output["schema"]["view"] if "schema" in output else output
+    text = json.dumps(output)
+    for needle in ("summary_table", "jf_plot", "PlotlyView", "TableView", "run_a"):
+        assert needle in text, needle
+    assert props is not None
+
+    # unticking a run drops it from the table and the plot; the grid (no current sample) uses the
+    # first evaluated sample of the view
+    state, data, _ = _panel_event(ds, "on_toggle", panel_state=dict(chosen={"run_a": False, "run_b": True}))
+    assert [r["eval_key"] for r in state["summary_table"]] == ["run_b"]
+    assert [t["name"] for t in data["jf_plot"]] == ["run_b"] and data["jf_plot"][0]["x"] == list(range(2, 12))
+    assert "first evaluated sample" in state["plot_title"]
+
+
+def test_panel_without_evaluations_and_compare_operator(evaluated, fiftyone_db):
+    import fiftyone as fo
+    import fiftyone.operators as foo
+    from fiftyone.operators.executor import ExecutionContext
+
+    ds = evaluated["ds"]
+    empty = fo.Dataset("t_eval_empty")
+    try:
+        empty.add_sample(fo.Sample(filepath=ds.first().filepath))
+        state, data, output = _panel_event(empty, "on_load")
+        assert state["summary_table"] == [] and data["jf_plot"] == []
+        assert "No J&F evaluation yet" in json.dumps(output)
+    finally:
+        fo.delete_dataset("t_eval_empty")
+
+    op = foo.get_operator(COMPARE_URI)
+    ctx = ExecutionContext(request_params=dict(dataset_name=ds.name, view=[], params={}))
+    props = op.resolve_input(ctx).type.properties
+    assert props["eval_keys"].default == ["run_a", "run_b"]
+    result = foo.execute_operator(COMPARE_URI, dict(dataset=ds, view=ds.view(), params=dict(eval_keys=["run_b"])))
+    assert [r["eval_key"] for r in result.result["table"]] == ["run_b"]
+    assert [t["name"] for t in result.result["plot"]] == ["run_b"]
+    ctx = ExecutionContext(request_params=dict(dataset_name=ds.name, view=[], params=dict(eval_keys=["run_b"])))
+    out = op.resolve_output(ctx).to_json()
+    assert "TableView" in json.dumps(out) and "PlotlyView" in json.dumps(out)
