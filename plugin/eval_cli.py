@@ -135,7 +135,7 @@ def run_import(args) -> int:
                              label_type=args.label_type, video_dir=args.video_dir, fps=args.fps,
                              sequences=args.sequence, resolution=args.resolution, overwrite=args.overwrite,
                              persistent=True)
-    except (ValueError, RuntimeError) as err:
+    except (ValueError, RuntimeError, FileExistsError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(f"dataset '{dataset.name}': {len(dataset)} videos, {dataset.count('frames.' + args.label_field)} "

@@ -109,9 +109,9 @@ def export_vos(sample_collection, export_dir: str | Path, label_field: str, layo
     """Write the videos of ``sample_collection`` and the masks of ``label_field`` (a frame field of
     Detections with instance masks, Segmentation or Polylines) as a DAVIS or YouTube-VOS folder.
 
-    Every label is read (and checked: ids must be 1..255) before anything is written. Existing
-    sequence folders are refused unless ``overwrite`` (they are then replaced; ``meta.json`` is
-    updated, keeping other sequences).
+    Every label is read and checked (ids 1..255, no label beyond the video's last frame) before
+    anything is written. Existing sequence folders are refused unless ``overwrite`` (they are then
+    replaced; ``meta.json`` is updated, keeping other sequences).
 
     Returns ``{"layout", "export_dir", "sequences": {name: {"sample_id", "frames", "annotated",
     "objects"}}}``.
@@ -151,8 +151,8 @@ def export_vos(sample_collection, export_dir: str | Path, label_field: str, layo
                                  f"index(es) {bad[:5]}; DAVIS/YouTube-VOS PNGs hold ids 0..255")
         beyond = [n for n in maps.frames if n > reader.num_frames]
         if beyond:
-            log.warning("%s: labels on frames %s beyond the video's %d frames are not exported",
-                        describe_sample(sid, path), beyond[:5], reader.num_frames)
+            raise ValueError(f"{describe_sample(sid, path)}: '{label_field}' is set on frame(s) {beyond[:5]} beyond "
+                             f"the video's {reader.num_frames} frames; the export would lose them")
         plans.append((sid, path, name, reader, maps))
 
     meta_path = export_dir / "meta.json"
@@ -174,7 +174,7 @@ def export_vos(sample_collection, export_dir: str | Path, label_field: str, layo
             cv2.imwrite(str(jpeg_dir / f"{number - 1:05d}.jpg"), np.ascontiguousarray(frame[:, :, ::-1]),
                         [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)])
         objects: dict[str, dict[str, Any]] = {}
-        annotated = [n for n in maps.frames if n <= reader.num_frames]
+        annotated = list(maps.frames)
         for number in annotated:
             m = maps.maps[number]
             stem = f"{number - 1:05d}"
@@ -252,11 +252,108 @@ def _read_jpeg(path: Path) -> np.ndarray:
     return image[:, :, ::-1]
 
 
+def _image_header(path: Path) -> tuple[str, tuple[int, int]]:
+    """(PIL mode, (height, width)) of an image, from its header only."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            return image.mode, (image.height, image.width)
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
+        raise VOSFormatError(f"{path}: not a readable image ({err})") from err
+
+
+def _load_annotation(path: Path, height: int, width: int) -> np.ndarray:
+    """:func:`read_annotation` plus the frame-size check; decoding errors become ``VOSFormatError``."""
+    try:
+        ids = read_annotation(path)
+    except VOSFormatError:
+        raise
+    except (OSError, SyntaxError, ValueError) as err:
+        raise VOSFormatError(f"{path}: cannot decode the PNG ({err})") from err
+    if ids.shape != (height, width):
+        raise VOSFormatError(f"{path}: {ids.shape[1]}x{ids.shape[0]}, the sequence's frames are {width}x{height}")
+    return ids
+
+
 def list_sequences(dataset_dir: str | Path, resolution: str | None = None) -> list[str]:
+    """Sorted names of the folders of ``JPEGImages`` that hold ``.jpg`` frames."""
     root = _image_root(Path(dataset_dir), "JPEGImages", resolution or detect_resolution(dataset_dir))
     if not root.is_dir():
         raise VOSFormatError(f"{root} does not exist: not a DAVIS/YouTube-VOS folder")
     return sorted(p.name for p in root.iterdir() if p.is_dir() and any(p.glob("*.jpg")))
+
+
+def _read_meta(dataset_dir: Path) -> dict[str, Any]:
+    """``videos`` of a YouTube-VOS ``meta.json`` (checked)."""
+    meta_path = dataset_dir / "meta.json"
+    if not meta_path.is_file():
+        raise VOSFormatError(f"{meta_path} is missing (YouTube-VOS layout)")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise VOSFormatError(f"{meta_path}: not valid JSON ({err})") from err
+    videos = meta.get("videos") if isinstance(meta, dict) else None
+    if not isinstance(videos, dict):
+        raise VOSFormatError(f"{meta_path}: expected {{\"videos\": {{<sequence>: {{\"objects\": ...}}}}}}")
+    return videos
+
+
+def _categories(meta: dict[str, Any], name: str, meta_path: Path) -> dict[int, str | None]:
+    objects = (meta.get(name) or {}).get("objects") or {}
+    if not isinstance(objects, dict):
+        raise VOSFormatError(f"{meta_path}: videos.{name}.objects must be a mapping of object ids")
+    out = {}
+    for key, obj in objects.items():
+        try:
+            index = int(key)
+        except ValueError as err:
+            raise VOSFormatError(f"{meta_path}: videos.{name}.objects has the key {key!r}, not an object id") from err
+        out[index] = obj.get("category") if isinstance(obj, dict) else None
+    return out
+
+
+def _plan_sequence(name: str, jpeg_root: Path, ann_root: Path, layout: str) -> tuple[list[Path], dict[str, int],
+                                                                                     list[Path], tuple[int, int]]:
+    """Check one sequence's folders and image headers; (jpegs, stem -> frame number, pngs, (H, W))."""
+    folder = jpeg_root / name
+    if not folder.is_dir():
+        raise VOSFormatError(f"no sequence '{name}': {folder} does not exist")
+    jpegs = sorted(folder.glob("*.jpg"))
+    if not jpegs:
+        raise VOSFormatError(f"{folder}: no .jpg frames")
+    stems = [p.stem for p in jpegs]
+    if layout == "davis" and all(s.isdigit() for s in stems):
+        first, last = int(stems[0]), int(stems[-1])
+        if last - first + 1 != len(stems):
+            present = {int(s) for s in stems}
+            missing = [f"{n:05d}.jpg" for n in range(first, last + 1) if n not in present]
+            raise VOSFormatError(f"{folder}: {len(stems)} frames numbered {stems[0]}..{stems[-1]}, missing "
+                                 f"{missing[:5]}{' ...' if len(missing) > 5 else ''} (DAVIS sequences hold every "
+                                 f"frame)")
+    numbers = {stem: i + 1 for i, stem in enumerate(stems)}
+    ann_folder = ann_root / name
+    if not ann_folder.is_dir():
+        raise VOSFormatError(f"sequence '{name}': annotation folder {ann_folder} does not exist")
+    pngs = sorted(ann_folder.glob("*.png"))
+    if not pngs:
+        log.warning("sequence %s has no annotation in %s", name, ann_folder)
+    mode, size = _image_header(jpegs[0])
+    for path in jpegs[1:]:
+        _, other = _image_header(path)
+        if other != size:
+            raise VOSFormatError(f"{path}: {other[1]}x{other[0]}, the sequence's first frame is {size[1]}x{size[0]}")
+    for png in pngs:
+        if png.stem not in numbers:
+            raise VOSFormatError(f"{png}: no frame {png.stem}.jpg in {folder} (annotations and frames do not match: "
+                                 f"{len(pngs)} PNGs, {len(jpegs)} JPEGs)")
+        mode, other = _image_header(png)
+        if mode not in ("P", "L", "1", "I;16", "I"):
+            raise VOSFormatError(f"{png}: annotation is a {mode} image; DAVIS/YouTube-VOS annotations are palette "
+                                 f"PNGs whose pixel values are object ids")
+        if other != size:
+            raise VOSFormatError(f"{png}: {other[1]}x{other[0]}, the sequence's frames are {size[1]}x{size[0]}")
+    return jpegs, numbers, pngs, size
 
 
 def import_vos(dataset_dir: str | Path, dataset=None, label_field: str = "ground_truth", layout: str = "auto",
@@ -265,6 +362,10 @@ def import_vos(dataset_dir: str | Path, dataset=None, label_field: str = "ground
                persistent: bool = False, progress: ProgressCallback | None = None):
     """Load a DAVIS or YouTube-VOS folder into a FiftyOne video dataset (see the module docstring).
 
+    Every folder, image header and annotation is checked, and the MP4s are written to a staging
+    folder, before anything visible changes: on any error (``VOSFormatError`` naming the file)
+    no dataset is created or replaced and no video is left behind.
+
     Args:
         dataset_dir: the folder holding ``JPEGImages``, ``Annotations`` (and ``meta.json``)
         dataset: an existing ``fo.Dataset`` to add to, or the name of a new one (default: the
@@ -272,7 +373,8 @@ def import_vos(dataset_dir: str | Path, dataset=None, label_field: str = "ground
         label_field: frame field for the masks
         layout: ``auto`` (``meta.json`` -> youtube), ``davis`` or ``youtube``
         label_type: ``detections`` (instance masks) or ``segmentation`` (label maps)
-        video_dir: where the MP4s go (default ``<fo default dataset dir>/<name>/videos``)
+        video_dir: where the MP4s go (default ``<fo default dataset dir>/<name>/videos``); an
+            existing ``<seq>.mp4`` there is refused unless ``overwrite``
         fps: frame rate of the MP4s
         sequences: only these sequences (default all, sorted)
         resolution: DAVIS resolution folder (``480p``...), found automatically
@@ -281,107 +383,113 @@ def import_vos(dataset_dir: str | Path, dataset=None, label_field: str = "ground
     Returns:
         the ``fo.Dataset``; each sample has the field ``sequence``
     """
+    import tempfile
+
     import fiftyone as fo
 
     from .demo import video_metadata
+    from .idmaps import frame_field_name
     from .video import VideoReader
 
     dataset_dir = Path(dataset_dir)
-    resolution = resolution or detect_resolution(dataset_dir)
-    if layout == "auto":
-        layout = detect_layout(dataset_dir)
-    if layout not in LAYOUTS:
+    if not dataset_dir.is_dir():
+        raise VOSFormatError(f"{dataset_dir} is not a folder")
+    if layout not in ("auto", *LAYOUTS):
         raise ValueError(f"layout must be auto or one of {LAYOUTS}, got {layout!r}")
     if label_type not in LABEL_TYPES:
         raise ValueError(f"label_type must be one of {LABEL_TYPES}, got {label_type!r}")
+    label_field = frame_field_name(label_field, "label_field")
+    resolution = resolution or detect_resolution(dataset_dir)
+    if layout == "auto":
+        layout = detect_layout(dataset_dir)
     jpeg_root = _image_root(dataset_dir, "JPEGImages", resolution)
     ann_root = _image_root(dataset_dir, "Annotations", resolution)
+    if not ann_root.is_dir():
+        raise VOSFormatError(f"{ann_root} does not exist: a DAVIS/YouTube-VOS folder has JPEGImages/ and Annotations/")
     names = list(sequences) if sequences is not None else list_sequences(dataset_dir, resolution)
     if not names:
         raise VOSFormatError(f"no sequence (folder of .jpg files) in {jpeg_root}")
-    meta: dict[str, Any] = {}
-    if layout == "youtube":
-        meta_path = dataset_dir / "meta.json"
-        if not meta_path.is_file():
-            raise VOSFormatError(f"{meta_path} is missing (YouTube-VOS layout)")
-        meta = json.loads(meta_path.read_text()).get("videos", {})
+    if len(set(names)) != len(names):
+        raise ValueError(f"sequences listed twice: {sorted({n for n in names if names.count(n) > 1})}")
+    meta = _read_meta(dataset_dir) if layout == "youtube" else {}
+    meta_path = dataset_dir / "meta.json"
+    wanted = fo.Detections if label_type == "detections" else fo.Segmentation
 
-    # check the folders before creating anything
+    # 1. check every folder and header, and the target dataset, before creating anything
     plans = []
     for name in names:
-        jpegs = sorted((jpeg_root / name).glob("*.jpg"))
-        if not jpegs:
-            raise VOSFormatError(f"{jpeg_root / name}: no .jpg frames")
-        numbers = {p.stem: i + 1 for i, p in enumerate(jpegs)}
-        pngs = sorted((ann_root / name).glob("*.png")) if (ann_root / name).is_dir() else []
-        for png in pngs:
-            if png.stem not in numbers:
-                raise VOSFormatError(f"{png}: no frame {png.stem}.jpg in {jpeg_root / name}")
-        if not pngs:
-            log.warning("sequence %s has no annotation in %s", name, ann_root / name)
-        categories = {}
-        for key, obj in ((meta.get(name) or {}).get("objects") or {}).items():
-            categories[int(key)] = obj.get("category")
-        plans.append((name, jpegs, numbers, pngs, categories))
-
+        jpegs, numbers, pngs, size = _plan_sequence(name, jpeg_root, ann_root, layout)
+        plans.append((name, jpegs, numbers, pngs, size, _categories(meta, name, meta_path)))
     if isinstance(dataset, fo.Dataset):
-        ds = dataset
-        if ds.media_type not in (None, fo.core.media.VIDEO):
-            raise ValueError(f"dataset '{ds.name}' is not a video dataset")
-        name_for_dir = ds.name
+        target, name_for_dir = dataset, dataset.name
+        if target.media_type not in (None, fo.core.media.VIDEO):
+            raise ValueError(f"dataset '{target.name}' is not a video dataset")
+        existing = (target.get_frame_field_schema() or {}).get(label_field) if target.media_type else None
+        if existing is not None and getattr(existing, "document_type", None) is not wanted:
+            raise ValueError(f"dataset '{target.name}' already has a frame field '{label_field}' of another type; "
+                             f"choose another label_field or label_type")
     else:
-        name_for_dir = dataset or dataset_dir.resolve().name
-        if fo.dataset_exists(name_for_dir):
-            if not overwrite:
-                raise ValueError(f"dataset '{name_for_dir}' already exists; pass overwrite=True to replace it")
-            fo.delete_dataset(name_for_dir)
-        ds = None
+        target, name_for_dir = None, dataset or dataset_dir.resolve().name
+        if fo.dataset_exists(name_for_dir) and not overwrite:
+            raise ValueError(f"dataset '{name_for_dir}' already exists; pass overwrite=True to replace it")
     video_dir = Path(video_dir) if video_dir else Path(fo.config.default_dataset_dir) / name_for_dir / "videos"
+    if not overwrite:
+        taken = [str(video_dir / f"{p[0]}.mp4") for p in plans if (video_dir / f"{p[0]}.mp4").exists()]
+        if taken:
+            raise FileExistsError(f"{taken[0]} already exists ({len(taken)} video(s)); pass overwrite=True to replace")
+
+    # 2. encode the videos into a staging folder and read every annotation
     video_dir.mkdir(parents=True, exist_ok=True)
-
+    staging = Path(tempfile.mkdtemp(prefix=".import-vos-", dir=video_dir))
     samples = []
-    total = len(plans)
-    for i, (name, jpegs, numbers, pngs, categories) in enumerate(plans):
-        if progress is not None:
-            progress(i / max(total, 1), f"[{i + 1}/{total}] {name}")
-        video = video_dir / f"{name}.mp4"
-        first = _read_jpeg(jpegs[0])
-        height, width = first.shape[:2]
+    try:
+        total = len(plans)
+        for i, (name, jpegs, numbers, pngs, (height, width), categories) in enumerate(plans):
+            if progress is not None:
+                progress(i / max(total, 1), f"[{i + 1}/{total}] {name}")
+            labels = {}
+            for png in pngs:
+                ids = _load_annotation(png, height, width)
+                if label_type == "segmentation":
+                    labels[numbers[png.stem]] = fo.Segmentation(mask=ids)
+                else:
+                    names_of = {k: categories.get(k) or str(k) for k in np.unique(ids).tolist()}
+                    labels[numbers[png.stem]] = id_map_to_detections(ids, names_of)
 
-        def frames(_jpegs=jpegs, _first=first):
-            yield _first
-            for p in _jpegs[1:]:
-                frame = _read_jpeg(p)
-                if frame.shape[:2] != (height, width):
-                    raise VOSFormatError(f"{p}: {frame.shape[1]}x{frame.shape[0]}, the sequence's first frame is "
-                                         f"{width}x{height}")
-                yield frame
+            def frames(_jpegs=jpegs, _h=height, _w=width):
+                for p in _jpegs:
+                    frame = _read_jpeg(p)
+                    if frame.shape[:2] != (_h, _w):
+                        raise VOSFormatError(f"{p}: {frame.shape[1]}x{frame.shape[0]}, the sequence's first frame "
+                                             f"is {_w}x{_h}")
+                    yield frame
 
-        _encode_mp4(frames(), video, fps)
-        reader = VideoReader(str(video))
-        if reader.num_frames != len(jpegs) or (reader.height, reader.width) != (height, width):
-            raise VOSFormatError(f"{video}: decodes to {reader.num_frames} frames of {reader.width}x{reader.height}, "
-                                 f"expected {len(jpegs)} of {width}x{height}")
-        sample = fo.Sample(filepath=str(video), sequence=name)
-        sample.metadata = video_metadata(video)
-        for png in pngs:
-            ids = read_annotation(png)
-            if ids.shape != (height, width):
-                raise VOSFormatError(f"{png}: {ids.shape[1]}x{ids.shape[0]}, the frames are {width}x{height}")
-            number = numbers[png.stem]
-            if label_type == "segmentation":
-                label = fo.Segmentation(mask=ids)
-            else:
-                label = id_map_to_detections(ids, {k: categories.get(k) or str(k) for k in np.unique(ids).tolist()})
-            sample.frames[number][label_field] = label
-        samples.append(sample)
-    if ds is None:
-        ds = fo.Dataset(name_for_dir, persistent=persistent)
+            staged = staging / f"{name}.mp4"
+            _encode_mp4(frames(), staged, fps)
+            reader = VideoReader(str(staged))
+            if reader.num_frames != len(jpegs) or (reader.height, reader.width) != (height, width):
+                raise VOSFormatError(f"{name}: the MP4 decodes to {reader.num_frames} frames of "
+                                     f"{reader.width}x{reader.height}, expected {len(jpegs)} of {width}x{height}")
+            sample = fo.Sample(filepath=str(video_dir / f"{name}.mp4"), sequence=name)
+            sample.metadata = video_metadata(staged)
+            for number, label in labels.items():
+                sample.frames[number][label_field] = label
+            samples.append(sample)
+
+        # 3. publish: replace the old dataset, move the videos, add the samples
+        if target is None:
+            if fo.dataset_exists(name_for_dir):
+                fo.delete_dataset(name_for_dir)
+            target = fo.Dataset(name_for_dir, persistent=persistent)
+        for sample in samples:
+            os.replace(staging / os.path.basename(sample.filepath), sample.filepath)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     if samples:
-        ds.add_samples(samples)
-    ds.info.setdefault("vos_import", []).append(dict(source=str(dataset_dir), layout=layout,
-                                                      label_field=label_field, sequences=len(samples)))
-    ds.save()
+        target.add_samples(samples)
+    target.info.setdefault("vos_import", []).append(dict(source=str(dataset_dir), layout=layout,
+                                                          label_field=label_field, sequences=len(samples)))
+    target.save()
     if progress is not None:
         progress(1.0, "done")
-    return ds
+    return target
