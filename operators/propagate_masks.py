@@ -9,6 +9,7 @@ from plugin.labels import KEYFRAME_TYPES
 from plugin.models import DEFAULT_MODEL, PRECISIONS, model_names
 from plugin.propagation import (DelegatedCancelCheck, OutputExistsError, PropagationCancelled, cancel_on_signals,
                                 check_fields, propagate)
+from plugin.scaleout import JOB_PARAM, queue_propagation, run_task, split_size
 
 DEFAULT_OUTPUT = "deaot"
 _INT_KNOBS = ("long_term_gap", "max_long_term_frames", "max_short_edge", "max_long_edge")
@@ -155,13 +156,27 @@ class PropagateMasks(foo.Operator):
         inputs.bool("skip_failures", default=False, label="Skip failing videos",
                     description="A video that fails keeps its previous output and is listed in the result; "
                                 "the others are written (default: any failure writes nothing)")
+        inputs.int("videos_per_task", required=False, min=0, label="Videos per task (delegated)",
+                   description="Delegated over several videos, queue one operation per this many videos so that "
+                               "several `fiftyone delegated launch` workers run them in parallel (default 1; "
+                               "0: one operation for all)")
         return types.Property(inputs, view=form)
 
     def execute(self, ctx):
         kwargs = params_to_kwargs(ctx.params)
+        run_doc = ctx.request_params.get("run_doc") if ctx.delegated else None
+        if not ctx.params.get(JOB_PARAM):
+            target = _target_view(ctx)
+            size = split_size(target, ctx.params.get("videos_per_task"), ctx.delegated)
+            if size:  # this operation only queues the tasks; workers run them
+                queued = queue_propagation(target, videos_per_task=size, parent_op=run_doc,
+                                           delegation_target=ctx.request_params.get("delegation_target"), **kwargs)
+                return dict(status="queued", samples=queued["samples"], operations=queued["operations"],
+                            operations_queued=len(queued["operations"]),
+                            job=queued["job"], output_field=kwargs["output_field"])
         # cancel paths: the delegated operation marked failed (polled), or SIGTERM (FiftyOne's
         # monitor terminating the worker): both stop at the next frame with nothing written
-        marked_failed = DelegatedCancelCheck(ctx.request_params.get("run_doc") if ctx.delegated else None)
+        marked_failed = DelegatedCancelCheck(run_doc)
 
         with cancel_on_signals(resend=True) as terminated:
             def progress(fraction, label):
@@ -170,7 +185,11 @@ class PropagateMasks(foo.Operator):
                 ctx.set_progress(progress=fraction, label=label)
 
             try:
-                summary = propagate(_target_view(ctx), progress=progress, **kwargs)
+                if ctx.params.get(JOB_PARAM):  # one task of a queued job
+                    summary = run_task(ctx.view, ctx.params[JOB_PARAM], list(ctx.params.get("sample_ids") or []),
+                                       op_id=run_doc, progress=progress, **kwargs)
+                else:
+                    summary = propagate(_target_view(ctx), progress=progress, **kwargs)
             except PropagationCancelled:
                 return dict(status="cancelled", message="cancelled; no field was changed")
         ctx.trigger("reload_dataset")
@@ -187,11 +206,13 @@ class PropagateMasks(foo.Operator):
             frames=sum(s.get("frames_written", 0) for s in samples),
             seconds=summary["seconds"],
             summary=samples,
+            worker=summary.get("worker"),
         )
 
     def resolve_output(self, ctx):
         outputs = types.Object()
         outputs.str("status", label="Status")
+        outputs.int("operations_queued", label="Operations queued (one per task)")
         outputs.str("model", label="Model")
         outputs.str("weights", label="Weights")
         outputs.str("output_field", label="Output field")

@@ -11,6 +11,7 @@ import importlib
 
 _LAZY = {
     "propagate": "propagation",
+    "queue_propagation": "scaleout",
     "check_fields": "propagation",
     "PropagationCancelled": "propagation",
     "OutputExistsError": "propagation",

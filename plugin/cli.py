@@ -4,7 +4,9 @@
 (or the samples given with ``--sample-id``), with a tqdm progress bar. Ctrl-C or SIGTERM
 cancels at the next frame: the output field is left as it was (exit status 130). Exit status 1:
 an error (nothing written); 3: with ``--skip-failures``, some videos failed (listed on stderr,
-their output unchanged), the others were written.
+their output unchanged), the others were written. ``--queue`` runs nothing: it queues one
+delegated operation per video for ``fiftyone delegated launch`` workers (see the README's
+scale-out section).
 """
 from __future__ import annotations
 
@@ -36,6 +38,10 @@ def _add_propagate(sub) -> None:
     p.add_argument("--skip-failures", action="store_true", help="go on when a video fails")
     p.add_argument("--write-every", type=int, default=64, help="frames buffered per bulk write")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--queue", action="store_true",
+                   help="do not run: queue delegated operations (one per --videos-per-task videos) for "
+                        "`fiftyone delegated launch` workers sharing this database")
+    p.add_argument("--videos-per-task", type=int, default=1, help="with --queue: videos per operation")
 
 
 def _add_demo(sub) -> None:
@@ -89,6 +95,8 @@ def run_propagate(args) -> int:
         return 2
     dataset = fo.load_dataset(args.dataset)
     view = dataset.select(args.sample_id) if args.sample_id else dataset
+    if args.queue:
+        return _queue(view, args)
     bar, show = _tqdm_progress()
     # Ctrl-C / SIGTERM: stop at the next frame and drop the temporary fields (a second one
     # interrupts at once; the temporary fields are still dropped)
@@ -124,6 +132,30 @@ def run_propagate(args) -> int:
         for failure in summary["failed"]:
             print(f"  {failure['filepath']}: {failure['error']}", file=sys.stderr)
         return 3
+    return 0
+
+
+def _queue(view, args) -> int:
+    """``propagate --queue``: check once, queue the per-video operations, print their ids."""
+    from .models import DEFAULT_MODEL
+    from .propagation import OutputExistsError
+    from .scaleout import queue_propagation
+
+    try:
+        queued = queue_propagation(view, args.keyframes_field, args.output_field, videos_per_task=args.videos_per_task,
+                                   overwrite=args.overwrite, write_segmentation=args.write_segmentation,
+                                   model=args.model or DEFAULT_MODEL, checkpoint=args.checkpoint, device=args.device,
+                                   long_term_gap=args.long_term_gap, max_long_term_frames=args.max_long_term_frames,
+                                   max_short_edge=args.max_short_edge, max_long_edge=args.max_long_edge,
+                                   precision=args.precision, skip_failures=args.skip_failures)
+    except (OutputExistsError, ValueError, RuntimeError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(queued, indent=2))
+    else:
+        print(f"queued {len(queued['operations'])} operation(s) for {queued['samples']} video(s) (job {queued['job']}); "
+              f"run them with `fiftyone delegated launch` (one per GPU) against this database")
     return 0
 
 

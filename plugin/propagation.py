@@ -20,6 +20,7 @@ which also creates missing frame documents).
 from __future__ import annotations
 
 import contextlib
+import datetime
 import gc
 import logging
 import math
@@ -306,6 +307,23 @@ def _reset_sample(dataset: fo.Dataset, sid: str, tmps: list[str], finals: list[s
                 dataset.set_values("frames." + tmp, {sid: previous}, key_field="id")
 
 
+def _commit_sample(dataset: fo.Dataset, sid: str, stages: list[str], finals: list[str]) -> None:
+    """Move one sample's staged values onto the output fields, server-side and only on that
+    sample's frame documents (other tasks write other samples of the same fields meanwhile);
+    its frames without a staged value get no output value."""
+    from bson import ObjectId
+
+    frames = dataset._frame_collection
+    oid = ObjectId(sid)
+    for stage, final in zip(stages, finals):
+        # first the frames without a staged value (none of this run: its output goes), then the move
+        frames.update_many({"_sample_id": oid, stage: None, final: {"$ne": None}},
+                           {"$set": {final: None, "last_modified_at": datetime.datetime.now(datetime.timezone.utc)},
+                            "$unset": {stage: ""}})
+        frames.update_many({"_sample_id": oid, stage: {"$ne": None}},
+                           [{"$set": {final: "$" + stage, "last_modified_at": "$$NOW"}}, {"$unset": stage}])
+
+
 def _add_context(err: BaseException, sid: str, path: str, frame: int | None = None) -> BaseException:
     """Name the sample (and frame) in the error: in the message of our own error types, as a
     note on others (shown in tracebacks)."""
@@ -381,7 +399,7 @@ def propagate(sample_collection, keyframes_field: str, output_field: str, model:
               max_long_term_frames: int | None = None, max_short_edge: int | None = None,
               max_long_edge: int | None = 1040, precision: str = "fp32", write_segmentation: str | None = None,
               skip_failures: bool = False, allow_random_weights: bool = False,
-              write_every: int = 64) -> dict[str, Any]:
+              write_every: int = 64, job: Any = None) -> dict[str, Any]:
     """Propagate the keyframe masks of ``keyframes_field`` to every frame of every video in
     ``sample_collection`` and store ``fo.Detections`` (instance masks) in ``output_field``.
 
@@ -403,6 +421,10 @@ def propagate(sample_collection, keyframes_field: str, output_field: str, model:
             Without it (the default) the first failure raises and nothing is written
         allow_random_weights: run with random weights when no checkpoint exists (demo only)
         write_every: frames buffered per bulk write
+        job: internal, a :class:`plugin.scaleout.JobHandle` when this run is one task of a
+            queued job: each video is claimed first, written to the job's staging fields and
+            copied onto the output field(s) as soon as it is done (other tasks write other videos
+            of the same fields at the same time); the schema is not changed
 
     Returns:
         a dict with the run settings, ``samples`` (one summary dict per sample: ``status`` is
@@ -422,12 +444,17 @@ def propagate(sample_collection, keyframes_field: str, output_field: str, model:
     if sample_collection.media_type != fo.core.media.VIDEO:
         raise ValueError(f"'{dataset.name}' is not a video collection (media type {sample_collection.media_type!r}); "
                          f"propagation needs videos")
-    for name, what in ((output_field, "output_field"), (write_segmentation, "write_segmentation")):
-        name = _field_name(name, what)
-        if name is not None:  # a killed earlier run may have left the field renamed or a temporary one
-            _recover_stale(dataset, name)
+    staged = job is not None
+    if not staged:
+        names = [_field_name(output_field, "output_field"), _field_name(write_segmentation, "write_segmentation")]
+        from .scaleout import refuse_if_active
+
+        refuse_if_active(dataset, names)  # a queued job's staging field is not a leftover
+        for name in names:
+            if name is not None:  # a killed earlier run may have left the field renamed or a temporary one
+                _recover_stale(dataset, name)
     keyframes_field, output_field, write_segmentation = check_fields(
-        sample_collection, keyframes_field, output_field, write_segmentation, overwrite)
+        sample_collection, keyframes_field, output_field, write_segmentation, overwrite or staged)
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     _check_knobs(long_term_gap, max_long_term_frames, max_short_edge, max_long_edge, write_every)
@@ -509,11 +536,15 @@ def propagate(sample_collection, keyframes_field: str, output_field: str, model:
     try:
         if runnable:
             for final, kind in finals:
-                tmps.append(_prepare_tmp(dataset, final, kind))
+                tmps.append(job.stage_fields[final] if staged else _prepare_tmp(dataset, final, kind))
         for i, row in enumerate(checked):
             if "status" in row:
                 continue
             sid, path = row["id"], row["filepath"]
+            if staged and not job.claim(sid):
+                row.pop("_existing", None)
+                row.update(status="skipped: claimed by another task", frames_written=0)
+                continue
             meta_count = samples[i][2]
             existing = row.pop("_existing")
 
@@ -530,6 +561,11 @@ def propagate(sample_collection, keyframes_field: str, output_field: str, model:
                                        final_names, existing, get_tracker, device, max_long_edge, mask_targets,
                                        report, write_every, bool(write_segmentation), where))
                 done_ok += 1
+                if staged:
+                    _commit_sample(dataset, sid, tmps, final_names)
+                    created.pop(sid, None)
+                    summary["written"] = True
+                    job.settle(sid, "done")
             except (PropagationCancelled, KeyboardInterrupt):
                 raise
             except Exception as err:
@@ -538,11 +574,16 @@ def propagate(sample_collection, keyframes_field: str, output_field: str, model:
                     raise
                 log.error("sample %s (%s) failed, its output is unchanged: %s", sid, path,
                           _error_text(err, where.get("frame")))
-                _reset_sample(dataset, sid, tmps, final_names, existing, restore=True)
+                if staged:  # the output field was never touched: drop what was staged
+                    _reset_sample(dataset, sid, tmps, final_names, existing, restore=False)
+                    _delete_created_frames(dataset, {sid: existing})
+                    job.settle(sid, "failed", _error_text(err, where.get("frame")))
+                else:
+                    _reset_sample(dataset, sid, tmps, final_names, existing, restore=True)
                 created.pop(sid, None)
                 row.update(status=f"error: {_error_text(err, where.get('frame'))}", frames_written=0)
                 failures.append(err)
-        if done_ok:
+        if done_ok and not staged:
             for final in final_names:
                 _swap(dataset, tmps[0], final)
                 tmps.pop(0)
@@ -550,6 +591,14 @@ def propagate(sample_collection, keyframes_field: str, output_field: str, model:
     finally:
         for row in checked:
             row.pop("_existing", None)
+        if staged:  # videos started but not committed: remove their staged values and new frames
+            for sid, existing in created.items():
+                try:
+                    _reset_sample(dataset, sid, tmps, final_names, existing, restore=False)
+                    _delete_created_frames(dataset, {sid: existing})
+                except Exception as err:  # best effort: the job's clean-up removes the rest
+                    log.warning("could not remove the staged values of sample %s: %s", sid, err)
+            tmps, created = [], {}
         for tmp in tmps:  # not swapped: nothing of this run may remain
             _drop(dataset, tmp)
         if tmps and not summary["written"]:
