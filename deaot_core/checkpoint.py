@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import hashlib
+import html
+import http.cookiejar
 import logging
 import os
 import pickle
+import re
 import shutil
 import tempfile
 import urllib.parse
@@ -76,11 +79,90 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def download(url: str, sha256: str | None = None, directory: str | Path | None = None) -> Path:
-    """Fetch ``url`` once into the cache directory, verifying ``sha256`` when given."""
+_SNIFF_BYTES = 4096  # read before deciding whether a response is a web page
+_MAX_PAGE_BYTES = 1 << 20  # a web page larger than this is not parsed for a confirm link
+
+
+def _looks_like_html(head: bytes) -> bool:
+    """Whether the first bytes of a download are a web page (a checkpoint is a zip or a pickle)."""
+    text = head.lstrip()[:512].lower()
+    return text.startswith(b"<") and (b"<html" in text or b"<!doctype html" in text or b"<head" in text)
+
+
+def _attributes(tag: str) -> dict[str, str]:
+    return {k.lower(): html.unescape(v) for k, v in re.findall(r'([\w:-]+)\s*=\s*"([^"]*)"', tag)}
+
+
+def drive_confirm_url(page: str, page_url: str, cookies: http.cookiejar.CookieJar | None = None) -> str | None:
+    """The URL behind the "download anyway" of a Google Drive warning page (files too large for its
+    virus scan), or None when ``page`` has none (e.g. a quota or permission page).
+
+    Understands the current page (a form with hidden ``id``/``confirm``/... inputs), the older one
+    (a link with a ``confirm=`` token) and the oldest (a ``download_warning`` cookie)."""
+    for form in re.finditer(r"<form\b([^>]*)>(.*?)</form>", page, re.S | re.I):
+        action = _attributes(form.group(1)).get("action")
+        fields = {}
+        for tag in re.finditer(r"<input\b([^>]*)>", form.group(2), re.I):
+            attrs = _attributes(tag.group(1))
+            if attrs.get("type", "").lower() == "hidden" and attrs.get("name"):
+                fields[attrs["name"]] = attrs.get("value", "")
+        if action and "id" in fields:
+            return urllib.parse.urljoin(page_url, action) + "?" + urllib.parse.urlencode(fields)
+    link = re.search(r'href="([^"]*[?&](?:amp;)?confirm=[^"]+)"', page)
+    if link:
+        return urllib.parse.urljoin(page_url, html.unescape(link.group(1)))
+    for cookie in cookies or []:
+        if cookie.name.startswith("download_warning"):
+            parts = urllib.parse.urlparse(page_url)
+            query = dict(urllib.parse.parse_qsl(parts.query), confirm=cookie.value)
+            return urllib.parse.urlunparse(parts._replace(query=urllib.parse.urlencode(query)))
+    return None
+
+
+def _page_title(page: str) -> str:
+    match = re.search(r"<title[^>]*>(.*?)</title>", page, re.S | re.I)
+    return " ".join(html.unescape(match.group(1)).split())[:120] if match else ""
+
+
+def _fetch(url: str, out, timeout: float | None) -> None:
+    """Stream ``url`` into the open file ``out``, following one Google Drive confirm step; a web
+    page instead of a file raises :class:`CheckpointError`."""
+    cookies = http.cookiejar.CookieJar()
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(cookies))
+    current = url
+    for attempt in range(2):
+        with opener.open(current, timeout=timeout) as response:
+            head = response.read(_SNIFF_BYTES)
+            content_type = response.headers.get_content_type() if response.headers else ""
+            if not (_looks_like_html(head) or (content_type == "text/html" and head.lstrip()[:1] == b"<")):
+                out.write(head)
+                shutil.copyfileobj(response, out, 1 << 20)
+                return
+            page = (head + response.read(_MAX_PAGE_BYTES)).decode("utf-8", "replace")
+            page_url = response.geturl() or current
+        confirm = drive_confirm_url(page, page_url, cookies) if attempt == 0 else None
+        if confirm is None:
+            title = _page_title(page)
+            raise CheckpointError(
+                f"{url} returned a web page{f' ({title!r})' if title else ''}, not a checkpoint: the link needs a "
+                f"browser (sign-in, a quota or a confirmation page?). Download the file by hand and pass its path "
+                f"as the checkpoint, or put it in the cache directory {cache_dir()}")
+        log.info("%s: confirming a large-file download page, fetching %s", url, confirm)
+        current = confirm
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def download(url: str, sha256: str | None = None, directory: str | Path | None = None,
+             filename: str | None = None, timeout: float | None = None) -> Path:
+    """Fetch ``url`` once into the cache directory (as ``filename``, default the URL's file name),
+    verifying ``sha256`` when given. ``timeout`` (seconds) bounds connecting and each read.
+
+    A web page instead of a file (Google Drive's warning page for large files is confirmed once,
+    anything else is refused with :class:`CheckpointError`) and an interrupted or failed download
+    leave nothing in the cache."""
     directory = Path(directory) if directory is not None else cache_dir()
     directory.mkdir(parents=True, exist_ok=True)
-    name = Path(urllib.parse.urlparse(url).path).name or "checkpoint.pth"
+    name = filename or Path(urllib.parse.urlparse(url).path).name or "checkpoint.pth"
     target = directory / name
     if target.exists() and (sha256 is None or _sha256(target) == sha256):
         log.info("using cached checkpoint %s", target)
@@ -88,9 +170,8 @@ def download(url: str, sha256: str | None = None, directory: str | Path | None =
     log.info("downloading %s -> %s", url, target)
     with tempfile.NamedTemporaryFile(dir=directory, delete=False, suffix=".part") as tmp:
         try:
-            with urllib.request.urlopen(url) as response:
-                shutil.copyfileobj(response, tmp)
-        except Exception:
+            _fetch(url, tmp, timeout)
+        except BaseException:
             os.unlink(tmp.name)
             raise
     if sha256 is not None:

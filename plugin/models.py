@@ -1,9 +1,11 @@
 """Which weights to run: checkpoint resolution, device resolution, a small model cache.
 
-Resolution order: an explicit ``checkpoint`` (path or URL) > the official checkpoint of the
-requested model in the cache dir ($DEAOT_CACHE, else ~/.cache/deaot) > the shipped demo
-checkpoint ``checkpoints/deaot_t_synthetic.pth`` (a DeAOTT) > nothing (refused, unless random
-weights are explicitly allowed, as the demo does).
+Resolution order, each step logged: an explicit ``checkpoint`` (path or URL) > the official
+checkpoint of the requested model in the cache dir ($DEAOT_CACHE, else ~/.cache/deaot) > that
+file downloaded from its official URL (:data:`OFFICIAL_WEIGHTS`) into the cache dir, unless
+offline (``DEAOT_OFFLINE=1`` or ``offline=True``; a network error or a web page instead of the
+file only logs a warning) > the shipped demo checkpoint ``checkpoints/deaot_t_synthetic.pth`` (a
+DeAOTT) > nothing (refused, unless random weights are explicitly allowed, as the demo does).
 """
 from __future__ import annotations
 
@@ -22,6 +24,38 @@ DEFAULT_MODEL = "R50_DeAOTL"
 PRECISIONS = ("fp32", "fp16", "bf16")
 
 
+@dataclass(frozen=True)
+class OfficialWeights:
+    """Where the released checkpoint of a model can be downloaded."""
+
+    url: str
+    sha256: str | None = None  # None: not published for the official files
+
+
+_GDRIVE = "https://drive.google.com/uc?export=download&id={}"
+# Google Drive ids of the released PRE_YTB_DAV checkpoints, as linked from MODEL_ZOO.md of the
+# official repository (yoxu515/aot-benchmark).
+_GDRIVE_IDS = {
+    "AOTT": "1owPmwV4owd_ll6GuilzklqTyAd0ZvbCu",
+    "AOTS": "1beU5E6Mdnr_pPrgjWvdWurKAIwJSz1xf",
+    "AOTB": "1hH-GOn4GAxHkV8ARcQzsUy8Ax6ndot-A",
+    "AOTL": "1L1N2hkSPqrwGgnW9GyFHuG59_EYYfTG4",
+    "R50_AOTL": "1qJDYn3Ibpquu4ffYoQmVjg1YCbr2JQep",
+    "SwinB_AOTL": "192jCGQZdnuTsvX-CVra-KVZl2q1ZR0vW",
+    "DeAOTT": "1ThWIZQS03cYWx1EKNN8MIMnJS5eRowzr",
+    "DeAOTS": "1YwIAV5tBtn5spSFxKLBQBEQGwPHyQlHi",
+    "DeAOTB": "1BHxsonnvJXylqHlZ1zJHHc-ymKyq-CFf",
+    "DeAOTL": "18elNz_wi9JyVBcIUYKhRdL08MA-FqHD5",
+    "R50_DeAOTL": "1QoChMkTVxdYZ_eBlZhK2acq9KMQZccPJ",
+    "SwinB_DeAOTL": "1g4E-F0RPOx9Nd6J7tU9AE1TjsouL4oZq",
+}
+#: model name -> official download; the one place to change (or extend) the URLs.
+OFFICIAL_WEIGHTS: dict[str, OfficialWeights] = {name: OfficialWeights(_GDRIVE.format(file_id))
+                                                for name, file_id in _GDRIVE_IDS.items()}
+DOWNLOAD_TIMEOUT = 10.0  # seconds to connect (and per read) before the download step gives up
+OFFLINE_ENV = "DEAOT_OFFLINE"
+
+
 class ModelUnavailableError(RuntimeError):
     """No usable weights for the requested model."""
 
@@ -30,7 +64,7 @@ class ModelUnavailableError(RuntimeError):
 class ModelChoice:
     model: str  # official name actually used
     checkpoint: str | None  # path or URL; None = random weights
-    source: str  # "explicit" | "cache" | "demo" | "random"
+    source: str  # "explicit" | "cache" | "url" | "demo" | "random"
 
     def describe(self) -> str:
         if self.checkpoint is None:
@@ -69,9 +103,42 @@ def official_checkpoint_name(model: str) -> str:
     return f"{model}_PRE_YTB_DAV.pth"
 
 
+def is_offline() -> bool:
+    """Whether ``$DEAOT_OFFLINE`` forbids the download step (1, true, yes, on)."""
+    return os.environ.get(OFFLINE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def download_official(model: str, offline: bool | None = None) -> Path | None:
+    """The official checkpoint of ``model`` downloaded into the cache dir (as
+    :func:`official_checkpoint_name`), or None (logged) when there is no URL for it, when offline,
+    or when the download fails in any way (unreachable, timeout, a web page instead of the file)."""
+    from deaot_core.checkpoint import download
+
+    entry = OFFICIAL_WEIGHTS.get(model)
+    if entry is None:
+        log.info("weights: no official download URL for %s, skipping the download step", model)
+        return None
+    if is_offline() if offline is None else offline:
+        log.info("weights: offline (%s set or offline=True), not downloading %s from %s", OFFLINE_ENV, model,
+                 entry.url)
+        return None
+    name = official_checkpoint_name(model)
+    log.info("weights: downloading the official %s checkpoint from %s into %s (timeout %ss)", model, entry.url,
+             cache_dir(), DOWNLOAD_TIMEOUT)
+    try:
+        return download(entry.url, entry.sha256, directory=cache_dir(), filename=name, timeout=DOWNLOAD_TIMEOUT)
+    except Exception as err:  # offline, a timeout, an HTTP error, a web page instead of the file
+        log.warning("weights: could not download the official %s checkpoint from %s (%s: %s); set %s=1 to skip "
+                    "this step, or put %s in %s by hand", model, entry.url, type(err).__name__, err, OFFLINE_ENV,
+                    name, cache_dir())
+        return None
+
+
 def resolve_checkpoint(model: str = DEFAULT_MODEL, checkpoint: str | None = None,
-                       allow_random: bool = False) -> ModelChoice:
-    """Pick the weights to run (see the module docstring); logs the choice."""
+                       allow_random: bool = False, offline: bool | None = None) -> ModelChoice:
+    """Pick the weights to run (see the module docstring); logs every step and the choice.
+
+    ``offline``: skip the download step (None: as ``$DEAOT_OFFLINE`` says)."""
     model = canonical_model_name(model)
     if checkpoint:
         checkpoint = str(checkpoint)
@@ -85,24 +152,33 @@ def resolve_checkpoint(model: str = DEFAULT_MODEL, checkpoint: str | None = None
         cached = cache_dir() / official_checkpoint_name(model)
         if cached.is_file():
             choice = ModelChoice(model, str(cached), "cache")
-        elif DEMO_CHECKPOINT.is_file():
-            log.warning("no %s checkpoint at %s; falling back to the shipped demo checkpoint %s (%s "
-                        "trained on synthetic data: for demos, not for accuracy)", model, cached,
-                        DEMO_CHECKPOINT, DEMO_MODEL)
-            choice = ModelChoice(DEMO_MODEL, str(DEMO_CHECKPOINT), "demo")
-        elif allow_random:
-            fallback = DEMO_MODEL
-            log.warning("\n" + "!" * 78 + "\n!! NO CHECKPOINT FOUND: running %s with RANDOMLY INITIALISED weights.\n"
-                        "!! The masks will be meaningless. Put %s in %s or pass a checkpoint.\n" + "!" * 78,
-                        fallback, official_checkpoint_name(model), cache_dir())
-            choice = ModelChoice(fallback, None, "random")
         else:
-            raise ModelUnavailableError(
-                f"no weights for model {model}: pass checkpoint=<path or URL>, or put the official "
-                f"checkpoint {official_checkpoint_name(model)} in {cache_dir()} (set DEAOT_CACHE to use "
-                f"another directory), or add the demo checkpoint {DEMO_CHECKPOINT}")
+            log.info("weights: no checkpoint given and no %s in the cache dir %s", cached.name, cached.parent)
+            choice = _without_cache(model, cached, allow_random, offline)
     log.info("model: %s", choice.describe())
     return choice
+
+
+def _without_cache(model: str, cached: Path, allow_random: bool, offline: bool | None) -> ModelChoice:
+    """The steps after the cache: the official URL > the demo checkpoint > random (if allowed)."""
+    downloaded = download_official(model, offline)
+    if downloaded is not None:
+        return ModelChoice(model, str(downloaded), "url")
+    if DEMO_CHECKPOINT.is_file():
+        log.warning("no %s checkpoint at %s; falling back to the shipped demo checkpoint %s (%s "
+                    "trained on synthetic data: for demos, not for accuracy)", model, cached,
+                    DEMO_CHECKPOINT, DEMO_MODEL)
+        return ModelChoice(DEMO_MODEL, str(DEMO_CHECKPOINT), "demo")
+    if allow_random:
+        log.warning("\n" + "!" * 78 + "\n!! NO CHECKPOINT FOUND: running %s with RANDOMLY INITIALISED weights.\n"
+                    "!! The masks will be meaningless. Put %s in %s or pass a checkpoint.\n" + "!" * 78,
+                    DEMO_MODEL, official_checkpoint_name(model), cache_dir())
+        return ModelChoice(DEMO_MODEL, None, "random")
+    raise ModelUnavailableError(
+        f"no weights for model {model}: pass checkpoint=<path or URL>, or put the official "
+        f"checkpoint {official_checkpoint_name(model)} in {cache_dir()} (set DEAOT_CACHE to use "
+        f"another directory; it is downloaded there when online and {OFFLINE_ENV} is not set), or add "
+        f"the demo checkpoint {DEMO_CHECKPOINT}")
 
 
 def resolve_device(device: str | None = "auto") -> str:

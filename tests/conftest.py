@@ -49,6 +49,7 @@ os.environ.update(
     FIFTYONE_DEFAULT_DATASET_DIR=str(_TMP / "datasets"),
     FIFTYONE_CONFIG_PATH=str(_TMP / "fiftyone-config.json"),  # absent: ignore the user's config
     DEAOT_CACHE=str(_TMP / "deaot-cache"),  # empty: model resolution does not see the user's cache
+    DEAOT_OFFLINE="1",  # model resolution never downloads the official weights (tests use file:// URLs)
 )
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))

@@ -400,6 +400,18 @@ def _case_checkpoint_with_code(ds, tmp, ckpt):
     return dict(checkpoint=str(tmp / "code.pth")), "CheckpointError", [r"refused", r"weights_only=True"]
 
 
+def _case_empty_segmentation(ds, tmp, ckpt):
+    import fiftyone as fo
+
+    for n in (2, 6):  # all-zero label maps: nothing to propagate
+        _set_frame(ds, n, "seg_kf", fo.Segmentation(mask=np.zeros((H, W), np.uint8)))
+    return dict(keyframes_field="seg_kf"), "NoKeyframesError", [r"no keyframes", r"'seg_kf'"]
+
+
+def _case_checkpoint_missing(ds, tmp, ckpt):
+    return dict(checkpoint=str(tmp / "absent.pth")), "ModelUnavailableError", [r"not found.*absent\.pth"]
+
+
 def _case_bad_knob(ds, tmp, ckpt):
     return dict(long_term_gap=0), "ValueError", [r"long_term_gap must be a number >= 1"]
 
@@ -416,7 +428,8 @@ def test_bad_input_is_refused_and_changes_nothing(case, make_video, tmp_path, ti
     from plugin.propagation import NoKeyframesError
 
     errors = dict(NoKeyframesError=NoKeyframesError, ValueError=ValueError, KeyframeError=KeyframeError,
-                  VideoError=plugin.VideoError, CheckpointError=deaot_core.CheckpointError)
+                  VideoError=plugin.VideoError, CheckpointError=deaot_core.CheckpointError,
+                  ModelUnavailableError=plugin.ModelUnavailableError)
     ds = _base(f"t_bad_{case}", make_video)
     overrides, error, patterns = BAD_INPUTS[case](ds, tmp_path, tiny_checkpoint)
     sid = ds.first().id
@@ -491,6 +504,27 @@ def test_exception_mid_video_leaves_everything_as_it_was_then_rerun_restarts(mak
     assert [r["status"] for r in summary["samples"]] == ["ok", "ok"] and summary["written"]
     _assert_complete(ds)
     assert _no_tmp(ds)
+
+
+def test_failure_while_swapping_fields_keeps_the_previous_output(make_video, scripted, run, monkeypatch):
+    """The last step (renaming the temporary field onto the output) fails: the output is put back."""
+    import fiftyone as fo
+    import plugin
+    from plugin import propagation
+
+    ds = _base("t_fault_swap", make_video)
+    before = _snapshot(ds, strict=False)
+    rename = fo.Dataset.rename_frame_field
+
+    def failing_rename(self, field_name, new_field_name):
+        if field_name == "out" + propagation.TMP_SUFFIX and new_field_name == "out":
+            raise RuntimeError("database went away")
+        return rename(self, field_name, new_field_name)
+
+    monkeypatch.setattr(fo.Dataset, "rename_frame_field", failing_rename)
+    with pytest.raises(RuntimeError, match="database went away"):
+        plugin.propagate(ds, "kf", "out", overwrite=True, write_every=1, **run)
+    assert _snapshot(ds, strict=False) == before and _no_tmp(ds)
 
 
 def _oom():
