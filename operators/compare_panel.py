@@ -19,12 +19,13 @@ from plugin.compare import TABLE_KEYS, _fmt, frame_curves, plotly_traces, summar
 from plugin.evaluation import list_vos_evaluations
 
 PLOT_LAYOUT = {
-    "title": {"text": "Per-frame J&F (mean over objects)"},
+    "title": {"text": "Per-frame J&F (mean over objects)", "x": 0, "xanchor": "left"},
     "xaxis": {"title": {"text": "frame"}},
     "yaxis": {"title": {"text": "J&F"}, "range": [0, 1.02]},
-    "legend": {"orientation": "h"},
-    "height": 320,
-    "margin": {"t": 40, "l": 50, "r": 10, "b": 40},
+    "showlegend": True,  # also with a single run: the legend names it
+    "legend": {"orientation": "h", "x": 1, "xanchor": "right", "y": 1.0, "yanchor": "bottom"},
+    "height": 340,
+    "margin": {"t": 60, "l": 50, "r": 10, "b": 40},
 }
 
 
@@ -127,7 +128,7 @@ class VOSComparePanel(foo.Panel):
                      name="empty")
             panel.btn("refresh", label="Refresh", on_click=self.refresh)
             return types.Property(panel, view=types.GridView(orientation="vertical", padding=2))
-        panel.md("### J&F evaluations (DAVIS 2017 semi-supervised)", name="title")
+        panel.md("#### J&F evaluation runs (DAVIS 2017 semi-supervised)", name="title")
         runs = panel.h_stack("chosen", gap=2)
         for key in available:
             runs.bool(key, label=key, default=True, view=types.CheckboxView(), on_change=self.on_toggle)
