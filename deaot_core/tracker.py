@@ -213,7 +213,12 @@ class Tracker:
             logits = []
             for group in self.groups:
                 group.propagate(feats)
-                logits.append(F.interpolate(group.decode(), size=self.frame_size, mode="bilinear",
+                low = group.decode()
+                if len(self.groups) == 1:
+                    # unused ids sit at -1e10: their softmax weight is exactly 0, so dropping them
+                    # before the full-size upsampling changes no value and saves most of its work
+                    low = low[:, :1 + max(group.num_objects)]
+                logits.append(F.interpolate(low, size=self.frame_size, mode="bilinear",
                                             align_corners=self.cfg.align_corners))
             probs = torch.softmax(merge_groups(logits, self.cfg.max_objects), dim=1)[0]
             # argmax over a trailing contiguous dim is ~20x faster on CPU than over dim 0.

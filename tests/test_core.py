@@ -193,17 +193,48 @@ def _naive_local_attention(q, k, v, bias, radius):
     return attn, out
 
 
-def test_local_attention_equals_the_official_formula():
+@pytest.mark.parametrize("h,w,r,tile", [(6, 9, 2, None), (6, 9, 2, 4), (6, 9, 2, 8), (13, 7, 3, 4), (5, 5, 2, 1),
+                                        (17, 30, 7, 8)])
+def test_local_attention_equals_the_official_formula(h, w, r, tile):
+    """The tiled local attention (and the dense reference, ``tile=None``) against a per-pixel loop."""
     torch.manual_seed(0)
-    n, d, c, h, w, r = 3, 8, 5, 6, 9, 2
+    n, d, c = 3, 8, 5
     q, k, v = torch.randn(n, d, h, w), torch.randn(n, d, h, w), torch.randn(n, c, h, w)
     bias = torch.randn(n, (2 * r + 1) ** 2, h, w)
     ref_attn, ref_out = _naive_local_attention(q, k, v, bias, r)
-    seq = lambda x: x.flatten(2).transpose(1, 2)  # noqa: E731
-    attn = attention.local_attention_weights(seq(q), seq(k), seq(bias), (h, w), r)
-    out = attention.local_attention_apply(attn, seq(v), (h, w), r)
+    seq = lambda x: x.flatten(2).transpose(1, 2).contiguous()  # noqa: E731
+    attn = attention.local_attention_weights(seq(q), seq(k), seq(bias), (h, w), r, tile=tile)
+    out = attention.local_attention_apply(attn, seq(v), (h, w), r, tile=tile)
     torch.testing.assert_close(attn, seq(ref_attn), atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(out, seq(ref_out), atol=1e-5, rtol=1e-5)
+
+
+def test_tiled_local_attention_has_the_dense_gradients():
+    torch.manual_seed(0)
+    h, w, r = 9, 11, 2
+    inputs = [torch.randn(2, h * w, 4, dtype=torch.float64, requires_grad=True) for _ in range(3)]
+    bias = torch.randn(2, h * w, (2 * r + 1) ** 2, dtype=torch.float64, requires_grad=True)
+    grads = []
+    for tile in (None, 4):
+        q, k, v = inputs
+        attn = attention.local_attention_weights(q, k, bias, (h, w), r, tile=tile)
+        out = attention.local_attention_apply(attn, v, (h, w), r, tile=tile)
+        grads.append(torch.autograd.grad(out.square().sum(), [*inputs, bias]))
+    for tiled, dense in zip(*grads):
+        torch.testing.assert_close(tiled, dense)
+
+
+def test_attention_without_fused_kernel_equals_sdpa():
+    torch.manual_seed(0)
+    q, k, v = torch.randn(2, 1, 50, 16), torch.randn(2, 1, 70, 16), torch.randn(2, 1, 70, 48)
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    torch.testing.assert_close(attention.attention(q, k, v), ref, atol=1e-6, rtol=1e-5)
+    budget = attention._SCORES_BUDGET
+    try:
+        attention._SCORES_BUDGET = 2 * 70 * 7  # query chunks of 7
+        torch.testing.assert_close(attention.attention(q, k, v), ref, atol=1e-6, rtol=1e-5)
+    finally:
+        attention._SCORES_BUDGET = budget
 
 
 def test_network_size_follows_the_official_policy():
