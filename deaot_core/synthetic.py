@@ -373,6 +373,13 @@ def load_backgrounds(folder: str | os.PathLike, max_images: int = 200, max_side:
     return images
 
 
+PLACEMENT_RETRIES = 10
+
+
+class PlacementError(RuntimeError):
+    """No layout of a clip's objects leaves every object visible in frame 0."""
+
+
 def generate_clip(seed: int | np.random.Generator, num_frames: int = 8, height: int = 241, width: int = 321,
                   num_objects: int | None = None, options: ClipOptions | None = None,
                   backgrounds: Sequence[np.ndarray] | None = None) -> Clip:
@@ -443,7 +450,7 @@ def generate_clip(seed: int | np.random.Generator, num_frames: int = 8, height: 
                 order.append(idx)
                 dist_z[:] = False
     else:
-        raise RuntimeError("could not place every object visibly in frame 0")
+        raise PlacementError("could not place every object visibly in frame 0")
 
     frames = np.empty((num_frames, height, width, 3), np.uint8)
     labels = np.empty((num_frames, height, width), np.uint8)
@@ -638,8 +645,13 @@ class SyntheticVOS:
             return generate_static_clip(rng, self.num_frames, self.height, self.width, self.options, self.backgrounds)
         speed = rng.uniform(*self.speed_range)
         opts = self.options if speed == self.options.speed else _replace(self.options, speed=speed)
-        return generate_clip(rng, self.num_frames, self.height, self.width, options=opts,
-                             backgrounds=self.backgrounds)
+        for _ in range(PLACEMENT_RETRIES):
+            try:  # a rare crowded layout: draw again from the same (advanced) generator, deterministically
+                return generate_clip(rng, self.num_frames, self.height, self.width, options=opts,
+                                     backgrounds=self.backgrounds)
+            except PlacementError:
+                continue
+        raise PlacementError(f"clip {index}: no layout showing every object after {PLACEMENT_RETRIES} draws")
 
 
 def _replace(opts: ClipOptions, **changes) -> ClipOptions:

@@ -131,3 +131,30 @@ def test_dataset_items_are_deterministic_and_distinct(tmp_path):
 def test_invariants_hold_for_any_seed_and_size(seed, t, h, w, speed):
     clip = generate_clip(seed, num_frames=t, height=h, width=w, options=ClipOptions(speed=speed))
     _check_clip(clip, t, h, w)
+
+
+def test_a_crowded_layout_is_redrawn_deterministically(monkeypatch):
+    """A layout that cannot show every object in frame 0 is drawn again (same item, same clip
+    every time); only a generator that never succeeds raises, naming the item."""
+    import deaot_core.synthetic as synthetic
+
+    real = synthetic._hidden_objects
+    budget = {"fail": 31}  # the first draw gives up after 30 attempts
+
+    def flaky(*args, **kwargs):
+        if budget["fail"] > 0:
+            budget["fail"] -= 1
+            return [0]
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(synthetic, "_hidden_objects", flaky)
+    data = synthetic.SyntheticVOS(length=10, seed=3, num_frames=3, height=65, width=97)
+    first = data[4]
+    budget["fail"] = 31
+    again = data[4]
+    assert np.array_equal(first.frames, again.frames) and np.array_equal(first.labels, again.labels)
+    assert len(np.unique(first.labels[0])) > 1
+
+    monkeypatch.setattr(synthetic, "_hidden_objects", lambda *a, **k: [0])
+    with pytest.raises(synthetic.PlacementError, match="clip 4"):
+        data[4]
