@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 
 export FIFTYONE_DO_NOT_TRACK := true
 
-.PHONY: venv test demo bench clean
+.PHONY: venv test demo bench bench-cpu bench-gpu clean
 
 venv: $(STAMP)
 
@@ -26,8 +26,16 @@ test: venv
 demo: venv
 	$(VPY) -m plugin demo
 
-bench: venv
-	$(VPY) bench/bench_tracker.py
+bench: venv  # smoke test: DeAOTT tracker + end to end, 12 frames at 480p
+	$(VPY) bench/bench_speed.py --quick
+
+bench-cpu: venv  # the CPU matrix (~25 min, one thread) -> bench/results/cpu.json, BENCHMARKS.md
+	bash bench/run_cpu_matrix.sh
+
+bench-gpu: venv  # the full GPU matrix (hours) -> bench/results/gpu.json, BENCHMARKS.md
+	$(VPY) bench/bench_speed.py --preset gpu --json bench/results/gpu.json
+	$(VPY) bench/make_benchmarks_md.py bench/results/cpu*.json bench/results/gpu.json \
+		--findings bench/results/findings.md -o BENCHMARKS.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache
