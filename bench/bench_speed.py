@@ -716,6 +716,7 @@ def main(argv: list[str] | None = None) -> int:
             if run.get("agreement_dir"):
                 run["agreement_dir"] += f"-r{run['repeat']}"
     if args.dry_run:
+        shutil.rmtree(agree_root, ignore_errors=True)
         for run in runs:
             print(json.dumps({k: v for k, v in run.items() if k not in ("cache_dir", "agreement_dir")}))
         print(f"{len(runs)} runs")
