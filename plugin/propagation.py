@@ -19,6 +19,7 @@ which also creates missing frame documents).
 """
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import datetime
 import gc
@@ -37,7 +38,7 @@ import fiftyone as fo
 from .labels import (KEYFRAME_TYPES, KeyframeError, ObjectRegistry, mask_to_detections, mask_to_segmentation,
                      mean_confidences, parse_keyframe)
 from .models import DEFAULT_MODEL, PRECISIONS, load_model, resolve_checkpoint, resolve_device
-from .video import VideoError, open_video
+from .video import VideoError, open_video, prefetch
 
 log = logging.getLogger(__name__)
 
@@ -679,6 +680,37 @@ def _run_sample(sample_collection, dataset, sid, path, meta_count, keyframes_fie
         warnings.append(message)
 
 
+class BackgroundWriter:
+    """Runs bulk writes one at a time on a worker thread, so the tracker computes the next
+    frames while the database stores the previous ones. At most one write is in flight (memory
+    stays bounded); a write's error is raised by the next ``submit``/``wait``."""
+
+    def __init__(self) -> None:
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="deaot-write")
+        self._pending: concurrent.futures.Future | None = None
+
+    def submit(self, fn: Callable[..., None], *args) -> None:
+        self.wait()
+        self._pending = self._pool.submit(fn, *args)
+
+    def wait(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def close(self, raise_errors: bool = True) -> None:
+        """Wait for the last write (its error is dropped with ``raise_errors=False``: the caller
+        is already failing) and stop the thread."""
+        try:
+            self.wait()
+        except Exception:
+            if raise_errors:
+                raise
+            log.debug("a write failed while the run was already failing", exc_info=True)
+        finally:
+            self._pool.shutdown(wait=True)
+
+
 def _propagate_sample(sample_collection, dataset, sid, path, meta_count, keyframes_field, tmps, finals, existing,
                       tracker, mask_targets, report, write_every, write_segmentation, where) -> dict[str, Any]:
     import torch
@@ -696,14 +728,18 @@ def _propagate_sample(sample_collection, dataset, sid, path, meta_count, keyfram
     out_field, seg_field = tmps[0], (tmps[1] if len(tmps) > 1 else None)
     buffer: dict[int, tuple] = {}
     written = 0
+    writer = BackgroundWriter()
+
+    def store(values: dict[int, tuple]) -> None:
+        dataset.set_values("frames." + out_field, {sid: {n: v[0] for n, v in values.items()}}, key_field="id")
+        if seg_field is not None:
+            dataset.set_values("frames." + seg_field, {sid: {n: v[1] for n, v in values.items()}}, key_field="id")
 
     def flush() -> None:
         nonlocal written
         if not buffer:
             return
-        dataset.set_values("frames." + out_field, {sid: {n: v[0] for n, v in buffer.items()}}, key_field="id")
-        if seg_field is not None:
-            dataset.set_values("frames." + seg_field, {sid: {n: v[1] for n, v in buffer.items()}}, key_field="id")
+        writer.submit(store, dict(buffer))
         written += len(buffer)
         buffer.clear()
 
@@ -728,26 +764,33 @@ def _propagate_sample(sample_collection, dataset, sid, path, meta_count, keyfram
     first = min(keyframes)
     steps_total = count - first + 1 + (first - 1)
     done = 0
-    with torch.inference_mode():
-        tracker.reset()
-        labels: dict[int, Any] = {}
-        for number, frame in reader.forward(first):
-            emit(number, frame, keyframes.get(number), labels)
-            done += 1
-            report(done, steps_total, f"frame {number}/{count}")
-        flush()
-        if first > 1:  # frames before the first keyframe: a reverse pass from it
+    finished = False
+    try:
+        with torch.inference_mode():
             tracker.reset()
-            labels = dict(keyframes[first].labels)
-            for number, frame in reader.backward(first, 1):
-                if number == first:
-                    where["frame"] = number
-                    tracker.step(frame, keyframes[first].label_map)
-                    continue
-                emit(number, frame, None, labels)
+            labels: dict[int, Any] = {}
+            for number, frame in prefetch(reader.forward(first)):
+                emit(number, frame, keyframes.get(number), labels)
                 done += 1
-                report(done, steps_total, f"frame {number}/{count} (backward)")
+                report(done, steps_total, f"frame {number}/{count}")
             flush()
+            if first > 1:  # frames before the first keyframe: a reverse pass from it
+                tracker.reset()
+                labels = dict(keyframes[first].labels)
+                for number, frame in prefetch(reader.backward(first, 1)):
+                    if number == first:
+                        where["frame"] = number
+                        tracker.step(frame, keyframes[first].label_map)
+                        continue
+                    emit(number, frame, None, labels)
+                    done += 1
+                    report(done, steps_total, f"frame {number}/{count} (backward)")
+                flush()
+        writer.wait()
+        finished = True
+    finally:
+        # also on failure: the rollback must only start once no write is in flight
+        writer.close(raise_errors=finished)
     tracker.reset()
     seconds = time.time() - t0
     row.update(status="ok", frames_written=written, seconds=round(seconds, 3),

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Iterator
+import queue
+import threading
+from typing import Iterable, Iterator, TypeVar
 
 import numpy as np
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class VideoError(RuntimeError):
@@ -98,3 +101,49 @@ def open_video(path: str, total_frame_count: int | None = None) -> VideoReader:
                         min(int(total_frame_count), reader.decoded_frames))
         reader.limit(int(total_frame_count))
     return reader
+
+
+_DONE = object()
+
+
+def prefetch(frames: Iterable[T], depth: int = 4) -> Iterator[T]:
+    """Iterate ``frames`` on a background thread, ``depth`` items ahead: decoding (decord
+    releases the GIL) overlaps with the caller's work. Errors are raised in the caller at the
+    item where they happened; closing the generator early (cancel, error) stops the thread."""
+    items: queue.Queue = queue.Queue(maxsize=max(1, depth))
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in frames:
+                while not stop.is_set():
+                    try:
+                        items.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            items.put(_DONE)
+        except BaseException as err:  # handed to the consumer
+            items.put(err)
+
+    worker = threading.Thread(target=produce, name="deaot-decode", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = items.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while worker.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                items.get_nowait()
+            except queue.Empty:
+                pass
+            worker.join(timeout=0.05)
+
