@@ -425,3 +425,58 @@ def test_every_frame_number_gets_its_own_frame(make_video, monkeypatch, tiny_che
             gt, pred = maps[number - 1] == k, rendered == k
             iou = (gt & pred).sum() / max((gt | pred).sum(), 1)
             assert iou > 0.9, (number, k, iou)
+
+
+def test_prefetch_keeps_order_raises_in_place_and_stops_when_closed():
+    import threading
+
+    from plugin.video import prefetch
+
+    assert list(prefetch(iter(range(50)), depth=3)) == list(range(50))
+
+    def failing():
+        yield 1
+        yield 2
+        raise ValueError("frame 3 is broken")
+
+    got = []
+    with pytest.raises(ValueError, match="frame 3"):
+        for item in prefetch(failing()):
+            got.append(item)
+    assert got == [1, 2]
+
+    produced = []
+
+    def endless():
+        i = 0
+        while True:
+            produced.append(i)
+            yield i
+            i += 1
+
+    stream = prefetch(endless(), depth=2)
+    assert [next(stream) for _ in range(5)] == list(range(5))
+    stream.close()
+    assert not [t for t in threading.enumerate() if t.name == "deaot-decode"]
+    assert len(produced) <= 5 + 2 + 2  # the producer ran at most the queue depth ahead
+
+
+def test_background_writer_runs_in_order_and_reports_errors():
+    from plugin.propagation import BackgroundWriter
+
+    done = []
+    writer = BackgroundWriter()
+    for i in range(5):
+        writer.submit(done.append, i)
+    writer.close()
+    assert done == list(range(5))
+
+    def broken(_):
+        raise OSError("database went away")
+
+    writer = BackgroundWriter()
+    writer.submit(broken, 1)
+    with pytest.raises(OSError, match="went away"):
+        writer.submit(done.append, 99)  # the error surfaces at the next write
+    writer.submit(broken, 2)
+    writer.close(raise_errors=False)  # already failing: the caller's error wins
