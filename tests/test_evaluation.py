@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import synthetic_label_maps, write_video
+from helpers import detection as _det
 
 pytestmark = pytest.mark.usefixtures("fiftyone_db")
 
@@ -23,14 +24,6 @@ VIDEOS = ((12, 2), (9, 2))  # (frames, objects)
 SPARSE = (1, 3, 5, 7, 9)  # frames of the sparse ground truth
 
 
-def _det(label, region, **kwargs):
-    import fiftyone as fo
-
-    h, w = region.shape
-    ys, xs = np.nonzero(region)
-    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
-    return fo.Detection(label=label, bounding_box=[x0 / w, y0 / h, (x1 - x0) / w, (y1 - y0) / h],
-                        mask=region[y0:y1, x0:x1].copy(), **kwargs)
 
 
 def _gt_detections(label_map, extra=None):

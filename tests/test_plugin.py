@@ -10,21 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
+from helpers import detection as _det
 
 pytestmark = pytest.mark.usefixtures("fiftyone_db", "torch_threads")
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _det(label, region, index=None):
-    """fo.Detection with a bbox-relative mask covering the boolean ``region`` (H, W)."""
-    import fiftyone as fo
-
-    h, w = region.shape
-    ys, xs = np.nonzero(region)
-    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
-    return fo.Detection(label=label, bounding_box=[x0 / w, y0 / h, (x1 - x0) / w, (y1 - y0) / h],
-                        mask=region[y0:y1, x0:x1].copy(), index=index)
 
 
 def _render(dets, h, w):

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
+from helpers import detection as _det
 
 pytestmark = pytest.mark.usefixtures("fiftyone_db", "torch_threads")
 
@@ -35,15 +36,6 @@ URI = "@deaot/vos/propagate_masks"
 
 # -- helpers -----------------------------------------------------------------------------------
 
-def _det(label, region, index=None):
-    """fo.Detection with a bbox-relative mask covering the boolean ``region`` (H, W)."""
-    import fiftyone as fo
-
-    h, w = region.shape
-    ys, xs = np.nonzero(region)
-    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
-    return fo.Detection(label=label, bounding_box=[x0 / w, y0 / h, (x1 - x0) / w, (y1 - y0) / h],
-                        mask=region[y0:y1, x0:x1].copy(), index=index)
 
 
 def _fresh(name):

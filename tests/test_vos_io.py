@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from conftest import write_video
+from helpers import detection as _det
 
 pytestmark = pytest.mark.usefixtures("fiftyone_db")
 
@@ -43,14 +44,6 @@ def _label_maps(count: int, first_frames: dict[int, int], seed: int) -> np.ndarr
     return maps
 
 
-def _det(label, region, **kwargs):
-    import fiftyone as fo
-
-    h, w = region.shape
-    ys, xs = np.nonzero(region)
-    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
-    return fo.Detection(label=label, bounding_box=[x0 / w, y0 / h, (x1 - x0) / w, (y1 - y0) / h],
-                        mask=region[y0:y1, x0:x1].copy(), **kwargs)
 
 
 def _detections(id_map):

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import detection as _det
 
 pytestmark = pytest.mark.usefixtures("fiftyone_db")
 
@@ -23,14 +24,6 @@ TIMEOUT = 150  # seconds for the whole queue (typically ~30 s on 2 loaded cores)
 NEW_FRAME_KEYS = {"_id", "frame_number", "_sample_id", "_dataset_id", "created_at", "last_modified_at", "out"}
 
 
-def _det(label, region, index=None):
-    import fiftyone as fo
-
-    h, w = region.shape
-    ys, xs = np.nonzero(region)
-    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
-    return fo.Detection(label=label, bounding_box=[x0 / w, y0 / h, (x1 - x0) / w, (y1 - y0) / h],
-                        mask=region[y0:y1, x0:x1].copy(), index=index)
 
 
 def _raw(ds):
