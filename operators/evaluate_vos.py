@@ -1,32 +1,13 @@
 """``@deaot/vos/evaluate_vos``: a thin operator over :func:`plugin.evaluation.evaluate_vos`."""
 from __future__ import annotations
 
-import fiftyone as fo
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 from plugin.evaluation import EXTRA_OBJECTS, EvaluationCancelled, check_evaluation, evaluate_vos
-from plugin.labels import KEYFRAME_TYPES
 from plugin.metrics import SUMMARY_KEYS
 
-
-def _target_view(ctx):
-    if ctx.selected:
-        return ctx.view.select(ctx.selected)
-    return ctx.view
-
-
-def label_fields(dataset) -> list[str]:
-    """Frame fields the evaluation can read (Detections with masks, Segmentation, Polylines)."""
-    schema = dataset.get_frame_field_schema() or {}
-    return [name for name, field in schema.items() if getattr(field, "document_type", None) in KEYFRAME_TYPES]
-
-
-def _dropdown(names):
-    view = types.DropdownView()
-    for name in names:
-        view.add_choice(name, label=name)
-    return view
+from .common import delegation_param, dropdown, label_fields, target_view, video_target_notice
 
 
 class EvaluateVOS(foo.Operator):
@@ -44,28 +25,23 @@ class EvaluateVOS(foo.Operator):
         )
 
     def resolve_delegation(self, ctx):
-        delegate = ctx.params.get("delegate", None)
-        return None if delegate is None else bool(delegate)
+        return delegation_param(ctx)
 
     def resolve_input(self, ctx):
         inputs = types.Object()
         form = types.View(label="Evaluate J&F (DAVIS 2017 semi-supervised)")
         dataset = ctx.dataset
-        if dataset is None or dataset.media_type != fo.core.media.VIDEO:
-            inputs.view("not_video", types.Error(label="This operator needs a video dataset"))
+        if not video_target_notice(ctx, inputs, "Evaluates"):
             return types.Property(inputs, view=form)
-        target = _target_view(ctx)
-        what = f"{len(ctx.selected)} selected samples" if ctx.selected else f"all {target.count()} samples of the current view"
-        inputs.view("target_notice", types.Notice(label=f"Evaluates {what}"))
         fields = label_fields(dataset)
         if len(fields) < 2:
             inputs.view("no_fields", types.Error(
                 label="Needs two frame fields with Detections (instance masks), Segmentation or Polylines"))
         gt_default = "ground_truth" if "ground_truth" in fields else (fields[0] if fields else None)
         pred_default = next((f for f in fields if f != gt_default), None)
-        inputs.enum("pred_field", fields, required=True, label="Predictions", view=_dropdown(fields),
+        inputs.enum("pred_field", fields, required=True, label="Predictions", view=dropdown(fields),
                     default=pred_default, description="Frame field with the predicted masks")
-        inputs.enum("gt_field", fields, required=True, label="Ground truth", view=_dropdown(fields),
+        inputs.enum("gt_field", fields, required=True, label="Ground truth", view=dropdown(fields),
                     default=gt_default, description="Frame field with the ground-truth masks; its first annotated "
                                                     "frame is the reference")
         key = inputs.str("eval_key", required=True, label="Evaluation key",
@@ -82,7 +58,7 @@ class EvaluateVOS(foo.Operator):
         eval_key = params.get("eval_key")
         if pred and gt and eval_key:
             try:
-                check_evaluation(target, pred, gt, eval_key, bool(params.get("overwrite", False)),
+                check_evaluation(target_view(ctx), pred, gt, eval_key, bool(params.get("overwrite", False)),
                                  params.get("extra_objects") or "error")
             except ValueError as err:
                 key.invalid = True
@@ -96,7 +72,7 @@ class EvaluateVOS(foo.Operator):
             ctx.set_progress(progress=fraction, label=label)
 
         try:
-            results = evaluate_vos(_target_view(ctx), params.get("pred_field"), params.get("gt_field"),
+            results = evaluate_vos(target_view(ctx), params.get("pred_field"), params.get("gt_field"),
                                    eval_key=params.get("eval_key"), overwrite=bool(params.get("overwrite", False)),
                                    extra_objects=params.get("extra_objects") or "error", progress=progress)
         except EvaluationCancelled:

@@ -1,31 +1,18 @@
 """``@deaot/vos/propagate_masks``: a thin operator over :func:`plugin.propagate`."""
 from __future__ import annotations
 
-import fiftyone as fo
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
-from plugin.labels import KEYFRAME_TYPES
 from plugin.models import DEFAULT_MODEL, PRECISIONS, model_names
 from plugin.propagation import (DelegatedCancelCheck, OutputExistsError, PropagationCancelled, cancel_on_signals,
                                 check_fields, propagate)
 from plugin.scaleout import JOB_PARAM, queue_propagation, run_task, split_size
 
+from .common import delegation_param, label_fields, target_view, video_target_notice
+
 DEFAULT_OUTPUT = "deaot"
 _INT_KNOBS = ("long_term_gap", "max_long_term_frames", "max_short_edge", "max_long_edge")
-
-
-def _target_view(ctx):
-    """The selected samples when there is a selection, else the current view."""
-    if ctx.selected:
-        return ctx.view.select(ctx.selected)
-    return ctx.view
-
-
-def _keyframe_fields(dataset) -> list[str]:
-    schema = dataset.get_frame_field_schema() or {}
-    return [name for name, field in schema.items()
-            if getattr(field, "document_type", None) in KEYFRAME_TYPES]
 
 
 def _device_choices() -> list[str]:
@@ -80,23 +67,16 @@ class PropagateMasks(foo.Operator):
         )
 
     def resolve_delegation(self, ctx):
-        # an explicit ``delegate`` param forces the choice; else the App offers both
-        delegate = ctx.params.get("delegate", None)
-        return None if delegate is None else bool(delegate)
+        return delegation_param(ctx)
 
     def resolve_input(self, ctx):
         inputs = types.Object()
         form = types.View(label="Propagate masks with DeAOT")
         dataset = ctx.dataset
-        if dataset is None or dataset.media_type != fo.core.media.VIDEO:
-            inputs.view("not_video", types.Error(label="This operator needs a video dataset"))
+        if not video_target_notice(ctx, inputs, "Runs on"):
             return types.Property(inputs, view=form)
 
-        target = _target_view(ctx)
-        what = f"{len(ctx.selected)} selected samples" if ctx.selected else f"all {target.count()} samples of the current view"
-        inputs.view("target_notice", types.Notice(label=f"Runs on {what}"))
-
-        fields = _keyframe_fields(dataset)
+        fields = label_fields(dataset)
         if not fields:
             inputs.view("no_keyframes", types.Error(
                 label="No frame field with Detections (instance masks), Segmentation or Polylines to use as keyframes"))
@@ -119,7 +99,7 @@ class PropagateMasks(foo.Operator):
         output_field = ctx.params.get("output_field") or DEFAULT_OUTPUT
         if keyframes_field:
             try:
-                check_fields(target, keyframes_field, output_field, ctx.params.get("write_segmentation") or None,
+                check_fields(target_view(ctx), keyframes_field, output_field, ctx.params.get("write_segmentation") or None,
                              overwrite)
             except OutputExistsError as err:
                 bad = output if err.field == output_field.replace("frames.", "", 1) else seg
@@ -166,7 +146,7 @@ class PropagateMasks(foo.Operator):
         kwargs = params_to_kwargs(ctx.params)
         run_doc = ctx.request_params.get("run_doc") if ctx.delegated else None
         if not ctx.params.get(JOB_PARAM):
-            target = _target_view(ctx)
+            target = target_view(ctx)
             size = split_size(target, ctx.params.get("videos_per_task"), ctx.delegated)
             if size:  # this operation only queues the tasks; workers run them
                 queued = queue_propagation(target, videos_per_task=size, parent_op=run_doc,
@@ -189,7 +169,7 @@ class PropagateMasks(foo.Operator):
                     summary = run_task(ctx.view, ctx.params[JOB_PARAM], list(ctx.params.get("sample_ids") or []),
                                        op_id=run_doc, progress=progress, **kwargs)
                 else:
-                    summary = propagate(_target_view(ctx), progress=progress, **kwargs)
+                    summary = propagate(target_view(ctx), progress=progress, **kwargs)
             except PropagationCancelled:
                 return dict(status="cancelled", message="cancelled; no field was changed")
         ctx.trigger("reload_dataset")

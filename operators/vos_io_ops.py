@@ -7,7 +7,7 @@ import fiftyone.operators.types as types
 
 from plugin.vos_io import LABEL_TYPES, LAYOUTS, export_vos, import_vos
 
-from .evaluate_vos import _dropdown, _target_view, label_fields
+from .common import dropdown, label_fields, target_view
 
 
 def _radio(values):
@@ -37,7 +37,7 @@ class ExportVOS(foo.Operator):
             inputs.view("not_video", types.Error(label="This operator needs a video dataset"))
             return types.Property(inputs, view=form)
         fields = label_fields(dataset)
-        inputs.enum("label_field", fields, required=True, label="Mask field", view=_dropdown(fields),
+        inputs.enum("label_field", fields, required=True, label="Mask field", view=dropdown(fields),
                     default=fields[0] if fields else None)
         inputs.str("export_dir", required=True, label="Export folder")
         inputs.enum("layout", list(LAYOUTS), default="davis", label="Layout", view=_radio(LAYOUTS))
@@ -50,7 +50,7 @@ class ExportVOS(foo.Operator):
         def progress(fraction, label):
             ctx.set_progress(progress=fraction, label=label)
 
-        summary = export_vos(_target_view(ctx), p["export_dir"], p["label_field"], layout=p.get("layout") or "davis",
+        summary = export_vos(target_view(ctx), p["export_dir"], p["label_field"], layout=p.get("layout") or "davis",
                              overwrite=bool(p.get("overwrite", False)), progress=progress)
         return dict(export_dir=summary["export_dir"], layout=summary["layout"], sequences=len(summary["sequences"]),
                     annotated=sum(s["annotated"] for s in summary["sequences"].values()))
