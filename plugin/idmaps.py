@@ -36,6 +36,9 @@ class IdMaps:
 
 
 def root_dataset(sample_collection) -> fo.Dataset:
+    """The dataset behind a dataset or view; refuses non-collections and generated views."""
+    if not isinstance(sample_collection, fo.core.collections.SampleCollection):
+        raise TypeError(f"expected a FiftyOne dataset or view, got {type(sample_collection).__name__}")
     if isinstance(sample_collection, fo.Dataset):
         return sample_collection
     if getattr(sample_collection, "_is_generated", False):

@@ -38,6 +38,7 @@ import fiftyone as fo
 from .labels import (KEYFRAME_TYPES, KeyframeError, ObjectRegistry, mask_to_detections, mask_to_segmentation,
                      mean_confidences, parse_keyframe)
 from .models import DEFAULT_MODEL, PRECISIONS, load_model, resolve_checkpoint, resolve_device
+from .idmaps import root_dataset
 from .video import VideoError, open_video, prefetch
 
 log = logging.getLogger(__name__)
@@ -158,17 +159,6 @@ def _field_name(name: str | None, what: str) -> str | None:
     return name
 
 
-def _root_dataset(sample_collection) -> fo.Dataset:
-    if not isinstance(sample_collection, fo.core.collections.SampleCollection):
-        raise TypeError(f"expected a FiftyOne dataset or view, got {type(sample_collection).__name__}")
-    if isinstance(sample_collection, fo.Dataset):
-        return sample_collection
-    if getattr(sample_collection, "_is_generated", False):
-        raise ValueError("propagation runs on video datasets or their views, not on clips/frames/patches "
-                         "views; run it on the underlying video dataset")
-    return sample_collection._root_dataset
-
-
 def _embedded_type(schema: dict, name: str):
     field = schema.get(name)
     return getattr(field, "document_type", None) if field is not None else None
@@ -180,7 +170,7 @@ def check_fields(sample_collection, keyframes_field: str, output_field: str,
 
     Raises ``OutputExistsError`` naming the field when an output exists and not ``overwrite``.
     """
-    dataset = _root_dataset(sample_collection)
+    dataset = root_dataset(sample_collection)
     if sample_collection.media_type != fo.core.media.VIDEO:
         raise ValueError(f"'{dataset.name}' is not a video collection (media type "
                          f"{sample_collection.media_type!r})")
@@ -441,7 +431,7 @@ def propagate(sample_collection, keyframes_field: str, output_field: str, model:
     import deaot_core
 
     start_time = time.time()
-    dataset = _root_dataset(sample_collection)
+    dataset = root_dataset(sample_collection)
     if sample_collection.media_type != fo.core.media.VIDEO:
         raise ValueError(f"'{dataset.name}' is not a video collection (media type {sample_collection.media_type!r}); "
                          f"propagation needs videos")

@@ -105,13 +105,13 @@ def queue_propagation(sample_collection, keyframes_field: str, output_field: str
     from fiftyone.operators.delegated import DelegatedOperationService
     from fiftyone.operators.executor import ExecutionContext
 
+    from .idmaps import root_dataset
     from .models import DEFAULT_MODEL, resolve_checkpoint
-    from .propagation import (TMP_SUFFIX, NoKeyframesError, _field_name, _recover_stale, _root_dataset,
-                              check_fields)
+    from .propagation import TMP_SUFFIX, NoKeyframesError, _field_name, _recover_stale, check_fields
 
     if int(videos_per_task) < 1:
         raise ValueError(f"videos_per_task must be >= 1, got {videos_per_task!r}")
-    dataset = _root_dataset(sample_collection)
+    dataset = root_dataset(sample_collection)
     names = [_field_name(output_field, "output_field"), _field_name(write_segmentation, "write_segmentation")]
     refuse_if_active(dataset, names)
     for name in names:
