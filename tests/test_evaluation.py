@@ -24,8 +24,6 @@ VIDEOS = ((12, 2), (9, 2))  # (frames, objects)
 SPARSE = (1, 3, 5, 7, 9)  # frames of the sparse ground truth
 
 
-
-
 def _gt_detections(label_map, extra=None):
     import fiftyone as fo
 

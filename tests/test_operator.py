@@ -11,8 +11,6 @@ pytestmark = pytest.mark.usefixtures("fiftyone_db", "torch_threads")
 URI = "@deaot/vos/propagate_masks"
 
 
-
-
 @pytest.fixture
 def video_dataset(make_video):
     """Two videos (12 and 9 frames, no metadata) with keyframes and unrelated fields."""

@@ -17,8 +17,6 @@ pytestmark = pytest.mark.usefixtures("fiftyone_db", "torch_threads")
 REPO = Path(__file__).resolve().parents[1]
 
 
-
-
 def _render(dets, h, w):
     """Label map of rendered detections (value = detection index), FiftyOne's own rendering."""
     out = np.zeros((h, w), dtype=np.int32)

@@ -37,7 +37,6 @@ URI = "@deaot/vos/propagate_masks"
 # -- helpers -----------------------------------------------------------------------------------
 
 
-
 def _fresh(name):
     import fiftyone as fo
 

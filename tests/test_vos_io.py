@@ -44,8 +44,6 @@ def _label_maps(count: int, first_frames: dict[int, int], seed: int) -> np.ndarr
     return maps
 
 
-
-
 def _detections(id_map):
     import fiftyone as fo
 

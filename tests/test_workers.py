@@ -24,8 +24,6 @@ TIMEOUT = 150  # seconds for the whole queue (typically ~30 s on 2 loaded cores)
 NEW_FRAME_KEYS = {"_id", "frame_number", "_sample_id", "_dataset_id", "created_at", "last_modified_at", "out"}
 
 
-
-
 def _raw(ds):
     """Raw sample documents by id, and frame documents by (sample id, frame number)."""
     samples = {str(d["_id"]): d for d in ds._sample_collection.find({})}
