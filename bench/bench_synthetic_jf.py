@@ -37,8 +37,8 @@ def held_out_clips(count: int, frames: int, height: int, width: int, seed: int):
         yield f"synthetic_{seed + i}", generate_clip(seed + i, num_frames=frames, height=height, width=width)
 
 
-def propagate(model, clip, device: str) -> tuple[np.ndarray, float]:
-    tracker = deaot_core.Tracker(model, device=device)
+def propagate(model, clip, device: str, precision: str = "fp32") -> tuple[np.ndarray, float]:
+    tracker = deaot_core.Tracker(model, device=device, precision=precision)
     pred = np.zeros(clip.labels.shape, np.uint8)
     pred[0] = clip.labels[0]
     tracker.step(clip.frames[0], clip.labels[0])
@@ -50,10 +50,13 @@ def propagate(model, clip, device: str) -> tuple[np.ndarray, float]:
     return pred, per_frame
 
 
-def score(name: str, clips, predict) -> dict:
+def score(name: str, clips, predict, keep: dict | None = None) -> dict:
+    """J&F of ``predict`` over ``clips``; predictions are stored in ``keep`` (by clip) if given."""
     objects, per_clip, times = [], {}, []
     for clip_name, clip in clips:
         pred, per_frame = predict(clip)
+        if keep is not None:
+            keep[clip_name] = pred
         result = sequence_metrics(clip.labels, pred)
         objects.extend(result["objects"])
         per_clip[clip_name] = round(result["summary"]["J&F-Mean"], 4)
@@ -74,6 +77,9 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-random", action="store_true", help="skip the random-weights baseline")
+    p.add_argument("--precisions", default="fp32",
+                   help="comma-separated tracker precisions for the checkpoint (fp32, bf16, fp16): each "
+                        "is scored, and the reduced ones are compared pixel by pixel with fp32")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     height, width = (int(v) for v in args.size.lower().split("x"))
@@ -88,7 +94,19 @@ def main(argv=None) -> int:
     if args.checkpoint:
         model = deaot_core.build_model(args.model)
         deaot_core.load_checkpoint(model, args.checkpoint)
-        results.append(score(f"checkpoint:{args.checkpoint}", clips, lambda c: propagate(model, c, args.device)))
+        predictions: dict[str, dict] = {}
+        for precision in [p.strip() for p in args.precisions.split(",") if p.strip()]:
+            name = f"checkpoint:{args.checkpoint}" + ("" if precision == "fp32" else f":{precision}")
+            predictions[precision] = {}
+            results.append(score(name, clips, lambda c, _p=precision: propagate(model, c, args.device, _p),
+                                 keep=predictions[precision]))
+            if precision != "fp32" and "fp32" in predictions:
+                ref, got = predictions["fp32"], predictions[precision]
+                agree = [float((ref[k][1:] == got[k][1:]).mean()) for k in ref]
+                fp32_jf = next(r for r in results if r["name"] == f"checkpoint:{args.checkpoint}")["summary"]
+                results[-1]["vs_fp32"] = {"label_agreement": round(float(np.mean(agree)), 5),
+                                          "label_agreement_min_clip": round(min(agree), 5),
+                                          "J&F_delta": round(results[-1]["summary"]["J&F-Mean"] - fp32_jf["J&F-Mean"], 4)}
     doc = {
         "setup": {"model": args.model, "clips": args.clips, "frames": args.frames, "size": [height, width],
                   "first_seed": args.seed, "objects_per_clip": [int(c.labels[0].max()) for _, c in clips],
