@@ -61,6 +61,20 @@ def merge_groups(logits: list[torch.Tensor], max_objects: int) -> torch.Tensor:
     return torch.logit(merged.clamp(1e-5, 1 - 1e-5))
 
 
+class _CompiledModel:
+    """A view of a ``VOSModel`` whose per-frame passes (encoder, propagation, decoder) run
+    through ``torch.compile``; everything else is the model's own. The model is not changed."""
+
+    def __init__(self, model: VOSModel) -> None:
+        self._model = model
+        self.encode_image = torch.compile(model.encode_image)
+        self.propagate = torch.compile(model.propagate)
+        self.decode = torch.compile(model.decode)
+
+    def __getattr__(self, name: str):
+        return getattr(self._model, name)
+
+
 class Tracker:
     """Propagates object masks through a video, one frame per ``step``.
 
@@ -78,12 +92,15 @@ class Tracker:
         channels_last: run convolutions in channels-last layout: about 15-25% faster on CPU, but
             its convolution kernels round differently (golden case A: 4e-5 instead of 7e-7), so
             the default keeps the official numerics.
+        compile: run the encoder, the propagation and the decoder through ``torch.compile``
+            (opt-in: the first frames of a video and every new memory length compile, 20-70 s on
+            CPU; then ~10-25 % faster on CPU; results within ~2e-6 of eager).
     """
 
     def __init__(self, model: VOSModel, device: str | torch.device = "cpu", long_term_gap: int | None = None,
                  max_long_term_frames: int | None = None, max_short_edge: float | None = None,
                  max_long_edge: float | None = 1040, precision: str = "fp32", short_term_skip: int | None = None,
-                 channels_last: bool = False):
+                 channels_last: bool = False, compile: bool = False):
         if precision not in _PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(_PRECISIONS)}, got {precision!r}")
         if str(device) == "auto":
@@ -91,6 +108,8 @@ class Tracker:
         self.device = torch.device(device)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.model = model.to(self.device, memory_format=self.memory_format).eval()
+        if compile:
+            self.model = _CompiledModel(self.model)
         self.cfg = model.cfg
         self.long_term_gap = int(long_term_gap or self.cfg.long_term_gap)
         self.short_term_skip = int(short_term_skip or self.cfg.short_term_skip)

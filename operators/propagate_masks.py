@@ -46,6 +46,7 @@ def params_to_kwargs(params: dict) -> dict:
         precision=params.get("precision") or "fp32",
         write_segmentation=(params.get("write_segmentation") or "").strip() or None,
         skip_failures=bool(params.get("skip_failures", False)),
+        compile_model=bool(params.get("compile_model", False)),
     )
     for name in _INT_KNOBS:
         if name in params:
@@ -133,6 +134,8 @@ class PropagateMasks(foo.Operator):
             precision_choices.add_choice(name, label=name)
         inputs.enum("precision", precision_choices.values(), default="fp32", label="Precision",
                     view=precision_choices)
+        inputs.bool("compile_model", default=False, label="Compile the network (torch.compile)",
+                    description="Slower start (about a minute to compile), faster frames: for long videos")
         inputs.bool("skip_failures", default=False, label="Skip failing videos",
                     description="A video that fails keeps its previous output and is listed in the result; "
                                 "the others are written (default: any failure writes nothing)")

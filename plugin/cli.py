@@ -34,6 +34,8 @@ def _add_propagate(sub) -> None:
     p.add_argument("--max-short-edge", type=int, default=None)
     p.add_argument("--max-long-edge", type=int, default=1040)
     p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"))
+    p.add_argument("--compile", action="store_true", help="run the network through torch.compile (slow start, "
+                   "faster frames)")
     p.add_argument("--sample-id", action="append", default=None, help="only this sample (repeatable)")
     p.add_argument("--skip-failures", action="store_true", help="go on when a video fails")
     p.add_argument("--write-every", type=int, default=64, help="frames buffered per bulk write")
@@ -113,7 +115,7 @@ def run_propagate(args) -> int:
                                 max_long_term_frames=args.max_long_term_frames, max_short_edge=args.max_short_edge,
                                 max_long_edge=args.max_long_edge, precision=args.precision,
                                 write_segmentation=args.write_segmentation, skip_failures=args.skip_failures,
-                                write_every=args.write_every)
+                                write_every=args.write_every, compile_model=args.compile)
         except (KeyboardInterrupt, PropagationCancelled):
             bar.close()
             print("cancelled: no field was changed", file=sys.stderr)
@@ -147,7 +149,8 @@ def _queue(view, args) -> int:
                                    model=args.model or DEFAULT_MODEL, checkpoint=args.checkpoint, device=args.device,
                                    long_term_gap=args.long_term_gap, max_long_term_frames=args.max_long_term_frames,
                                    max_short_edge=args.max_short_edge, max_long_edge=args.max_long_edge,
-                                   precision=args.precision, skip_failures=args.skip_failures)
+                                   precision=args.precision, skip_failures=args.skip_failures,
+                                   compile_model=args.compile)
     except (OutputExistsError, ValueError, RuntimeError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

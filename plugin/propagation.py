@@ -390,7 +390,7 @@ def propagate(sample_collection, keyframes_field: str, output_field: str, model:
               max_long_term_frames: int | None = None, max_short_edge: int | None = None,
               max_long_edge: int | None = 1040, precision: str = "fp32", write_segmentation: str | None = None,
               skip_failures: bool = False, allow_random_weights: bool = False,
-              write_every: int = 64, job: Any = None) -> dict[str, Any]:
+              write_every: int = 64, compile_model: bool = False, job: Any = None) -> dict[str, Any]:
     """Propagate the keyframe masks of ``keyframes_field`` to every frame of every video in
     ``sample_collection`` and store ``fo.Detections`` (instance masks) in ``output_field``.
 
@@ -405,6 +405,8 @@ def propagate(sample_collection, keyframes_field: str, output_field: str, model:
         progress: ``progress(fraction, label)`` called per frame; return False (or raise
             ``PropagationCancelled``) to cancel: nothing is written then
         long_term_gap, max_long_term_frames, max_short_edge, max_long_edge, precision: engine knobs
+        compile_model: run the network through ``torch.compile`` (opt-in; compiling takes a
+            minute or so on CPU, then each frame is 10-25 % faster)
         write_segmentation: optional frame field for a ``fo.Segmentation`` label map whose
             values are the objects' ``index``
         skip_failures: a video that fails (bad keyframes, undecodable, an error while running)
@@ -461,7 +463,7 @@ def propagate(sample_collection, keyframes_field: str, output_field: str, model:
             trackers[key] = deaot_core.Tracker(load_model(choice, dev), device=dev, long_term_gap=long_term_gap,
                                                max_long_term_frames=max_long_term_frames,
                                                max_short_edge=max_short_edge, max_long_edge=edge,
-                                               precision=precision)
+                                               precision=precision, compile=compile_model)
         return trackers[key]
 
     get_tracker(device, max_long_edge)  # weights and settings are checked before any video
