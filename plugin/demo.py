@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from .models import DEFAULT_MODEL, REPO_ROOT
+from .video import write_mp4
 
 log = logging.getLogger(__name__)
 
@@ -43,38 +44,8 @@ SHAPES = {1: "circle", 2: "square", 3: "triangle", 4: "ellipse"}
 # -- encoding ------------------------------------------------------------------------------------
 
 def write_video(frames, path: str | Path, fps: float = 24.0) -> str:
-    """Encode an iterable of (H, W, 3) uint8 RGB frames as H.264 (App-playable) MP4.
-
-    Falls back to OpenCV's MPEG-4 (decodable by decord, not playable in the App) when the
-    ``imageio-ffmpeg`` wheel is missing. Returns the codec used.
-    """
-    path = str(path)
-    frames = iter(frames)
-    first = next(frames)
-    height, width = first.shape[:2]
-    try:
-        import imageio_ffmpeg
-    except ImportError:
-        imageio_ffmpeg = None
-    if imageio_ffmpeg is not None:
-        writer = imageio_ffmpeg.write_frames(
-            path, (width, height), fps=fps, codec="libx264", pix_fmt_in="rgb24", pix_fmt_out="yuv420p",
-            macro_block_size=2, quality=None, ffmpeg_log_level="error",
-            output_params=["-crf", "23", "-preset", "medium", "-movflags", "+faststart"])
-        writer.send(None)
-        for frame in [first, *frames]:
-            writer.send(np.ascontiguousarray(frame))
-        writer.close()
-        return "h264"
-    import cv2
-
-    log.warning("imageio-ffmpeg is not installed: writing %s as MPEG-4 Part 2, which the App cannot play "
-                "(pip install imageio-ffmpeg for H.264)", path)
-    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
-    for frame in [first, *frames]:
-        writer.write(np.ascontiguousarray(frame[:, :, ::-1]))
-    writer.release()
-    return "mp4v"
+    """Encode (H, W, 3) uint8 RGB frames as an App-playable H.264 MP4 (see ``write_mp4``)."""
+    return write_mp4(frames, path, fps=fps)
 
 
 def video_metadata(path: str | Path):

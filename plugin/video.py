@@ -147,3 +147,41 @@ def prefetch(frames: Iterable[T], depth: int = 4) -> Iterator[T]:
                 pass
             worker.join(timeout=0.05)
 
+
+def write_mp4(frames: Iterable[np.ndarray], path: str | os.PathLike, fps: float = 24.0, crf: int = 23,
+              preset: str = "medium", exact_size: bool = False) -> str:
+    """Encode (H, W, 3) uint8 RGB frames as an H.264 MP4 the App can play (yuv420p), with the
+    ffmpeg binary of the ``imageio-ffmpeg`` wheel. ``exact_size`` keeps odd sizes exactly
+    (H.264 4:4:4, which a browser may not play) instead of padding them to even. Without the
+    wheel: OpenCV's MPEG-4 (decodable by decord, not playable in the App). Returns the codec."""
+    path = str(path)
+    frames = iter(frames)
+    first = next(frames)
+    height, width = first.shape[:2]
+    try:
+        import imageio_ffmpeg
+    except ImportError:
+        import cv2
+
+        log.warning("imageio-ffmpeg is not installed: writing %s as MPEG-4 Part 2, which the App cannot play "
+                    "(pip install imageio-ffmpeg for H.264)", path)
+        writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+        for frame in [first, *frames]:
+            writer.write(np.ascontiguousarray(frame[:, :, ::-1]))
+        writer.release()
+        return "mp4v"
+    pix_fmt = "yuv420p"
+    if exact_size and (height % 2 or width % 2):
+        pix_fmt = "yuv444p"
+        log.warning("%s: odd frame size %dx%d, encoding H.264 4:4:4 (the App's browser may not play it)", path,
+                    width, height)
+    writer = imageio_ffmpeg.write_frames(
+        path, (width, height), fps=fps, codec="libx264", pix_fmt_in="rgb24", pix_fmt_out=pix_fmt,
+        macro_block_size=1 if exact_size else 2, quality=None, ffmpeg_log_level="error",
+        output_params=["-crf", str(crf), "-preset", preset, "-movflags", "+faststart"])
+    writer.send(None)
+    for frame in [first, *frames]:
+        writer.send(np.ascontiguousarray(frame))
+    writer.close()
+    return "h264"
+

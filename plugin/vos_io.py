@@ -36,6 +36,7 @@ import numpy as np
 
 from .idmaps import (check_label_field, describe_sample, frame_size, id_map_to_detections, mask_targets_of,
                      read_id_maps, root_dataset)
+from .video import write_mp4
 
 log = logging.getLogger(__name__)
 
@@ -217,30 +218,8 @@ def detect_layout(dataset_dir: str | Path) -> str:
 
 
 def _encode_mp4(frames: Iterable[np.ndarray], path: Path, fps: float) -> str:
-    """H.264 MP4 of the frames at their exact size (yuv420p, App-playable; yuv444p for odd sizes,
-    which 4:2:0 cannot hold: decodable, maybe not playable in the browser). Returns the codec."""
-    frames = iter(frames)
-    first = next(frames)
-    height, width = first.shape[:2]
-    try:
-        import imageio_ffmpeg
-    except ImportError:
-        from .demo import write_video
-
-        return write_video([first, *frames], path, fps=fps)
-    pix_fmt = "yuv420p" if height % 2 == 0 and width % 2 == 0 else "yuv444p"
-    if pix_fmt != "yuv420p":
-        log.warning("%s: odd frame size %dx%d, encoding H.264 4:4:4 (the App's browser may not play it)", path,
-                    width, height)
-    writer = imageio_ffmpeg.write_frames(
-        str(path), (width, height), fps=fps, codec="libx264", pix_fmt_in="rgb24", pix_fmt_out=pix_fmt,
-        macro_block_size=1, quality=None, ffmpeg_log_level="error",
-        output_params=["-crf", "18", "-preset", "fast", "-movflags", "+faststart"])
-    writer.send(None)
-    for frame in [first, *frames]:
-        writer.send(np.ascontiguousarray(frame))
-    writer.close()
-    return "h264"
+    """H.264 MP4 of the frames at their exact size, near-lossless (masks must stay aligned)."""
+    return write_mp4(frames, path, fps=fps, crf=18, preset="fast", exact_size=True)
 
 
 def _read_jpeg(path: Path) -> np.ndarray:
