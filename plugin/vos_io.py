@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
@@ -112,7 +113,9 @@ def export_vos(sample_collection, export_dir: str | Path, label_field: str, layo
 
     Every label is read and checked (ids 1..255, no label beyond the video's last frame) before
     anything is written. Existing sequence folders are refused unless ``overwrite`` (they are then
-    replaced; ``meta.json`` is updated, keeping other sequences).
+    replaced; ``meta.json`` is updated, keeping other sequences). Files are written to a staging
+    folder inside ``export_dir`` and moved into place only after every sequence is written, so an
+    error or a cancel (an exception from ``progress``) leaves ``export_dir`` as it was.
 
     Returns ``{"layout", "export_dir", "sequences": {name: {"sample_id", "frames", "annotated",
     "objects"}}}``.
@@ -163,37 +166,58 @@ def export_vos(sample_collection, export_dir: str | Path, label_field: str, layo
         meta.setdefault("videos", {})
     summary: dict[str, Any] = dict(layout=layout, export_dir=str(export_dir), sequences={})
     total = len(plans)
-    for i, (sid, path, name, reader, maps) in enumerate(plans):
-        if progress is not None:
-            progress(i / max(total, 1), f"[{i + 1}/{total}] {name}")
-        jpeg_dir, ann_dir = export_dir / "JPEGImages" / name, export_dir / "Annotations" / name
-        for folder in (jpeg_dir, ann_dir):
-            if folder.exists():
-                shutil.rmtree(folder)
-            folder.mkdir(parents=True)
-        for number, frame in reader.forward(1):
-            cv2.imwrite(str(jpeg_dir / f"{number - 1:05d}.jpg"), np.ascontiguousarray(frame[:, :, ::-1]),
-                        [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)])
-        objects: dict[str, dict[str, Any]] = {}
-        annotated = list(maps.frames)
-        for number in annotated:
-            m = maps.maps[number]
-            stem = f"{number - 1:05d}"
-            write_annotation(ann_dir / f"{stem}.png", m)
-            for index in (int(v) for v in np.unique(m) if v != 0):
-                entry = objects.setdefault(str(index), {"category": maps.labels.get(index) or str(index),
-                                                        "frames": []})
-                entry["frames"].append(stem)
+    # Everything is written under a staging folder first and moved into place only when every
+    # sequence has been written: a decode error or a cancel leaves the export folder as it was.
+    export_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".deaot_export_", dir=export_dir))
+    try:
+        for i, (sid, path, name, reader, maps) in enumerate(plans):
+            if progress is not None:
+                progress(i / max(total, 1), f"[{i + 1}/{total}] {name}")
+            jpeg_dir, ann_dir = staging / "JPEGImages" / name, staging / "Annotations" / name
+            for folder in (jpeg_dir, ann_dir):
+                folder.mkdir(parents=True)
+            for number, frame in reader.forward(1):
+                cv2.imwrite(str(jpeg_dir / f"{number - 1:05d}.jpg"), np.ascontiguousarray(frame[:, :, ::-1]),
+                            [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)])
+            objects: dict[str, dict[str, Any]] = {}
+            annotated = list(maps.frames)
+            for number in annotated:
+                m = maps.maps[number]
+                stem = f"{number - 1:05d}"
+                write_annotation(ann_dir / f"{stem}.png", m)
+                for index in (int(v) for v in np.unique(m) if v != 0):
+                    entry = objects.setdefault(str(index), {"category": maps.labels.get(index) or str(index),
+                                                            "frames": []})
+                    entry["frames"].append(stem)
+            if layout == "youtube":
+                meta["videos"][name] = {"objects": dict(sorted(objects.items(), key=lambda kv: int(kv[0])))}
+            summary["sequences"][name] = dict(sample_id=str(sid), frames=reader.num_frames,
+                                              annotated=len(annotated), objects=sorted(int(k) for k in objects))
         if layout == "youtube":
-            meta["videos"][name] = {"objects": dict(sorted(objects.items(), key=lambda kv: int(kv[0])))}
-        summary["sequences"][name] = dict(sample_id=str(sid), frames=reader.num_frames, annotated=len(annotated),
-                                          objects=sorted(int(k) for k in objects))
-    if layout == "youtube":
-        export_dir.mkdir(parents=True, exist_ok=True)
-        meta_path.write_text(json.dumps(meta, indent=1))
+            (staging / "meta.json").write_text(json.dumps(meta, indent=1))
+        _commit_export(staging, export_dir, [name for _, _, name, _, _ in plans], layout == "youtube")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     if progress is not None:
         progress(1.0, "done")
     return summary
+
+
+
+def _commit_export(staging: Path, export_dir: Path, names: list[str], with_meta: bool) -> None:
+    """Move the staged sequence folders (and ``meta.json``) into ``export_dir``, replacing old ones."""
+    replaced = staging / "replaced"
+    for sub in ("JPEGImages", "Annotations"):
+        (export_dir / sub).mkdir(parents=True, exist_ok=True)
+        (replaced / sub).mkdir(parents=True, exist_ok=True)
+        for name in names:
+            target = export_dir / sub / name
+            if target.exists():
+                os.replace(target, replaced / sub / name)
+            os.replace(staging / sub / name, target)
+    if with_meta:
+        os.replace(staging / "meta.json", export_dir / "meta.json")
 
 
 # --------------------------------------------------------------------------- import

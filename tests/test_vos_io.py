@@ -498,3 +498,32 @@ def test_bad_export_is_refused_and_writes_nothing(source, tmp_path):
         assert not (tmp_path / "clips").exists()
     finally:
         ds.delete_frame_fields(["gt_big", "gt_late"])
+
+
+def test_export_stopped_midway_leaves_the_folder_as_it_was(source, tmp_path):
+    """A cancel (or a decode error) after the first sequence: the earlier export stays whole."""
+    from plugin.vos_io import export_vos
+
+    ds = source["ds"]
+    out = tmp_path / "yt"
+    export_vos(ds, out, "gt", layout="youtube")
+    files = _tree(out)
+    meta = (out / "meta.json").read_text()
+
+    class Cancelled(Exception):
+        pass
+
+    def cancel_on_second(fraction, message):
+        if message.startswith("[2/"):
+            raise Cancelled(message)
+
+    with pytest.raises(Cancelled):
+        export_vos(ds, out, "seg", layout="youtube", overwrite=True, progress=cancel_on_second)
+    assert _tree(out) == files
+    assert (out / "meta.json").read_text() == meta
+    assert sorted(p.name for p in out.iterdir()) == ["Annotations", "JPEGImages", "meta.json"]  # no staging left
+
+    # the same export run to the end replaces the sequences in place
+    export_vos(ds, out, "seg", layout="youtube", overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == ["Annotations", "JPEGImages", "meta.json"]
+    assert sorted(p.name for p in (out / "Annotations").iterdir()) == sorted(VIDEOS)
