@@ -402,3 +402,13 @@ def test_compiled_tracker_matches_eager(deaott):
         torch.testing.assert_close(compiled.step(frame, mask), eager.step(frame, mask), atol=1e-4, rtol=1e-4)
         assert (compiled.label == eager.label).mean() > 0.999  # a near-tie pixel may flip
     assert not hasattr(deaott.encode_image, "_torchdynamo_orig_callable")
+
+    # the weights are frozen into the compiled graphs: a tracker on other weights of the same
+    # variant must not reuse the first model's constants
+    torch.manual_seed(1)
+    other = deaot_core.build_model("DeAOTT")
+    eager = deaot_core.Tracker(other, device="cpu", long_term_gap=1)
+    compiled = deaot_core.Tracker(other, device="cpu", long_term_gap=1, compile=True)
+    for t, frame in enumerate(frames[:2]):
+        mask = labels[0] if t == 0 else None
+        torch.testing.assert_close(compiled.step(frame, mask), eager.step(frame, mask), atol=1e-4, rtol=1e-4)
