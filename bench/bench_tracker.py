@@ -36,11 +36,13 @@ def synthetic_clip(frames: int, height: int, width: int, objects: int, seed: int
 
 
 def run(model_name: str, height: int, width: int, objects: int, frames: int, device: str, precision: str,
-        max_long_term_frames: int | None, warmup: int) -> dict:
+        max_long_term_frames: int | None, warmup: int, channels_last: bool = False,
+        compile: bool = False) -> dict:
     torch.manual_seed(0)
     model = deaot_core.build_model(model_name)
     tracker = deaot_core.Tracker(model, device=device, precision=precision,
-                                 max_long_term_frames=max_long_term_frames)
+                                 max_long_term_frames=max_long_term_frames, channels_last=channels_last,
+                                 compile=compile)
     times = []
     cuda = tracker.device.type == "cuda"
     if cuda:
@@ -56,6 +58,7 @@ def run(model_name: str, height: int, width: int, objects: int, frames: int, dev
     result = {
         "model": model_name, "size": f"{height}x{width}", "input": "x".join(map(str, tracker.input_size)),
         "objects": objects, "frames": frames, "device": str(tracker.device), "precision": precision,
+        "channels_last": channels_last, "compile": compile,
         "threads": torch.get_num_threads(), "ms_per_frame": 1000 * float(np.mean(times)),
         "fps": 1.0 / float(np.mean(times)), "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "long_term_frames": tracker.long_term_frames,
@@ -75,19 +78,25 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", default="fp32")
     parser.add_argument("--max-long-term-frames", type=int, default=None)
+    parser.add_argument("--channels-last", action="store_true", help="Tracker(channels_last=True)")
+    parser.add_argument("--compile", action="store_true", help="Tracker(compile=True); use --warmup >= 2")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     args = parser.parse_args()
     height, width = map(int, args.size.lower().split("x"))
+    if args.threads:
+        torch.set_num_threads(args.threads)
     rows = []
     for name in args.models:
         with torch.no_grad():
             row = run(name, height, width, args.objects, args.frames, args.device, args.precision,
-                      args.max_long_term_frames, args.warmup)
+                      args.max_long_term_frames, args.warmup, args.channels_last, args.compile)
         print(json.dumps(row), flush=True)
         rows.append(row)
-    print("\n| model | frame | input | objects | device | precision | ms/frame | FPS | peak RSS MB |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("\n| model | frame | input | objects | device | precision | layout | compiled | ms/frame | FPS | peak RSS MB |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['model']} | {r['size']} | {r['input']} | {r['objects']} | {r['device']} | {r['precision']} | "
+              f"{'channels-last' if r['channels_last'] else 'contiguous'} | {'yes' if r['compile'] else 'no'} | "
               f"{r['ms_per_frame']:.0f} | {r['fps']:.2f} | {r['peak_rss_mb']:.0f} |")
 
 

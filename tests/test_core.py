@@ -389,6 +389,29 @@ def test_reduced_precision_stays_close_to_the_official_labels(precision, min_agr
             assert float(np.abs(probs.numpy() - data[f"probs_{t}"]).max()) < 0.1
 
 
+def test_reduced_precision_runs_channels_last_and_fp32_gets_its_layout_back(deaott):
+    """bf16/fp16 default to channels-last (the fast oneDNN/cuDNN kernels); an fp32 tracker made
+    later from the same model puts the weights back to the contiguous layout (``Module.to``
+    works in place) and gives exactly the probabilities of a model that never left it."""
+    frames, labels = _clip(t=3)
+    conv = next(m for m in deaott.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size != (1, 1))
+
+    def run(tracker):
+        return [tracker.step(f, labels[0] if t == 0 else None) for t, f in enumerate(frames)]
+
+    before = run(deaot_core.Tracker(deaott, device="cpu"))
+    fast = deaot_core.Tracker(deaott, device="cpu", precision="bf16")
+    assert fast.memory_format == torch.channels_last
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.weight.is_contiguous()
+    run(fast)
+    assert deaot_core.Tracker(deaott, device="cpu", precision="bf16", channels_last=False).memory_format \
+        == torch.contiguous_format
+    after = run(deaot_core.Tracker(deaott, device="cpu"))
+    assert conv.weight.is_contiguous()
+    for a, b in zip(before, after):
+        assert torch.equal(a, b)
+
+
 @pytest.mark.skipif(not (shutil.which("cc") or shutil.which("gcc")), reason="torch.compile needs a C compiler")
 def test_compiled_tracker_matches_eager(deaott):
     """``Tracker(compile=True)`` runs the compiled encoder/propagation/decoder (memory growing
