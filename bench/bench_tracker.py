@@ -36,7 +36,7 @@ def synthetic_clip(frames: int, height: int, width: int, objects: int, seed: int
 
 
 def run(model_name: str, height: int, width: int, objects: int, frames: int, device: str, precision: str,
-        max_long_term_frames: int | None, warmup: int, channels_last: bool = False,
+        max_long_term_frames: int | None, warmup: int, channels_last: bool | None = None,
         compile: bool = False) -> dict:
     torch.manual_seed(0)
     model = deaot_core.build_model(model_name)
@@ -58,7 +58,7 @@ def run(model_name: str, height: int, width: int, objects: int, frames: int, dev
     result = {
         "model": model_name, "size": f"{height}x{width}", "input": "x".join(map(str, tracker.input_size)),
         "objects": objects, "frames": frames, "device": str(tracker.device), "precision": precision,
-        "channels_last": channels_last, "compile": compile,
+        "channels_last": tracker.memory_format == torch.channels_last, "compile": compile,
         "threads": torch.get_num_threads(), "ms_per_frame": 1000 * float(np.mean(times)),
         "fps": 1.0 / float(np.mean(times)), "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "long_term_frames": tracker.long_term_frames,
@@ -78,7 +78,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", default="fp32")
     parser.add_argument("--max-long-term-frames", type=int, default=None)
-    parser.add_argument("--channels-last", action="store_true", help="Tracker(channels_last=True)")
+    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                        help="Tracker(channels_last=...) (default: the tracker's: on for fp16/bf16)")
     parser.add_argument("--compile", action="store_true", help="Tracker(compile=True); use --warmup >= 2")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     args = parser.parse_args()
