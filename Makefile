@@ -29,7 +29,7 @@ demo: venv
 bench: venv  # smoke test: DeAOTT tracker + end to end, 12 frames at 480p
 	$(VPY) bench/bench_speed.py --quick
 
-bench-cpu: venv  # the CPU matrix (~25 min, one thread) -> bench/results/cpu.json, BENCHMARKS.md
+bench-cpu: venv  # the CPU matrix (~45 min) -> bench/results/cpu.json, BENCHMARKS.md
 	bash bench/run_cpu_matrix.sh
 
 bench-gpu: venv  # the full GPU matrix (hours) -> bench/results/gpu.json, BENCHMARKS.md

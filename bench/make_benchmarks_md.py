@@ -182,7 +182,7 @@ def build(files: list[str], findings: str | None = None) -> str:
                 "preset). Put official checkpoints in a folder and pass `--weights-dir` to make the fp16/bf16 "
                 "label agreement meaningful.", ""]
     out += ["## Reproduce", "", "```bash",
-            "bash bench/run_cpu_matrix.sh            # the CPU preset (~25 min on one core) + this file",
+            "bash bench/run_cpu_matrix.sh            # the CPU preset (~25 min on one core), the fp32/bf16 runs (~20 min) + this file",
             "python bench/bench_speed.py --quick     # smoke test (2 runs)",
             "python bench/bench_speed.py --help", "```", ""]
     return "\n".join(out)

@@ -6,6 +6,8 @@
 #    runs at 240p (1000 frames capped, 300 uncapped, 300 end to end capped) for memory over time.
 # 2. tracker vs end to end interleaved (2 repeats) -- on a contended machine the only fair comparison.
 # 3. CPU autocast precisions (fp32 / bf16 / fp16).
+# 4. fp32 vs bf16 (channels-last) at 2 threads, 480p (tracker + end to end) and 1080p, and DeAOTT bf16
+#    over 2000 frames at 480p with the long-term cap (~20 min on 2 idle cores with AMX).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -20,7 +22,16 @@ NOTE=${BENCH_NOTE:-"--threads 1 on $(nproc) vCPUs"}
 "$PY" bench/bench_speed.py --variants DeAOTT,R50_DeAOTL --resolutions 480p --objects 2 --frames 10 --mode tracker \
     --precision fp32,bf16,fp16 --threads 1 --device cpu --json "$R/cpu_precision.json" \
     --note "CPU autocast precisions (random weights: label agreement not meaningful); $NOTE"
-files=("$R/cpu.json" "$R/cpu_paired.json" "$R/cpu_precision.json")
+T2="--threads 2 --device cpu --precision fp32,bf16 --objects 2 --frames 10"
+"$PY" bench/bench_speed.py --variants DeAOTT --resolutions 480p --mode both $T2 --json "$R/cpu_amx.json" --note "$NOTE"
+"$PY" bench/bench_speed.py --variants R50_DeAOTL --resolutions 480p --mode tracker $T2 --json "$R/cpu_amx_r50.json" \
+    --note "$NOTE"
+"$PY" bench/bench_speed.py --variants DeAOTT,R50_DeAOTL --resolutions 1080p --mode tracker $T2 \
+    --json "$R/cpu_amx_1080p.json" --note "$NOTE"
+"$PY" bench/bench_speed.py --variants DeAOTT --resolutions 480p --objects 2 --frames 2000 --mode tracker --precision bf16 \
+    --long-term-gap 5 --max-long-term-frames 10 --threads 2 --device cpu --json "$R/cpu_long_480p.json" --note "$NOTE"
+files=("$R/cpu.json" "$R/cpu_paired.json" "$R/cpu_precision.json" "$R/cpu_amx.json" "$R/cpu_amx_r50.json"
+       "$R/cpu_amx_1080p.json" "$R/cpu_long_480p.json")
 [ -f "$R/gpu.json" ] && files+=("$R/gpu.json")
 findings=()
 [ -f "$R/findings.md" ] && findings=(--findings "$R/findings.md")
