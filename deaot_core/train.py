@@ -100,6 +100,7 @@ class TrainConfig:
     resume: bool = True
     progress_bar: bool = True
     expected_steps: int | None = None  # for the EMA decay with --minutes only (default: measured)
+    stop_at_step: int | None = None  # save last.pth and stop after this step (re-run to continue)
 
 
 #: official stage configs: training from scratch follows the static pre-training stage
@@ -694,9 +695,10 @@ class Trainer:
                 "loss_curve": str(curve)}
 
 
-def train(cfg: TrainConfig) -> dict:
-    """Run a training described by ``cfg``; returns the summary."""
-    return Trainer(cfg).run()
+def train(cfg: TrainConfig) -> dict | None:
+    """Run a training described by ``cfg``; returns the summary, or None when it stopped at
+    ``cfg.stop_at_step`` (``last.pth`` saved: the same command continues it)."""
+    return Trainer(cfg).run(until_step=cfg.stop_at_step)
 
 
 # ------------------------------------------------------------------------------------------ CLI
@@ -755,6 +757,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-every", type=int, default=d.log_every)
     p.add_argument("--save-every-minutes", type=float, default=d.save_every_minutes)
     p.add_argument("--no-resume", dest="resume", action="store_false", help="ignore an existing last.pth")
+    p.add_argument("--stop-at-step", type=int, help="save last.pth after this step and stop; re-running continues "
+                   "(also with another --steps: the schedules then follow the new total from that step on)")
     p.add_argument("--no-progress", dest="progress_bar", action="store_false")
     return p
 
@@ -773,6 +777,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     cfg = config_from_args(argv)
     summary = train(cfg)
+    if summary is None:
+        print(json.dumps({"stopped_at_step": cfg.stop_at_step, "last": str(Path(cfg.out) / "last.pth")}, indent=1))
+        return 0
     print(json.dumps(summary, indent=1))
     return 0
 

@@ -18,7 +18,7 @@ from deaot_core.losses import (
 from deaot_core.synthetic import ClipOptions, generate_clip
 from deaot_core.train import (
     EMA, TrainConfig, Trainer, calibrate_frozen_batchnorm, clips_to_batch, config_from_args, learning_rate,
-    parameter_groups, random_scale_crop, set_learning_rates, shuffle_ids,
+    main, parameter_groups, random_scale_crop, resolve_stage, set_learning_rates, shuffle_ids,
 )
 
 pytestmark = pytest.mark.usefixtures("torch_threads")
@@ -241,6 +241,24 @@ def test_resumed_training_matches_an_uninterrupted_one(tmp_path):
     a = torch.load(tmp_path / "a" / "last.pth", weights_only=True)["state_dict"]
     b = torch.load(tmp_path / "b" / "last.pth", weights_only=True)["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_cli_stop_at_step_then_continue_with_a_new_total(tmp_path, capsys):
+    """``--stop-at-step`` saves ``last.pth`` and exits 0 without final weights; the same command
+    with another ``--steps`` continues from there, its schedules following the new total."""
+    args = ["--out", str(tmp_path), "--size", "65x65", "--batch-size", "1", "--seq-len", "3", "--log-every", "1",
+            "--no-progress", "--ema-ratio", "0.5", "--seed", "0"]
+    assert main(args + ["--steps", "6", "--stop-at-step", "2"]) == 0
+    assert json.loads(capsys.readouterr().out)["stopped_at_step"] == 2
+    assert torch.load(tmp_path / "last.pth", weights_only=True)["step"] == 2
+    assert not (tmp_path / "final.pth").exists()
+    assert main(args + ["--steps", "4"]) == 0
+    assert json.loads(capsys.readouterr().out)["steps"] == 4
+    log = json.loads((tmp_path / "train_log.json").read_text())
+    cfg = resolve_stage(_tiny_config(tmp_path))
+    step3 = next(r for r in log["records"] if r["step"] == 3)
+    assert step3["lr"] == pytest.approx(learning_rate(2 / 4, cfg.lr, cfg.min_lr, cfg.warmup, cfg.lr_power))
+    deaot_core.load_checkpoint(deaot_core.build_model("DeAOTT"), tmp_path / "final.pth")
 
 
 def test_cli_arguments():
