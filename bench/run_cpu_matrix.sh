@@ -15,6 +15,7 @@ export FIFTYONE_DO_NOT_TRACK=true
 R=bench/results
 mkdir -p "$R"
 NOTE=${BENCH_NOTE:-"--threads 1 on $(nproc) vCPUs"}
+NOTE2=${BENCH_NOTE:-"--threads 2 on $(nproc) vCPUs"}
 "$PY" bench/bench_speed.py --preset cpu --threads 1 --device cpu --json "$R/cpu.json" --note "$NOTE" "$@"
 "$PY" bench/bench_speed.py --variants DeAOTT --resolutions 480p,1080p --objects 2 --frames 10 --mode both \
     --threads 1 --device cpu --repeat 2 --json "$R/cpu_paired.json" \
@@ -23,13 +24,13 @@ NOTE=${BENCH_NOTE:-"--threads 1 on $(nproc) vCPUs"}
     --precision fp32,bf16,fp16 --threads 1 --device cpu --json "$R/cpu_precision.json" \
     --note "CPU autocast precisions (random weights: label agreement not meaningful); $NOTE"
 T2="--threads 2 --device cpu --precision fp32,bf16 --objects 2 --frames 10"
-"$PY" bench/bench_speed.py --variants DeAOTT --resolutions 480p --mode both $T2 --json "$R/cpu_amx.json" --note "$NOTE"
+"$PY" bench/bench_speed.py --variants DeAOTT --resolutions 480p --mode both $T2 --json "$R/cpu_amx.json" --note "$NOTE2"
 "$PY" bench/bench_speed.py --variants R50_DeAOTL --resolutions 480p --mode tracker $T2 --json "$R/cpu_amx_r50.json" \
-    --note "$NOTE"
+    --note "$NOTE2"
 "$PY" bench/bench_speed.py --variants DeAOTT,R50_DeAOTL --resolutions 1080p --mode tracker $T2 \
-    --json "$R/cpu_amx_1080p.json" --note "$NOTE"
+    --json "$R/cpu_amx_1080p.json" --note "$NOTE2"
 "$PY" bench/bench_speed.py --variants DeAOTT --resolutions 480p --objects 2 --frames 2000 --mode tracker --precision bf16 \
-    --long-term-gap 5 --max-long-term-frames 10 --threads 2 --device cpu --json "$R/cpu_long_480p.json" --note "$NOTE"
+    --long-term-gap 5 --max-long-term-frames 10 --threads 2 --device cpu --json "$R/cpu_long_480p.json" --note "$NOTE2"
 files=("$R/cpu.json" "$R/cpu_paired.json" "$R/cpu_precision.json" "$R/cpu_amx.json" "$R/cpu_amx_r50.json"
        "$R/cpu_amx_1080p.json" "$R/cpu_long_480p.json")
 [ -f "$R/gpu.json" ] && files+=("$R/gpu.json")

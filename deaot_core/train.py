@@ -778,8 +778,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = config_from_args(argv)
     summary = train(cfg)
     if summary is None:
-        print(json.dumps({"stopped_at_step": cfg.stop_at_step, "last": str(Path(cfg.out) / "last.pth")}, indent=1))
-        return 0
+        summary = {"stopped_at_step": cfg.stop_at_step, "last": str(Path(cfg.out) / "last.pth")}
     print(json.dumps(summary, indent=1))
     return 0
 
