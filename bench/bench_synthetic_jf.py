@@ -37,8 +37,8 @@ def held_out_clips(count: int, frames: int, height: int, width: int, seed: int):
         yield f"synthetic_{seed + i}", generate_clip(seed + i, num_frames=frames, height=height, width=width)
 
 
-def propagate(model, clip, device: str, precision: str = "fp32") -> tuple[np.ndarray, float]:
-    tracker = deaot_core.Tracker(model, device=device, precision=precision)
+def propagate(model, clip, device: str, precision: str = "fp32", **tracker_options) -> tuple[np.ndarray, float]:
+    tracker = deaot_core.Tracker(model, device=device, precision=precision, **tracker_options)
     pred = np.zeros(clip.labels.shape, np.uint8)
     pred[0] = clip.labels[0]
     tracker.step(clip.frames[0], clip.labels[0])
@@ -80,8 +80,14 @@ def main(argv=None) -> int:
     p.add_argument("--precisions", default="fp32",
                    help="comma-separated tracker precisions for the checkpoint (fp32, bf16, fp16): each "
                         "is scored, and the reduced ones are compared pixel by pixel with fp32")
+    p.add_argument("--test-scales", type=float, nargs="+", default=[1.0],
+                   help="Tracker(test_scales=...): the official multi-scale test (e.g. 0.8 1.0 1.2)")
+    p.add_argument("--test-flip", action="store_true", help="Tracker(test_flip=True): the official flip test")
+    p.add_argument("--max-short-edge", type=int, default=None, help="Tracker(max_short_edge=...)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    tracker_options = dict(test_scales=tuple(args.test_scales), test_flip=args.test_flip,
+                           max_short_edge=args.max_short_edge)
     height, width = (int(v) for v in args.size.lower().split("x"))
     clips = list(held_out_clips(args.clips, args.frames, height, width, args.seed))
 
@@ -98,7 +104,8 @@ def main(argv=None) -> int:
         for precision in [p.strip() for p in args.precisions.split(",") if p.strip()]:
             name = f"checkpoint:{args.checkpoint}" + ("" if precision == "fp32" else f":{precision}")
             predictions[precision] = {}
-            results.append(score(name, clips, lambda c, _p=precision: propagate(model, c, args.device, _p),
+            results.append(score(name, clips,
+                                 lambda c, _p=precision: propagate(model, c, args.device, _p, **tracker_options),
                                  keep=predictions[precision]))
             if precision != "fp32" and "fp32" in predictions:
                 ref, got = predictions["fp32"], predictions[precision]
@@ -110,7 +117,8 @@ def main(argv=None) -> int:
     doc = {
         "setup": {"model": args.model, "clips": args.clips, "frames": args.frames, "size": [height, width],
                   "first_seed": args.seed, "objects_per_clip": [int(c.labels[0].max()) for _, c in clips],
-                  "device": args.device, "threads": args.threads, "torch": torch.__version__},
+                  "device": args.device, "threads": args.threads, "torch": torch.__version__,
+                  "tracker_options": tracker_options},
         "results": {r["name"]: r for r in results},
     }
     print(json.dumps(doc, indent=1))

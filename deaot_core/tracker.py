@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+from dataclasses import dataclass, field
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -17,21 +19,22 @@ _PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def network_size(height: int, width: int, max_short_edge: float | None, max_long_edge: float | None,
-                 align_corners: bool, stride: int = 16) -> tuple[int, int]:
+                 align_corners: bool, stride: int = 16, scale: float = 1.0) -> tuple[int, int]:
     """Input size of the official test-time resize policy for an (height, width) frame.
 
     The short edge is limited to ``max_short_edge``, then the long edge to ``max_long_edge``;
-    each side is then rounded to the nearest 16k+1 (align_corners) or multiple of 16.
+    then both sides are multiplied by ``scale`` (the official multi-scale test) and each is
+    rounded to the nearest 16k+1 (align_corners) or multiple of 16.
     """
     h, w = float(height), float(width)
     if max_short_edge is not None and min(h, w) > max_short_edge:
-        scale = float(max_short_edge) / min(h, w)
-        h, w = h * scale, w * scale
+        limit = float(max_short_edge) / min(h, w)
+        h, w = h * limit, w * limit
     if max_long_edge is not None and max(h, w) > max_long_edge:
-        scale = float(max_long_edge) / max(h, w)
-        h, w = h * scale, w * scale
+        limit = float(max_long_edge) / max(h, w)
+        h, w = h * limit, w * limit
     sides = []
-    for side in (int(h), int(w)):
+    for side in (int(h * scale), int(w * scale)):
         if align_corners and (side - 1) % stride:
             side = int(np.around((side - 1) / stride) * stride + 1)
         elif not align_corners and side % stride:
@@ -82,6 +85,16 @@ class _CompiledModel:
         return getattr(self._model, name)
 
 
+@dataclass
+class _View:
+    """One test-time view of the video (a network input scale, maybe mirrored) with its own memory."""
+
+    scale: float
+    flip: bool
+    input_size: tuple[int, int] | None = None
+    groups: list[GroupEngine] = field(default_factory=list)
+
+
 class Tracker:
     """Propagates object masks through a video, one frame per ``step``.
 
@@ -105,14 +118,23 @@ class Tracker:
             with the weights frozen into the graphs (opt-in: the first frames of a video and every
             new memory length compile, 20-70 s on CPU; then ~1.3-1.5x faster on CPU; results
             within ~2e-6 of eager). The model's weights must not change while the tracker is used.
+        test_scales / test_flip: test-time augmentation as the official evaluator's ``--ms`` and
+            ``--flip``: one view of the video per scale (times the resized input size), and with
+            ``test_flip`` a mirrored view of each. Every view keeps its own memory, written with
+            its own prediction; the output is the mean of the views' probabilities. Costs one
+            full pass (and one memory) per view. Default: one view, scale 1, no flip.
     """
 
     def __init__(self, model: VOSModel, device: str | torch.device = "cpu", long_term_gap: int | None = None,
                  max_long_term_frames: int | None = None, max_short_edge: float | None = None,
                  max_long_edge: float | None = 1040, precision: str = "fp32", short_term_skip: int | None = None,
-                 channels_last: bool | None = None, compile: bool = False):
+                 channels_last: bool | None = None, compile: bool = False,
+                 test_scales: Sequence[float] = (1.0,), test_flip: bool = False):
         if precision not in _PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(_PRECISIONS)}, got {precision!r}")
+        scales = [float(s) for s in test_scales]
+        if not scales or any(not math.isfinite(s) or s <= 0 for s in scales):
+            raise ValueError(f"test_scales must be one or more positive numbers, got {list(test_scales)!r}")
         if channels_last is None:
             channels_last = precision != "fp32"
         if str(device) == "auto":
@@ -128,6 +150,7 @@ class Tracker:
         self.max_long_term_frames = max_long_term_frames
         self.max_short_edge, self.max_long_edge = max_short_edge, max_long_edge
         self.precision = precision
+        self.test_scales, self.test_flip = tuple(scales), bool(test_flip)
         mean = torch.tensor(IMAGE_MEAN, device=self.device).view(1, 3, 1, 1)
         std = torch.tensor(IMAGE_STD, device=self.device).view(1, 3, 1, 1)
         self._mean, self._std = mean, std
@@ -136,12 +159,23 @@ class Tracker:
     # -- state ----------------------------------------------------------------------------------
     def reset(self) -> None:
         """Forget the video: the next ``step`` starts a new one."""
-        self.groups: list[GroupEngine] = []
+        # Official order: each scale, followed by its mirrored view when flipping.
+        self.views = [_View(scale, flip) for scale in self.test_scales
+                      for flip in ((False, True) if self.test_flip else (False,))]
         self.num_objects = 0
         self.frame_index = -1
         self.frame_size: tuple[int, int] | None = None
-        self.input_size: tuple[int, int] | None = None
         self._label: torch.Tensor | None = None
+
+    @property
+    def groups(self) -> list[GroupEngine]:
+        """The identity groups (memory) of the first view."""
+        return self.views[0].groups
+
+    @property
+    def input_size(self) -> tuple[int, int] | None:
+        """(h, w) network input size of the first view (None before the first frame)."""
+        return self.views[0].input_size
 
     @property
     def label(self) -> np.ndarray:
@@ -162,19 +196,31 @@ class Tracker:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
-    def _prepare_image(self, frame: np.ndarray) -> torch.Tensor:
+    def _prepare_images(self, frame: np.ndarray) -> list[torch.Tensor]:
+        """One normalised (1, 3, h, w) network input per view."""
         frame = np.asarray(frame)
         if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
             raise ValueError(f"frame must be an (H, W, 3) uint8 RGB array, got {frame.dtype} {frame.shape}")
         if self.frame_size is None:
             self.frame_size = frame.shape[:2]
-            self.input_size = network_size(*self.frame_size, self.max_short_edge, self.max_long_edge,
-                                           self.cfg.align_corners)
+            for view in self.views:
+                view.input_size = network_size(*self.frame_size, self.max_short_edge, self.max_long_edge,
+                                               self.cfg.align_corners, scale=view.scale)
         elif frame.shape[:2] != self.frame_size:
             raise ValueError(f"frame {self.frame_index + 1} is {frame.shape[:2]}, the video is {self.frame_size}")
-        image = frame if tuple(frame.shape[:2]) == self.input_size else _resize_image(frame, self.input_size)
-        image = torch.from_numpy(np.ascontiguousarray(image)).to(self.device).permute(2, 0, 1)[None].float()
-        return ((image / 255.0 - self._mean) / self._std).contiguous(memory_format=self.memory_format)
+        by_size: dict[tuple[int, int], torch.Tensor] = {}
+        images = []
+        for view in self.views:
+            if view.input_size not in by_size:
+                size = view.input_size
+                image = frame if tuple(frame.shape[:2]) == size else _resize_image(frame, size)
+                image = torch.from_numpy(np.ascontiguousarray(image)).to(self.device).permute(2, 0, 1)[None].float()
+                by_size[size] = (image / 255.0 - self._mean) / self._std
+            image = by_size[view.input_size]
+            if view.flip:
+                image = torch.flip(image, dims=[3])
+            images.append(image.contiguous(memory_format=self.memory_format))
+        return images
 
     def _prepare_mask(self, mask) -> torch.Tensor:
         mask = torch.as_tensor(np.asarray(mask) if not torch.is_tensor(mask) else mask)
@@ -189,33 +235,52 @@ class Tracker:
             raise ValueError("mask ids must be >= 0 (0 = background)")
         return mask
 
-    def _to_input(self, label: torch.Tensor) -> torch.Tensor:
-        """(H, W) label at frame size -> (1, h, w) at network input size (nearest)."""
-        if tuple(label.shape) == tuple(self.input_size):
-            return label[None]
-        return F.interpolate(label[None, None].float(), size=self.input_size, mode="nearest")[0].long()
+    @staticmethod
+    def _to_input(view: _View, label: torch.Tensor) -> torch.Tensor:
+        """(H, W) label at frame size -> (1, h, w) at the view's input size (nearest, mirrored)."""
+        if tuple(label.shape) != tuple(view.input_size):
+            label = F.interpolate(label[None, None].float(), size=view.input_size, mode="nearest")[0, 0].long()
+        return (torch.flip(label, dims=[1]) if view.flip else label)[None]
 
-    def _split(self, label: torch.Tensor) -> list[tuple[torch.Tensor, int]]:
+    def _split(self, view: _View, label: torch.Tensor) -> list[tuple[torch.Tensor, int]]:
         """Per group: (labels with ids 1..max_objects, object count), as the official engine."""
         per_group = self.cfg.max_objects
         parts = []
-        for g in range(len(self.groups)):
+        for g in range(len(view.groups)):
             start = g * per_group
             inside = (label > start) & (label <= start + per_group)
             parts.append((torch.where(inside, label - start, torch.zeros_like(label)),
                           min(per_group, self.num_objects - start)))
         return parts
 
-    def _ensure_groups(self) -> None:
+    def _add_reference(self, view: _View, feats, label: torch.Tensor) -> None:
         needed = max(1, math.ceil(self.num_objects / self.cfg.max_objects))
-        while len(self.groups) < needed:
-            self.groups.append(GroupEngine(self.model, self.long_term_gap, self.short_term_skip,
+        while len(view.groups) < needed:
+            view.groups.append(GroupEngine(self.model, self.long_term_gap, self.short_term_skip,
                                            self.max_long_term_frames))
-
-    def _add_reference(self, feats, label: torch.Tensor) -> None:
-        self._ensure_groups()
-        for group, (part, count) in zip(self.groups, self._split(self._to_input(label))):
+        for group, (part, count) in zip(view.groups, self._split(view, self._to_input(view, label))):
             group.add_reference(feats, part, [count], self.frame_index)
+
+    def _view_probs(self, view: _View, feats) -> torch.Tensor:
+        """(1+K', H, W) probabilities of one view at frame size, in the frame's orientation."""
+        logits = []
+        for group in view.groups:
+            group.propagate(feats)
+            low = group.decode()
+            if len(view.groups) == 1:
+                # unused ids sit at -1e10: their softmax weight is exactly 0, so dropping them
+                # before the full-size upsampling changes no value and saves most of its work
+                low = low[:, :1 + max(group.num_objects)]
+            if view.flip:
+                low = torch.flip(low, dims=[3])
+            logits.append(F.interpolate(low, size=self.frame_size, mode="bilinear",
+                                        align_corners=self.cfg.align_corners))
+        return torch.softmax(merge_groups(logits, self.cfg.max_objects), dim=1)[0]
+
+    @staticmethod
+    def _argmax(probs: torch.Tensor) -> torch.Tensor:
+        # argmax over a trailing contiguous dim is ~20x faster on CPU than over dim 0.
+        return probs.permute(1, 2, 0).contiguous().argmax(dim=-1)
 
     # -- the API --------------------------------------------------------------------------------
     @torch.no_grad()
@@ -224,44 +289,47 @@ class Tracker:
 
         frame: (H, W, 3) uint8 RGB; mask: (H, W) integer label map (0 = background) or None.
         Returns (K+1, H, W) float32 probabilities on the tracker's device, channel 0 background,
-        over the K objects tracked before this frame's mask (the model's own prediction; on the
-        first frame, the one-hot of the mask). ``label`` holds the label map after the mask.
+        over the K objects tracked before this frame's mask (the model's own prediction, averaged
+        over the test-time views; on the first frame, the one-hot of the mask). ``label`` holds
+        the label map after the mask.
         """
-        image = self._prepare_image(frame)
+        images = self._prepare_images(frame)
         mask_t = self._prepare_mask(mask) if mask is not None else None
         self.frame_index += 1
         with self._autocast():
-            feats = self.model.encode_image(image)
+            feats = [self.model.encode_image(image) for image in images]
             if not self.groups:
                 if mask_t is None:
                     raise ValueError("the first frame needs a mask")
                 self.num_objects = int(mask_t.max())
-                self._add_reference(feats, mask_t)
+                for view, view_feats in zip(self.views, feats):
+                    self._add_reference(view, view_feats, mask_t)
                 self._label = mask_t
                 ids = torch.arange(self.num_objects + 1, device=self.device).view(-1, 1, 1)
                 return (mask_t[None] == ids).float()
 
-            logits = []
-            for group in self.groups:
-                group.propagate(feats)
-                low = group.decode()
-                if len(self.groups) == 1:
-                    # unused ids sit at -1e10: their softmax weight is exactly 0, so dropping them
-                    # before the full-size upsampling changes no value and saves most of its work
-                    low = low[:, :1 + max(group.num_objects)]
-                logits.append(F.interpolate(low, size=self.frame_size, mode="bilinear",
-                                            align_corners=self.cfg.align_corners))
-            probs = torch.softmax(merge_groups(logits, self.cfg.max_objects), dim=1)[0]
-            # argmax over a trailing contiguous dim is ~20x faster on CPU than over dim 0.
-            label = probs.permute(1, 2, 0).contiguous().argmax(dim=-1)
+            view_probs = [self._view_probs(view, view_feats) for view, view_feats in zip(self.views, feats)]
+            probs = view_probs[0] if len(view_probs) == 1 else torch.stack(view_probs).mean(dim=0)
+            label = self._argmax(probs)
+            # Each view's memory takes the view's own prediction, as the official evaluator does.
+            view_labels = [label] if len(view_probs) == 1 else [self._argmax(p) for p in view_probs]
             output = probs[:self.num_objects + 1]
             if mask_t is not None and bool((mask_t > 0).any()):
-                corrected = torch.isin(label, torch.unique(mask_t[mask_t > 0]))
-                label = torch.where(mask_t > 0, mask_t, torch.where(corrected, torch.zeros_like(label), label))
+                new_ids = torch.unique(mask_t[mask_t > 0])
+                label, *view_labels = [self._apply_mask(x, mask_t, new_ids) for x in [label] + view_labels]
                 self.num_objects = max(self.num_objects, int(label.max()))
-                self._add_reference(feats, label)
+                for view, view_feats, view_label in zip(self.views, feats, view_labels):
+                    self._add_reference(view, view_feats, view_label)
             else:
-                for group, (part, _) in zip(self.groups, self._split(self._to_input(label))):
-                    group.update_memory(self.frame_index, part)
+                for view, view_label in zip(self.views, view_labels):
+                    for group, (part, _) in zip(view.groups, self._split(view, self._to_input(view, view_label))):
+                        group.update_memory(self.frame_index, part)
             self._label = label
         return output.float()
+
+    @staticmethod
+    def _apply_mask(label: torch.Tensor, mask: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """``label`` with the mask's objects taken from ``mask``: a re-labelled object's old pixels
+        elsewhere become background."""
+        corrected = torch.isin(label, ids)
+        return torch.where(mask > 0, mask, torch.where(corrected, torch.zeros_like(label), label))

@@ -6,7 +6,7 @@ import fiftyone.operators.types as types
 
 from plugin.models import DEFAULT_MODEL, PRECISIONS, model_names
 from plugin.propagation import (DelegatedCancelCheck, OutputExistsError, PropagationCancelled, cancel_on_signals,
-                                check_fields, propagate)
+                                check_fields, check_test_scales, propagate)
 from plugin.scaleout import JOB_PARAM, queue_propagation, run_task, split_size
 
 from .common import delegation_param, label_fields, target_view, video_target_notice
@@ -47,6 +47,8 @@ def params_to_kwargs(params: dict) -> dict:
         write_segmentation=(params.get("write_segmentation") or "").strip() or None,
         skip_failures=bool(params.get("skip_failures", False)),
         compile_model=bool(params.get("compile_model", False)),
+        test_scales=check_test_scales(params.get("test_scales")),
+        test_flip=bool(params.get("test_flip", False)),
     )
     for name in _INT_KNOBS:
         if name in params:
@@ -138,6 +140,16 @@ class PropagateMasks(foo.Operator):
                     view=precision_choices)
         inputs.bool("compile_model", default=False, label="Compile the network (torch.compile)",
                     description="Slower start (about a minute to compile), faster frames: for long videos")
+        scales = inputs.str("test_scales", required=False, default="1.0", label="Test-time scales",
+                            description="Comma-separated, as the official --ms (e.g. 0.8,1.0,1.2): one pass per "
+                                        "scale, probabilities averaged")
+        try:
+            check_test_scales(ctx.params.get("test_scales"))
+        except ValueError as err:
+            scales.invalid = True
+            scales.error_message = str(err)
+        inputs.bool("test_flip", default=False, label="Test-time flip",
+                    description="Also run the mirrored video and average (as the official --flip; 2x the work)")
         inputs.bool("skip_failures", default=False, label="Skip failing videos",
                     description="A video that fails keeps its previous output and is listed in the result; "
                                 "the others are written (default: any failure writes nothing)")

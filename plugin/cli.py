@@ -38,6 +38,11 @@ def _add_propagate(sub) -> None:
                         "on CPUs with AMX (BENCHMARKS.md), ~99.9%% of the fp32 labels")
     p.add_argument("--compile", action="store_true", help="run the network through torch.compile (slow start, "
                    "faster frames)")
+    p.add_argument("--test-scales", type=float, nargs="+", default=None, metavar="SCALE",
+                   help="test-time multi-scale, as the official --ms (e.g. 0.8 1.0 1.2): one pass per scale, "
+                        "probabilities averaged (default: 1.0)")
+    p.add_argument("--test-flip", action="store_true",
+                   help="test-time flip, as the official --flip: also run the mirrored video (2x the work)")
     p.add_argument("--sample-id", action="append", default=None, help="only this sample (repeatable)")
     p.add_argument("--skip-failures", action="store_true", help="go on when a video fails")
     p.add_argument("--write-every", type=int, default=64, help="frames buffered per bulk write")
@@ -117,7 +122,8 @@ def run_propagate(args) -> int:
                                 max_long_term_frames=args.max_long_term_frames, max_short_edge=args.max_short_edge,
                                 max_long_edge=args.max_long_edge, precision=args.precision,
                                 write_segmentation=args.write_segmentation, skip_failures=args.skip_failures,
-                                write_every=args.write_every, compile_model=args.compile)
+                                write_every=args.write_every, compile_model=args.compile,
+                                test_scales=args.test_scales, test_flip=args.test_flip)
         except (KeyboardInterrupt, PropagationCancelled):
             bar.close()
             print("cancelled: no field was changed", file=sys.stderr)
@@ -152,7 +158,8 @@ def _queue(view, args) -> int:
                                    long_term_gap=args.long_term_gap, max_long_term_frames=args.max_long_term_frames,
                                    max_short_edge=args.max_short_edge, max_long_edge=args.max_long_edge,
                                    precision=args.precision, skip_failures=args.skip_failures,
-                                   compile_model=args.compile)
+                                   compile_model=args.compile, test_scales=args.test_scales,
+                                   test_flip=args.test_flip)
     except (OutputExistsError, ValueError, RuntimeError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -29,7 +29,7 @@ import os
 import signal
 import threading
 import time
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -384,13 +384,33 @@ def _check_knobs(long_term_gap, max_long_term_frames, max_short_edge, max_long_e
             raise ValueError(f"{name} must be a number >= {low} (or None), got {value!r}")
 
 
+def check_test_scales(test_scales) -> tuple[float, ...]:
+    """``test_scales`` (None, a number, a sequence of numbers or a comma-separated string) as a
+    tuple of positive floats; None or empty -> (1.0,)."""
+    if test_scales is None or (isinstance(test_scales, str) and not test_scales.strip()):
+        return (1.0,)
+    items = test_scales.split(",") if isinstance(test_scales, str) else (
+        [test_scales] if isinstance(test_scales, (int, float)) else list(test_scales))
+    scales = []
+    for item in items:
+        try:
+            value = float(item.strip() if isinstance(item, str) else item)
+        except (TypeError, ValueError):
+            value = float("nan")
+        if isinstance(item, bool) or not math.isfinite(value) or not 0.1 <= value <= 4.0:
+            raise ValueError(f"test_scales must be numbers in [0.1, 4] (e.g. 0.8,1.0,1.2), got {test_scales!r}")
+        scales.append(value)
+    return tuple(scales) or (1.0,)
+
+
 def propagate(sample_collection, keyframes_field: str, output_field: str, model: str = DEFAULT_MODEL,
               checkpoint: str | None = None, device: str = "auto", overwrite: bool = False,
               progress: ProgressCallback | None = None, long_term_gap: int | None = None,
               max_long_term_frames: int | None = None, max_short_edge: int | None = None,
               max_long_edge: int | None = 1040, precision: str = "fp32", write_segmentation: str | None = None,
               skip_failures: bool = False, allow_random_weights: bool = False,
-              write_every: int = 64, compile_model: bool = False, job: Any = None) -> dict[str, Any]:
+              write_every: int = 64, compile_model: bool = False, test_scales: Sequence[float] | None = None,
+              test_flip: bool = False, job: Any = None) -> dict[str, Any]:
     """Propagate the keyframe masks of ``keyframes_field`` to every frame of every video in
     ``sample_collection`` and store ``fo.Detections`` (instance masks) in ``output_field``.
 
@@ -407,6 +427,9 @@ def propagate(sample_collection, keyframes_field: str, output_field: str, model:
         long_term_gap, max_long_term_frames, max_short_edge, max_long_edge, precision: engine knobs
         compile_model: run the network through ``torch.compile`` (opt-in; compiling takes a
             minute or so on CPU, then each frame is 10-25 % faster)
+        test_scales, test_flip: test-time augmentation as the official evaluator's ``--ms`` /
+            ``--flip`` (``deaot_core.Tracker``): one pass per scale, and per mirrored scale with
+            ``test_flip``; the probabilities are averaged. Default: one pass at scale 1
         write_segmentation: optional frame field for a ``fo.Segmentation`` label map whose
             values are the objects' ``index``
         skip_failures: a video that fails (bad keyframes, undecodable, an error while running)
@@ -451,6 +474,7 @@ def propagate(sample_collection, keyframes_field: str, output_field: str, model:
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     _check_knobs(long_term_gap, max_long_term_frames, max_short_edge, max_long_edge, write_every)
+    test_scales = check_test_scales(test_scales)
     device = resolve_device(device)
     choice = resolve_checkpoint(model, checkpoint, allow_random=allow_random_weights)
 
@@ -463,7 +487,8 @@ def propagate(sample_collection, keyframes_field: str, output_field: str, model:
             trackers[key] = deaot_core.Tracker(load_model(choice, dev), device=dev, long_term_gap=long_term_gap,
                                                max_long_term_frames=max_long_term_frames,
                                                max_short_edge=max_short_edge, max_long_edge=edge,
-                                               precision=precision, compile=compile_model)
+                                               precision=precision, compile=compile_model,
+                                               test_scales=test_scales, test_flip=bool(test_flip))
         return trackers[key]
 
     get_tracker(device, max_long_edge)  # weights and settings are checked before any video

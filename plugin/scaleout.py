@@ -107,7 +107,7 @@ def queue_propagation(sample_collection, keyframes_field: str, output_field: str
 
     from .idmaps import root_dataset
     from .models import DEFAULT_MODEL, resolve_checkpoint
-    from .propagation import TMP_SUFFIX, NoKeyframesError, _field_name, _recover_stale, check_fields
+    from .propagation import TMP_SUFFIX, NoKeyframesError, _field_name, _recover_stale, check_fields, check_test_scales
 
     if int(videos_per_task) < 1:
         raise ValueError(f"videos_per_task must be >= 1, got {videos_per_task!r}")
@@ -121,6 +121,9 @@ def queue_propagation(sample_collection, keyframes_field: str, output_field: str
         sample_collection, keyframes_field, output_field, write_segmentation, overwrite)
     resolve_checkpoint(propagate_kwargs.get("model") or DEFAULT_MODEL, propagate_kwargs.get("checkpoint"),
                        allow_random=bool(propagate_kwargs.get("allow_random_weights", False)))
+    if "test_scales" in propagate_kwargs:  # checked now; queued as the operator form's string
+        scales = check_test_scales(propagate_kwargs["test_scales"])
+        propagate_kwargs = dict(propagate_kwargs, test_scales=",".join(str(s) for s in scales))
     sample_ids = sample_collection.values("id")
     if not sample_ids:
         raise ValueError(f"nothing to queue: the view of dataset '{dataset.name}' has no samples")

@@ -359,6 +359,54 @@ def test_resized_input_is_mapped_back_to_frame_size(deaott):
     assert tracker.step(frames[1]).shape == (4, 70, 100)
 
 
+def test_flip_test_averages_the_video_and_its_mirror(deaott):
+    """test_flip: the mean of a tracker on the video and one on the mirrored video (mirrored
+    back), each with its own memory, through a keyframe that adds an object."""
+    frames, labels = _clip(t=5, h=65, w=97, objects=3)
+    first = labels[0].copy()
+    first[first == 3] = 0
+    keyframe = np.where(labels[2] == 3, 3, 0)
+    masks = {0: first, 2: keyframe}
+    both = deaot_core.Tracker(deaott, device="cpu", test_flip=True)
+    plain = deaot_core.Tracker(deaott, device="cpu")
+    mirror = deaot_core.Tracker(deaott, device="cpu")
+    assert [(v.scale, v.flip) for v in both.views] == [(1.0, False), (1.0, True)]
+    for t, frame in enumerate(frames):
+        mask = masks.get(t)
+        got = both.step(frame, mask)
+        a = plain.step(frame, mask)
+        b = mirror.step(np.ascontiguousarray(frame[:, ::-1]), None if mask is None else mask[:, ::-1].copy())
+        expected = (a + torch.flip(b, dims=[2])) / 2 if t else a
+        torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
+        merged = expected.argmax(0).numpy()
+        if mask is not None:
+            merged = np.where(mask > 0, mask, np.where(np.isin(merged, np.unique(mask[mask > 0])), 0, merged))
+        assert np.array_equal(both.label, merged)
+        # each view's memory was written with its own prediction, not the merged one
+        assert both.views[1].groups[0].entries[-1].step == mirror.groups[0].entries[-1].step
+    assert both.num_objects == 3 and got.shape == (4, 65, 97)
+
+
+def test_multi_scale_views_follow_the_official_sizes(deaott):
+    frames, labels = _clip(t=3, h=70, w=100)
+    assert deaot_core.network_size(70, 100, None, 1040, True, scale=1.5) == (97, 145)
+    tracker = deaot_core.Tracker(deaott, device="cpu", test_scales=(1.0, 1.5), test_flip=True)
+    tracker.step(frames[0], labels[0])
+    assert [(v.scale, v.flip, v.input_size) for v in tracker.views] == [
+        (1.0, False, (65, 97)), (1.0, True, (65, 97)), (1.5, False, (97, 145)), (1.5, True, (97, 145))]
+    assert tracker.input_size == (65, 97)
+    for frame in frames[1:]:
+        probs = tracker.step(frame)
+        assert probs.shape == (4, 70, 100)
+        torch.testing.assert_close(probs.sum(0), torch.ones(70, 100), atol=1e-5, rtol=0)
+    # one memory per view, at the view's own feature size
+    sizes = [v.groups[0].short_mems[0][0].shape[0] for v in tracker.views]
+    assert sizes[0] == sizes[1] < sizes[2] == sizes[3]
+    for bad in ((), (0.0,), (1.0, -1.0), (float("nan"),)):
+        with pytest.raises(ValueError, match="test_scales"):
+            deaot_core.Tracker(deaott, test_scales=bad)
+
+
 def test_train_forward_is_differentiable():
     torch.manual_seed(0)
     model = deaot_core.build_model("DeAOTT").train()

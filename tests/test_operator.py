@@ -134,6 +134,23 @@ def test_resolve_input_builds_the_form(video_dataset):
     ctx = ExecutionContext(request_params=dict(dataset_name=ds.name, view=[],
                                                params=dict(keyframes_field="kf", overwrite=True)))
     assert not op.resolve_input(ctx).type.properties["output_field"].invalid
+    ctx = ExecutionContext(request_params=dict(dataset_name=ds.name, view=[],
+                                               params=dict(keyframes_field="kf", test_scales="0.8, x")))
+    bad = op.resolve_input(ctx).type.properties["test_scales"]
+    assert bad.invalid and "test_scales" in bad.error_message
+
+
+def test_test_time_augmentation_params_are_parsed():
+    from operators.propagate_masks import params_to_kwargs
+
+    base = dict(keyframes_field="kf")
+    assert params_to_kwargs(base)["test_scales"] == (1.0,) and params_to_kwargs(base)["test_flip"] is False
+    kwargs = params_to_kwargs(dict(base, test_scales="0.8, 1.0,1.2", test_flip=True))
+    assert kwargs["test_scales"] == (0.8, 1.0, 1.2) and kwargs["test_flip"] is True
+    assert params_to_kwargs(dict(base, test_scales=[1.3]))["test_scales"] == (1.3,)  # a queued task's JSON list
+    for bad in ("0", "1.0,,2", "abc", "9"):
+        with pytest.raises(ValueError, match="test_scales"):
+            params_to_kwargs(dict(base, test_scales=bad))
 
 
 def test_delegated_execution(video_dataset, tiny_checkpoint):

@@ -320,6 +320,16 @@ def test_cli_propagate(make_video, tiny_checkpoint):
         assert ds.count("frames.out") == 6
         again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
         assert again.returncode != 0 and "already exists" in again.stderr
+        bad = subprocess.run(cmd + ["--overwrite", "--test-scales", "1.0", "0"], cwd=REPO, env=env,
+                             capture_output=True, text=True, timeout=300)
+        assert bad.returncode == 1 and "test_scales" in bad.stderr
+        ds.reload()
+        assert ds.count("frames.out") == 6  # nothing was lost
+        tta = subprocess.run(cmd + ["--overwrite", "--test-scales", "0.8", "1.0", "--test-flip"], cwd=REPO, env=env,
+                             capture_output=True, text=True, timeout=300)
+        assert tta.returncode == 0, tta.stderr[-3000:]
+        ds.reload()
+        assert ds.count("frames.out") == 6 and ds.count("frames.out.detections") > 0
     finally:
         fo.delete_dataset(ds.name)
 
