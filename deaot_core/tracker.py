@@ -311,17 +311,19 @@ class Tracker:
             view_probs = [self._view_probs(view, view_feats) for view, view_feats in zip(self.views, feats)]
             probs = view_probs[0] if len(view_probs) == 1 else torch.stack(view_probs).mean(dim=0)
             label = self._argmax(probs)
-            # Each view's memory takes the view's own prediction, as the official evaluator does.
-            view_labels = [label] if len(view_probs) == 1 else [self._argmax(p) for p in view_probs]
+            # With several views, each view's memory takes the view's own prediction, as the
+            # official evaluator does; a single view's own prediction is ``label``.
+            own_labels = [self._argmax(p) for p in view_probs] if len(view_probs) > 1 else []
             output = probs[:self.num_objects + 1]
             if mask_t is not None and bool((mask_t > 0).any()):
                 new_ids = torch.unique(mask_t[mask_t > 0])
-                label, *view_labels = [self._apply_mask(x, mask_t, new_ids) for x in [label] + view_labels]
+                label = self._apply_mask(label, mask_t, new_ids)
+                own_labels = [self._apply_mask(x, mask_t, new_ids) for x in own_labels]
                 self.num_objects = max(self.num_objects, int(label.max()))
-                for view, view_feats, view_label in zip(self.views, feats, view_labels):
+                for view, view_feats, view_label in zip(self.views, feats, own_labels or [label]):
                     self._add_reference(view, view_feats, view_label)
             else:
-                for view, view_label in zip(self.views, view_labels):
+                for view, view_label in zip(self.views, own_labels or [label]):
                     for group, (part, _) in zip(view.groups, self._split(view, self._to_input(view, view_label))):
                         group.update_memory(self.frame_index, part)
             self._label = label
