@@ -225,7 +225,14 @@ def _recover_stale(dataset: fo.Dataset, final: str) -> None:
         from fiftyone import ViewField as F
 
         others = [n for n in schema if n not in RESERVED_FRAME_FIELDS and n != tmp]
-        only_tmp = F(tmp).exists()
+        # Frames the run created come from set_values, which inserts them without created_at
+        # (FiftyOne's own frames have it), first bare and then, in a second write, with the
+        # value: a run killed in between leaves bare frames, touched after the field was made.
+        touched = F(tmp).exists()
+        started = schema[tmp].created_at
+        if started is not None:
+            touched = touched | (F("last_modified_at") >= started)
+        only_tmp = touched & ~F("created_at").exists()
         for name in others:
             only_tmp = only_tmp & ~F(name).exists()
         created = dataset.match_frames(only_tmp).values("frames.id", unwind=True)

@@ -640,6 +640,16 @@ class Slow:
         return torch.zeros(self.n + 1, *frame.shape[:2])
 
 deaot_core.Tracker = Slow
+if sys.argv[5] == "mid-write":
+    # die like a SIGKILL right after set_values inserted new frame documents, before it
+    # writes their values (its second bulk write)
+    import fiftyone.core.collections as foc
+    original = foc.SampleCollection._set_doc_values
+    def set_doc_values(self, field_name, *args, frames=False, **kwargs):
+        if frames and self._dataset._frame_collection.count_documents({}) > int(sys.argv[6]):
+            os.kill(os.getpid(), 9)
+        return original(self, field_name, *args, frames=frames, **kwargs)
+    foc.SampleCollection._set_doc_values = set_doc_values
 from plugin.cli import main
 sys.exit(main(["propagate", "--dataset", sys.argv[2], "--keyframes-field", "kf", "--output-field", "out",
                "--overwrite", "--model", "DeAOTT", "--checkpoint", sys.argv[4], "--device", "cpu",
@@ -647,10 +657,12 @@ sys.exit(main(["propagate", "--dataset", sys.argv[2], "--keyframes-field", "kf",
 '''
 
 
-@pytest.mark.parametrize("sig", ["SIGKILL", "SIGTERM"])
+@pytest.mark.parametrize("sig", ["SIGKILL", "SIGKILL-mid-write", "SIGTERM"])
 def test_killed_or_terminated_worker(sig, make_video, tmp_path, run):
     """SIGKILL: the output field is untouched, the next run recovers the leftovers (temporary
-    field, frame documents it created). SIGTERM: the CLI cancels at the next frame and cleans up."""
+    field, frame documents it created, also bare ones: ``mid-write`` dies between set_values'
+    insert of new frames and the write of their values). SIGTERM: the CLI cancels at the next
+    frame and cleans up."""
     import fiftyone as fo
     import plugin
     from plugin import propagation
@@ -662,14 +674,18 @@ def test_killed_or_terminated_worker(sig, make_video, tmp_path, run):
         outputs = _outputs(ds)
         marker = tmp_path / "started"
         env = dict(os.environ, OMP_NUM_THREADS="1")
-        worker = subprocess.Popen([sys.executable, "-c", _WORKER, str(REPO), ds.name, str(marker), run["checkpoint"]],
+        mode = "mid-write" if sig == "SIGKILL-mid-write" else "signal"
+        frame_docs = ds._frame_collection.count_documents({})
+        worker = subprocess.Popen([sys.executable, "-c", _WORKER, str(REPO), ds.name, str(marker), run["checkpoint"],
+                                   mode, str(frame_docs)],
                                   cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         deadline = time.time() + 120
-        while not marker.exists():
+        while mode == "signal" and not marker.exists():
             assert worker.poll() is None, worker.communicate()[1][-3000:]
             assert time.time() < deadline, "the worker did not start propagating"
             time.sleep(0.05)
-        worker.send_signal(getattr(signal, sig))
+        if mode == "signal":
+            worker.send_signal(getattr(signal, sig))
         _, stderr = worker.communicate(timeout=120)
         ds.reload()
         assert _outputs(ds) == outputs, "the output field must be as it was"
@@ -680,6 +696,10 @@ def test_killed_or_terminated_worker(sig, make_video, tmp_path, run):
             assert worker.returncode == -signal.SIGKILL
             assert "out" + propagation.TMP_SUFFIX in ds.get_frame_field_schema()  # the killed run's leftovers
             assert ds.count("frames") > len(before[1])
+            if mode == "mid-write":  # frames inserted bare: no created_at, no value
+                tmp = "out" + propagation.TMP_SUFFIX
+                docs = ds._root_dataset._frame_collection.find({})
+                assert any("created_at" not in d and d.get(tmp) is None for d in docs)
             with pytest.raises(plugin.OutputExistsError):  # any later run recovers first
                 plugin.propagate(ds, "kf", "out", **run)
             assert _snapshot(ds, strict=False) == before and _no_tmp(ds)
