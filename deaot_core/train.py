@@ -101,6 +101,7 @@ class TrainConfig:
     progress_bar: bool = True
     expected_steps: int | None = None  # for the EMA decay with --minutes only (default: measured)
     stop_at_step: int | None = None  # save last.pth and stop after this step (re-run to continue)
+    workers: int | None = None  # data worker processes; None: 0 on the CPU, up to 16 (cores - 2) on CUDA
 
 
 #: official stage configs: training from scratch follows the static pre-training stage
@@ -293,22 +294,62 @@ def augment_clip(clip: Clip, rng: np.random.Generator) -> Clip:
     return Clip(np.ascontiguousarray(np.clip(frames, 0, 255).astype(np.uint8)), np.ascontiguousarray(labels))
 
 
-def clips_to_batch(clips: Sequence[Clip], device: torch.device | str = "cpu"
-                   ) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-    """Clips of equal size -> (frames (B, T, 3, H, W) normalised float, labels (B, T, H, W) int64,
-    object counts)."""
-    frames = torch.from_numpy(np.stack([c.frames for c in clips])).to(device)
-    frames = frames.permute(0, 1, 4, 2, 3).float().div_(255.0)
-    mean = torch.tensor(IMAGE_MEAN, device=device).view(1, 1, 3, 1, 1)
-    std = torch.tensor(IMAGE_STD, device=device).view(1, 1, 3, 1, 1)
-    frames = (frames - mean) / std
-    labels = torch.from_numpy(np.stack([c.labels for c in clips]).astype(np.int64)).to(device)
+def stack_clips(clips: Sequence[Clip]) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """Clips of equal size -> (frames (B, T, H, W, 3) uint8, labels (B, T, H, W) uint8, object counts)."""
     counts = []
     for c in clips:
         ref = c.labels[0]
         ref = ref[ref != 255]
         counts.append(int(ref.max()) if ref.size else 0)
-    return frames, labels, counts
+    return np.stack([c.frames for c in clips]), np.stack([c.labels for c in clips]), counts
+
+
+def batch_to_tensors(frames, labels, counts: list[int], device: torch.device | str = "cpu"
+                     ) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """:func:`stack_clips` output (numpy arrays or tensors) -> (frames (B, T, 3, H, W) normalised
+    float, labels (B, T, H, W) int64, counts) on ``device``."""
+    frames = torch.as_tensor(frames).to(device, non_blocking=True)
+    frames = frames.permute(0, 1, 4, 2, 3).float().div_(255.0)
+    mean = torch.tensor(IMAGE_MEAN, device=device).view(1, 1, 3, 1, 1)
+    std = torch.tensor(IMAGE_STD, device=device).view(1, 1, 3, 1, 1)
+    frames = (frames - mean) / std
+    labels = torch.as_tensor(labels).to(device, non_blocking=True).long()
+    return frames, labels, [int(c) for c in counts]
+
+
+def clips_to_batch(clips: Sequence[Clip], device: torch.device | str = "cpu"
+                   ) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """Clips of equal size -> (frames (B, T, 3, H, W) normalised float, labels (B, T, H, W) int64,
+    object counts)."""
+    return batch_to_tensors(*stack_clips(clips), device=device)
+
+
+class StepBatches(torch.utils.data.Dataset):
+    """Item ``step`` = the stacked clips of that optimiser step (:func:`stack_clips`), the same
+    whichever process makes it, so a run with data workers sees exactly the serial run's data."""
+
+    def __init__(self, source, batch_size: int):
+        self.source, self.batch_size = source, batch_size
+
+    def __len__(self) -> int:
+        return 2 ** 62
+
+    def __getitem__(self, step: int):
+        b = self.batch_size
+        return stack_clips([self.source[step * b + i] for i in range(b)])
+
+
+def _init_data_worker(_worker_id: int) -> None:
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+
+
+def default_workers(device: torch.device) -> int:
+    """Data workers when ``--workers`` is not given: none on the CPU (the model needs the
+    cores), else all cores but two, at most 16 (clip generation is CPU-bound numpy/OpenCV)."""
+    if device.type == "cpu":
+        return 0
+    return max(0, min(16, (os.cpu_count() or 1) - 2))
 
 
 def shuffle_ids(labels: np.ndarray, rng: np.random.Generator, max_objects: int = 10) -> np.ndarray:
@@ -472,6 +513,9 @@ class Trainer:
         self.loss_fn = VOSLoss(top_k_percent=cfg.top_k_percent, hard_mining_steps=cfg.hard_mining)
         self.source = build_source(cfg, self.model.cfg.max_objects)
         self.long_term_gap = cfg.long_term_gap or self.model.cfg.train_long_term_gap
+        self.workers = default_workers(self.device) if cfg.workers is None else int(cfg.workers)
+        if self.workers < 0:
+            raise ValueError(f"workers must be >= 0, got {cfg.workers}")
         self.step = 0
         self.elapsed = 0.0
         self.records: list[dict] = []
@@ -542,6 +586,25 @@ class Trainer:
         b = self.cfg.batch_size
         clips = [self.source[step * b + i] for i in range(b)]
         return clips_to_batch(clips, self.device)
+
+    def batches(self, start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[int]]]:
+        """The batches of steps ``start``, ``start + 1``, ... (made ahead by ``self.workers``
+        processes when there are any; close the generator to stop them)."""
+        if self.workers == 0:
+            step = start
+            while True:
+                yield self.batch(step)
+                step += 1
+        import itertools
+
+        # spawn, not fork: a FiftyOne source holds database clients and open video readers
+        loader = torch.utils.data.DataLoader(
+            StepBatches(self.source, self.cfg.batch_size), batch_size=None, sampler=itertools.count(start),
+            num_workers=self.workers, worker_init_fn=_init_data_worker, prefetch_factor=2,
+            pin_memory=self.device.type == "cuda", multiprocessing_context="spawn",
+            generator=torch.Generator())  # its seed draw must not advance the global RNG (DropPath)
+        for frames, labels, counts in loader:
+            yield batch_to_tensors(frames, labels, counts, self.device)
 
     def _forward(self, frames, labels, counts, use_prediction: bool):
         kwargs = {"long_term_gap": self.long_term_gap}
@@ -616,12 +679,13 @@ class Trainer:
         window: list[dict] = []
         last_save = time.monotonic()
         step_times: list[float] = []
+        batches = self.batches(self.step)
         try:
             while self.progress() < 1.0:
                 if until_step is not None and self.step >= until_step:
                     break
                 t0 = time.monotonic()
-                frames, labels, counts = self.batch(self.step)
+                frames, labels, counts = next(batches)
                 t_data = time.monotonic() - t0
                 stats = self.train_step(frames, labels, counts, self.progress())
                 dt = time.monotonic() - t0
@@ -654,6 +718,7 @@ class Trainer:
             self.write_log()
             raise
         finally:
+            batches.close()
             if bar is not None:
                 bar.close()
         if window:
@@ -760,6 +825,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stop-at-step", type=int, help="save last.pth after this step and stop; re-running continues "
                    "(also with another --steps: the schedules then follow the new total from that step on)")
     p.add_argument("--no-progress", dest="progress_bar", action="store_false")
+    p.add_argument("--workers", type=int, help="data worker processes making the next batches (default: 0 on the "
+                   "CPU, all cores but two (at most 16) on CUDA); the data are the same with any number")
     return p
 
 

@@ -158,6 +158,12 @@ class FiftyOneVOS:
         self._readers: OrderedDict[str, Any] = OrderedDict()
         self._cache_videos = cache_videos
 
+    def __getstate__(self) -> dict:
+        # data worker processes (spawned) open their own video readers
+        state = self.__dict__.copy()
+        state["_readers"] = OrderedDict()
+        return state
+
     @classmethod
     def from_dataset(cls, dataset, field_name: str, **kwargs) -> "FiftyOneVOS":
         return cls(read_sequences(dataset, field_name), **kwargs)
