@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,6 +24,8 @@ from deaot_core.train import (
     EMA, TrainConfig, Trainer, calibrate_frozen_batchnorm, clips_to_batch, config_from_args, learning_rate,
     main, parameter_groups, random_scale_crop, resolve_stage, set_learning_rates, shuffle_ids,
 )
+
+REPO = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.usefixtures("torch_threads")
 
@@ -264,6 +270,22 @@ def test_data_workers_give_the_serial_batches_and_weights(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
     with pytest.raises(ValueError, match="workers"):
         Trainer(_tiny_config(tmp_path / "bad", workers=-1))
+
+
+def test_gpu_stage5_script_runs_end_to_end_on_the_cpu(tmp_path):
+    """bench/gpu_train_stage5.sh is what a session with a lent GPU runs (its device time is
+    scarce): with tiny values on the CPU it trains from the demo checkpoint with a data worker,
+    exports, scores both checkpoints and leaves only the small files in OUT."""
+    env = dict(os.environ, PY=sys.executable, DEVICE="cpu", MINUTES="0.02", SIZE="65x65", BATCH="1", SEQ="3",
+               WORKERS="1", CLIPS="1", FRAMES="4", OUT=str(tmp_path / "out"))
+    done = subprocess.run(["bash", str(REPO / "bench" / "gpu_train_stage5.sh")], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "deaot_t_synthetic_stage5.pth", "loss_curve.png", "synthetic_jf_init.json", "synthetic_jf_stage5.json",
+        "train_log.json"]
+    deaot_core.load_checkpoint(deaot_core.build_model("DeAOTT"), tmp_path / "out" / "deaot_t_synthetic_stage5.pth")
+    assert "synthetic_jf_stage5.json: checkpoint:" in done.stdout and "J&F" in done.stdout
 
 
 def test_cli_stop_at_step_then_continue_with_a_new_total(tmp_path, capsys):
