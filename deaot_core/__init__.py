@@ -14,7 +14,7 @@ from .checkpoint import CheckpointError, cache_dir, download, extract_state_dict
 from .config import MODEL_CONFIGS, MODEL_NAMES, ModelConfig, get_config
 from .engine import GroupEngine, train_forward
 from .modeling.model import VOSModel
-from .tracker import Tracker, merge_groups, network_size
+from .tracker import Tracker, merge_groups, native_cpu_precision, network_size
 
 
 def build_model(name: str, **overrides) -> VOSModel:
@@ -30,5 +30,5 @@ def count_parameters(model: torch.nn.Module) -> int:
 __all__ = [
     "CheckpointError", "GroupEngine", "MODEL_CONFIGS", "MODEL_NAMES", "ModelConfig", "Tracker", "VOSModel",
     "build_model", "cache_dir", "count_parameters", "download", "extract_state_dict", "get_config",
-    "load_checkpoint", "merge_groups", "network_size", "save_checkpoint", "train_forward",
+    "load_checkpoint", "merge_groups", "native_cpu_precision", "network_size", "save_checkpoint", "train_forward",
 ]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -16,6 +17,21 @@ from .modeling.model import VOSModel
 IMAGE_MEAN = (0.485, 0.456, 0.406)
 IMAGE_STD = (0.229, 0.224, 0.225)
 _PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def native_cpu_precision(precision: str) -> bool:
+    """Whether this CPU computes ``precision`` natively (oneDNN's AVX-512-BF16 / AMX / AVX-512-FP16
+    kernels). Without them reduced-precision autocast is emulated: measured 14x slower than fp32
+    for DeAOTT on an AVX2-only CPU (4.05 s vs 0.29 s per 240x427 frame, 2 threads)."""
+    if precision == "fp32":
+        return True
+    check = {"bf16": "_is_mkldnn_bf16_supported", "fp16": "_is_mkldnn_fp16_supported"}.get(precision)
+    if check is None:
+        raise ValueError(f"precision must be one of {sorted(_PRECISIONS)}, got {precision!r}")
+    try:
+        return bool(getattr(torch.ops.mkldnn, check)())
+    except (AttributeError, RuntimeError):  # an op this torch build lacks: assume it is fine
+        return True
 
 
 def network_size(height: int, width: int, max_short_edge: float | None, max_long_edge: float | None,
@@ -110,6 +126,8 @@ class Tracker:
         max_short_edge / max_long_edge: the official resize limits (defaults: None / 1040).
         precision: "fp32", or "fp16" / "bf16" autocast (CUDA and CPU). On CPUs with AMX, bf16 (with
             channels-last) is ~2x faster than fp32; labels stay ~99.9 % the same (BENCHMARKS.md).
+            On a CPU without native kernels for it (:func:`native_cpu_precision`, e.g. AVX2-only)
+            it is emulated, ~10x slower than fp32: a ``RuntimeWarning`` says so.
         channels_last: run convolutions in channels-last layout. None (default): on for fp16 /
             bf16, where oneDNN's and cuDNN's fast reduced-precision kernels want it, off for fp32,
             whose contiguous kernels keep the official numerics (channels-last fp32 rounds
@@ -150,6 +168,10 @@ class Tracker:
         self.max_long_term_frames = max_long_term_frames
         self.max_short_edge, self.max_long_edge = max_short_edge, max_long_edge
         self.precision = precision
+        if self.device.type == "cpu" and not native_cpu_precision(precision):
+            warnings.warn(f"precision={precision!r}: this CPU has no native {precision} kernels "
+                          f"({torch.backends.cpu.get_cpu_capability()}), so it is emulated and runs about 10x "
+                          f"slower than 'fp32' here", RuntimeWarning, stacklevel=2)
         self.test_scales, self.test_flip = tuple(scales), bool(test_flip)
         mean = torch.tensor(IMAGE_MEAN, device=self.device).view(1, 3, 1, 1)
         std = torch.tensor(IMAGE_STD, device=self.device).view(1, 3, 1, 1)

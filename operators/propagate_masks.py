@@ -4,7 +4,7 @@ from __future__ import annotations
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
-from plugin.models import DEFAULT_MODEL, PRECISIONS, model_names
+from plugin.models import DEFAULT_MODEL, PRECISIONS, emulated_precisions, model_names
 from plugin.propagation import (DelegatedCancelCheck, OutputExistsError, PropagationCancelled, cancel_on_signals,
                                 check_fields, check_test_scales, propagate)
 from plugin.scaleout import JOB_PARAM, queue_propagation, run_task, split_size
@@ -134,10 +134,17 @@ class PropagateMasks(foo.Operator):
         precision_choices = types.RadioGroup()
         for name in PRECISIONS:
             precision_choices.add_choice(name, label=name)
+        precision_help = ("fp32: the official numerics. bf16: about 2x faster on CPUs with AMX "
+                          "(BENCHMARKS.md), about 99.9% of the fp32 labels")
+        try:
+            emulated = emulated_precisions(ctx.params.get("device") or "auto")
+        except ValueError:  # an unknown device: its own field says so
+            emulated = []
+        if emulated:
+            precision_help += (f". This machine's CPU has no native {' / '.join(emulated)} kernels: "
+                               f"emulated, about 10x slower than fp32")
         inputs.enum("precision", precision_choices.values(), default="fp32", label="Precision",
-                    description="fp32: the official numerics. bf16: about 2x faster on CPUs with AMX "
-                                "(BENCHMARKS.md), about 99.9% of the fp32 labels",
-                    view=precision_choices)
+                    description=precision_help, view=precision_choices)
         inputs.bool("compile_model", default=False, label="Compile the network (torch.compile)",
                     description="Slower start (about a minute to compile), faster frames: for long videos")
         scales = inputs.str("test_scales", required=False, default="1.0", label="Test-time scales",

@@ -35,7 +35,8 @@ def _add_propagate(sub) -> None:
     p.add_argument("--max-long-edge", type=int, default=1040)
     p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"),
                    help="fp32 keeps the official numerics; bf16 runs channels-last autocast: ~2x faster "
-                        "on CPUs with AMX (BENCHMARKS.md), ~99.9%% of the fp32 labels")
+                        "on CPUs with AMX (BENCHMARKS.md), ~99.9%% of the fp32 labels; on a CPU without "
+                        "native bf16/fp16 kernels (AVX2 only) they are emulated, ~10x slower (a warning says so)")
     p.add_argument("--compile", action="store_true", help="run the network through torch.compile (slow start, "
                    "faster frames)")
     p.add_argument("--test-scales", type=float, nargs="+", default=None, metavar="SCALE",

@@ -460,6 +460,28 @@ def test_reduced_precision_runs_channels_last_and_fp32_gets_its_layout_back(deao
         assert torch.equal(a, b)
 
 
+def test_emulated_cpu_precision_warns(deaott, monkeypatch):
+    """A reduced precision this CPU has no native kernels for is emulated (14x slower than fp32
+    measured on an AVX2-only CPU): the tracker still runs it as asked, with a RuntimeWarning."""
+    import warnings
+
+    from deaot_core import tracker as tracker_module
+
+    assert deaot_core.native_cpu_precision("fp32")
+    assert deaot_core.native_cpu_precision("bf16") == torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    with pytest.raises(ValueError, match="precision"):
+        deaot_core.native_cpu_precision("int8")
+    monkeypatch.setattr(tracker_module, "native_cpu_precision", lambda p: p == "fp32")
+    with pytest.warns(RuntimeWarning, match="no native bf16 kernels"):
+        slow = deaot_core.Tracker(deaott, device="cpu", precision="bf16")
+    assert slow.precision == "bf16"
+    monkeypatch.setattr(tracker_module, "native_cpu_precision", lambda p: True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        deaot_core.Tracker(deaott, device="cpu", precision="bf16")
+        deaot_core.Tracker(deaott, device="cpu")
+
+
 @pytest.mark.skipif(not (shutil.which("cc") or shutil.which("gcc")), reason="torch.compile needs a C compiler")
 def test_compiled_tracker_matches_eager(deaott):
     """``Tracker(compile=True)`` runs the compiled encoder/propagation/decoder (memory growing

@@ -109,7 +109,8 @@ def test_execute_operator_end_to_end(video_dataset, tiny_checkpoint):
     assert ds.select(second).values("frames.out") == out_second
 
 
-def test_resolve_input_builds_the_form(video_dataset):
+def test_resolve_input_builds_the_form(video_dataset, monkeypatch):
+    import deaot_core
     import fiftyone.operators as foo
     from fiftyone.operators.executor import ExecutionContext
 
@@ -138,6 +139,15 @@ def test_resolve_input_builds_the_form(video_dataset):
                                                params=dict(keyframes_field="kf", test_scales="0.8, x")))
     bad = op.resolve_input(ctx).type.properties["test_scales"]
     assert bad.invalid and "test_scales" in bad.error_message
+
+    # the precision help says when the CPU would only emulate bf16 / fp16
+    cpu = dict(dataset_name=ds.name, view=[], params=dict(keyframes_field="kf", device="cpu"))
+    monkeypatch.setattr(deaot_core, "native_cpu_precision", lambda p: p != "bf16")
+    help_text = op.resolve_input(ExecutionContext(request_params=cpu)).type.properties["precision"].view.description
+    assert "no native bf16 kernels" in help_text
+    monkeypatch.setattr(deaot_core, "native_cpu_precision", lambda p: True)
+    help_text = op.resolve_input(ExecutionContext(request_params=cpu)).type.properties["precision"].view.description
+    assert "emulated" not in help_text
 
 
 def test_test_time_augmentation_params_are_parsed():
