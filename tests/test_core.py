@@ -161,8 +161,12 @@ def test_golden_case_matches_official(case_json, tmp_path):
     model = build_case_model(meta, case_json, tmp_path)
     result = run_case(meta, data, model)
     assert result["max_abs_diff"] <= 1e-4, result
+    # the reference's allowance: labels differ only at a handful of pixels where two classes
+    # tie within 1e-4 (the clip sits on near-ties: on an AVX2-only CPU 6 pixels of frames 5 and
+    # 6 flip, one of frame 1 with another thread count)
+    assert result["max_tie_gap"] <= 2e-4, result
     pixels = meta["H"] * meta["W"]
-    assert all(n <= max(5, pixels // 10000) for n in result["label_mismatches"].values()), result
+    assert all(n <= max(10, pixels // 5000) for n in result["label_mismatches"].values()), result
 
 
 # -- modules -------------------------------------------------------------------------------------
