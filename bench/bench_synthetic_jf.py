@@ -68,7 +68,8 @@ def score(name: str, clips, predict, keep: dict | None = None) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoint", help="checkpoint to score (omit to score random weights only)")
+    p.add_argument("--checkpoint", nargs="+", default=[],
+                   help="checkpoint(s) to score on the same clips (omit to score random weights only)")
     p.add_argument("--model", default="DeAOTT")
     p.add_argument("--clips", type=int, default=20)
     p.add_argument("--frames", type=int, default=40)
@@ -97,12 +98,12 @@ def main(argv=None) -> int:
         torch.manual_seed(0)
         random_model = deaot_core.build_model(args.model)
         results.append(score("random_weights", clips, lambda c: propagate(random_model, c, args.device)))
-    if args.checkpoint:
+    for checkpoint in args.checkpoint:
         model = deaot_core.build_model(args.model)
-        deaot_core.load_checkpoint(model, args.checkpoint)
+        deaot_core.load_checkpoint(model, checkpoint)
         predictions: dict[str, dict] = {}
         for precision in [p.strip() for p in args.precisions.split(",") if p.strip()]:
-            name = f"checkpoint:{args.checkpoint}" + ("" if precision == "fp32" else f":{precision}")
+            name = f"checkpoint:{checkpoint}" + ("" if precision == "fp32" else f":{precision}")
             predictions[precision] = {}
             results.append(score(name, clips,
                                  lambda c, _p=precision: propagate(model, c, args.device, _p, **tracker_options),
@@ -110,7 +111,7 @@ def main(argv=None) -> int:
             if precision != "fp32" and "fp32" in predictions:
                 ref, got = predictions["fp32"], predictions[precision]
                 agree = [float((ref[k][1:] == got[k][1:]).mean()) for k in ref]
-                fp32_jf = next(r for r in results if r["name"] == f"checkpoint:{args.checkpoint}")["summary"]
+                fp32_jf = next(r for r in results if r["name"] == f"checkpoint:{checkpoint}")["summary"]
                 results[-1]["vs_fp32"] = {"label_agreement": round(float(np.mean(agree)), 5),
                                           "label_agreement_min_clip": round(min(agree), 5),
                                           "J&F_delta": round(results[-1]["summary"]["J&F-Mean"] - fp32_jf["J&F-Mean"], 4)}

@@ -5,7 +5,7 @@
 # The device image has python3 with torch, torchvision, OpenCV, numpy and tqdm (no FiftyOne, no
 # project venv: deaot_core.train and bench_synthetic_jf.py need nothing else). Everything lands
 # in $OUT (or ./gpu_stage5 here): train_log.json, loss_curve.png, the fp16 export
-# deaot_t_synthetic_stage5.pth (14 MB) and synthetic_jf_stage5.json.
+# deaot_t_synthetic_stage5.pth (14 MB) and synthetic_jf_stage5.json (both checkpoints' J&F).
 #
 # Knobs (environment): MINUTES (training time budget, 5), SIZE (crop, 225x225), BATCH (16),
 # SEQ (frames per sample, 8), WORKERS (data processes, cores - 2), CLIPS (held-out clips, 20),
@@ -44,18 +44,15 @@ command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,dri
 cp "$RUN/train_log.json" "$OUT/train_log.json"
 cp "$RUN/loss_curve.png" "$OUT/loss_curve.png" 2>/dev/null || true
 
-# Held-out J&F (the issue's benchmark), stage 4 and stage 5 side by side on the same device.
-"$PY" bench/bench_synthetic_jf.py --checkpoint "$OUT/deaot_t_synthetic_stage5.pth" --clips "$CLIPS" \
+# Held-out J&F (the issue's benchmark): stage 4 and stage 5 on the same clips and device.
+"$PY" bench/bench_synthetic_jf.py --checkpoint "$INIT" "$OUT/deaot_t_synthetic_stage5.pth" --clips "$CLIPS" \
     --frames "$FRAMES" --device "$DEVICE" --no-random > "$OUT/synthetic_jf_stage5.json"
-"$PY" bench/bench_synthetic_jf.py --checkpoint "$INIT" --clips "$CLIPS" --frames "$FRAMES" --device "$DEVICE" \
-    --no-random > "$OUT/synthetic_jf_init.json"
 "$PY" - "$OUT" <<'EOF'
 import json, sys
 from pathlib import Path
 out = Path(sys.argv[1])
 log = json.loads((out / "train_log.json").read_text())
 print("training:", json.dumps(log.get("summary", {}), indent=1))
-for name in ("synthetic_jf_init.json", "synthetic_jf_stage5.json"):
-    for key, result in json.loads((out / name).read_text())["results"].items():
-        print(f"{name}: {key}: J&F {result['summary']['J&F-Mean']:.4f} ({result['sec_per_frame']} s/frame)")
+for key, result in json.loads((out / "synthetic_jf_stage5.json").read_text())["results"].items():
+    print(f"{key}: J&F {result['summary']['J&F-Mean']:.4f} ({result['sec_per_frame']} s/frame)")
 EOF

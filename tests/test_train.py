@@ -281,11 +281,14 @@ def test_gpu_stage5_script_runs_end_to_end_on_the_cpu(tmp_path):
     done = subprocess.run(["bash", str(REPO / "bench" / "gpu_train_stage5.sh")], env=env, capture_output=True,
                           text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
-        "deaot_t_synthetic_stage5.pth", "loss_curve.png", "synthetic_jf_init.json", "synthetic_jf_stage5.json",
-        "train_log.json"]
-    deaot_core.load_checkpoint(deaot_core.build_model("DeAOTT"), tmp_path / "out" / "deaot_t_synthetic_stage5.pth")
-    assert "synthetic_jf_stage5.json: checkpoint:" in done.stdout and "J&F" in done.stdout
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.iterdir()) == [
+        "deaot_t_synthetic_stage5.pth", "loss_curve.png", "synthetic_jf_stage5.json", "train_log.json"]
+    deaot_core.load_checkpoint(deaot_core.build_model("DeAOTT"), out / "deaot_t_synthetic_stage5.pth")
+    scored = json.loads((out / "synthetic_jf_stage5.json").read_text())["results"]
+    assert {"checkpoint:checkpoints/deaot_t_synthetic.pth", f"checkpoint:{out}/deaot_t_synthetic_stage5.pth"} \
+        <= set(scored)
+    assert done.stdout.count("J&F") == 3  # copy-first-mask, stage 4, stage 5
 
 
 def test_cli_stop_at_step_then_continue_with_a_new_total(tmp_path, capsys):
