@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import itertools
 import json
 import logging
 import math
@@ -595,9 +596,8 @@ class Trainer:
             while True:
                 yield self.batch(step)
                 step += 1
-        import itertools
-
-        # spawn, not fork: a FiftyOne source holds database clients and open video readers
+        # spawn, not fork: the training process may hold FiftyOne's database client and open
+        # video readers, which do not survive a fork
         loader = torch.utils.data.DataLoader(
             StepBatches(self.source, self.cfg.batch_size), batch_size=None, sampler=itertools.count(start),
             num_workers=self.workers, worker_init_fn=_init_data_worker, prefetch_factor=2,
