@@ -93,6 +93,7 @@ class TrainConfig:
     static_prob: float = 0.0
     id_shuffle: float = 0.0  # probability that a sample's objects move to random ID slots
     background_dir: str | None = None
+    clip_options: dict[str, float] = field(default_factory=dict)  # synthetic data: ClipOptions overrides
     max_gap: int = 3
     half: bool = False
     export: str | None = None  # also write the final weights to this file
@@ -381,11 +382,20 @@ class ClipSource:
         return augment_clip(clip, rng) if self.augment else clip
 
 
+def clip_options(overrides: dict[str, float]) -> ClipOptions:
+    """``ClipOptions`` with scalar fields overridden (e.g. {"camouflage_prob": 0.5})."""
+    scalars = {f.name: f.type for f in dataclasses.fields(ClipOptions) if f.type in ("int", "float")}
+    unknown = sorted(set(overrides) - set(scalars))
+    if unknown:
+        raise ValueError(f"unknown synthetic clip option(s) {unknown}; options: {sorted(scalars)}")
+    return ClipOptions(**{k: int(v) if scalars[k] == "int" else float(v) for k, v in overrides.items()})
+
+
 def build_source(cfg: TrainConfig, max_objects: int = 10):
     """The clip source named by ``cfg.data``."""
     if cfg.data == "synthetic":
         base = SyntheticVOS(length=2 ** 62, seed=cfg.seed, num_frames=cfg.seq_len, height=cfg.height,
-                            width=cfg.width, options=ClipOptions(), static_prob=cfg.static_prob,
+                            width=cfg.width, options=clip_options(cfg.clip_options), static_prob=cfg.static_prob,
                             background_dir=cfg.background_dir)
     elif cfg.data.startswith("fiftyone:"):
         parts = cfg.data.split(":")
@@ -814,6 +824,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--static-prob", type=float, default=d.static_prob,
                    help="synthetic data: share of static-image (affine-warp) sequences")
     p.add_argument("--background-dir", help="synthetic data: folder of images to use as backgrounds")
+    p.add_argument("--clip-option", action="append", default=[], metavar="NAME=VALUE",
+                   help="synthetic data: override a scalar ClipOptions field, e.g. camouflage_prob=0.5 (repeatable)")
     p.add_argument("--id-shuffle", type=float, default=d.id_shuffle,
                    help="probability that a sample's objects use random ID-bank slots (official: always)")
     p.add_argument("--max-gap", type=int, default=d.max_gap, help="FiftyOne data: max gap between sampled frames")
@@ -837,6 +849,16 @@ def config_from_args(argv: Sequence[str] | None = None) -> TrainConfig:
     values = vars(args)
     values["height"], values["width"] = values.pop("size")
     values["top_k_percent"] = values.pop("top_k")
+    options = {}
+    for item in values.pop("clip_option"):
+        name, sep, value = item.partition("=")
+        try:
+            options[name.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep:
+            build_parser().error(f"--clip-option needs NAME=NUMBER, got {item!r}")
+    values["clip_options"] = options
     return TrainConfig(**values)
 
 

@@ -21,8 +21,8 @@ from deaot_core.losses import (
 )
 from deaot_core.synthetic import ClipOptions, generate_clip
 from deaot_core.train import (
-    EMA, TrainConfig, Trainer, calibrate_frozen_batchnorm, clips_to_batch, config_from_args, learning_rate,
-    main, parameter_groups, random_scale_crop, resolve_stage, set_learning_rates, shuffle_ids,
+    EMA, TrainConfig, Trainer, calibrate_frozen_batchnorm, clip_options, clips_to_batch, config_from_args,
+    learning_rate, main, parameter_groups, random_scale_crop, resolve_stage, set_learning_rates, shuffle_ids,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -316,6 +316,15 @@ def test_cli_arguments():
     assert cfg.data == "fiftyone:ds:gt" and cfg.steps is None
     with pytest.raises(SystemExit):
         config_from_args(["--out", "x"])  # neither --steps nor --minutes
+    cfg = config_from_args(["--out", "x", "--steps", "1", "--clip-option", "camouflage_prob=1",
+                            "--clip-option", "max_objects=2"])
+    assert cfg.clip_options == {"camouflage_prob": 1.0, "max_objects": 2.0}
+    options = clip_options(cfg.clip_options)
+    assert options.camouflage_prob == 1.0 and options.max_objects == 2 and isinstance(options.max_objects, int)
+    with pytest.raises(SystemExit):
+        config_from_args(["--out", "x", "--steps", "1", "--clip-option", "camouflage_prob"])
+    with pytest.raises(ValueError, match="unknown synthetic clip option"):
+        clip_options({"size_range": 0.5})  # not a scalar field
     with pytest.raises(ValueError, match="16k\\+1"):
         Trainer(_tiny_config("unused", height=64))
 
