@@ -523,6 +523,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
         self.loss_fn = VOSLoss(top_k_percent=cfg.top_k_percent, hard_mining_steps=cfg.hard_mining)
         self.source = build_source(cfg, self.model.cfg.max_objects)
+        self.step_batches = StepBatches(self.source, cfg.batch_size)
         self.long_term_gap = cfg.long_term_gap or self.model.cfg.train_long_term_gap
         self.workers = default_workers(self.device) if cfg.workers is None else int(cfg.workers)
         if self.workers < 0:
@@ -594,9 +595,7 @@ class Trainer:
         return min(1.0, max(parts))
 
     def batch(self, step: int):
-        b = self.cfg.batch_size
-        clips = [self.source[step * b + i] for i in range(b)]
-        return clips_to_batch(clips, self.device)
+        return batch_to_tensors(*self.step_batches[step], device=self.device)
 
     def batches(self, start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[int]]]:
         """The batches of steps ``start``, ``start + 1``, ... (made ahead by ``self.workers``
@@ -609,7 +608,7 @@ class Trainer:
         # spawn, not fork: the training process may hold FiftyOne's database client and open
         # video readers, which do not survive a fork
         loader = torch.utils.data.DataLoader(
-            StepBatches(self.source, self.cfg.batch_size), batch_size=None, sampler=itertools.count(start),
+            self.step_batches, batch_size=None, sampler=itertools.count(start),
             num_workers=self.workers, worker_init_fn=_init_data_worker, prefetch_factor=2,
             pin_memory=self.device.type == "cuda", multiprocessing_context="spawn",
             generator=torch.Generator())  # its seed draw must not advance the global RNG (DropPath)
