@@ -9,7 +9,9 @@ import os
 import pickle
 import re
 import shutil
+import socket
 import tempfile
+import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -26,8 +28,52 @@ class CheckpointError(ValueError):
 
 
 def cache_dir() -> Path:
-    """Where downloaded checkpoints live: $DEAOT_CACHE, else ~/.cache/deaot."""
-    return Path(os.environ.get("DEAOT_CACHE", Path.home() / ".cache" / "deaot"))
+    """Where downloaded checkpoints live: $DEAOT_CACHE (``~`` expanded; empty: unset), else ~/.cache/deaot
+    (the same rule as ``plugin.models.cache_dir``)."""
+    return Path(os.environ.get("DEAOT_CACHE") or Path.home() / ".cache" / "deaot").expanduser()
+
+
+#: seconds to connect, and to wait for each read, before a download gives up (``download``'s
+#: ``timeout``, else ``$DEAOT_DOWNLOAD_TIMEOUT``, else this)
+DEFAULT_DOWNLOAD_TIMEOUT = 30.0
+DOWNLOAD_TIMEOUT_ENV = "DEAOT_DOWNLOAD_TIMEOUT"
+
+
+def download_timeout(default: float | None = None) -> float:
+    """The download timeout in seconds: ``$DEAOT_DOWNLOAD_TIMEOUT`` when set, else ``default``,
+    else :data:`DEFAULT_DOWNLOAD_TIMEOUT`. A value that is not a positive number raises
+    :class:`CheckpointError` (there is no "wait forever")."""
+    text = os.environ.get(DOWNLOAD_TIMEOUT_ENV, "").strip()
+    if not text:
+        return float(DEFAULT_DOWNLOAD_TIMEOUT if default is None else default)
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise CheckpointError(f"${DOWNLOAD_TIMEOUT_ENV}={text!r} is not a positive number of seconds")
+    return value
+
+
+def _url_file_name(url: str) -> str:
+    name = Path(urllib.parse.unquote(urllib.parse.urlparse(url).path)).name
+    return name if name not in ("", ".", "..") else "checkpoint.pth"
+
+
+def url_cache_path(url: str, sha256: str | None = None, directory: str | Path | None = None) -> Path:
+    """Where :func:`download` keeps ``url`` when no file name is given:
+    ``<cache>/urls/<16 hex digits of sha256(url, sha256)>/<the URL's file name>``, so two URLs
+    with the same file name (``file:///a/model.pth``, ``file:///b/model.pth``) never share a file,
+    and the name stays readable."""
+    directory = Path(directory) if directory is not None else cache_dir()
+    key = hashlib.sha256(f"{url}\n{(sha256 or '').lower()}".encode()).hexdigest()[:16]
+    return directory / "urls" / key / _url_file_name(url)
+
+
+def _is_timeout(err: BaseException) -> bool:
+    if isinstance(err, urllib.error.URLError) and isinstance(err.reason, BaseException):
+        err = err.reason
+    return isinstance(err, (TimeoutError, socket.timeout))
 
 
 def _model_name(model: nn.Module) -> str:
@@ -154,39 +200,82 @@ def _fetch(url: str, out, timeout: float | None) -> None:
 
 def download(url: str, sha256: str | None = None, directory: str | Path | None = None,
              filename: str | None = None, timeout: float | None = None) -> Path:
-    """Fetch ``url`` once into the cache directory (as ``filename``, default the URL's file name),
-    verifying ``sha256`` when given. ``timeout`` (seconds) bounds connecting and each read.
+    """Fetch ``url`` once into the cache, verifying ``sha256`` when given, and return the file.
 
-    A web page instead of a file (Google Drive's warning page for large files is confirmed once,
-    anything else is refused with :class:`CheckpointError`) and an interrupted or failed download
-    leave nothing in the cache."""
+    Where: ``directory / filename`` when ``filename`` is given (the caller names the file, e.g.
+    the official ``<model>_PRE_YTB_DAV.pth`` of the plugin); otherwise :func:`url_cache_path`,
+    a sub-directory keyed by the URL and the checksum, under ``directory`` (default
+    :func:`cache_dir`).
+
+    ``timeout`` (seconds, default :func:`download_timeout`: ``$DEAOT_DOWNLOAD_TIMEOUT`` else
+    30 s) bounds connecting and each read; a server that does not answer in time raises
+    :class:`CheckpointError` naming the URL. A web page instead of a file (Google Drive's warning
+    page for large files is confirmed once, anything else is refused with
+    :class:`CheckpointError`) and an interrupted or failed download leave nothing in the cache."""
     directory = Path(directory) if directory is not None else cache_dir()
-    directory.mkdir(parents=True, exist_ok=True)
-    name = filename or Path(urllib.parse.urlparse(url).path).name or "checkpoint.pth"
-    target = directory / name
+    target = directory / filename if filename is not None else url_cache_path(url, sha256, directory)
+    if timeout is None:
+        timeout = download_timeout()
+    elif not float(timeout) > 0:
+        raise CheckpointError(f"download timeout must be a positive number of seconds, got {timeout!r}")
+    timeout = float(timeout)
     if target.exists() and (sha256 is None or _sha256(target) == sha256):
-        log.info("using cached checkpoint %s", target)
+        log.info("using cached checkpoint %s (from %s)", target, url)
         return target
-    log.info("downloading %s -> %s", url, target)
+    directory.mkdir(parents=True, exist_ok=True)
+    log.info("downloading %s -> %s (timeout %gs)", url, target, timeout)
+    # the partial file sits in the cache root (same file system as the target, so the final
+    # rename is atomic); the per-URL directory is only made for a complete, verified file
     with tempfile.NamedTemporaryFile(dir=directory, delete=False, suffix=".part") as tmp:
         try:
             _fetch(url, tmp, timeout)
-        except BaseException:
+        except BaseException as err:
             os.unlink(tmp.name)
+            if _is_timeout(err):
+                raise CheckpointError(
+                    f"downloading {url} timed out: no answer from the server within {timeout:g} s (the connect "
+                    f"and per-read timeout; set ${DOWNLOAD_TIMEOUT_ENV}=<seconds> to wait longer, or download "
+                    f"the file by hand and pass its path)") from err
             raise
     if sha256 is not None:
         actual = _sha256(Path(tmp.name))
         if actual != sha256:
             os.unlink(tmp.name)
             raise CheckpointError(f"checksum mismatch for {url}: expected sha256 {sha256}, got {actual}")
-    os.replace(tmp.name, target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp.name, target)
+    except BaseException:
+        if os.path.exists(tmp.name):
+            os.unlink(tmp.name)
+        raise
     return target
 
 
-def resolve_path(path_or_url: str | os.PathLike, sha256: str | None = None) -> Path:
+def _discard_download(path: Path, url: str, reason: BaseException) -> None:
+    """Remove a downloaded file that cannot be loaded, so the next try downloads it again."""
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+    except OSError as err:  # pragma: no cover - e.g. a read-only cache
+        log.warning("could not remove the unusable download %s of %s: %s", path, url, err)
+        return
+    log.warning("removed the downloaded checkpoint %s of %s: it cannot be loaded (%s)", path, url, reason)
+    if path.parent.parent.name == "urls":
+        try:
+            path.parent.rmdir()  # the now-empty per-URL directory
+        except OSError:
+            pass
+
+
+def resolve_path(path_or_url: str | os.PathLike, sha256: str | None = None,
+                 timeout: float | None = None) -> Path:
+    """A local checkpoint file: ``path_or_url`` itself, or the URL downloaded into the cache
+    (:func:`download`, keyed by the URL and ``sha256``)."""
     text = str(path_or_url)
     if "://" in text:
-        return download(text, sha256)
+        return download(text, sha256, timeout=timeout)
     path = Path(text).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint file not found: {path}")
@@ -195,16 +284,26 @@ def resolve_path(path_or_url: str | os.PathLike, sha256: str | None = None) -> P
     return path
 
 
-def load_checkpoint(model: nn.Module, path_or_url: str | os.PathLike, sha256: str | None = None) -> nn.Module:
+def load_checkpoint(model: nn.Module, path_or_url: str | os.PathLike, sha256: str | None = None,
+                    timeout: float | None = None) -> nn.Module:
     """Load an official (or our) checkpoint strictly into ``model``; returns the model.
 
     Accepts a plain state dict or one under 'state_dict' / 'model', with an optional 'module.'
-    prefix. Raises ``CheckpointError`` naming the expected model and what did not match.
+    prefix. Raises ``CheckpointError`` naming the expected model and what did not match. A URL
+    is downloaded once into the cache (see :func:`download`, also for ``timeout``); a downloaded
+    file that cannot be read as a state dict (truncated, not a PyTorch file) is removed from the
+    cache so that the next try downloads it again. A local path is never removed.
     """
-    path = resolve_path(path_or_url, sha256)
-    obj = _read_file(path)
-    stored_name = obj.get("model_name") if isinstance(obj, Mapping) else None
-    state = extract_state_dict(obj, str(path))
+    text = str(path_or_url)
+    path = resolve_path(path_or_url, sha256, timeout)
+    try:
+        obj = _read_file(path)
+        stored_name = obj.get("model_name") if isinstance(obj, Mapping) else None
+        state = extract_state_dict(obj, str(path))
+    except CheckpointError as err:
+        if "://" in text:
+            _discard_download(path, text, err)
+        raise
     expected = model.state_dict()
     name = _model_name(model)
     missing = [k for k in expected if k not in state]

@@ -52,7 +52,8 @@ _GDRIVE_IDS = {
 #: model name -> official download; the one place to change (or extend) the URLs.
 OFFICIAL_WEIGHTS: dict[str, OfficialWeights] = {name: OfficialWeights(_GDRIVE.format(file_id))
                                                 for name, file_id in _GDRIVE_IDS.items()}
-DOWNLOAD_TIMEOUT = 10.0  # seconds to connect (and per read) before the download step gives up
+#: seconds to connect (and per read) before the download step gives up; $DEAOT_DOWNLOAD_TIMEOUT wins when set
+DOWNLOAD_TIMEOUT = 10.0
 OFFLINE_ENV = "DEAOT_OFFLINE"
 
 
@@ -122,7 +123,7 @@ def download_official(model: str, offline: bool | None = None) -> Path | None:
     """The official checkpoint of ``model`` downloaded into the cache dir (as
     :func:`official_checkpoint_name`), or None (logged) when there is no URL for it, when offline,
     or when the download fails in any way (unreachable, timeout, a web page instead of the file)."""
-    from deaot_core.checkpoint import download
+    from deaot_core.checkpoint import download, download_timeout
 
     entry = OFFICIAL_WEIGHTS.get(model)
     if entry is None:
@@ -133,10 +134,12 @@ def download_official(model: str, offline: bool | None = None) -> Path | None:
                  entry.url)
         return None
     name = official_checkpoint_name(model)
-    log.info("weights: downloading the official %s checkpoint from %s into %s (timeout %ss)", model, entry.url,
-             cache_dir(), DOWNLOAD_TIMEOUT)
     try:
-        return download(entry.url, entry.sha256, directory=cache_dir(), filename=name, timeout=DOWNLOAD_TIMEOUT)
+        timeout = download_timeout(DOWNLOAD_TIMEOUT)
+        log.info("weights: downloading the official %s checkpoint from %s into %s (timeout %ss)", model, entry.url,
+                 cache_dir(), timeout)
+        # saved flat under the official name (one URL per model), where the cache step looks
+        return download(entry.url, entry.sha256, directory=cache_dir(), filename=name, timeout=timeout)
     except Exception as err:  # offline, a timeout, an HTTP error, a web page instead of the file
         log.warning("weights: could not download the official %s checkpoint from %s (%s: %s); set %s=1 to skip "
                     "this step, or put %s in %s by hand", model, entry.url, type(err).__name__, err, OFFLINE_ENV,
@@ -213,6 +216,19 @@ def resolve_device(device: str | None = "auto") -> str:
     raise ValueError(f"invalid device {device!r}; expected auto, cpu, cuda or cuda:N")
 
 
+def _discard_official_download(path: Path, reason: BaseException) -> None:
+    """Remove an official checkpoint this run downloaded that does not load, so the cache step
+    does not pick it up next time and the download is tried again (a file the user put in the
+    cache dir, source ``cache``, or passed as a path is never removed)."""
+    try:
+        path.unlink()
+    except OSError as err:
+        log.warning("weights: could not remove the unusable download %s: %s", path, err)
+        return
+    log.warning("weights: removed the downloaded checkpoint %s, it does not load (%s); the next run downloads "
+                "it again", path, reason)
+
+
 _CACHE: dict = {}
 _CACHE_LOCK = threading.Lock()
 
@@ -236,6 +252,10 @@ def load_model(choice: ModelChoice, device: str = "cpu"):
             except (FileNotFoundError, OSError) as err:  # a vanished file, a failed download
                 raise ModelUnavailableError(f"cannot load checkpoint {choice.checkpoint} for {choice.model}: "
                                             f"{type(err).__name__}: {err}") from err
+            except deaot_core.CheckpointError as err:
+                if choice.source == "url":  # just downloaded under the official name: do not keep a bad file
+                    _discard_official_download(Path(choice.checkpoint), err)
+                raise
         model = model.to(device).eval()
         _CACHE[key] = model
         return model
