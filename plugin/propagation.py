@@ -39,14 +39,13 @@ from .labels import (KEYFRAME_TYPES, KeyframeError, ObjectRegistry, mask_to_dete
                      mean_confidences, parse_keyframe)
 from .models import DEFAULT_MODEL, PRECISIONS, load_model, resolve_checkpoint, resolve_device
 from .idmaps import root_dataset
+from .journal import (FRAME_DEFAULT_FIELDS as RESERVED_FRAME_FIELDS, RESERVED_SUFFIXES, TMP_SUFFIX, FieldBusyError,
+                      FieldClaim, claim_fields, drop_temporary_field, finish_swap, note_deferred_signal,
+                      refuse_unowned_temporaries, reserved_name, signals_deferred, swap_in_progress)
 from .video import VideoError, open_video, prefetch
 
 log = logging.getLogger(__name__)
 
-TMP_SUFFIX = "_deaot_tmp"
-OLD_SUFFIX = "_deaot_old"
-RESERVED_FRAME_FIELDS = {"id", "_id", "frame_number", "created_at", "last_modified_at", "_sample_id",
-                         "_dataset_id"}
 OOM_HALVINGS = 2  # out-of-memory retries at 1/2 and 1/4 of the resolution (then the CPU, from CUDA)
 OOM_MIN_LONG_EDGE = 32  # never retry below this network input long edge
 
@@ -93,11 +92,18 @@ def cancel_on_signals(signals=(signal.SIGTERM,), resend: bool = False) -> Iterat
     received: list[int] = []
 
     def handler(signum, frame):
+        if swap_in_progress():  # the output is being swapped in: never stop halfway
+            note_deferred_signal(signum)
+            received.append(signum)
+            event.set()
+            return
         if event.is_set():
             raise KeyboardInterrupt(f"signal {signum}")
         log.warning("signal %s: cancelling at the next frame (nothing will be written)", signum)
         received.append(signum)
         event.set()
+
+    handler.defers_during_swap = True
 
     previous = {}
     for sig in signals:
@@ -156,6 +162,9 @@ def _field_name(name: str | None, what: str) -> str | None:
         name = name[len("frames."):]
     if not name or "." in name or name.startswith("_") or name in RESERVED_FRAME_FIELDS:
         raise ValueError(f"invalid {what} {name!r}: expected a top-level frame field name")
+    if reserved_name(name):
+        raise ValueError(f"invalid {what} {name!r}: names ending in {' or '.join(RESERVED_SUFFIXES)} are reserved "
+                         f"for the plugin's temporary fields")
     return name
 
 
@@ -206,46 +215,13 @@ def check_fields(sample_collection, keyframes_field: str, output_field: str,
     return keyframes_field, output_field, write_segmentation
 
 
-def _recover_stale(dataset: fo.Dataset, final: str) -> None:
-    """Undo what an interrupted (killed) earlier run left behind for ``final``: a renamed output
-    field is restored, a temporary field is deleted together with the frame documents that run
-    created (those whose only value is the temporary field)."""
-    schema = dataset.get_frame_field_schema() or {}
-    tmp, old = final + TMP_SUFFIX, final + OLD_SUFFIX
-    if old in schema:
-        if final in schema:
-            log.warning("removing leftover backup field '%s' of an interrupted run", old)
-            dataset.delete_frame_field(old)
-        else:
-            log.warning("restoring '%s' from the backup '%s' of an interrupted run", final, old)
-            dataset.rename_frame_field(old, final)
-    schema = dataset.get_frame_field_schema() or {}
-    if tmp in schema:
-        log.warning("removing leftover temporary field '%s' of an interrupted run", tmp)
-        from fiftyone import ViewField as F
-
-        others = [n for n in schema if n not in RESERVED_FRAME_FIELDS and n != tmp]
-        # Frames the run created come from set_values, which inserts them without created_at
-        # (FiftyOne's own frames have it), first bare and then, in a second write, with the
-        # value: a run killed in between leaves bare frames, touched after the field was made.
-        touched = F(tmp).exists()
-        started = schema[tmp].created_at
-        if started is not None:
-            touched = touched | (F("last_modified_at") >= started)
-        only_tmp = touched & ~F("created_at").exists()
-        for name in others:
-            only_tmp = only_tmp & ~F(name).exists()
-        created = dataset.match_frames(only_tmp).values("frames.id", unwind=True)
-        if created:
-            log.warning("deleting %s frame documents created by the interrupted run", len(created))
-            dataset.delete_frames(created)
-        dataset.delete_frame_field(tmp)
-
-
-def _prepare_tmp(dataset: fo.Dataset, final: str, kind) -> str:
-    """The temporary field: a copy of the output field when it exists (samples that are not
-    processed, skipped or fail keep their values), else a new empty field."""
-    tmp = final + TMP_SUFFIX
+def _prepare_tmp(dataset: fo.Dataset, claim: FieldClaim, kind) -> str:
+    """The run's temporary field, journalled before it exists: a copy of the output field when
+    it exists (samples that are not processed, skipped or fail keep their values), else a new
+    empty field."""
+    final, tmp = claim.field, claim.field + TMP_SUFFIX
+    claim.set_phase("staging", tmp=tmp, staged_at=datetime.datetime.now(datetime.timezone.utc))
+    claim.tmp = tmp
     if final in dataset.get_frame_field_schema():
         dataset.clone_frame_field(final, tmp)
     else:
@@ -253,27 +229,20 @@ def _prepare_tmp(dataset: fo.Dataset, final: str, kind) -> str:
     return tmp
 
 
-def _swap(dataset: fo.Dataset, tmp: str, final: str) -> None:
-    if final in dataset.get_frame_field_schema():
-        old = final + OLD_SUFFIX
-        dataset.rename_frame_field(final, old)
-        try:
-            dataset.rename_frame_field(tmp, final)
-        except BaseException:
-            dataset.rename_frame_field(old, final)
-            raise
-        dataset.delete_frame_field(old)
-    else:
-        dataset.rename_frame_field(tmp, final)
-
-
-def _drop(dataset: fo.Dataset, field: str) -> None:
+def _roll_back(dataset: fo.Dataset, claim: FieldClaim, created: dict[str, set]) -> None:
+    """Undo a run that did not commit ``claim``'s field: the frame documents it created
+    (``created``: sample id -> frame numbers that existed before, on the root dataset), then its
+    temporary field. Best effort: on failure the journal lets the next run finish the undo."""
     try:
         dataset.reload()
-        if field in dataset.get_frame_field_schema():
-            dataset.delete_frame_field(field)
-    except Exception as err:  # best effort: the next run removes it too
-        log.warning("could not remove temporary field '%s': %s", field, err)
+        if created:
+            _delete_created_frames(dataset, created)
+        drop_temporary_field(dataset, claim.tmp)
+        claim.set_phase("claimed", tmp=None)
+        claim.tmp = None
+    except Exception as err:
+        log.warning("could not remove the temporary field '%s' (the next run into '%s' will): %s", claim.tmp,
+                    claim.field, err)
 
 
 def _delete_created_frames(dataset: fo.Dataset, existing: dict[str, set]) -> None:
@@ -345,15 +314,19 @@ def _error_text(err: BaseException, frame: int | None = None) -> str:
     return text
 
 
-def _load_sample(sample_collection, sid: str, path: str, meta_count, keyframes_field: str, mask_targets,
+def _load_sample(sample_collection, dataset, sid: str, path: str, meta_count, keyframes_field: str, mask_targets,
                  write_segmentation: bool):
-    """Open the video and parse the sample's keyframes, validating everything.
+    """Open the video and parse the sample's keyframes (those the view shows), validating
+    everything.
 
-    Returns (reader, registry, keyframes {frame number: Keyframe}, frame numbers that exist).
+    Returns (reader, registry, keyframes {frame number: Keyframe}, the frame numbers that exist
+    in the root dataset: a view may hide frames, which a rollback must keep).
     """
     one = sample_collection.select(sid)
     frame_numbers, values = one.values(["frames.frame_number", "frames." + keyframes_field])
     frame_numbers, values = (frame_numbers[0] or []), (values[0] or [])
+    existing = dataset.select(sid).values("frames.frame_number")
+    existing = set(existing[0] or []) if existing else set()
     reader = open_video(path, meta_count)
     height, width, count = reader.height, reader.width, reader.num_frames
     registry = ObjectRegistry()
@@ -377,7 +350,22 @@ def _load_sample(sample_collection, sid: str, path: str, meta_count, keyframes_f
                 raise KeyframeError(f"object {info.label!r} has index {info.index}, which a segmentation label map "
                                     f"cannot hold (0 is background); use indexes >= 1 or no segmentation field",
                                     info.first_frame)
-    return reader, registry, keyframes, set(frame_numbers)
+    return reader, registry, keyframes, existing
+
+
+def _check_group_slices(sample_collection, dataset: fo.Dataset) -> None:
+    """Refuse, before any work, a view of a grouped dataset with samples outside the dataset's
+    active slice: frames are read and written through the dataset, which only sees that slice."""
+    if dataset.media_type != fo.core.media.GROUP:
+        return
+    active = dataset.group_slice
+    slices = sorted(set(sample_collection.values(dataset.group_field + ".name")) - {active})
+    if slices:
+        raise ValueError(
+            f"the view holds samples of group slice(s) {', '.join(repr(x) for x in slices)} of grouped dataset "
+            f"'{dataset.name}', whose active slice is {active!r}: propagation reads and writes frames through the "
+            f"active slice; run one slice at a time with that slice active, e.g. dataset.group_slice = "
+            f"{slices[0]!r}; propagate(dataset.select_group_slices({slices[0]!r}), ...)")
 
 
 def _check_knobs(long_term_gap, max_long_term_frames, max_short_edge, max_long_edge, write_every) -> None:
@@ -460,30 +448,50 @@ def propagate(sample_collection, keyframes_field: str, output_field: str, model:
         ``deaot_core.CheckpointError``, ``PropagationCancelled``; without ``skip_failures`` also
         whatever a video's propagation raised (with a note naming the sample and frame).
     """
-    import deaot_core
-
     start_time = time.time()
     dataset = root_dataset(sample_collection)
     if sample_collection.media_type != fo.core.media.VIDEO:
         raise ValueError(f"'{dataset.name}' is not a video collection (media type {sample_collection.media_type!r}); "
                          f"propagation needs videos")
     staged = job is not None
-    if not staged:
-        names = [_field_name(output_field, "output_field"), _field_name(write_segmentation, "write_segmentation")]
-        from .scaleout import refuse_if_active
+    names = [_field_name(output_field, "output_field"), _field_name(write_segmentation, "write_segmentation")]
+    with contextlib.ExitStack() as stack:
+        claims: dict[str, FieldClaim] = {}
+        if not staged:  # one run per output field at a time; a dead owner's journal is settled
+            from .scaleout import active_stage_fields, refuse_if_active
 
-        refuse_if_active(dataset, names)  # a queued job's staging field is not a leftover
-        for name in names:
-            if name is not None:  # a killed earlier run may have left the field renamed or a temporary one
-                _recover_stale(dataset, name)
+            claims = stack.enter_context(claim_fields(dataset, names))
+            refuse_if_active(dataset, names)  # a queued job's staging field is not a leftover
+            refuse_unowned_temporaries(dataset, names + [_field_name(keyframes_field, "keyframes_field")],
+                                       active_stage_fields(dataset))
+        return _propagate_claimed(sample_collection, dataset, claims, job, start_time, dict(
+            keyframes_field=keyframes_field, output_field=output_field, model=model, checkpoint=checkpoint,
+            device=device, overwrite=overwrite, progress=progress, long_term_gap=long_term_gap,
+            max_long_term_frames=max_long_term_frames, max_short_edge=max_short_edge, max_long_edge=max_long_edge,
+            precision=precision, write_segmentation=write_segmentation, skip_failures=skip_failures,
+            allow_random_weights=allow_random_weights, write_every=write_every, compile_model=compile_model,
+            test_scales=test_scales, test_flip=test_flip))
+
+
+def _propagate_claimed(sample_collection, dataset, claims: dict[str, FieldClaim], job, start_time: float,
+                       o: dict[str, Any]) -> dict[str, Any]:
+    """:func:`propagate` once its output fields are claimed (``claims``; empty for a queued
+    job's task, whose job owns the fields)."""
+    import deaot_core
+
+    staged = job is not None
+    progress, skip_failures, write_every = o["progress"], o["skip_failures"], o["write_every"]
     keyframes_field, output_field, write_segmentation = check_fields(
-        sample_collection, keyframes_field, output_field, write_segmentation, overwrite or staged)
+        sample_collection, o["keyframes_field"], o["output_field"], o["write_segmentation"], o["overwrite"] or staged)
+    precision = o["precision"]
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    _check_knobs(long_term_gap, max_long_term_frames, max_short_edge, max_long_edge, write_every)
-    test_scales = check_test_scales(test_scales)
-    device = resolve_device(device)
-    choice = resolve_checkpoint(model, checkpoint, allow_random=allow_random_weights)
+    _check_knobs(o["long_term_gap"], o["max_long_term_frames"], o["max_short_edge"], o["max_long_edge"], write_every)
+    max_long_edge = o["max_long_edge"]
+    test_scales = check_test_scales(o["test_scales"])
+    _check_group_slices(sample_collection, dataset)
+    device = resolve_device(o["device"])
+    choice = resolve_checkpoint(o["model"], o["checkpoint"], allow_random=o["allow_random_weights"])
 
     trackers: dict[tuple, Any] = {}
 
@@ -491,17 +499,19 @@ def propagate(sample_collection, keyframes_field: str, output_field: str, model:
         key = (dev, edge)
         if key not in trackers:
             trackers.clear()
-            trackers[key] = deaot_core.Tracker(load_model(choice, dev), device=dev, long_term_gap=long_term_gap,
-                                               max_long_term_frames=max_long_term_frames,
-                                               max_short_edge=max_short_edge, max_long_edge=edge,
-                                               precision=precision, compile=compile_model,
-                                               test_scales=test_scales, test_flip=bool(test_flip))
+            trackers[key] = deaot_core.Tracker(load_model(choice, dev), device=dev, long_term_gap=o["long_term_gap"],
+                                               max_long_term_frames=o["max_long_term_frames"],
+                                               max_short_edge=o["max_short_edge"], max_long_edge=edge,
+                                               precision=precision, compile=o["compile_model"],
+                                               test_scales=test_scales, test_flip=bool(o["test_flip"]))
         return trackers[key]
 
     get_tracker(device, max_long_edge)  # weights and settings are checked before any video
     mask_targets = dataset.mask_targets.get("frames." + keyframes_field) or dataset.default_mask_targets or None
 
     def ask(fraction: float, label: str) -> None:
+        for claim in claims.values():
+            claim.beat()
         if progress is not None and progress(min(max(fraction, 0.0), 1.0), label) is False:
             raise PropagationCancelled("cancelled by the progress callback")
 
@@ -521,7 +531,8 @@ def propagate(sample_collection, keyframes_field: str, output_field: str, model:
         row: dict[str, Any] = dict(id=sid, filepath=path)
         try:
             reader, registry, keyframes, existing = _load_sample(
-                sample_collection, sid, path, meta_count, keyframes_field, mask_targets, bool(write_segmentation))
+                sample_collection, dataset, sid, path, meta_count, keyframes_field, mask_targets,
+                bool(write_segmentation))
             row.update(frames=reader.num_frames, width=reader.width, height=reader.height,
                        keyframes=sorted(keyframes), objects=registry.num_objects)
             del reader
@@ -558,10 +569,11 @@ def propagate(sample_collection, keyframes_field: str, output_field: str, model:
     tmps: list[str] = []
     created: dict[str, set] = {}  # sample id -> frame numbers that existed before this run wrote to it
     done_ok = 0
+    committing = False
     try:
         if runnable:
             for final, kind in finals:
-                tmps.append(job.stage_fields[final] if staged else _prepare_tmp(dataset, final, kind))
+                tmps.append(job.stage_fields[final] if staged else _prepare_tmp(dataset, claims[final], kind))
         for i, row in enumerate(checked):
             if "status" in row:
                 continue
@@ -574,7 +586,7 @@ def propagate(sample_collection, keyframes_field: str, output_field: str, model:
             existing = row.pop("_existing")
 
             def report(done: int, count: int, label: str, _i=i, _path=path) -> None:
-                if progress is None:
+                if progress is None and not claims:
                     return
                 ask((_i + (done / count if count else 1.0)) / total,
                     f"[{_i + 1}/{total}] {os.path.basename(_path)}: {label}")
@@ -609,10 +621,29 @@ def propagate(sample_collection, keyframes_field: str, output_field: str, model:
                 row.update(status=f"error: {_error_text(err, where.get('frame'))}", frames_written=0)
                 failures.append(err)
         if done_ok and not staged:
-            for final in final_names:
-                _swap(dataset, tmps[0], final)
-                tmps.pop(0)
-                summary["written"] = True
+            ask(1.0, "writing the output field(s)")  # a cancel up to here still writes nothing
+            deferred: list[int] = []
+            committing = True
+            with signals_deferred(deferred):
+                for final in final_names:
+                    claim = claims[final]
+                    claim.set_phase("commit")
+                    finish_swap(dataset, final, claim.tmp)
+                    claim.set_phase("claimed", tmp=None)
+                    claim.tmp = None
+                    summary["written"] = True
+            committing = False
+            if deferred:
+                names_ = ", ".join(signal.Signals(s).name for s in deferred)
+                summary["signals_during_swap"] = names_
+                log.warning("%s arrived while the output was being swapped in: the swap was finished, '%s' holds "
+                            "the new output", names_, "', '".join(final_names))
+    except BaseException as err:
+        if committing:
+            err.add_note(f"the final swap of frame field(s) {', '.join(final_names)} of dataset '{dataset.name}' was "
+                         f"interrupted: nothing is lost (the complete new output is in the temporary field); the "
+                         f"next propagation into the same field finishes the swap")
+        raise
     finally:
         for row in checked:
             row.pop("_existing", None)
@@ -623,14 +654,11 @@ def propagate(sample_collection, keyframes_field: str, output_field: str, model:
                     _delete_created_frames(dataset, {sid: existing})
                 except Exception as err:  # best effort: the job's clean-up removes the rest
                     log.warning("could not remove the staged values of sample %s: %s", sid, err)
-            tmps, created = [], {}
-        for tmp in tmps:  # not swapped: nothing of this run may remain
-            _drop(dataset, tmp)
-        if tmps and not summary["written"]:
-            try:
-                _delete_created_frames(dataset, created)
-            except Exception as err:  # best effort
-                log.warning("could not delete the frame documents created by this run: %s", err)
+        elif not committing:  # not swapped: nothing of this run may remain
+            for claim in claims.values():
+                if claim.tmp is not None:
+                    _roll_back(dataset, claim, created)
+                    created = {}
         trackers.clear()
     summary["samples"] = checked
     summary["failed"] = [dict(id=r["id"], filepath=r["filepath"], error=r["status"][len("error: "):])
@@ -642,6 +670,7 @@ def propagate(sample_collection, keyframes_field: str, output_field: str, model:
     if progress is not None:
         progress(1.0, "done")
     return summary
+
 
 
 def _oom_plan(device: str, max_long_edge, height: int, width: int) -> list[tuple[str, Any]]:
@@ -740,7 +769,7 @@ def _propagate_sample(sample_collection, dataset, sid, path, meta_count, keyfram
     import torch
 
     t0 = time.time()
-    reader, registry, keyframes, _ = _load_sample(sample_collection, sid, path, meta_count, keyframes_field,
+    reader, registry, keyframes, _ = _load_sample(sample_collection, dataset, sid, path, meta_count, keyframes_field,
                                                   mask_targets, write_segmentation)
     height, width, count = reader.height, reader.width, reader.num_frames
     where.update(height=height, width=width, frame=None)

@@ -32,6 +32,8 @@ from typing import Any, Iterable, Optional
 
 import fiftyone as fo
 
+from .journal import TMP_SUFFIX, claim_fields, drop_temporary_field, refuse_unowned_temporaries
+
 log = logging.getLogger(__name__)
 
 OPERATOR_URI = "@deaot/vos/propagate_masks"
@@ -78,6 +80,12 @@ def refuse_if_active(dataset: fo.Dataset, fields: Iterable[Optional[str]]) -> No
         _finalize(dataset, job, force=True)
 
 
+def active_stage_fields(dataset: fo.Dataset) -> set[str]:
+    """The staging fields of ``dataset``'s propagation jobs that are not finalized (theirs)."""
+    return {name for job in _jobs().find({"dataset_id": dataset._doc.id, "finalized": False})
+            for name in job.get("stage", {}).values()}
+
+
 def split_size(sample_collection, videos_per_task: Optional[int], delegated: bool) -> int:
     """Videos per queued task for an operator run, 0 for one run over all: splitting happens
     only when delegated over more than one video; ``videos_per_task`` None means 1, 0 means
@@ -102,21 +110,30 @@ def queue_propagation(sample_collection, keyframes_field: str, output_field: str
     :func:`plugin.propagate` arguments (``model``, ``checkpoint``, ``device``, ``skip_failures``,
     engine knobs). Returns ``dict(job=<id>, operations=[ids], samples=<count>)``.
     """
-    from fiftyone.operators.delegated import DelegatedOperationService
-    from fiftyone.operators.executor import ExecutionContext
-
     from .idmaps import root_dataset
-    from .models import DEFAULT_MODEL, resolve_checkpoint
-    from .propagation import TMP_SUFFIX, NoKeyframesError, _field_name, _recover_stale, check_fields, check_test_scales
+    from .propagation import _field_name
 
     if int(videos_per_task) < 1:
         raise ValueError(f"videos_per_task must be >= 1, got {videos_per_task!r}")
     dataset = root_dataset(sample_collection)
     names = [_field_name(output_field, "output_field"), _field_name(write_segmentation, "write_segmentation")]
-    refuse_if_active(dataset, names)
-    for name in names:
-        if name:
-            _recover_stale(dataset, name)
+    # the fields are claimed while the job is set up; from then on the job document guards them
+    with claim_fields(dataset, names):
+        refuse_if_active(dataset, names)
+        refuse_unowned_temporaries(dataset, names + [_field_name(keyframes_field, "keyframes_field")],
+                                   active_stage_fields(dataset))
+        return _queue_claimed(sample_collection, dataset, keyframes_field, output_field, videos_per_task, overwrite,
+                              write_segmentation, delegation_target, parent_op, propagate_kwargs)
+
+
+def _queue_claimed(sample_collection, dataset, keyframes_field, output_field, videos_per_task, overwrite,
+                   write_segmentation, delegation_target, parent_op, propagate_kwargs) -> dict[str, Any]:
+    from fiftyone.operators.delegated import DelegatedOperationService
+    from fiftyone.operators.executor import ExecutionContext
+
+    from .models import DEFAULT_MODEL, resolve_checkpoint
+    from .propagation import NoKeyframesError, check_fields, check_test_scales
+
     keyframes_field, output_field, write_segmentation = check_fields(
         sample_collection, keyframes_field, output_field, write_segmentation, overwrite)
     resolve_checkpoint(propagate_kwargs.get("model") or DEFAULT_MODEL, propagate_kwargs.get("checkpoint"),
@@ -241,13 +258,10 @@ class JobHandle:
 def _finalize(dataset: fo.Dataset, job: dict, force: bool = False) -> None:
     """Drop the job's staging fields (with the frame documents holding nothing else), and the
     output fields it created when they hold no value."""
-    from .propagation import _recover_stale
-
     if force:
         _jobs().update_one({"_id": job["_id"]}, {"$set": {"finalized": True, "finished_at": _now()}})
-    dataset.reload()
-    for final in job["fields"]:
-        _recover_stale(dataset, final)
+    for stage in job.get("stage", {}).values():
+        drop_temporary_field(dataset, stage, job.get("created_at"))
     dataset.reload()
     schema = dataset.get_frame_field_schema()
     for field in job.get("created_fields", []):
