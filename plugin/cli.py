@@ -4,7 +4,8 @@
 (or the samples given with ``--sample-id``), with a tqdm progress bar. Ctrl-C or SIGTERM
 cancels at the next frame: the output field is left as it was (exit status 130). Exit status 1:
 an error (nothing written); 3: with ``--skip-failures``, some videos failed (listed on stderr,
-their output unchanged), the others were written. ``--queue`` runs nothing: it queues one
+their output unchanged), the others were written; 4: the FiftyOne database cannot be reached (one
+line on stderr names it, without credentials). ``--queue`` runs nothing: it queues one
 delegated operation per video for ``fiftyone delegated launch`` workers (see the README's
 scale-out section).
 """
@@ -16,6 +17,60 @@ import logging
 import os
 import signal
 import sys
+
+
+EXIT_DATABASE = 4  # the FiftyOne database cannot be reached
+
+
+def database_unreachable(err: BaseException) -> bool:
+    """Whether ``err`` (or what caused it) is pymongo failing to reach the database server:
+    FiftyOne's ``ConnectionError("Could not connect to `mongod`")`` at the first connection, or a
+    ``ServerSelectionTimeoutError`` / ``AutoReconnect`` / ``NetworkTimeout`` later on."""
+    try:
+        from pymongo.errors import ConnectionFailure
+    except ImportError:  # pragma: no cover - a FiftyOne requirement
+        return False
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, ConnectionFailure):
+            return True
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return False
+
+
+def safe_database_uri(uri: str | None) -> str | None:
+    """``uri`` without the user name, password and options (``mongodb://user:pw@host:1/?x=y`` ->
+    ``mongodb://host:1``)."""
+    if not uri:
+        return None
+    scheme, sep, rest = str(uri).partition("://")
+    if not sep:
+        return "<the configured database_uri>"
+    hosts = rest.split("/", 1)[0].split("?", 1)[0].rpartition("@")[2]
+    return f"{scheme}://{hosts}"
+
+
+def database_error_line(err: BaseException) -> str:
+    """One line saying which database cannot be reached, why, and what to check."""
+    try:
+        import fiftyone as fo
+
+        uri = safe_database_uri(fo.config.database_uri)
+    except Exception:  # pragma: no cover
+        uri = safe_database_uri(os.environ.get("FIFTYONE_DATABASE_URI"))
+    cause, seen = err, set()
+    while cause is not None and id(cause) not in seen:  # the pymongo error says why (refused, timed out)
+        seen.add(id(cause))
+        if type(cause).__module__.startswith("pymongo"):
+            break
+        cause = cause.__cause__ or cause.__context__
+    reason = str(cause if cause is not None else err).split(" (configured timeouts")[0].split(", Timeout:")[0]
+    reason = " ".join(reason.split())[:200]
+    where = f"at {uri}" if uri else "(the mongod FiftyOne starts itself; FIFTYONE_DATABASE_URI is not set)"
+    return (f"error: the FiftyOne database {where} cannot be reached ({reason}); check that mongod is running "
+            f"and reachable from this machine, and FIFTYONE_DATABASE_URI (or database_uri in the FiftyOne "
+            f"config)")
 
 
 def _add_propagate(sub) -> None:
@@ -131,8 +186,13 @@ def run_propagate(args) -> int:
             return 130
         except (OutputExistsError, ValueError, RuntimeError, OSError) as err:
             bar.close()
+            if database_unreachable(err):
+                raise  # main() prints the one line
             print(f"error: {err}", file=sys.stderr)
             return 1
+        except BaseException:
+            bar.close()
+            raise
     bar.close()
     if args.json:
         print(json.dumps(summary, indent=2))
@@ -162,6 +222,8 @@ def _queue(view, args) -> int:
                                    compile_model=args.compile, test_scales=args.test_scales,
                                    test_flip=args.test_flip)
     except (OutputExistsError, ValueError, RuntimeError, OSError) as err:
+        if database_unreachable(err):
+            raise  # main() prints the one line
         print(f"error: {err}", file=sys.stderr)
         return 1
     if args.json:
@@ -187,6 +249,16 @@ def main(argv=None) -> int:
     add_parsers(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return _dispatch(args)
+    except Exception as err:
+        if not database_unreachable(err):
+            raise
+        print(database_error_line(err), file=sys.stderr)
+        return EXIT_DATABASE
+
+
+def _dispatch(args) -> int:
     if getattr(args, "handler", None) is not None:
         return args.handler(args)
     if args.command == "propagate":

@@ -22,7 +22,11 @@ frame aborts the evaluation (``extra_objects="error"``, official) or is ignored
 (``extra_objects="ignore"``, e.g. for objects added by a later keyframe). The dataset-level
 summary pools every object of every video with equal weight (``plugin.metrics.global_summary``).
 
-Everything is computed before anything is written: an error leaves the dataset unchanged.
+Everything is computed before anything is written: an error leaves the dataset unchanged. A label
+that cannot be scored (a detection without a mask, a segmentation of another size or without a
+mask, a mask file that is missing or a directory, ...) in either field raises
+:class:`EvaluationLabelError` (an ``EvaluationError``) naming the sample (id and file name), the
+frame and the field (which one and its name).
 """
 from __future__ import annotations
 
@@ -54,6 +58,20 @@ ProgressCallback = Callable[[float, str], Optional[bool]]
 
 class EvaluationError(ValueError):
     """Input that cannot be evaluated; the message names the field and the sample."""
+
+
+class EvaluationLabelError(EvaluationError, LabelFieldError):
+    """A label of the predictions or the ground truth that cannot be evaluated (a detection without
+    a mask, a mask of another size, an unreadable segmentation, ...). The message names the sample
+    (id and file name), the frame and the field; the attributes ``sample_id``, ``filepath``,
+    ``field``, ``what`` (``pred_field`` / ``gt_field``), ``frame_number`` and ``detail`` too."""
+
+    @classmethod
+    def wrap(cls, err: LabelFieldError) -> "EvaluationLabelError":
+        new = cls(str(err))
+        for name in ("sample_id", "filepath", "field", "what", "frame_number", "detail"):
+            setattr(new, name, getattr(err, name, None))
+        return new
 
 
 class EvaluationCancelled(Exception):
@@ -361,13 +379,17 @@ def evaluate_vos(sample_collection, pred_field: str, gt_field: str = "ground_tru
     for i, (sid, path, meta, name) in enumerate(zip(ids, paths, metas, names)):
         if progress is not None and progress(i / max(total, 1), f"[{i + 1}/{total}] {os.path.basename(path)}") is False:
             raise EvaluationCancelled("cancelled by the progress callback; nothing was written")
-        height, width = frame_size(sid, path, meta)
-        gt = read_id_maps(sample_collection, sid, path, gt_field, height, width, gt_targets, what="gt_field")
-        if not gt.frames:
-            log.warning("%s has no ground truth in '%s'; skipped", describe_sample(sid, path), gt_field)
-            skipped.append(dict(sample_id=str(sid), filepath=path, reason=f"no ground truth in '{gt_field}'"))
-            continue
-        pred = read_id_maps(sample_collection, sid, path, pred_field, height, width, pred_targets, what="pred_field")
+        try:
+            height, width = frame_size(sid, path, meta)
+            gt = read_id_maps(sample_collection, sid, path, gt_field, height, width, gt_targets, what="gt_field")
+            if not gt.frames:
+                log.warning("%s has no ground truth in '%s'; skipped", describe_sample(sid, path), gt_field)
+                skipped.append(dict(sample_id=str(sid), filepath=path, reason=f"no ground truth in '{gt_field}'"))
+                continue
+            pred = read_id_maps(sample_collection, sid, path, pred_field, height, width, pred_targets,
+                                what="pred_field")
+        except LabelFieldError as err:
+            raise EvaluationLabelError.wrap(err) from err
         sequences.append(evaluate_sequence(gt, pred, sample_id=sid, filepath=path, name=name, pred_field=pred_field,
                                            gt_field=gt_field, gt_is_segmentation=gt_is_segmentation,
                                            bound_th=bound_th, extra_objects=extra_objects))

@@ -18,11 +18,73 @@ import numpy as np
 
 import fiftyone as fo
 
-from .labels import KEYFRAME_TYPES, ObjectRegistry, parse_keyframe
+from .labels import KEYFRAME_TYPES, KeyframeError, ObjectRegistry, parse_keyframe
 
 
 class LabelFieldError(ValueError):
-    """A label field that cannot be read as object-id maps (the message names field and sample)."""
+    """A label field that cannot be read as object-id maps (the message names field and sample).
+
+    Errors about one frame's label carry ``sample_id``, ``filepath``, ``field``, ``what`` (the
+    argument: ``pred_field``, ``gt_field``, ``label_field``), ``frame_number`` and ``detail``."""
+
+    sample_id = filepath = field = what = frame_number = detail = None
+
+
+# what the field is for, in the words of its caller (the evaluation or the export)
+FIELD_ROLES = {"pred_field": "predictions", "gt_field": "ground truth", "label_field": "labels"}
+_USES = {"pred_field": "J&F compares masks pixel by pixel", "gt_field": "J&F compares masks pixel by pixel",
+         "label_field": "the export writes masks"}
+
+
+def describe_field(field_name: str, what: str = "field") -> str:
+    role = FIELD_ROLES.get(what)
+    return f"field '{field_name}' ({role}, {what})" if role else f"field '{field_name}' ({what})"
+
+
+def label_error(detail: str, sample_id: str, filepath: str | None, field_name: str, what: str,
+                frame_number: int | None) -> LabelFieldError:
+    """A :class:`LabelFieldError` naming the sample (id and file name), the frame and the field."""
+    where = describe_sample(sample_id, filepath)
+    at = f"frame {frame_number} of " if frame_number is not None else ""
+    err = LabelFieldError(f"{where}: {at}{describe_field(field_name, what)}: {detail}")
+    err.sample_id, err.filepath, err.field, err.what = str(sample_id), filepath, field_name, what
+    err.frame_number, err.detail = frame_number, detail
+    return err
+
+
+def _reword(detail: str) -> str:
+    """The label parser is shared with the propagation, whose messages speak of keyframes."""
+    return (detail.replace("keyframe label", "label").replace("keyframe mask", "mask")
+            .replace("keyframes", "labels").replace("keyframe", "label"))
+
+
+def _check_masks(value, what: str) -> str | None:
+    """What is wrong with the masks of a frame's label before it is parsed, in the words of this
+    reading (the parser's own messages are the propagation's): a Detection without a mask, a
+    mask file that is missing or a directory."""
+    from .video import file_problem
+
+    use = _USES.get(what, "masks are read pixel by pixel")
+    if isinstance(value, fo.Detections):
+        from .labels import _describe
+
+        for position, det in enumerate(value.detections or []):
+            name = _describe("detection", position, det)
+            mask_path = getattr(det, "mask_path", None)
+            if det.mask is None and not mask_path:
+                return (f"{name} has no instance mask: {use} and a box alone has none; give every object an "
+                        f"instance mask (or convert the boxes to masks, e.g. with SAM) first")
+            if det.mask is None:
+                problem = file_problem(mask_path, "mask")
+                if problem:
+                    return f"{name}: its mask_path cannot be read: {problem}"
+    elif isinstance(value, fo.Segmentation):
+        mask_path = getattr(value, "mask_path", None)
+        if value.mask is None and mask_path:
+            problem = file_problem(mask_path, "mask")
+            if problem:
+                return f"segmentation mask_path cannot be read: {problem}"
+    return None
 
 
 @dataclass
@@ -115,10 +177,16 @@ def read_id_maps(sample_collection, sample_id: str, filepath: str, field_name: s
         if value is None:
             continue
         field_type = type(value)
+        problem = _check_masks(value, what)
+        if problem:
+            raise label_error(problem, sample_id, filepath, field_name, what, int(number))
         try:
             kf = parse_keyframe(value, int(number), height, width, registry, mask_targets)
-        except TypeError as err:
-            raise LabelFieldError(f"{describe_sample(sample_id, filepath)}, field '{field_name}' ({what}): {err}") from err
+        except KeyframeError as err:
+            raise label_error(_reword(err.detail), sample_id, filepath, field_name, what, int(number)) from err
+        except (TypeError, ValueError, AttributeError) as err:  # a label the parser does not expect
+            raise label_error(f"cannot read this {type(value).__name__} label ({type(err).__name__}: {err})",
+                              sample_id, filepath, field_name, what, int(number)) from err
         if kf is None:
             parsed[int(number)] = np.zeros((height, width), dtype=np.int32)
             continue
@@ -126,10 +194,9 @@ def read_id_maps(sample_collection, sample_id: str, filepath: str, field_name: s
             for obj_id in kf.objects:
                 info = registry.by_id[obj_id]
                 if info.index is None:
-                    raise LabelFieldError(
-                        f"{describe_sample(sample_id, filepath)}: frame {number} of field '{field_name}' ({what}) "
-                        f"has an object (label {info.label!r}) without an index; objects are matched by their "
-                        f"`index` (set it on every Detection/Polyline)")
+                    raise label_error(
+                        f"an object (label {info.label!r}) without an index: objects are matched by their `index` "
+                        f"(set it on every Detection/Polyline)", sample_id, filepath, field_name, what, int(number))
         parsed[int(number)] = kf.label_map
     registry.assign_indexes()
     lut = np.zeros(max(registry.by_id, default=0) + 1, dtype=np.int64)

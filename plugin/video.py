@@ -22,6 +22,23 @@ class VideoError(RuntimeError):
     """A video that cannot be opened or decoded (missing, empty, truncated, undecodable, no frames)."""
 
 
+def file_problem(path, what: str = "video") -> str | None:
+    """Why ``path`` cannot be read as a ``what`` file (missing, a directory, not a regular file),
+    or None when it is a regular file."""
+    path = os.fspath(path) if path is not None else ""
+    if not path:
+        return f"no {what} file: the file path is empty"
+    if os.path.isfile(path):
+        return None
+    if os.path.isdir(path):
+        return f"{path} is a directory, not a {what} file"
+    if os.path.lexists(path) and not os.path.exists(path):
+        return f"{what} file not found: {path} is a broken symbolic link"
+    if os.path.exists(path):
+        return f"{path} is not a regular file (a device, socket or pipe?), not a {what} file"
+    return f"{what} file not found: {path}"
+
+
 class VideoReader:
     """A decord-backed reader of one video file (RGB uint8 frames)."""
 
@@ -31,8 +48,9 @@ class VideoReader:
         except ImportError as err:  # pragma: no cover - decord is a requirement
             raise VideoError("decord is required to read videos: pip install decord") from err
         self.path = path
-        if not os.path.isfile(path):
-            raise VideoError(f"video file not found: {path}")
+        problem = file_problem(path, "video")
+        if problem:
+            raise VideoError(problem)
         if os.path.getsize(path) == 0:
             raise VideoError(f"video file is empty (0 bytes): {path}")
         try:
