@@ -130,6 +130,9 @@ def print_summary(summary: dict, stream=None) -> None:
         else:
             print(f"  {name}: {row.get('status')}", file=stream)
     fields = summary["output_field"] + (f" and {summary['segmentation_field']}" if summary.get("segmentation_field") else "")
+    if summary.get("signals_during_swap"):
+        print(f"{summary['signals_during_swap']} arrived during the final swap of the output field: the swap was "
+              f"finished first, frames.{fields} holds the new output", file=sys.stderr)
     if summary.get("written", True):
         print(f"wrote frames.{fields} in {summary.get('seconds', 0):.1f}s", file=stream)
     else:

@@ -277,17 +277,37 @@ def drop_temporary_field(dataset: fo.Dataset, tmp: str, since: Optional[datetime
     dataset.delete_frame_field(tmp)
 
 
-def finish_swap(dataset: fo.Dataset, field: str, tmp: str) -> None:
-    """Put the complete temporary field ``tmp`` in place of ``field``. Each step can be
-    repeated after a crash at any instant: FiftyOne deletes/renames in the frame documents first
-    and in the schema second, so ``tmp`` leaves the schema only once the rename is complete."""
+SWAP_STEPS = ("delete_old", "declare", "copy", "drop_tmp")
+
+
+def copy_values(dataset: fo.Dataset, source: str, target: str) -> None:
+    """Server-side copy of frame field ``source`` onto the declared ``target`` (repeatable)."""
+    dataset._frame_collection.update_many(
+        {source: {"$exists": True}}, [{"$set": {target: "$" + source, "last_modified_at": "$$NOW"}}])
+
+
+def finish_swap(dataset: fo.Dataset, claim_doc_update, field: str, tmp: str, kind=None, start: str = SWAP_STEPS[0]) -> None:
+    """Put the complete temporary field ``tmp`` in place of ``field``, from step ``start`` on.
+
+    The steps keep every frame document loadable at every instant (a document never holds an
+    undeclared field) and each can be repeated after a crash: delete the old field (FiftyOne
+    unsets the values, then drops it from the schema), declare it anew, copy ``tmp`` onto it,
+    delete ``tmp``. ``claim_doc_update(step)`` records each step in the journal before it runs.
+    """
     dataset.reload()
-    schema = dataset.get_frame_field_schema() or {}
-    if tmp not in schema:
-        return  # the rename reached the schema: done
-    if field in schema:
-        dataset.delete_frame_field(field)  # tmp holds every value to keep
-    dataset.rename_frame_field(tmp, field)
+    for step in SWAP_STEPS[SWAP_STEPS.index(start):]:
+        claim_doc_update(step)
+        schema = dataset.get_frame_field_schema() or {}
+        if step == "delete_old" and field in schema:
+            dataset.delete_frame_field(field)  # tmp holds every value to keep
+        elif step == "declare" and field not in schema:
+            kind = kind or getattr(schema.get(tmp), "document_type", None) or fo.Detections
+            dataset.add_frame_field(field, fo.EmbeddedDocumentField, embedded_doc_type=kind)
+        elif step == "copy":
+            copy_values(dataset, tmp, field)
+        elif step == "drop_tmp" and tmp in schema:
+            dataset.delete_frame_field(tmp)
+        dataset.reload()
 
 
 def settle(dataset: fo.Dataset, doc: dict) -> None:
@@ -296,8 +316,11 @@ def settle(dataset: fo.Dataset, doc: dict) -> None:
     if not tmp:
         return
     if phase == "commit":
-        log.warning("finishing the interrupted swap of '%s' into '%s'", tmp, field)
-        finish_swap(dataset, field, tmp)
+        log.warning("finishing the interrupted swap of '%s' into '%s' (from step %s)", tmp, field,
+                    doc.get("step") or SWAP_STEPS[0])
+        key = doc["_id"]
+        finish_swap(dataset, lambda step: _runs().update_one({"_id": key}, {"$set": {"step": step}}), field, tmp,
+                    start=doc.get("step") or SWAP_STEPS[0])
     elif phase == "staging":
         log.warning("removing the temporary field '%s' of an interrupted run", tmp)
         drop_temporary_field(dataset, tmp, doc.get("staged_at"))

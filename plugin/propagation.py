@@ -40,7 +40,7 @@ from .labels import (KEYFRAME_TYPES, KeyframeError, ObjectRegistry, mask_to_dete
 from .models import DEFAULT_MODEL, PRECISIONS, load_model, resolve_checkpoint, resolve_device
 from .idmaps import root_dataset
 from .journal import (FRAME_DEFAULT_FIELDS as RESERVED_FRAME_FIELDS, RESERVED_SUFFIXES, TMP_SUFFIX, FieldBusyError,
-                      FieldClaim, claim_fields, drop_temporary_field, finish_swap, note_deferred_signal,
+                      FieldClaim, claim_fields, copy_values, drop_temporary_field, finish_swap, note_deferred_signal,
                       refuse_unowned_temporaries, reserved_name, signals_deferred, swap_in_progress)
 from .video import VideoError, open_video, prefetch
 
@@ -222,10 +222,10 @@ def _prepare_tmp(dataset: fo.Dataset, claim: FieldClaim, kind) -> str:
     final, tmp = claim.field, claim.field + TMP_SUFFIX
     claim.set_phase("staging", tmp=tmp, staged_at=datetime.datetime.now(datetime.timezone.utc))
     claim.tmp = tmp
+    # declared first, then filled server-side: no document ever holds an undeclared field
+    dataset.add_frame_field(tmp, fo.EmbeddedDocumentField, embedded_doc_type=kind)
     if final in dataset.get_frame_field_schema():
-        dataset.clone_frame_field(final, tmp)
-    else:
-        dataset.add_frame_field(tmp, fo.EmbeddedDocumentField, embedded_doc_type=kind)
+        copy_values(dataset, final, tmp)
     return tmp
 
 
@@ -627,8 +627,9 @@ def _propagate_claimed(sample_collection, dataset, claims: dict[str, FieldClaim]
             with signals_deferred(deferred):
                 for final in final_names:
                     claim = claims[final]
-                    claim.set_phase("commit")
-                    finish_swap(dataset, final, claim.tmp)
+                    claim.set_phase("commit", step=None)
+                    finish_swap(dataset, lambda step, _c=claim: _c.set_phase("commit", step=step), final, claim.tmp,
+                                dict(finals)[final])
                     claim.set_phase("claimed", tmp=None)
                     claim.tmp = None
                     summary["written"] = True

@@ -497,25 +497,36 @@ def test_exception_mid_video_leaves_everything_as_it_was_then_rerun_restarts(mak
     assert _no_tmp(ds)
 
 
-def test_failure_while_swapping_fields_keeps_the_previous_output(make_video, scripted, run, monkeypatch):
-    """The last step (renaming the temporary field onto the output) fails: the output is put back."""
+def test_failure_while_swapping_fields_is_finished_by_the_next_run(make_video, scripted, run, monkeypatch):
+    """A step of the final swap fails (the database went away): the error says so, nothing is
+    lost (the new output is complete in the temporary field, every sample loads), and the next
+    run into the field finishes the swap before anything else."""
     import fiftyone as fo
     import plugin
-    from plugin import propagation
+    from plugin import journal
 
     ds = _base("t_fault_swap", make_video)
-    before = _snapshot(ds, strict=False)
-    rename = fo.Dataset.rename_frame_field
+    copy = journal.copy_values
 
-    def failing_rename(self, field_name, new_field_name):
-        if field_name == "out" + propagation.TMP_SUFFIX and new_field_name == "out":
+    def failing_copy(dataset, source, target):
+        if target == "out":
             raise RuntimeError("database went away")
-        return rename(self, field_name, new_field_name)
+        return copy(dataset, source, target)
 
-    monkeypatch.setattr(fo.Dataset, "rename_frame_field", failing_rename)
-    with pytest.raises(RuntimeError, match="database went away"):
+    monkeypatch.setattr(journal, "copy_values", failing_copy)
+    with pytest.raises(RuntimeError, match="database went away") as info:
         plugin.propagate(ds, "kf", "out", overwrite=True, write_every=1, **run)
-    assert _snapshot(ds, strict=False) == before and _no_tmp(ds)
+    assert any("finishes the swap" in note for note in info.value.__notes__)
+    assert journal.claim_for(ds, "out")["phase"] == "commit"
+    ds.reload()
+    assert "out" + journal.TMP_SUFFIX in ds.get_frame_field_schema()
+    for sample in fo.load_dataset(ds.name).iter_samples():  # everything loads meanwhile
+        list(sample.frames.values())
+    monkeypatch.setattr(journal, "copy_values", copy)
+    with pytest.raises(plugin.OutputExistsError):  # the next run settles the journal first
+        plugin.propagate(ds, "kf", "out", **run)
+    assert _no_tmp(ds) and journal.claim_for(ds, "out") is None
+    _assert_complete(ds)
 
 
 def _oom():
@@ -684,6 +695,9 @@ def test_killed_or_terminated_worker(sig, make_video, tmp_path, run):
             assert worker.poll() is None, worker.communicate()[1][-3000:]
             assert time.time() < deadline, "the worker did not start propagating"
             time.sleep(0.05)
+        while sig == "SIGKILL" and ds._frame_collection.count_documents({}) <= frame_docs:
+            assert worker.poll() is None and time.time() < deadline, "the worker wrote no new frame"
+            time.sleep(0.05)  # kill once it has created frame documents (the recovery has work to do)
         if mode == "signal":
             worker.send_signal(getattr(signal, sig))
         _, stderr = worker.communicate(timeout=120)
