@@ -10,7 +10,8 @@ and a stable output ``index`` (its given index, else the smallest unused integer
 
 Keyframes are validated strictly: a label that cannot be turned into exactly the masks the user
 drew (a detection without a mask, an empty mask, a mask outside the frame or of another aspect
-ratio, two objects with the same index, an object entirely hidden by later ones) raises
+ratio, a ``mask_path`` to a JPEG file (lossy: its noise would become objects; use PNG), two
+objects with the same index, an object entirely hidden by later ones) raises
 :class:`KeyframeError` naming the frame and the object, never a silent guess.
 """
 from __future__ import annotations
@@ -150,8 +151,30 @@ def _describe(kind: str, position: int, item) -> str:
     return text + (f" ({', '.join(extra)})" if extra else "")
 
 
+_JPEG_MAGIC = b"\xff\xd8\xff"
+
+
+def _refuse_lossy_mask_file(label, what: str, frame_number: int | None) -> None:
+    """A ``mask_path`` (used when ``mask`` is unset) holding a JPEG image, by its content whatever
+    its name, raises :class:`KeyframeError`: JPEG is lossy, the compression noise around each edge
+    would become spurious object ids (a 2-object colour mask gives ~200) or stray mask pixels."""
+    path = getattr(label, "mask_path", None)
+    if getattr(label, "mask", None) is not None or not path:
+        return
+    try:
+        with open(path, "rb") as f:
+            head = f.read(3)
+    except OSError:
+        return  # reading the mask reports it
+    if head == _JPEG_MAGIC:
+        raise KeyframeError(f"{what}: its mask_path {path} is a JPEG image; JPEG is lossy, so the compression noise "
+                            f"around every edge would become spurious object ids. Save the mask as a PNG "
+                            f"(lossless) and point mask_path at it", frame_number)
+
+
 def _detection_mask(det: fo.Detection, what: str, frame_number: int | None) -> np.ndarray:
-    """The detection's (h, w) instance mask as uint8 0/1, validated."""
+    """The detection's (h, w) instance mask as uint8 0/1, validated (a JPEG ``mask_path`` is refused)."""
+    _refuse_lossy_mask_file(det, what, frame_number)
     try:
         mask = det.get_mask() if hasattr(det, "get_mask") else det.mask
     except Exception as err:  # e.g. a mask_path that does not exist
@@ -249,7 +272,9 @@ def _given_index(item, what: str, frame_number: int) -> int | None:
 
 
 def _segmentation_mask(value: fo.Segmentation, frame_number: int) -> tuple[np.ndarray, bool]:
-    """(H, W) int64 values of a segmentation (RGB packed as 0xRRGGBB) and whether it was RGB."""
+    """(H, W) int64 values of a segmentation (RGB packed as 0xRRGGBB) and whether it was RGB; a JPEG
+    ``mask_path`` is refused (lossy: not an id map)."""
+    _refuse_lossy_mask_file(value, "segmentation", frame_number)
     try:
         mask = value.get_mask() if hasattr(value, "get_mask") else value.mask
     except Exception as err:  # e.g. a mask_path that does not exist

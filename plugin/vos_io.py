@@ -2,8 +2,9 @@
 
 Layouts (``<seq>`` = one video):
 
-* DAVIS: ``JPEGImages/<seq>/00000.jpg ...`` (every frame, numbered from 0) and
-  ``Annotations/<seq>/00000.png ...`` (palette PNGs, pixel value = object id, 0 = background).
+* DAVIS: ``JPEGImages/<seq>/00000.jpg ...`` (every frame, numbered from 0, zero-padded to one
+  width) and ``Annotations/<seq>/00000.png ...`` (palette PNGs, pixel value = object id,
+  0 = background, 255 = void: pixels left out of the ground truth, not an object).
   The official release nests both under a resolution folder (``JPEGImages/480p/<seq>``);
   :func:`import_vos` finds it (``resolution``), :func:`export_vos` writes the flat layout.
 * YouTube-VOS: ``JPEGImages/<seq>/*.jpg``, ``Annotations/<seq>/*.png`` (palette PNGs, only the
@@ -15,19 +16,28 @@ Export: every frame of each video is decoded with decord and written as JPEG (fr
 ``%05d.jpg`` of n - 1); every frame whose label field is set becomes a PNG (an empty label gives
 an all-zero PNG), the pixel value being the object's ``index`` (see ``plugin.idmaps``; objects
 without an index get the propagation's identity rule). Sequence names: the sample field
-``sequence`` when the dataset has it (``import_vos`` sets it), else the video's file name.
+``sequence`` when the dataset has it and it is set (``import_vos`` sets it), else the video's file
+name. A sequence name must be one safe folder name (not empty, ``.`` or ``..``, no ``/``, ``\\``
+or NUL), on export and on import (:func:`check_sequence_name`). In the DAVIS layout the ids are
+1..254 (255 would come back as void).
 
-Import: each sequence's JPEGs (sorted by name) become an H.264 MP4 (frame i + 1 = i-th JPEG; the
+Import: each sequence's JPEGs (in the order of the numbers in their names: ``2.jpg`` before
+``10.jpg``, as text otherwise) become an H.264 MP4 (frame i + 1 = i-th JPEG; the
 imageio-ffmpeg binary, as the demo), each PNG a frame label on the frame of the JPEG with the same
 name: ``fo.Detections`` with instance masks (``index`` = id, ``label`` = the YouTube-VOS category
-or the id) or ``fo.Segmentation`` label maps. Export -> import gives identical id maps on every
-annotated frame.
+or the id) or ``fo.Segmentation`` label maps. DAVIS void pixels (255) become background (0),
+which is exactly how the official DAVIS 2017 semi-supervised evaluation scores them (it passes no
+void mask to J and F); YouTube-VOS has no void label, 255 stays an object there. Annotations
+must be lossless: a JPEG annotation (by its content, whatever its name) is refused, since its
+compression noise would turn each object edge into dozens of spurious ids. Export -> import gives
+identical id maps on every annotated frame.
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -44,6 +54,8 @@ log = logging.getLogger(__name__)
 LAYOUTS = ("davis", "youtube")
 LABEL_TYPES = ("detections", "segmentation")
 RESOLUTIONS = ("480p", "Full-Resolution", "1080p")
+DAVIS_VOID = 255  # DAVIS annotations: pixels excluded from the ground truth (not an object)
+LOSSY_FORMATS = ("JPEG", "MPO")  # PIL formats whose pixels are not exact: never id maps
 
 ProgressCallback = Callable[[float, str], Optional[bool]]  # reports only (no cancel)
 
@@ -75,11 +87,22 @@ def write_annotation(path: str | Path, id_map: np.ndarray) -> None:
     image.save(path)
 
 
+def _lossy_message(path, what: str = "annotation") -> str:
+    return (f"{path}: this {what} is a JPEG image; JPEG is lossy, so the compression noise around every edge "
+            f"would become dozens of spurious object ids. Save id maps as PNG (palette or grayscale, pixel "
+            f"value = object id)")
+
+
 def read_annotation(path: str | Path) -> np.ndarray:
-    """(H, W) uint8 ids of a palette (or grayscale) PNG annotation."""
+    """(H, W) uint8 ids of a palette (or grayscale) PNG annotation.
+
+    A JPEG file (by its content, whatever its name) is refused with :class:`VOSFormatError`: lossy
+    compression changes pixel values, so a JPEG cannot hold an id map."""
     from PIL import Image
 
     with Image.open(path) as image:
+        if image.format in LOSSY_FORMATS:
+            raise VOSFormatError(_lossy_message(path))
         if image.mode not in ("P", "L", "1", "I;16", "I"):
             raise VOSFormatError(f"{path}: annotation is a {image.mode} image; DAVIS/YouTube-VOS annotations are "
                                  f"palette PNGs whose pixel values are object ids")
@@ -94,11 +117,38 @@ def read_annotation(path: str | Path) -> np.ndarray:
 # --------------------------------------------------------------------------- export
 
 
+def check_sequence_name(name: Any, where: str = "") -> str:
+    """``name`` if it is one safe folder name, else ``ValueError`` naming it (``where`` prefixes the
+    message). A sequence name becomes ``JPEGImages/<name>``, ``Annotations/<name>`` and
+    ``<name>.mp4``: an empty name, ``.``, ``..``, or one with ``/``, ``\\`` or NUL would point at
+    another folder (``.`` with overwrite replaced every sequence of an export)."""
+    if not isinstance(name, str):
+        problem = f"is a {type(name).__name__}, not a string"
+    elif not name.strip():
+        problem = "is empty"
+    elif name in (".", ".."):
+        problem = "is a relative folder reference"
+    elif "\0" in name:
+        problem = "contains a NUL character"
+    elif "/" in name or "\\" in name or (os.altsep and os.altsep in name):
+        problem = "contains a path separator"
+    else:
+        return name
+    raise ValueError(f"{where}sequence name {name!r} {problem}: a sequence name must be a single folder name "
+                     f"(not empty, '.' or '..', without '/', '\\' or NUL)")
+
+
 def _names(ids, paths, sequences) -> list[str]:
+    """Export folder name of each sample: its ``sequence`` (when set), else its file name; unsafe
+    names are refused (:func:`check_sequence_name`), repeated ones get ``_2``, ``_3``..."""
     out, seen = [], {}
     for sid, path, seq in zip(ids, paths, sequences):
-        base = str(seq) if seq else os.path.splitext(os.path.basename(path))[0]
-        base = base.replace(os.sep, "_").strip() or str(sid)
+        from_field = seq is not None and str(seq) != ""
+        base = str(seq) if from_field else os.path.splitext(os.path.basename(path))[0]
+        check_sequence_name(base.strip() or base,
+                            f"{describe_sample(sid, path)}, from its "
+                            + ("'sequence' field: " if from_field else "video file name: "))
+        base = base.strip()
         n = seen.get(base, 0)
         seen[base] = n + 1
         out.append(base if n == 0 else f"{base}_{n + 1}")
@@ -111,7 +161,8 @@ def export_vos(sample_collection, export_dir: str | Path, label_field: str, layo
     """Write the videos of ``sample_collection`` and the masks of ``label_field`` (a frame field of
     Detections with instance masks, Segmentation or Polylines) as a DAVIS or YouTube-VOS folder.
 
-    Every label is read and checked (ids 1..255, no label beyond the video's last frame) before
+    Every label is read and checked (ids 1..255, 1..254 in the DAVIS layout where 255 is void; no
+    label beyond the video's last frame; every sequence name a single safe folder name) before
     anything is written. Existing sequence folders are refused unless ``overwrite`` (they are then
     replaced; ``meta.json`` is updated, keeping other sequences). Files are written to a staging
     folder inside ``export_dir`` and moved into place only after every sequence is written, so an
@@ -147,12 +198,16 @@ def export_vos(sample_collection, export_dir: str | Path, label_field: str, layo
         reader = open_video(path, count)
         maps = read_id_maps(sample_collection, sid, path, label_field, reader.height, reader.width, targets,
                             require_index=False, what="label_field")
+        top = DAVIS_VOID - 1 if layout == "davis" else 255
         for number in maps.frames:
             m = maps.maps[number]
-            if m.size and (int(m.max()) > 255 or int(m.min()) < 0):
-                bad = sorted(int(v) for v in np.unique(m) if v > 255 or v < 0)
+            if m.size and (int(m.max()) > top or int(m.min()) < 0):
+                bad = sorted(int(v) for v in np.unique(m) if v > top or v < 0)
+                why = ("DAVIS PNGs hold ids 0..254 (255 marks void pixels, read back as no object; renumber the "
+                       "object or use layout='youtube')" if layout == "davis" and bad[-1] == DAVIS_VOID
+                       else f"{layout} PNGs hold ids 0..{top}")
                 raise ValueError(f"{describe_sample(sid, path)}: frame {number} of '{label_field}' has object "
-                                 f"index(es) {bad[:5]}; DAVIS/YouTube-VOS PNGs hold ids 0..255")
+                                 f"index(es) {bad[:5]}; {why}")
         beyond = [n for n in maps.frames if n > reader.num_frames]
         if beyond:
             raise ValueError(f"{describe_sample(sid, path)}: '{label_field}' is set on frame(s) {beyond[:5]} beyond "
@@ -255,13 +310,13 @@ def _read_jpeg(path: Path) -> np.ndarray:
     return image[:, :, ::-1]
 
 
-def _image_header(path: Path) -> tuple[str, tuple[int, int]]:
-    """(PIL mode, (height, width)) of an image, from its header only."""
+def _image_header(path: Path) -> tuple[str, tuple[int, int], str | None]:
+    """(PIL mode, (height, width), PIL format) of an image, from its header only."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as image:
-            return image.mode, (image.height, image.width)
+            return image.mode, (image.height, image.width), image.format
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
         raise VOSFormatError(f"{path}: not a readable image ({err})") from err
 
@@ -316,41 +371,87 @@ def _categories(meta: dict[str, Any], name: str, meta_path: Path) -> dict[int, s
     return out
 
 
+def frame_order_key(stem: str) -> tuple:
+    """Sort key of a frame name: the numbers in it compare as numbers (``2`` before ``10``, ``00005``
+    beside ``5``), the rest as text; ties are broken by the name itself."""
+    parts = re.split(r"(\d+)", stem)
+    return tuple(int(p) if i % 2 else p for i, p in enumerate(parts)), stem
+
+
+def _check_frame_names(folder: Path, stems: list[str], layout: str) -> None:
+    """Frame names (``stems``, in frame order) that cannot be ordered or, in the DAVIS layout, are
+    not consecutive zero-padded numbers: ``VOSFormatError`` naming a few of them."""
+    if not all(s.isdigit() for s in stems):
+        return
+    by_number: dict[int, list[str]] = {}
+    for s in stems:
+        by_number.setdefault(int(s), []).append(f"{s}.jpg")
+    same = [names for names in by_number.values() if len(names) > 1]
+    if same:
+        raise VOSFormatError(f"{folder}: {same[0]} have the same frame number (their order is ambiguous); "
+                             f"{len(same)} such group(s); keep one file per frame")
+    if layout != "davis":
+        return
+    width = max(len(s) for s in stems)
+    short = [f"{s}.jpg" for s in stems if len(s) != width]
+    if short:
+        example = short[min(5, len(short) - 1)]
+        raise VOSFormatError(
+            f"{folder}: the frame names are not zero-padded to one width: {len(short)} of {len(stems)} have "
+            f"fewer than {width} digits ({short[:5]}{' ...' if len(short) > 5 else ''}). DAVIS frames are "
+            f"consecutive numbers of one width (00000.jpg, 00001.jpg, ...); rename them (e.g. {example} -> "
+            f"{int(example[:-4]):0{width}d}.jpg, and the PNGs alike), or import with layout='youtube' (a "
+            f"meta.json, e.g. {{\"videos\": {{}}}}), which orders frames by the number in their names")
+    first, last = int(stems[0]), int(stems[-1])
+    if last - first + 1 != len(stems):
+        present = set(by_number)
+        missing = [f"{n:0{width}d}.jpg" for n in range(first, last + 1) if n not in present]
+        raise VOSFormatError(f"{folder}: {len(stems)} frames numbered {stems[0]}..{stems[-1]}, missing "
+                             f"{missing[:5]}{' ...' if len(missing) > 5 else ''} (DAVIS sequences hold every "
+                             f"frame)")
+
+
 def _plan_sequence(name: str, jpeg_root: Path, ann_root: Path, layout: str) -> tuple[list[Path], dict[str, int],
                                                                                      list[Path], tuple[int, int]]:
     """Check one sequence's folders and image headers; (jpegs, stem -> frame number, pngs, (H, W))."""
     folder = jpeg_root / name
     if not folder.is_dir():
         raise VOSFormatError(f"no sequence '{name}': {folder} does not exist")
-    jpegs = sorted(folder.glob("*.jpg"))
+    jpegs = sorted(folder.glob("*.jpg"), key=lambda p: frame_order_key(p.stem))
     if not jpegs:
         raise VOSFormatError(f"{folder}: no .jpg frames")
     stems = [p.stem for p in jpegs]
-    if layout == "davis" and all(s.isdigit() for s in stems):
-        first, last = int(stems[0]), int(stems[-1])
-        if last - first + 1 != len(stems):
-            present = {int(s) for s in stems}
-            missing = [f"{n:05d}.jpg" for n in range(first, last + 1) if n not in present]
-            raise VOSFormatError(f"{folder}: {len(stems)} frames numbered {stems[0]}..{stems[-1]}, missing "
-                                 f"{missing[:5]}{' ...' if len(missing) > 5 else ''} (DAVIS sequences hold every "
-                                 f"frame)")
+    _check_frame_names(folder, stems, layout)
     numbers = {stem: i + 1 for i, stem in enumerate(stems)}
     ann_folder = ann_root / name
     if not ann_folder.is_dir():
         raise VOSFormatError(f"sequence '{name}': annotation folder {ann_folder} does not exist")
-    pngs = sorted(ann_folder.glob("*.png"))
+    pngs = sorted(ann_folder.glob("*.png"), key=lambda p: frame_order_key(p.stem))
+    # a JPEG annotation is lossy (refused); one beside its PNG is a preview (ignored)
+    png_stems = {p.stem for p in pngs}
+    lossy = sorted((p for p in ann_folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg") and p.is_file()),
+                   key=lambda p: frame_order_key(p.stem))
+    alone = [p for p in lossy if p.stem not in png_stems]
+    if alone:
+        raise VOSFormatError(_lossy_message(alone[0]) + f" ({len(alone)} JPEG annotation(s) without a PNG in "
+                                                        f"{ann_folder})")
+    if lossy:
+        log.warning("sequence %s: ignoring %d JPEG file(s) beside the PNG annotations of the same name in %s",
+                    name, len(lossy), ann_folder)
     if not pngs:
         log.warning("sequence %s has no annotation in %s", name, ann_folder)
-    mode, size = _image_header(jpegs[0])
+    mode, size, _ = _image_header(jpegs[0])
     for path in jpegs[1:]:
-        _, other = _image_header(path)
+        _, other, _ = _image_header(path)
         if other != size:
             raise VOSFormatError(f"{path}: {other[1]}x{other[0]}, the sequence's first frame is {size[1]}x{size[0]}")
     for png in pngs:
         if png.stem not in numbers:
             raise VOSFormatError(f"{png}: no frame {png.stem}.jpg in {folder} (annotations and frames do not match: "
                                  f"{len(pngs)} PNGs, {len(jpegs)} JPEGs)")
-        mode, other = _image_header(png)
+        mode, other, fmt = _image_header(png)
+        if fmt in LOSSY_FORMATS:
+            raise VOSFormatError(_lossy_message(png))
         if mode not in ("P", "L", "1", "I;16", "I"):
             raise VOSFormatError(f"{png}: annotation is a {mode} image; DAVIS/YouTube-VOS annotations are palette "
                                  f"PNGs whose pixel values are object ids")
@@ -369,6 +470,13 @@ def import_vos(dataset_dir: str | Path, dataset=None, label_field: str = "ground
     folder, before anything visible changes: on any error (``VOSFormatError`` naming the file)
     no dataset is created or replaced and no video is left behind.
 
+    Frames are ordered by the number in their names (``0.jpg, 1.jpg, ..., 10.jpg``); the DAVIS
+    layout also requires consecutive names zero-padded to one width (``00000.jpg``...). A JPEG
+    annotation (lossy: its noise would become spurious objects) is refused; PNGs only. DAVIS void
+    pixels (255) are imported as background, not as an object (the official semi-supervised
+    evaluation scores them so); ``info["vos_import"][-1]["void_frames"]`` counts the annotations
+    that had some.
+
     Args:
         dataset_dir: the folder holding ``JPEGImages``, ``Annotations`` (and ``meta.json``)
         dataset: an existing ``fo.Dataset`` to add to, or the name of a new one (default: the
@@ -379,7 +487,8 @@ def import_vos(dataset_dir: str | Path, dataset=None, label_field: str = "ground
         video_dir: where the MP4s go (default ``<fo default dataset dir>/<name>/videos``); an
             existing ``<seq>.mp4`` there is refused unless ``overwrite``
         fps: frame rate of the MP4s
-        sequences: only these sequences (default all, sorted)
+        sequences: only these sequences (default all, sorted); each must be a single folder name
+            (``ValueError`` for ``..``, ``a/b``...: see :func:`check_sequence_name`)
         resolution: DAVIS resolution folder (``480p``...), found automatically
         persistent: make a new dataset persistent
 
@@ -410,6 +519,8 @@ def import_vos(dataset_dir: str | Path, dataset=None, label_field: str = "ground
     if not ann_root.is_dir():
         raise VOSFormatError(f"{ann_root} does not exist: a DAVIS/YouTube-VOS folder has JPEGImages/ and Annotations/")
     names = list(sequences) if sequences is not None else list_sequences(dataset_dir, resolution)
+    for name in names:
+        check_sequence_name(name, f"{dataset_dir}: ")
     if not names:
         raise VOSFormatError(f"no sequence (folder of .jpg files) in {jpeg_root}")
     if len(set(names)) != len(names):
@@ -445,6 +556,7 @@ def import_vos(dataset_dir: str | Path, dataset=None, label_field: str = "ground
     video_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".import-vos-", dir=video_dir))
     samples = []
+    void_frames = 0
     try:
         total = len(plans)
         for i, (name, jpegs, numbers, pngs, (height, width), categories) in enumerate(plans):
@@ -453,6 +565,11 @@ def import_vos(dataset_dir: str | Path, dataset=None, label_field: str = "ground
             labels = {}
             for png in pngs:
                 ids = _load_annotation(png, height, width)
+                if layout == "davis":
+                    void = ids == DAVIS_VOID
+                    if void.any():  # not an object: background, as the official evaluation scores it
+                        ids = np.where(void, 0, ids).astype(np.uint8)
+                        void_frames += 1
                 if label_type == "segmentation":
                     labels[numbers[png.stem]] = fo.Segmentation(mask=ids)
                 else:
@@ -490,8 +607,11 @@ def import_vos(dataset_dir: str | Path, dataset=None, label_field: str = "ground
         shutil.rmtree(staging, ignore_errors=True)
     if samples:
         target.add_samples(samples)
+    if void_frames:
+        log.info("%d annotation(s) have DAVIS void pixels (255): imported as background", void_frames)
     target.info.setdefault("vos_import", []).append(dict(source=str(dataset_dir), layout=layout,
-                                                          label_field=label_field, sequences=len(samples)))
+                                                          label_field=label_field, sequences=len(samples),
+                                                          void_frames=void_frames))
     target.save()
     if progress is not None:
         progress(1.0, "done")
