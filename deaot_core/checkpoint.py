@@ -29,7 +29,7 @@ class CheckpointError(ValueError):
 
 def cache_dir() -> Path:
     """Where downloaded checkpoints live: $DEAOT_CACHE (``~`` expanded; empty: unset), else ~/.cache/deaot
-    (the same rule as ``plugin.models.cache_dir``)."""
+    (the same rule as ``deaot_vos.models.cache_dir``)."""
     return Path(os.environ.get("DEAOT_CACHE") or Path.home() / ".cache" / "deaot").expanduser()
 
 

@@ -401,7 +401,7 @@ def build_source(cfg: TrainConfig, max_objects: int = 10):
         parts = cfg.data.split(":")
         if len(parts) != 3 or not parts[1] or not parts[2]:
             raise ValueError(f"--data fiftyone needs the form fiftyone:<dataset_name>:<field>, got {cfg.data!r}")
-        from plugin.vos_reader import FiftyOneVOS  # FiftyOne stays out of deaot_core's imports
+        from deaot_vos.vos_reader import FiftyOneVOS  # FiftyOne stays out of deaot_core's imports
 
         base = FiftyOneVOS.from_dataset(parts[1], parts[2], num_frames=cfg.seq_len, height=cfg.height,
                                         width=cfg.width, seed=cfg.seed, max_gap=cfg.max_gap,

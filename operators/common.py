@@ -4,7 +4,7 @@ from __future__ import annotations
 import fiftyone as fo
 import fiftyone.operators.types as types
 
-from plugin.labels import KEYFRAME_TYPES
+from deaot_vos.labels import KEYFRAME_TYPES
 
 
 def target_view(ctx):

@@ -15,8 +15,8 @@ import fiftyone as fo
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
-from plugin.compare import TABLE_KEYS, _fmt, frame_curves, plotly_traces, summary_rows
-from plugin.evaluation import list_vos_evaluations
+from deaot_vos.compare import TABLE_KEYS, _fmt, frame_curves, plotly_traces, summary_rows
+from deaot_vos.evaluation import list_vos_evaluations
 
 PLOT_LAYOUT = {
     "title": {"text": "Per-frame J&F (mean over objects)", "x": 0, "xanchor": "left"},

@@ -1,11 +1,11 @@
-"""``@deaot/vos/evaluate_vos``: a thin operator over :func:`plugin.evaluation.evaluate_vos`."""
+"""``@deaot/vos/evaluate_vos``: a thin operator over :func:`deaot_vos.evaluation.evaluate_vos`."""
 from __future__ import annotations
 
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
-from plugin.evaluation import EXTRA_OBJECTS, EvaluationCancelled, check_evaluation, evaluate_vos
-from plugin.metrics import SUMMARY_KEYS
+from deaot_vos.evaluation import EXTRA_OBJECTS, EvaluationCancelled, check_evaluation, evaluate_vos
+from deaot_vos.metrics import SUMMARY_KEYS
 
 from .common import delegation_param, dropdown, label_fields, target_view, video_target_notice
 

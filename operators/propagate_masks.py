@@ -1,13 +1,13 @@
-"""``@deaot/vos/propagate_masks``: a thin operator over :func:`plugin.propagate`."""
+"""``@deaot/vos/propagate_masks``: a thin operator over :func:`deaot_vos.propagate`."""
 from __future__ import annotations
 
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
-from plugin.models import DEFAULT_MODEL, PRECISIONS, emulated_precisions, model_names
-from plugin.propagation import (DelegatedCancelCheck, OutputExistsError, PropagationCancelled, cancel_on_signals,
+from deaot_vos.models import DEFAULT_MODEL, PRECISIONS, emulated_precisions, model_names
+from deaot_vos.propagation import (DelegatedCancelCheck, OutputExistsError, PropagationCancelled, cancel_on_signals,
                                 check_fields, check_test_scales, propagate)
-from plugin.scaleout import JOB_PARAM, queue_propagation, run_task, split_size
+from deaot_vos.scaleout import JOB_PARAM, queue_propagation, run_task, split_size
 
 from .common import delegation_param, label_fields, target_view, video_target_notice
 
@@ -35,7 +35,7 @@ def _int_or_none(value):
 
 
 def params_to_kwargs(params: dict) -> dict:
-    """The :func:`plugin.propagate` keyword arguments for the operator's ``params``."""
+    """The :func:`deaot_vos.propagate` keyword arguments for the operator's ``params``."""
     kwargs = dict(
         keyframes_field=params.get("keyframes_field"),
         output_field=params.get("output_field") or DEFAULT_OUTPUT,

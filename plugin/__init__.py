@@ -1,9 +1,9 @@
-"""FiftyOne-side code of the ``@deaot/vos`` plugin (the operators in ``operators/`` are thin
-wrappers around it).
+"""``deaot_vos``: the FiftyOne side of the ``@deaot/vos`` plugin (kept in ``plugin/``; the operators
+in ``operators/`` are thin wrappers around it).
 
-``plugin.propagate(...)`` propagates keyframe masks through videos; ``python -m plugin`` is its
+``deaot_vos.propagate(...)`` propagates keyframe masks through videos; ``python -m deaot_vos`` is its
 CLI (``propagate``, ``demo``). Attributes are imported lazily so that light submodules (e.g.
-``plugin.metrics``) do not pull in FiftyOne or torch.
+``deaot_vos.metrics``) do not pull in FiftyOne or torch.
 """
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ _LAZY = {
     "resolve_device": "models",
     "DEFAULT_MODEL": "models",
     "VideoError": "video",
+    "evaluate_vos": "evaluation",
+    "upgrade_legacy_runs": "evaluation",
 }
 
 __all__ = sorted(_LAZY)
@@ -28,7 +30,7 @@ __all__ = sorted(_LAZY)
 def __getattr__(name):
     module = _LAZY.get(name)
     if module is None:
-        raise AttributeError(f"module 'plugin' has no attribute {name!r}")
+        raise AttributeError(f"module 'deaot_vos' has no attribute {name!r}")
     value = getattr(importlib.import_module(f".{module}", __name__), name)
     globals()[name] = value
     return value

@@ -1,4 +1,4 @@
-"""``python -m plugin``: see ``plugin/cli.py``."""
+"""``python -m deaot_vos``: see ``plugin/cli.py``."""
 import sys
 
 from .cli import main

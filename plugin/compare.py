@@ -1,5 +1,5 @@
-"""Compare J&F evaluation runs (``plugin.evaluation``): the official summary table per run and the
-per-frame J&F curves of one video, for the CLI (``python -m plugin compare``) and the App panel.
+"""Compare J&F evaluation runs (``deaot_vos.evaluation``): the official summary table per run and the
+per-frame J&F curves of one video, for the CLI (``python -m deaot_vos compare``) and the App panel.
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def _results(dataset, eval_key: str):
 
 def summary_rows(sample_collection, eval_keys: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """One row per evaluation run: ``eval_key``, ``pred_field``, ``gt_field``, ``sequences``,
-    ``objects`` and the official summary (:data:`plugin.metrics.SUMMARY_KEYS`).
+    ``objects`` and the official summary (:data:`deaot_vos.metrics.SUMMARY_KEYS`).
     ``eval_keys=None``: every J&F run of the dataset."""
     from .evaluation import list_vos_evaluations
 

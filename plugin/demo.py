@@ -1,4 +1,4 @@
-"""``python -m plugin demo`` (``make demo``): a persistent FiftyOne video dataset with keyframe
+"""``python -m deaot_vos demo`` (``make demo``): a persistent FiftyOne video dataset with keyframe
 masks, propagated with the default model resolution.
 
 Samples:

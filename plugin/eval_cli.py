@@ -1,10 +1,10 @@
 """CLI subcommands ``evaluate``, ``compare``, ``export-vos`` and ``import-vos`` (registered by
 ``plugin/cli.py``)::
 
-    python -m plugin evaluate --dataset NAME --pred-field deaot --gt-field ground_truth --eval-key deaot_eval
-    python -m plugin compare --dataset NAME --eval-keys run_a run_b [--csv] [--per-sequence]
-    python -m plugin export-vos --dataset NAME --label-field ground_truth --export-dir DIR [--layout davis|youtube]
-    python -m plugin import-vos --dataset-dir DIR --name NAME [--layout auto|davis|youtube]
+    python -m deaot_vos evaluate --dataset NAME --pred-field deaot --gt-field ground_truth --eval-key deaot_eval
+    python -m deaot_vos compare --dataset NAME --eval-keys run_a run_b [--csv] [--per-sequence]
+    python -m deaot_vos export-vos --dataset NAME --label-field ground_truth --export-dir DIR [--layout davis|youtube]
+    python -m deaot_vos import-vos --dataset-dir DIR --name NAME [--layout auto|davis|youtube]
 """
 from __future__ import annotations
 
@@ -99,7 +99,7 @@ def run_compare(args) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     if not rows:
-        print(f"dataset '{dataset.name}' has no J&F evaluation; run `python -m plugin evaluate` first", file=sys.stderr)
+        print(f"dataset '{dataset.name}' has no J&F evaluation; run `python -m deaot_vos evaluate` first", file=sys.stderr)
         return 1
     print(to_csv(rows), end="") if args.csv else print(format_table(rows))
     if args.per_sequence:

@@ -2,7 +2,7 @@
 FiftyOne evaluation run.
 
 ``evaluate_vos(view, "deaot", "ground_truth", eval_key="deaot_eval")`` scores every video of the
-collection with :func:`plugin.metrics.sequence_metrics` (the official protocol) and records a real
+collection with :func:`deaot_vos.metrics.sequence_metrics` (the official protocol) and records a real
 FiftyOne evaluation run (``dataset.list_evaluations()``, ``get_evaluation_info``,
 ``load_evaluation_results``, ``rename_evaluation`` and ``delete_evaluation`` all work) plus fields
 the App can sort, filter and plot:
@@ -12,7 +12,7 @@ the App can sort, filter and plot:
 * frame fields ``<eval_key>_J``, ``<eval_key>_F``: on each scored frame, the mean over objects.
 
 Protocol. Both fields are turned into (H, W) id maps (pixel value = object ``index``; see
-``plugin.idmaps``). Only frames whose ground truth is set are used, in order (frames without
+``deaot_vos.idmaps``). Only frames whose ground truth is set are used, in order (frames without
 ground truth are skipped, as DAVIS scores only annotated frames); the first of them is the
 reference: its objects (by index, sorted) are the objects scored, as 1..K. As in the official
 code the first and last annotated frames are not scored, ground-truth objects absent from the
@@ -20,7 +20,7 @@ reference are ignored, objects missing from a prediction score as empty masks, a
 a prediction is all background, and a predicted object that is not in the reference on a scored
 frame aborts the evaluation (``extra_objects="error"``, official) or is ignored
 (``extra_objects="ignore"``, e.g. for objects added by a later keyframe). The dataset-level
-summary pools every object of every video with equal weight (``plugin.metrics.global_summary``).
+summary pools every object of every video with equal weight (``deaot_vos.metrics.global_summary``).
 
 Everything is computed before anything is written: an error leaves the dataset unchanged. A label
 that cannot be scored (a detection without a mask, a segmentation of another size or without a
@@ -36,6 +36,7 @@ import time
 from typing import Any, Callable, Optional
 
 import numpy as np
+from bson import json_util
 
 import fiftyone as fo
 import fiftyone.core.fields as fof
@@ -218,9 +219,52 @@ class VOSEvaluationResults(BaseEvaluationResults):
 # --------------------------------------------------------------------------- evaluation
 
 
-def list_vos_evaluations(sample_collection) -> list[str]:
-    """Keys of the J&F evaluation runs of this plugin on the collection's dataset."""
+# Where versions before the package was named ``deaot_vos`` stored the run classes.
+LEGACY_MODULES = ("plugin.evaluation",)
+
+
+def _legacy_class(path) -> str | None:
+    """The current path of a run class stored under a legacy module path, else None."""
+    module, _, name = str(path or "").rpartition(".")
+    return f"{__name__}.{name}" if module in LEGACY_MODULES else None
+
+
+def upgrade_legacy_runs(sample_collection) -> list[str]:
+    """Rewrite this plugin's evaluation runs stored under a legacy class path (``plugin.evaluation.*``)
+    to the stable one, so FiftyOne loads, renames and deletes them with this module's classes.
+    Returns the keys upgraded. Idempotent and safe to interrupt: the results document is
+    rewritten before the config, and a run counts as legacy while either still is."""
     dataset = root_dataset(sample_collection)
+    upgraded = []
+    for key, run_doc in dict(dataset._doc.evaluations).items():
+        results = None
+        if run_doc.results:
+            run_doc.results.seek(0)
+            results = json_util.loads(run_doc.results.read().decode())
+        config_cls = _legacy_class((run_doc.config or {}).get("cls"))
+        results_cls = _legacy_class((results or {}).get("cls"))
+        if config_cls is None and results_cls is None:
+            continue
+        config = dict(run_doc.config, cls=config_cls or run_doc.config["cls"])
+        if results_cls is not None:
+            results.pop("cls")
+            loaded = VOSEvaluationResults._from_dict(results, dataset, VOSEvaluationConfig.from_dict(dict(config)), key)
+            VOSEvaluation.save_run_results(dataset, key, loaded, overwrite=True, cache=False)
+        run_doc = dataset._doc.evaluations[key]
+        run_doc.config = config
+        run_doc.save()
+        upgraded.append(key)
+        log.info("evaluation run '%s' of dataset '%s' upgraded to %s", key, dataset.name, config["cls"])
+    if upgraded:
+        dataset.reload()
+    return upgraded
+
+
+def list_vos_evaluations(sample_collection) -> list[str]:
+    """Keys of the J&F evaluation runs of this plugin on the collection's dataset (runs stored
+    under a legacy class path are upgraded first: :func:`upgrade_legacy_runs`)."""
+    dataset = root_dataset(sample_collection)
+    upgrade_legacy_runs(dataset)
     keys = []
     for key in dataset.list_evaluations():
         try:
@@ -247,6 +291,7 @@ def check_evaluation(sample_collection, pred_field: str, gt_field: str, eval_key
         return pred_field, gt_field
     if not isinstance(eval_key, str) or not eval_key.isidentifier():
         raise ValueError(f"invalid eval_key {eval_key!r}: keys must be valid Python identifiers")
+    upgrade_legacy_runs(dataset)  # an overwritten legacy run must be cleaned up by this class
     existing = eval_key in dataset.list_evaluations()
     if existing and not overwrite:
         raise EvaluationError(f"dataset '{dataset.name}' already has an evaluation '{eval_key}'; pass overwrite=True "
@@ -286,7 +331,7 @@ def _relabel(id_map: np.ndarray, lut: dict[int, int]) -> tuple[np.ndarray, list[
 def evaluate_sequence(gt, pred, *, sample_id: str = "", filepath: str = "", name: str = "",
                       pred_field: str = "pred", gt_field: str = "gt", gt_is_segmentation: bool = False,
                       bound_th: float = 0.008, extra_objects: str = "error") -> dict[str, Any]:
-    """Score one video from its :class:`plugin.idmaps.IdMaps` (``gt``, ``pred``): see the module
+    """Score one video from its :class:`deaot_vos.idmaps.IdMaps` (``gt``, ``pred``): see the module
     docstring. Returns the ``sequences`` entry of :class:`VOSEvaluationResults`."""
     where = describe_sample(sample_id, filepath)
     frames = list(gt.frames)

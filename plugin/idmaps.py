@@ -1,8 +1,8 @@
 """A video's frame-level labels as (H, W) object-id maps: pixel value = the object's ``index``.
 
-Shared by the evaluation (``plugin.evaluation``) and the DAVIS / YouTube-VOS import/export
-(``plugin.vos_io``). Labels are parsed exactly as the propagation parses keyframes
-(:func:`plugin.labels.parse_keyframe`: ``fo.Detections`` with instance masks, ``fo.Segmentation``
+Shared by the evaluation (``deaot_vos.evaluation``) and the DAVIS / YouTube-VOS import/export
+(``deaot_vos.vos_io``). Labels are parsed exactly as the propagation parses keyframes
+(:func:`deaot_vos.labels.parse_keyframe`: ``fo.Detections`` with instance masks, ``fo.Segmentation``
 label maps whose pixel values are the ids, filled ``fo.Polylines``; later objects paint over
 earlier ones), then each object's pixels get its ``index`` (a segmentation's pixel value).
 
@@ -215,7 +215,7 @@ def mask_targets_of(dataset: fo.Dataset, field_name: str):
 
 def id_map_to_detections(id_map: np.ndarray, names: dict[int, str | None] | None = None) -> fo.Detections:
     """``fo.Detections`` (bbox-relative instance masks, ``index`` = id) that render back to exactly
-    ``id_map`` (see :func:`plugin.labels.mask_to_detections`)."""
+    ``id_map`` (see :func:`deaot_vos.labels.mask_to_detections`)."""
     from .labels import mask_to_detections
 
     names = names or {}

@@ -339,7 +339,7 @@ def swap_in_progress() -> bool:
 def signals_deferred(received: list[int]) -> Iterator[None]:
     """SIGINT/SIGTERM wait until the block is over (the swap must not stop halfway); each one
     that arrives is appended to ``received`` and logged. A handler installed by
-    :func:`plugin.propagation.cancel_on_signals` sees ``swap_in_progress()`` and defers itself."""
+    :func:`deaot_vos.propagation.cancel_on_signals` sees ``swap_in_progress()`` and defers itself."""
     _SWAP.active, _SWAP.received = True, received
     previous = {}
     if threading.current_thread() is threading.main_thread():

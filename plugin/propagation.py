@@ -432,7 +432,7 @@ def propagate(sample_collection, keyframes_field: str, output_field: str, model:
             Without it (the default) the first failure raises and nothing is written
         allow_random_weights: run with random weights when no checkpoint exists (demo only)
         write_every: frames buffered per bulk write
-        job: internal, a :class:`plugin.scaleout.JobHandle` when this run is one task of a
+        job: internal, a :class:`deaot_vos.scaleout.JobHandle` when this run is one task of a
             queued job: each video is claimed first, written to the job's staging fields and
             copied onto the output field(s) as soon as it is done (other tasks write other videos
             of the same fields at the same time); the schema is not changed

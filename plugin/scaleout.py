@@ -107,7 +107,7 @@ def queue_propagation(sample_collection, keyframes_field: str, output_field: str
 
     The whole view is checked once here: an existing output field without ``overwrite`` raises
     ``OutputExistsError`` and nothing is queued. ``propagate_kwargs`` are
-    :func:`plugin.propagate` arguments (``model``, ``checkpoint``, ``device``, ``skip_failures``,
+    :func:`deaot_vos.propagate` arguments (``model``, ``checkpoint``, ``device``, ``skip_failures``,
     engine knobs). Returns ``dict(job=<id>, operations=[ids], samples=<count>)``.
     """
     from .idmaps import root_dataset
@@ -272,7 +272,7 @@ def _finalize(dataset: fo.Dataset, job: dict, force: bool = False) -> None:
 def run_task(sample_collection, job_id, sample_ids: list[str], op_id: Any = None, progress=None,
              **propagate_kwargs) -> dict[str, Any]:
     """Run one queued task: propagate ``sample_ids`` of the job's dataset with per-video claims
-    and per-video commits (see the module docstring). Returns :func:`plugin.propagate`'s summary."""
+    and per-video commits (see the module docstring). Returns :func:`deaot_vos.propagate`'s summary."""
     from bson import ObjectId
 
     from .propagation import PropagationCancelled, propagate

@@ -14,7 +14,7 @@ Layouts (``<seq>`` = one video):
 
 Export: every frame of each video is decoded with decord and written as JPEG (frame number n ->
 ``%05d.jpg`` of n - 1); every frame whose label field is set becomes a PNG (an empty label gives
-an all-zero PNG), the pixel value being the object's ``index`` (see ``plugin.idmaps``; objects
+an all-zero PNG), the pixel value being the object's ``index`` (see ``deaot_vos.idmaps``; objects
 without an index get the propagation's identity rule). Sequence names: the sample field
 ``sequence`` when the dataset has it and it is set (``import_vos`` sets it), else the video's file
 name. A sequence name must be one safe folder name (not empty, ``.`` or ``..``, no ``/``, ``\\``

@@ -3,7 +3,7 @@
 Video datasets: frame-level label fields (``frames.<field>``) holding ``fo.Segmentation``
 label maps (each non-zero value an object), ``fo.Detections`` with instance masks, or filled
 ``fo.Polylines``, parsed exactly as the propagation operator parses keyframes
-(``plugin.labels.parse_keyframe``: objects matched across frames by ``index``, else by label
+(``deaot_vos.labels.parse_keyframe``: objects matched across frames by ``index``, else by label
 and order). Only frames where the field is set are used as ground truth; a set but empty
 label means "all background". Frames are decoded with decord.
 
@@ -84,7 +84,7 @@ def _frame_size(sample, is_video: bool) -> tuple[int, int]:
         if h and w:
             return int(h), int(w)
     if is_video:
-        from plugin.video import open_video
+        from deaot_vos.video import open_video
 
         reader = open_video(sample.filepath)
         return reader.height, reader.width
@@ -99,7 +99,7 @@ def read_sequences(dataset, field_name: str, mask_targets: dict | None = None) -
     ``field_name`` as a :class:`VOSSequence`. Samples without any labelled frame are skipped."""
     import fiftyone as fo
 
-    from plugin.labels import ObjectRegistry, parse_keyframe
+    from deaot_vos.labels import ObjectRegistry, parse_keyframe
 
     if isinstance(dataset, str):
         dataset = fo.load_dataset(dataset)
@@ -173,7 +173,7 @@ class FiftyOneVOS:
 
     # -- media -----------------------------------------------------------------------------------
     def _reader(self, seq: VOSSequence):
-        from plugin.video import open_video
+        from deaot_vos.video import open_video
 
         reader = self._readers.get(seq.filepath)
         if reader is None:

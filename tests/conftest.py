@@ -51,8 +51,6 @@ os.environ.update(
     DEAOT_CACHE=str(_TMP / "deaot-cache"),  # empty: model resolution does not see the user's cache
     DEAOT_OFFLINE="1",  # model resolution never downloads the official weights (tests use file:// URLs)
 )
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
 _MONGOD: subprocess.Popen | None = None
 

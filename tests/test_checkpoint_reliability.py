@@ -65,8 +65,8 @@ def two_checkpoints(tmp_path_factory):
 
 @pytest.fixture
 def plugin_weights(cache, monkeypatch, tiny_checkpoint):
-    """plugin.models with a fresh cache dir, the demo checkpoint, an empty URL table and an empty model cache."""
-    from plugin import models
+    """deaot_vos.models with a fresh cache dir, the demo checkpoint, an empty URL table and an empty model cache."""
+    from deaot_vos import models
 
     monkeypatch.setattr(models, "DEMO_CHECKPOINT", Path(tiny_checkpoint))
     monkeypatch.setattr(models, "OFFICIAL_WEIGHTS", {})
@@ -285,7 +285,7 @@ def test_official_download_honours_the_env_timeout(plugin_weights, silent_server
     monkeypatch.delenv("DEAOT_OFFLINE")
     monkeypatch.setenv("DEAOT_DOWNLOAD_TIMEOUT", "1")
     models.OFFICIAL_WEIGHTS["DeAOTT"] = models.OfficialWeights(silent_server.url("/uc?id=x"))
-    caplog.set_level(logging.INFO, logger="plugin.models")
+    caplog.set_level(logging.INFO, logger="deaot_vos.models")
     start = time.monotonic()
     assert models.resolve_checkpoint("DeAOTT").source == "demo"  # a warning, then the demo checkpoint
     assert time.monotonic() - start < 5  # was: the fixed 10 s DOWNLOAD_TIMEOUT

@@ -3,7 +3,7 @@
 * bad labels in the predictions or the ground truth raise an ``EvaluationError`` naming the
   sample (id and file name), the field (which one, its name) and the frame, in evaluation words;
 * a sample whose file path is a directory is said to be a directory, not "not found";
-* ``python -m plugin ...`` with the database unreachable prints one line and exits non-zero.
+* ``python -m deaot_vos ...`` with the database unreachable prints one line and exits non-zero.
 
 Real FiftyOne datasets (the suite's private mongod), real videos, real subprocesses.
 """
@@ -93,7 +93,7 @@ def test_evaluate_label_errors_name_sample_field_and_frame(name, which, frame, b
                                                            make_video, tmp_path):
     import fiftyone as fo
 
-    from plugin.evaluation import EvaluationError, evaluate_vos
+    from deaot_vos.evaluation import EvaluationError, evaluate_vos
 
     path, maps = make_video(f"clip_{name}", num_frames=10)
     ds = fo.Dataset()
@@ -136,7 +136,7 @@ def test_evaluate_label_errors_name_sample_field_and_frame(name, which, frame, b
 
 
 def test_video_path_that_is_a_directory_is_named_a_directory(tmp_path):
-    from plugin.video import VideoError, open_video
+    from deaot_vos.video import VideoError, open_video
 
     folder = tmp_path / "clip.mp4"
     folder.mkdir()
@@ -154,7 +154,7 @@ def test_video_path_that_is_a_directory_is_named_a_directory(tmp_path):
 def test_evaluate_sample_whose_filepath_is_a_directory(fiftyone_db, make_video, tmp_path):
     import fiftyone as fo
 
-    from plugin.evaluation import EvaluationError, evaluate_vos
+    from deaot_vos.evaluation import EvaluationError, evaluate_vos
 
     _, maps = make_video("ref", num_frames=5)
     folder = tmp_path / "folder.mp4"
@@ -198,7 +198,7 @@ def test_cli_with_the_database_unreachable_prints_one_line(case):
     env = dict(os.environ)
     env.update(FIFTYONE_DATABASE_URI=f"mongodb://deaot:s3cret@127.0.0.1:{port}/?serverSelectionTimeoutMS=1500",
                FIFTYONE_DO_NOT_TRACK="true")
-    proc = subprocess.run([sys.executable, "-m", "plugin", *CLI_CASES[case]], cwd=REPO, env=env,
+    proc = subprocess.run([sys.executable, "-m", "deaot_vos", *CLI_CASES[case]], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=180)
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode != 0 and proc.returncode == 4, (proc.returncode, proc.stderr)

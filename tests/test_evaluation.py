@@ -3,7 +3,7 @@
 A small video dataset (real videos written to tmp, decoded by decord) with ground truth on every
 frame is propagated with two settings (DeAOTT with random weights, long_term_gap 1 vs the
 default), evaluated through the operator and through the Python function; values are checked
-against ``plugin.metrics.sequence_metrics`` run directly on independent label maps.
+against ``deaot_vos.metrics.sequence_metrics`` run directly on independent label maps.
 """
 from __future__ import annotations
 
@@ -39,8 +39,8 @@ def evaluated(tmp_path_factory, tiny_checkpoint, fiftyone_db):
     import fiftyone as fo
     import fiftyone.operators as foo
 
-    import plugin
-    from plugin.evaluation import evaluate_vos
+    import deaot_vos
+    from deaot_vos.evaluation import evaluate_vos
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -65,7 +65,7 @@ def evaluated(tmp_path_factory, tiny_checkpoint, fiftyone_db):
         ds.add_sample(sample)
         maps[sample.id] = label_maps
     for field, knobs in (("pred_a", {}), ("pred_b", dict(long_term_gap=1))):
-        plugin.propagate(ds, "kf", field, model="DeAOTT", checkpoint=tiny_checkpoint, device="cpu",
+        deaot_vos.propagate(ds, "kf", field, model="DeAOTT", checkpoint=tiny_checkpoint, device="cpu",
                          write_segmentation=field + "_seg", **knobs)
     result = foo.execute_operator(EVAL_URI, dict(dataset=ds, view=ds.view(), params=dict(
         pred_field="pred_a", gt_field="ground_truth", eval_key="run_a")))
@@ -77,12 +77,12 @@ def evaluated(tmp_path_factory, tiny_checkpoint, fiftyone_db):
 
 
 def _stack(ds, sid, field):
-    """(T, H, W) label maps of a Segmentation frame field, independent of plugin.idmaps."""
+    """(T, H, W) label maps of a Segmentation frame field, independent of deaot_vos.idmaps."""
     return np.stack([np.asarray(m.mask) for m in ds.select(sid).values(f"frames.{field}")[0]]).astype(np.int64)
 
 
 def _direct(ds, maps, sid, pred_field, frames=None):
-    from plugin.metrics import sequence_metrics
+    from deaot_vos.metrics import sequence_metrics
 
     gt = maps[sid]
     pred = _stack(ds, sid, pred_field + "_seg")
@@ -92,7 +92,7 @@ def _direct(ds, maps, sid, pred_field, frames=None):
 
 
 def test_runs_are_fiftyone_evaluations(evaluated):
-    from plugin.evaluation import METHOD, VOSEvaluationConfig, VOSEvaluationResults, list_vos_evaluations
+    from deaot_vos.evaluation import METHOD, VOSEvaluationConfig, VOSEvaluationResults, list_vos_evaluations
 
     ds = evaluated["ds"]
     assert ds.list_evaluations() == ["run_a", "run_b"] == list_vos_evaluations(ds)
@@ -117,7 +117,7 @@ def test_runs_are_fiftyone_evaluations(evaluated):
 
 
 def test_values_match_sequence_metrics(evaluated):
-    from plugin.metrics import global_summary
+    from deaot_vos.metrics import global_summary
 
     ds, maps = evaluated["ds"], evaluated["maps"]
     for key, pred in (("run_a", "pred_a"), ("run_b", "pred_b")):
@@ -154,7 +154,7 @@ def test_values_match_sequence_metrics(evaluated):
 
 
 def test_other_label_types_sparse_gt_and_no_write(evaluated):
-    from plugin.evaluation import evaluate_vos
+    from deaot_vos.evaluation import evaluate_vos
 
     ds, maps = evaluated["ds"], evaluated["maps"]
     schema_before = (sorted(ds.get_field_schema()), sorted(ds.get_frame_field_schema()), ds.list_evaluations())
@@ -176,8 +176,8 @@ def test_other_label_types_sparse_gt_and_no_write(evaluated):
 
 
 def test_compare_table_and_cli(evaluated, capsys):
-    from plugin.cli import main
-    from plugin.compare import format_table, frame_curves, summary_rows, to_csv
+    from deaot_vos.cli import main
+    from deaot_vos.compare import format_table, frame_curves, summary_rows, to_csv
 
     ds = evaluated["ds"]
     rows = summary_rows(ds, ["run_a", "run_b"])
@@ -212,8 +212,8 @@ def test_compare_table_and_cli(evaluated, capsys):
 
 
 def test_evaluate_cli_and_overwrite(evaluated, capsys):
-    from plugin.cli import main
-    from plugin.evaluation import EvaluationError, evaluate_vos
+    from deaot_vos.cli import main
+    from deaot_vos.evaluation import EvaluationError, evaluate_vos
 
     ds = evaluated["ds"]
     before = ds.values("run_b_JF")
@@ -252,8 +252,8 @@ def _state(ds):
 def test_bad_input_is_refused_and_changes_nothing(evaluated):
     import fiftyone as fo
 
-    from plugin.evaluation import EvaluationError, evaluate_vos
-    from plugin.idmaps import LabelFieldError
+    from deaot_vos.evaluation import EvaluationError, evaluate_vos
+    from deaot_vos.idmaps import LabelFieldError
 
     ds = evaluated["ds"]
     first, second = ds.values("id")

@@ -29,7 +29,6 @@ REPO = Path(__file__).resolve().parents[1]
 _WORKER = r'''
 import os, signal, sys, time
 import numpy as np
-sys.path.insert(0, sys.argv[1])
 import deaot_core, torch
 mode, arg, marker = sys.argv[3], sys.argv[4], sys.argv[5]
 
@@ -62,7 +61,7 @@ class Colours:
 deaot_core.Tracker = Colours
 
 import pymongo.collection as pc
-import plugin.propagation as pp
+import deaot_vos.propagation as pp
 writes = {"on": False, "n": 0}
 def counted(name):
     original = getattr(pc.Collection, name)
@@ -105,7 +104,7 @@ if mode == "sigint-before-swap":  # Ctrl-C while the last values are written, be
         return original(self, *a, **k)
     foc.SampleCollection.set_values = set_values
 
-from plugin.cli import main
+from deaot_vos.cli import main
 sys.exit(main(["propagate", "--dataset", sys.argv[2], "--keyframes-field", "kf", "--output-field", "out",
                "--overwrite", "--model", "DeAOTT", "--checkpoint", sys.argv[6], "--device", "cpu",
                "--write-every", "3"]))
@@ -164,24 +163,24 @@ def _hiding_views(ds):
 def test_rollback_on_a_view_that_hides_frames_keeps_them(view_kind, how, make_video, scripted, run):
     """A run on a view that hides frames is cancelled / fails / fails one video with
     skip_failures: every frame of the root dataset, hidden ones included, is as it was."""
-    import plugin
+    import deaot_vos
 
     ds = _base(f"t_hide_{view_kind}_{how}", make_video, videos=2)
     before = _snapshot(ds, strict=False)
     view = _hiding_views(ds)[view_kind]
     assert view.count("frames") < ds.count("frames")
     if how == "cancel":
-        with pytest.raises(plugin.PropagationCancelled):
-            plugin.propagate(view, "kf", "out", overwrite=True, write_every=1,
+        with pytest.raises(deaot_vos.PropagationCancelled):
+            deaot_vos.propagate(view, "kf", "out", overwrite=True, write_every=1,
                              progress=lambda f, label: len(scripted.steps) < 12, **run)
     else:
         first = ds.first().id
         scripted.fail = lambda tr, frame: RuntimeError("boom") if len(scripted.steps) == 4 else None
         if how == "error":
             with pytest.raises(RuntimeError, match="boom"):
-                plugin.propagate(view, "kf", "out", overwrite=True, write_every=1, **run)
+                deaot_vos.propagate(view, "kf", "out", overwrite=True, write_every=1, **run)
         else:  # the first video fails; the second one is written
-            summary = plugin.propagate(view, "kf", "out", overwrite=True, write_every=1, skip_failures=True, **run)
+            summary = deaot_vos.propagate(view, "kf", "out", overwrite=True, write_every=1, skip_failures=True, **run)
             assert [f["id"] for f in summary["failed"]] == [first]
             after = _snapshot(ds, strict=False)
             ids = {str(d["_id"]) for d in after[0]}
@@ -239,8 +238,8 @@ def test_second_run_into_the_same_field_is_refused_naming_the_owner(make_video, 
 def test_a_dead_owners_claim_is_taken_over_and_a_live_one_is_not(make_video, scripted, run):
     """A claim whose process still runs refuses a run; once that process is gone the claim is
     taken over (its staging journal undone) and the run succeeds."""
-    import plugin
-    from plugin import journal
+    import deaot_vos
+    from deaot_vos import journal
 
     ds = _base("t_claim_takeover", make_video)
     before = _snapshot(ds, strict=False)
@@ -249,13 +248,13 @@ def test_a_dead_owners_claim_is_taken_over_and_a_live_one_is_not(make_video, scr
         owner = dict(journal.this_owner(), pid=holder.pid, proc_start=journal._process_start(holder.pid))
         journal._runs().insert_one(dict(_id=f"{ds._doc.id}:out", run="other", dataset_id=ds._doc.id, dataset=ds.name,
                                         field="out", owner=owner, phase="staging", tmp="out_deaot_tmp"))
-        with pytest.raises(plugin.propagation.FieldBusyError, match=f"pid {holder.pid}"):
-            plugin.propagate(ds, "kf", "out", overwrite=True, **run)
+        with pytest.raises(deaot_vos.propagation.FieldBusyError, match=f"pid {holder.pid}"):
+            deaot_vos.propagate(ds, "kf", "out", overwrite=True, **run)
         assert _snapshot(ds, strict=False) == before
     finally:
         holder.kill()
         holder.wait()
-    summary = plugin.propagate(ds, "kf", "out", overwrite=True, **run)
+    summary = deaot_vos.propagate(ds, "kf", "out", overwrite=True, **run)
     assert summary["written"] and _no_tmp(ds) and journal.claim_for(ds, "out") is None
     _assert_complete(ds)
 
@@ -269,7 +268,7 @@ def test_a_kill_at_every_write_of_the_swap_is_finished_by_the_next_run(make_vide
     "commit", undoes the run): the output is the complete new output (or the old one), no
     temporary field remains."""
     import fiftyone as fo
-    import plugin
+    import deaot_vos
 
     ds = _persistent("t_swap_kills", make_video)
     try:
@@ -287,8 +286,8 @@ def test_a_kill_at_every_write_of_the_swap_is_finished_by_the_next_run(make_vide
             else:
                 assert code == 9, (k, err[-3000:])
                 assert _loads(ds), k
-                with pytest.raises(plugin.OutputExistsError):
-                    plugin.propagate(ds, "kf", "out", **run)
+                with pytest.raises(deaot_vos.OutputExistsError):
+                    deaot_vos.propagate(ds, "kf", "out", **run)
             assert _loads(ds) and _no_tmp(ds), k
             # write 0 records the commit in the journal: a kill before it is undone, after it finished
             assert _contents(ds) == (expected if k >= 1 else old), k
@@ -332,7 +331,7 @@ def test_ctrl_c_during_the_last_writes_before_the_swap_writes_nothing(make_video
 @pytest.mark.parametrize("name", ["out_deaot_tmp", "out_deaot_old"])
 def test_a_user_field_with_a_reserved_name_is_refused_and_kept(name, make_video, scripted, run):
     import fiftyone as fo
-    import plugin
+    import deaot_vos
 
     ds = _base(f"t_reserved_{name}", make_video)
     sample = ds.first()
@@ -340,21 +339,21 @@ def test_a_user_field_with_a_reserved_name_is_refused_and_kept(name, make_video,
     sample.save()
     before = _snapshot(ds, strict=False)
     with pytest.raises(ValueError, match=f"'{name}'.*reserved"):
-        plugin.propagate(ds, "kf", "out", overwrite=True, **run)
+        deaot_vos.propagate(ds, "kf", "out", overwrite=True, **run)
     with pytest.raises(ValueError, match="reserved"):  # as keyframes it is refused too
-        plugin.propagate(ds, name, "new_out", **run)
+        deaot_vos.propagate(ds, name, "new_out", **run)
     assert _snapshot(ds, strict=False) == before and not scripted.steps
 
 
 def test_reserved_output_names_are_refused_before_any_work(make_video, scripted, run):
-    import plugin
+    import deaot_vos
 
     ds = _base("t_reserved_outputs", make_video)
     before = _snapshot(ds, strict=False)
     for kwargs in (dict(output_field="out_deaot_tmp"), dict(output_field="x", write_segmentation="out_deaot_tmp"),
                    dict(output_field="x", write_segmentation="x_deaot_tmp")):
         with pytest.raises(ValueError, match="reserved"):
-            plugin.propagate(ds, "kf", overwrite=True, **kwargs, **run)
+            deaot_vos.propagate(ds, "kf", overwrite=True, **kwargs, **run)
     assert _snapshot(ds, strict=False) == before and not scripted.steps
 
 
@@ -383,19 +382,19 @@ def _grouped(make_video):
 
 
 def test_a_non_default_group_slice_is_refused_before_any_work_and_the_hint_works(make_video, scripted, run):
-    import plugin
+    import deaot_vos
 
     ds = _grouped(make_video)
     before = [_snapshot(ds.select_group_slices(s), strict=False) for s in ("left", "right")]
     for view in (ds.select_group_slices("right"), ds.select_group_slices(["left", "right"])):
         with pytest.raises(ValueError, match="group slice.*'right'.*active slice is 'left'"):
-            plugin.propagate(view, "kf", "out", **run)
+            deaot_vos.propagate(view, "kf", "out", **run)
     assert [_snapshot(ds.select_group_slices(s), strict=False) for s in ("left", "right")] == before
     assert not scripted.steps
-    summary = plugin.propagate(ds.select_group_slices("left"), "kf", "out", **run)  # the active slice works
+    summary = deaot_vos.propagate(ds.select_group_slices("left"), "kf", "out", **run)  # the active slice works
     assert summary["written"] and [r["status"] for r in summary["samples"]] == ["ok", "ok"]
     ds.group_slice = "right"  # the message's advice
-    summary = plugin.propagate(ds.select_group_slices("right"), "kf", "out", overwrite=True, **run)
+    summary = deaot_vos.propagate(ds.select_group_slices("right"), "kf", "out", overwrite=True, **run)
     assert [r["status"] for r in summary["samples"]] == ["ok", "ok"]
     for slice_ in ("left", "right"):
         view = ds.select_group_slices(slice_)

@@ -1,4 +1,4 @@
-"""Tests for plugin.metrics against the official DAVIS 2017 numbers in tests/data/jf.
+"""Tests for deaot_vos.metrics against the official DAVIS 2017 numbers in tests/data/jf.
 
 Every ``*.npz`` in tests/data/jf is checked against the ``cases`` of the ``*.json`` files
 there (format described in the reference README), so more cases of the same format can be
@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from plugin import metrics as M
+from deaot_vos import metrics as M
 
 DATA = Path(__file__).parent / "data" / "jf"
 TOL = 1e-9
@@ -484,7 +484,7 @@ def test_errors():
 
 def test_import_is_light():
     code = (
-        "import sys; from plugin import metrics; "
+        "import sys; from deaot_vos import metrics; "
         "bad = [m for m in ('fiftyone', 'torch') if m in sys.modules]; "
         "assert not bad, bad"
     )

@@ -24,7 +24,7 @@ HTML_PAGE = (b"<!DOCTYPE html><html><head><title>Google Drive - Quota exceeded</
 @pytest.fixture
 def weights(tmp_path, monkeypatch, tiny_checkpoint):
     """A fresh cache dir, the demo checkpoint present, an empty URL table; returns the models module."""
-    from plugin import models
+    from deaot_vos import models
 
     monkeypatch.setenv("DEAOT_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(models, "DEMO_CHECKPOINT", Path(tiny_checkpoint))
@@ -38,7 +38,7 @@ def _messages(caplog) -> str:
 
 def test_official_table_covers_every_model():
     import deaot_core
-    from plugin import models
+    from deaot_vos import models
 
     assert set(models.OFFICIAL_WEIGHTS) == set(deaot_core.MODEL_NAMES)
     for entry in models.OFFICIAL_WEIGHTS.values():
@@ -46,7 +46,7 @@ def test_official_table_covers_every_model():
 
 
 def test_order_explicit_cache_url_demo(weights, tmp_path, monkeypatch, tiny_checkpoint, caplog):
-    caplog.set_level(logging.INFO, logger="plugin.models")
+    caplog.set_level(logging.INFO, logger="deaot_vos.models")
     source = tmp_path / "server" / "official.pth"
     source.parent.mkdir()
     shutil.copy(tiny_checkpoint, source)
@@ -85,7 +85,7 @@ def test_order_explicit_cache_url_demo(weights, tmp_path, monkeypatch, tiny_chec
 def test_unreachable_url_falls_through_to_the_demo(weights, tmp_path, monkeypatch, caplog):
     monkeypatch.delenv("DEAOT_OFFLINE")
     weights.OFFICIAL_WEIGHTS["DeAOTT"] = weights.OfficialWeights("http://127.0.0.1:9/x.pth")
-    caplog.set_level(logging.INFO, logger="plugin.models")
+    caplog.set_level(logging.INFO, logger="deaot_vos.models")
     start = time.monotonic()
     choice = weights.resolve_checkpoint("DeAOTT")
     assert time.monotonic() - start < weights.DOWNLOAD_TIMEOUT + 5
@@ -118,7 +118,7 @@ def test_a_web_page_instead_of_a_checkpoint_is_refused(weights, tmp_path, monkey
     # as the official URL of the default resolution: a warning, then the demo checkpoint
     monkeypatch.delenv("DEAOT_OFFLINE")
     weights.OFFICIAL_WEIGHTS["DeAOTT"] = weights.OfficialWeights(page.as_uri())
-    caplog.set_level(logging.INFO, logger="plugin.models")
+    caplog.set_level(logging.INFO, logger="deaot_vos.models")
     assert weights.resolve_checkpoint("DeAOTT").source == "demo"
     assert "CheckpointError" in _messages(caplog) and "returned a web page" in _messages(caplog)
     assert not (cache / "DeAOTT_PRE_YTB_DAV.pth").exists()

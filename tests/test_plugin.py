@@ -1,4 +1,4 @@
-"""plugin/: keyframe parsing, label conversion, model resolution, and ``plugin.propagate`` on
+"""plugin/: keyframe parsing, label conversion, model resolution, and ``deaot_vos.propagate`` on
 real (tiny) videos decoded by decord, against a private mongod (see conftest.py)."""
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ def _video_sample(path, maps, keyframes, kind="detections", label="obj"):
 
 def test_detections_keyframe_parsing_identity_by_index_then_label_order():
     import fiftyone as fo
-    from plugin.labels import ObjectRegistry, parse_keyframe
+    from deaot_vos.labels import ObjectRegistry, parse_keyframe
 
     h, w = 40, 60
     a = np.zeros((h, w), bool); a[5:15, 5:20] = True
@@ -84,7 +84,7 @@ def test_detections_keyframe_parsing_identity_by_index_then_label_order():
 
 def test_segmentation_and_polylines_keyframes():
     import fiftyone as fo
-    from plugin.labels import ObjectRegistry, parse_keyframe
+    from deaot_vos.labels import ObjectRegistry, parse_keyframe
 
     h, w = 30, 40
     m = np.zeros((h, w), np.uint8); m[2:10, 3:12] = 5; m[15:25, 20:35] = 9
@@ -112,7 +112,7 @@ def test_segmentation_and_polylines_keyframes():
 @given(st.integers(0, 2 ** 32 - 1))
 def test_label_map_to_detections_round_trips_through_fiftyone_rendering(seed):
     import torch
-    from plugin.labels import ObjectRegistry, mask_to_detections, mask_to_segmentation, mean_confidences
+    from deaot_vos.labels import ObjectRegistry, mask_to_detections, mask_to_segmentation, mean_confidences
 
     rng = np.random.default_rng(seed)
     h, w = int(rng.integers(5, 40)), int(rng.integers(5, 40))
@@ -133,7 +133,7 @@ def test_label_map_to_detections_round_trips_through_fiftyone_rendering(seed):
 # -- model resolution ----------------------------------------------------------------------------
 
 def test_model_resolution_order(tmp_path, monkeypatch, tiny_checkpoint):
-    from plugin import models
+    from deaot_vos import models
 
     monkeypatch.setenv("DEAOT_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(models, "DEMO_CHECKPOINT", tmp_path / "missing.pth")
@@ -158,13 +158,13 @@ def test_model_resolution_order(tmp_path, monkeypatch, tiny_checkpoint):
 
 def test_wrong_checkpoint_is_a_clear_error(make_video, tiny_checkpoint):
     import deaot_core
-    import plugin
+    import deaot_vos
 
     path, maps = make_video("v", 6)
     ds = _dataset("t_wrong_ckpt")
     ds.add_sample(_video_sample(path, maps, [1]))
     with pytest.raises(deaot_core.CheckpointError, match="DeAOTS"):
-        plugin.propagate(ds, "kf", "out", model="DeAOTS", checkpoint=tiny_checkpoint, device="cpu")
+        deaot_vos.propagate(ds, "kf", "out", model="DeAOTS", checkpoint=tiny_checkpoint, device="cpu")
     assert "out" not in ds.get_frame_field_schema()
 
 
@@ -172,7 +172,7 @@ def test_wrong_checkpoint_is_a_clear_error(make_video, tiny_checkpoint):
 
 def test_backward_fill_later_object_and_exact_keyframes(make_video, tiny_checkpoint):
     import fiftyone as fo
-    import plugin
+    import deaot_vos
 
     path, maps = make_video("v", 14, objects=2)
     ds = _dataset("t_backward")
@@ -181,7 +181,7 @@ def test_backward_fill_later_object_and_exact_keyframes(make_video, tiny_checkpo
     sample.frames[5]["kf"] = fo.Detections(detections=[_det("red", first == 1)])
     sample.frames[10]["kf"] = fo.Detections(detections=[_det("red", maps[9] == 1), _det("green", maps[9] == 2)])
     ds.add_sample(sample)
-    summary = plugin.propagate(ds, "kf", "out", model="DeAOTT", checkpoint=tiny_checkpoint, device="cpu",
+    summary = deaot_vos.propagate(ds, "kf", "out", model="DeAOTT", checkpoint=tiny_checkpoint, device="cpu",
                                write_segmentation="seg")
     row, = summary["samples"]
     assert row["status"] == "ok" and row["frames"] == 14 and row["keyframes"] == [5, 10] and row["objects"] == 2
@@ -214,7 +214,7 @@ def test_backward_fill_later_object_and_exact_keyframes(make_video, tiny_checkpo
 @pytest.mark.parametrize("kind", ["segmentation", "polylines"])
 def test_segmentation_and_polyline_keyframes_end_to_end(kind, make_video, tiny_checkpoint):
     import fiftyone as fo
-    import plugin
+    import deaot_vos
 
     path, maps = make_video("v", 8)
     ds = _dataset(f"t_{kind}")
@@ -222,7 +222,7 @@ def test_segmentation_and_polyline_keyframes_end_to_end(kind, make_video, tiny_c
     ds.add_sample(sample)
     if kind == "segmentation":
         ds.mask_targets = {"frames.kf": {1: "red", 2: "green"}}
-    plugin.propagate(ds, "kf", "out", model="DeAOTT", checkpoint=tiny_checkpoint, device="cpu")
+    deaot_vos.propagate(ds, "kf", "out", model="DeAOTT", checkpoint=tiny_checkpoint, device="cpu")
     sample.reload()
     assert [n for n, f in sample.frames.items() if isinstance(f["out"], fo.Detections)] == list(range(1, 9))
     key = sample.frames[3]["out"]
@@ -234,7 +234,7 @@ def test_segmentation_and_polyline_keyframes_end_to_end(kind, make_video, tiny_c
 
 def test_refuse_existing_output_overwrite_subset_and_cancel(make_video, tiny_checkpoint):
     import fiftyone as fo
-    import plugin
+    import deaot_vos
 
     ds = _dataset("t_fields")
     ids = []
@@ -244,11 +244,11 @@ def test_refuse_existing_output_overwrite_subset_and_cancel(make_video, tiny_che
         ds.add_sample(sample)
         ids.append(sample.id)
     run = dict(model="DeAOTT", checkpoint=tiny_checkpoint, device="cpu")
-    plugin.propagate(ds, "kf", "out", **run)
+    deaot_vos.propagate(ds, "kf", "out", **run)
     before = ds.values("frames.out")
 
-    with pytest.raises(plugin.OutputExistsError, match="'out'"):
-        plugin.propagate(ds, "kf", "out", **run)
+    with pytest.raises(deaot_vos.OutputExistsError, match="'out'"):
+        deaot_vos.propagate(ds, "kf", "out", **run)
     assert ds.values("frames.out") == before
 
     # cancelled overwrite: nothing changes, no temporary field remains
@@ -259,8 +259,8 @@ def test_refuse_existing_output_overwrite_subset_and_cancel(make_video, tiny_che
         return False if len(calls) == 3 else None
 
     schema = list(ds.get_frame_field_schema())
-    with pytest.raises(plugin.PropagationCancelled):
-        plugin.propagate(ds, "kf", "out", overwrite=True, progress=cancel, **run)
+    with pytest.raises(deaot_vos.PropagationCancelled):
+        deaot_vos.propagate(ds, "kf", "out", overwrite=True, progress=cancel, **run)
     assert list(ds.get_frame_field_schema()) == schema
     assert ds.values("frames.out") == before
 
@@ -268,7 +268,7 @@ def test_refuse_existing_output_overwrite_subset_and_cancel(make_video, tiny_che
     ds.set_values("frames.out", {ids[1]: {1: fo.Detections(detections=[fo.Detection(label="keep")])}},
                   key_field="id")
     kept = ds.select(ids[1]).values("frames.out")
-    summary = plugin.propagate(ds.select(ids[0]), "kf", "out", overwrite=True, **run)
+    summary = deaot_vos.propagate(ds.select(ids[0]), "kf", "out", overwrite=True, **run)
     assert [r["id"] for r in summary["samples"]] == [ids[0]]
     assert ds.select(ids[1]).values("frames.out") == kept
     assert ds.select(ids[0]).values("frames.out") != ds.select(ids[1]).values("frames.out")
@@ -279,16 +279,16 @@ def test_refuse_existing_output_overwrite_subset_and_cancel(make_video, tiny_che
     bad.frames[1]["kf"] = ds.first().frames[1]["kf"]
     ds.add_sample(bad)
     current = ds.values("frames.out")
-    with pytest.raises(plugin.VideoError):
-        plugin.propagate(ds, "kf", "out", overwrite=True, **run)
+    with pytest.raises(deaot_vos.VideoError):
+        deaot_vos.propagate(ds, "kf", "out", overwrite=True, **run)
     assert ds.values("frames.out") == current and list(ds.get_frame_field_schema()) == schema
-    summary = plugin.propagate(ds, "kf", "out", overwrite=True, skip_failures=True, **run)
+    summary = deaot_vos.propagate(ds, "kf", "out", overwrite=True, skip_failures=True, **run)
     assert [r["status"][:5] for r in summary["samples"]] == ["ok", "ok", "error"]
 
 
 def test_frame_count_from_decord_and_metadata(make_video, tiny_checkpoint):
     import fiftyone as fo
-    import plugin
+    import deaot_vos
 
     ds = _dataset("t_meta")
     path, maps = make_video("m", 10)
@@ -296,7 +296,7 @@ def test_frame_count_from_decord_and_metadata(make_video, tiny_checkpoint):
     capped = _video_sample(path, maps, [2])
     capped.metadata = fo.VideoMetadata(total_frame_count=7, frame_width=96, frame_height=64, frame_rate=10.0)
     ds.add_samples([no_meta, capped])
-    summary = plugin.propagate(ds, "kf", "out", model="DeAOTT", checkpoint=tiny_checkpoint, device="cpu")
+    summary = deaot_vos.propagate(ds, "kf", "out", model="DeAOTT", checkpoint=tiny_checkpoint, device="cpu")
     assert [r["frames"] for r in summary["samples"]] == [10, 7]
     counts = ds.values(fo.ViewField("frames").filter(fo.ViewField("out") != None).length())  # noqa: E711
     assert counts == [10, 7]
@@ -310,7 +310,7 @@ def test_cli_propagate(make_video, tiny_checkpoint):
     ds.persistent = True
     try:
         ds.add_sample(_video_sample(path, maps, [2]))
-        cmd = [sys.executable, "-m", "plugin", "propagate", "--dataset", ds.name, "--keyframes-field", "kf",
+        cmd = [sys.executable, "-m", "deaot_vos", "propagate", "--dataset", ds.name, "--keyframes-field", "kf",
                "--output-field", "out", "--model", "DeAOTT", "--checkpoint", tiny_checkpoint, "--device", "cpu"]
         env = dict(os.environ, OMP_NUM_THREADS="1")
         done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
@@ -337,8 +337,8 @@ def test_cli_propagate(make_video, tiny_checkpoint):
 def test_demo_dataset_and_synthetic_propagation(tmp_path, tiny_checkpoint):
     import decord
     import fiftyone as fo
-    import plugin
-    from plugin import demo
+    import deaot_vos
+    from deaot_vos import demo
 
     name = "t_demo"
     try:
@@ -352,7 +352,7 @@ def test_demo_dataset_and_synthetic_propagation(tmp_path, tiny_checkpoint):
                               .map(fo.ViewField(demo.KEYFRAMES_FIELD + ".detections").length()))
         assert keyframes == [[3, 4], [44], [43]]
         synthetic = ds.match_tags("synthetic")
-        summary = plugin.propagate(synthetic, demo.KEYFRAMES_FIELD, demo.OUTPUT_FIELD, model="DeAOTT",
+        summary = deaot_vos.propagate(synthetic, demo.KEYFRAMES_FIELD, demo.OUTPUT_FIELD, model="DeAOTT",
                                    checkpoint=tiny_checkpoint, device="cpu", max_long_edge=192)
         assert summary["samples"][0]["frames_written"] == 48
         assert synthetic.count(f"frames.{demo.OUTPUT_FIELD}") == 48
@@ -367,20 +367,20 @@ def test_reserved_fields_without_a_journal_are_left_alone(make_video, tiny_check
     renamed by name alone); the killed runs of this version are settled through their journal
     (tests/test_journal.py)."""
     import fiftyone as fo
-    import plugin
+    import deaot_vos
 
     path, maps = make_video("k", 5)
     ds = _dataset("t_killed")
     ds.add_sample(_video_sample(path, maps, [1]))
     run = dict(model="DeAOTT", checkpoint=tiny_checkpoint, device="cpu")
-    plugin.propagate(ds, "kf", "out", **run)
+    deaot_vos.propagate(ds, "kf", "out", **run)
     before = ds.values("frames.out")
     ds.rename_frame_field("out", "out_deaot_old")
     with pytest.raises(ValueError, match=r"rename it back: dataset.rename_frame_field\('out_deaot_old', 'out'\)"):
-        plugin.propagate(ds, "kf", "out", **run)
+        deaot_vos.propagate(ds, "kf", "out", **run)
     ds.add_frame_field("out_deaot_tmp", fo.EmbeddedDocumentField, embedded_doc_type=fo.Detections)
     with pytest.raises(ValueError, match="'out_deaot_tmp' that no run of this plugin owns"):
-        plugin.propagate(ds, "kf", "out", **run)
+        deaot_vos.propagate(ds, "kf", "out", **run)
     schema = ds.get_frame_field_schema()
     assert "out_deaot_old" in schema and "out_deaot_tmp" in schema and "out" not in schema
     assert ds.values("frames.out_deaot_old") == before
@@ -415,14 +415,14 @@ class _ColourOracle:
 def test_every_frame_number_gets_its_own_frame(make_video, monkeypatch, tiny_checkpoint):
     import deaot_core
     import fiftyone as fo
-    import plugin
+    import deaot_vos
 
     monkeypatch.setattr(deaot_core, "Tracker", _ColourOracle)
     path, maps = make_video("o", 40)  # longer than a backward decoding chunk
     ds = _dataset("t_oracle")
     sample = _video_sample(path, maps, [23], label="obj")
     ds.add_sample(sample)
-    plugin.propagate(ds, "kf", "out", model="DeAOTT", checkpoint=tiny_checkpoint, device="cpu")
+    deaot_vos.propagate(ds, "kf", "out", model="DeAOTT", checkpoint=tiny_checkpoint, device="cpu")
     sample.reload()
     for number in range(1, 41):
         rendered = _render(sample.frames[number]["out"], 64, 96)
@@ -435,7 +435,7 @@ def test_every_frame_number_gets_its_own_frame(make_video, monkeypatch, tiny_che
 def test_prefetch_keeps_order_raises_in_place_and_stops_when_closed():
     import threading
 
-    from plugin.video import prefetch
+    from deaot_vos.video import prefetch
 
     assert list(prefetch(iter(range(50)), depth=3)) == list(range(50))
 
@@ -467,7 +467,7 @@ def test_prefetch_keeps_order_raises_in_place_and_stops_when_closed():
 
 
 def test_background_writer_runs_in_order_and_reports_errors():
-    from plugin.propagation import BackgroundWriter
+    from deaot_vos.propagation import BackgroundWriter
 
     done = []
     writer = BackgroundWriter()

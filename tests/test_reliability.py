@@ -414,13 +414,13 @@ SAMPLE_ERRORS = ("KeyframeError", "VideoError")
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))
 def test_bad_input_is_refused_and_changes_nothing(case, make_video, tmp_path, tiny_checkpoint):
     import deaot_core
-    import plugin
-    from plugin.labels import KeyframeError
-    from plugin.propagation import NoKeyframesError
+    import deaot_vos
+    from deaot_vos.labels import KeyframeError
+    from deaot_vos.propagation import NoKeyframesError
 
     errors = dict(NoKeyframesError=NoKeyframesError, ValueError=ValueError, KeyframeError=KeyframeError,
-                  VideoError=plugin.VideoError, CheckpointError=deaot_core.CheckpointError,
-                  ModelUnavailableError=plugin.ModelUnavailableError)
+                  VideoError=deaot_vos.VideoError, CheckpointError=deaot_core.CheckpointError,
+                  ModelUnavailableError=deaot_vos.ModelUnavailableError)
     ds = _base(f"t_bad_{case}", make_video)
     overrides, error, patterns = BAD_INPUTS[case](ds, tmp_path, tiny_checkpoint)
     sid = ds.first().id
@@ -430,7 +430,7 @@ def test_bad_input_is_refused_and_changes_nothing(case, make_video, tmp_path, ti
     view = kwargs.pop("view", ds)
     before = _snapshot(ds)
     with pytest.raises(errors[error]) as info:
-        plugin.propagate(view, **kwargs)
+        deaot_vos.propagate(view, **kwargs)
     message = str(info.value)
     for pattern in patterns:
         assert __import__("re").search(pattern, message), (pattern, message)
@@ -445,19 +445,19 @@ def test_bad_input_is_refused_and_changes_nothing(case, make_video, tmp_path, ti
 def test_non_video_dataset_is_refused_and_changes_nothing(tmp_path, tiny_checkpoint):
     import cv2
     import fiftyone as fo
-    import plugin
+    import deaot_vos
 
     cv2.imwrite(str(tmp_path / "a.png"), np.zeros((8, 8, 3), np.uint8))
     ds = _fresh("t_bad_images")
     ds.add_sample(fo.Sample(filepath=str(tmp_path / "a.png"), out=fo.Classification(label="keep")))
     before = _snapshot(ds)
     with pytest.raises(ValueError, match="not a video collection"):
-        plugin.propagate(ds, "kf", "out", model="DeAOTT", checkpoint=tiny_checkpoint, device="cpu", overwrite=True)
+        deaot_vos.propagate(ds, "kf", "out", model="DeAOTT", checkpoint=tiny_checkpoint, device="cpu", overwrite=True)
     assert _snapshot(ds) == before
 
 
 def test_all_bad_samples_are_named_in_one_error(make_video, tmp_path, run):
-    import plugin
+    import deaot_vos
 
     ds = _base("t_bad_many", make_video, videos=3)
     first, _, third = ds.values("id")
@@ -466,8 +466,8 @@ def test_all_bad_samples_are_named_in_one_error(make_video, tmp_path, run):
     sample.frames[6]["kf"].detections[0].mask = None
     sample.save()
     before = _snapshot(ds)
-    with pytest.raises(plugin.VideoError) as info:
-        plugin.propagate(ds, "kf", "out", overwrite=True, **run)
+    with pytest.raises(deaot_vos.VideoError) as info:
+        deaot_vos.propagate(ds, "kf", "out", overwrite=True, **run)
     message = str(info.value)
     assert first in message and "and 1 more sample(s) failed the checks" in message
     assert third in message and "boxes alone are not enough" in message
@@ -478,7 +478,7 @@ def test_all_bad_samples_are_named_in_one_error(make_video, tmp_path, run):
 # -- faults: the output field stays as it was ----------------------------------------------------
 
 def test_exception_mid_video_leaves_everything_as_it_was_then_rerun_restarts(make_video, scripted, run):
-    import plugin
+    import deaot_vos
 
     ds = _base("t_fault_exc", make_video, videos=2)
     second = ds.values("id")[1]
@@ -486,12 +486,12 @@ def test_exception_mid_video_leaves_everything_as_it_was_then_rerun_restarts(mak
     # video 1: 9 steps (forward 2..8, backward 2, 1); fail on the 4th step of video 2, after bulk writes
     scripted.fail = lambda tr, frame: RuntimeError("boom") if len(scripted.steps) == 13 else None
     with pytest.raises(RuntimeError, match="boom") as info:
-        plugin.propagate(ds, "kf", "out", overwrite=True, write_every=2, **run)
+        deaot_vos.propagate(ds, "kf", "out", overwrite=True, write_every=2, **run)
     assert any(second in note and "at frame 5" in note for note in getattr(info.value, "__notes__", []))
     assert _snapshot(ds, strict=False) == before and _no_tmp(ds)
 
     scripted.fail = None
-    summary = plugin.propagate(ds, "kf", "out", overwrite=True, write_every=2, **run)
+    summary = deaot_vos.propagate(ds, "kf", "out", overwrite=True, write_every=2, **run)
     assert [r["status"] for r in summary["samples"]] == ["ok", "ok"] and summary["written"]
     _assert_complete(ds)
     assert _no_tmp(ds)
@@ -502,8 +502,8 @@ def test_failure_while_swapping_fields_is_finished_by_the_next_run(make_video, s
     lost (the new output is complete in the temporary field, every sample loads), and the next
     run into the field finishes the swap before anything else."""
     import fiftyone as fo
-    import plugin
-    from plugin import journal
+    import deaot_vos
+    from deaot_vos import journal
 
     ds = _base("t_fault_swap", make_video)
     copy = journal.copy_values
@@ -515,7 +515,7 @@ def test_failure_while_swapping_fields_is_finished_by_the_next_run(make_video, s
 
     monkeypatch.setattr(journal, "copy_values", failing_copy)
     with pytest.raises(RuntimeError, match="database went away") as info:
-        plugin.propagate(ds, "kf", "out", overwrite=True, write_every=1, **run)
+        deaot_vos.propagate(ds, "kf", "out", overwrite=True, write_every=1, **run)
     assert any("finishes the swap" in note for note in info.value.__notes__)
     assert journal.claim_for(ds, "out")["phase"] == "commit"
     ds.reload()
@@ -523,8 +523,8 @@ def test_failure_while_swapping_fields_is_finished_by_the_next_run(make_video, s
     for sample in fo.load_dataset(ds.name).iter_samples():  # everything loads meanwhile
         list(sample.frames.values())
     monkeypatch.setattr(journal, "copy_values", copy)
-    with pytest.raises(plugin.OutputExistsError):  # the next run settles the journal first
-        plugin.propagate(ds, "kf", "out", **run)
+    with pytest.raises(deaot_vos.OutputExistsError):  # the next run settles the journal first
+        deaot_vos.propagate(ds, "kf", "out", **run)
     assert _no_tmp(ds) and journal.claim_for(ds, "out") is None
     _assert_complete(ds)
 
@@ -536,12 +536,12 @@ def _oom():
 
 
 def test_out_of_memory_retries_at_half_resolution(make_video, scripted, run):
-    import plugin
+    import deaot_vos
 
     ds = _base("t_fault_oom_half", make_video, output=False)
     # runs out of memory on the 3rd frame unless the network input is at most 40 pixels long
     scripted.fail = lambda tr, frame: (_oom() if tr.local_steps == 3 and (tr.max_long_edge or 1e9) > 40 else None)
-    summary = plugin.propagate(ds, "kf", "out", write_every=2, **run)
+    summary = deaot_vos.propagate(ds, "kf", "out", write_every=2, **run)
     row, = summary["samples"]
     assert row["status"] == "ok" and row["max_long_edge"] == 32 and row["device"] == "cpu"
     assert len(row["warnings"]) == 1 and "out of memory at frame 4" in row["warnings"][0]
@@ -551,14 +551,14 @@ def test_out_of_memory_retries_at_half_resolution(make_video, scripted, run):
 
 
 def test_out_of_memory_on_cuda_falls_back_to_cpu(make_video, scripted, run, monkeypatch):
-    import plugin
-    import plugin.propagation as propagation
+    import deaot_vos
+    import deaot_vos.propagation as propagation
 
     monkeypatch.setattr(propagation, "resolve_device", lambda device: "cuda:0")
     monkeypatch.setattr(propagation, "load_model", lambda choice, device: object())
     ds = _base("t_fault_oom_cpu", make_video, output=False)
     scripted.fail = lambda tr, frame: _oom() if tr.device != "cpu" and tr.local_steps == 2 else None
-    summary = plugin.propagate(ds, "kf", "out", **run)
+    summary = deaot_vos.propagate(ds, "kf", "out", **run)
     row, = summary["samples"]
     assert row["status"] == "ok" and row["device"] == "cpu" and row["max_long_edge"] == 1040
     assert len(row["warnings"]) == 2 and "retrying the video on cpu" in row["warnings"][1]
@@ -568,19 +568,19 @@ def test_out_of_memory_on_cuda_falls_back_to_cpu(make_video, scripted, run, monk
 
 def test_out_of_memory_everywhere_changes_nothing(make_video, scripted, run):
     import torch
-    import plugin
+    import deaot_vos
 
     ds = _base("t_fault_oom_all", make_video)
     before = _snapshot(ds, strict=False)
     scripted.fail = lambda tr, frame: _oom() if tr.local_steps == 3 else None
     with pytest.raises(torch.OutOfMemoryError):
-        plugin.propagate(ds, "kf", "out", overwrite=True, write_every=1, **run)
+        deaot_vos.propagate(ds, "kf", "out", overwrite=True, write_every=1, **run)
     assert len(scripted.steps) == 6  # two attempts: 1040 (64 effective), 32
     assert _snapshot(ds, strict=False) == before and _no_tmp(ds)
 
 
 def test_cancel_stops_within_a_frame_and_writes_nothing(make_video, scripted, run):
-    import plugin
+    import deaot_vos
 
     ds = _base("t_cancel", make_video, videos=2)
     before = _snapshot(ds, strict=False)
@@ -591,18 +591,18 @@ def test_cancel_stops_within_a_frame_and_writes_nothing(make_video, scripted, ru
             frames_reported.append(label)
         return False if "[2/2]" in label and "frame 4/" in label else None
 
-    with pytest.raises(plugin.PropagationCancelled):
-        plugin.propagate(ds, "kf", "out", overwrite=True, write_every=1, progress=progress, **run)
+    with pytest.raises(deaot_vos.PropagationCancelled):
+        deaot_vos.propagate(ds, "kf", "out", overwrite=True, write_every=1, progress=progress, **run)
     # every step was reported; the step whose report cancelled was the last one
     assert len(scripted.steps) == len(frames_reported) + 1  # + the backward pass's keyframe re-step of video 1
     assert _snapshot(ds, strict=False) == before and _no_tmp(ds)
-    plugin.propagate(ds, "kf", "out", overwrite=True, **run)
+    deaot_vos.propagate(ds, "kf", "out", overwrite=True, **run)
     _assert_complete(ds)
 
 
 def test_operator_cancel_marking_the_delegated_operation_failed(make_video, scripted, monkeypatch, run):
     import fiftyone.operators as foo
-    import plugin.propagation as propagation
+    import deaot_vos.propagation as propagation
     from fiftyone.operators.delegated import DelegatedOperationService
 
     monkeypatch.setattr(propagation, "CANCEL_POLL_SECONDS", 0.0)
@@ -629,7 +629,6 @@ def test_operator_cancel_marking_the_delegated_operation_failed(make_video, scri
 _WORKER = r'''
 import os, sys, time
 import numpy as np
-sys.path.insert(0, sys.argv[1])
 import deaot_core, torch
 
 class Slow:
@@ -661,7 +660,7 @@ if sys.argv[5] == "mid-write":
             os.kill(os.getpid(), 9)
         return original(self, field_name, *args, frames=frames, **kwargs)
     foc.SampleCollection._set_doc_values = set_doc_values
-from plugin.cli import main
+from deaot_vos.cli import main
 sys.exit(main(["propagate", "--dataset", sys.argv[2], "--keyframes-field", "kf", "--output-field", "out",
                "--overwrite", "--model", "DeAOTT", "--checkpoint", sys.argv[4], "--device", "cpu",
                "--write-every", "2"]))
@@ -675,8 +674,8 @@ def test_killed_or_terminated_worker(sig, make_video, tmp_path, run):
     insert of new frames and the write of their values). SIGTERM: the CLI cancels at the next
     frame and cleans up."""
     import fiftyone as fo
-    import plugin
-    from plugin import propagation
+    import deaot_vos
+    from deaot_vos import propagation
 
     ds = _base(f"t_{sig.lower()}", make_video)
     ds.persistent = True  # visible to the worker process
@@ -714,10 +713,10 @@ def test_killed_or_terminated_worker(sig, make_video, tmp_path, run):
                 tmp = "out" + propagation.TMP_SUFFIX
                 docs = ds._root_dataset._frame_collection.find({})
                 assert any("created_at" not in d and d.get(tmp) is None for d in docs)
-            with pytest.raises(plugin.OutputExistsError):  # any later run recovers first
-                plugin.propagate(ds, "kf", "out", **run)
+            with pytest.raises(deaot_vos.OutputExistsError):  # any later run recovers first
+                deaot_vos.propagate(ds, "kf", "out", **run)
             assert _snapshot(ds, strict=False) == before and _no_tmp(ds)
-        plugin.propagate(ds, "kf", "out", overwrite=True, **run)
+        deaot_vos.propagate(ds, "kf", "out", overwrite=True, **run)
         _assert_complete(ds)
     finally:
         fo.delete_dataset(ds.name)
@@ -726,8 +725,8 @@ def test_killed_or_terminated_worker(sig, make_video, tmp_path, run):
 # -- many videos -------------------------------------------------------------------------------
 
 def test_skip_failures_isolates_bad_videos_and_lists_them(make_video, scripted, tmp_path, run, capsys):
-    import plugin
-    from plugin.cli import main
+    import deaot_vos
+    from deaot_vos.cli import main
 
     # video 2's file is missing (found by the checks); video 3 (40x56) fails on its 4th frame
     ds = _base("t_many", make_video, videos=3, sizes=[(H, W), (H, W), (40, 56)])
@@ -740,7 +739,7 @@ def test_skip_failures_isolates_bad_videos_and_lists_them(make_video, scripted, 
         raw = {sid: _snapshot(ds.select(sid), strict=False)[1] for sid in ids}
         scripted.fail = lambda tr, frame: RuntimeError("decoder died") if frame.shape[0] == 40 and tr.local_steps == 4 \
             else None
-        summary = plugin.propagate(ds, "kf", "out", overwrite=True, skip_failures=True, write_every=1, **run)
+        summary = deaot_vos.propagate(ds, "kf", "out", overwrite=True, skip_failures=True, write_every=1, **run)
         assert [r["status"][:5] for r in summary["samples"]] == ["ok", "error", "error"] and summary["written"]
         failed = {f["id"]: f["error"] for f in summary["failed"]}
         assert set(failed) == set(ids[1:])
@@ -877,8 +876,8 @@ def _keyframe_label(layout, n):
 @given(layout=layouts())
 def test_fuzz_keyframe_layouts(layout, fuzz_videos, tiny_checkpoint):
     import fiftyone as fo
-    import plugin
-    from plugin.labels import KeyframeError
+    import deaot_vos
+    from deaot_vos.labels import KeyframeError
 
     h, w = layout["size"]
     ds = _fresh("t_fuzz")
@@ -902,7 +901,7 @@ def test_fuzz_keyframe_layouts(layout, fuzz_videos, tiny_checkpoint):
     ds.add_sample(sample)
     before = _snapshot(ds)
     try:
-        summary = plugin.propagate(ds, "kf", "out", model="DeAOTT", checkpoint=tiny_checkpoint, device="cpu",
+        summary = deaot_vos.propagate(ds, "kf", "out", model="DeAOTT", checkpoint=tiny_checkpoint, device="cpu",
                                    max_long_edge=64)
     except KeyframeError as err:  # the documented error for bad layouts, and nothing written
         assert problems and any(p in str(err) for p in problems), (problems, str(err))

@@ -334,7 +334,7 @@ def test_cli_arguments():
 def test_fine_tune_from_a_tiny_fiftyone_dataset(tmp_path, make_video, tiny_checkpoint):
     import fiftyone as fo
 
-    from plugin.vos_reader import FiftyOneVOS, read_sequences
+    from deaot_vos.vos_reader import FiftyOneVOS, read_sequences
 
     name = "deaot-train-finetune"
     if fo.dataset_exists(name):

@@ -87,8 +87,8 @@ def test_two_workers_share_the_queue(workers_dataset, tiny_checkpoint, tmp_path)
     import fiftyone as fo
     import fiftyone.operators as foo
     from fiftyone.operators.delegated import DelegatedOperationService
-    from plugin.propagation import OutputExistsError
-    from plugin.scaleout import job_status
+    from deaot_vos.propagation import OutputExistsError
+    from deaot_vos.scaleout import job_status
 
     ds = workers_dataset
     samples_before, frames_before = _raw(ds)
@@ -191,7 +191,7 @@ def test_a_failing_task_keeps_its_videos_output_and_the_others_are_written(worke
     its output stays as it was, the other tasks write theirs, the staging field is dropped."""
     import fiftyone as fo
     from fiftyone.operators.delegated import DelegatedOperationService
-    from plugin.scaleout import job_status, queue_propagation
+    from deaot_vos.scaleout import job_status, queue_propagation
 
     ds = workers_dataset
     old = fo.Detections(detections=[fo.Detection(label="old", bounding_box=[0.1, 0.1, 0.2, 0.2], index=1)])
@@ -228,9 +228,9 @@ def test_a_failing_task_keeps_its_videos_output_and_the_others_are_written(worke
 def test_a_job_without_live_operations_is_closed_by_the_next_run(workers_dataset, tiny_checkpoint):
     """Workers killed: the job's operations are marked failed; the next run removes the staging
     field (and the output field the job created, still empty) and goes on."""
-    import plugin
+    import deaot_vos
     from fiftyone.operators.delegated import DelegatedOperationService
-    from plugin.scaleout import job_status, queue_propagation
+    from deaot_vos.scaleout import job_status, queue_propagation
 
     ds = workers_dataset
     queued = queue_propagation(ds, "kf", "out", model="DeAOTT", checkpoint=tiny_checkpoint, device="cpu")
@@ -240,18 +240,18 @@ def test_a_job_without_live_operations_is_closed_by_the_next_run(workers_dataset
 
     for op_id in queued["operations"]:
         assert service.set_failed(ObjectId(op_id), result=None) is not None
-    summary = plugin.propagate(ds.limit(1), "kf", "out", model="DeAOTT", checkpoint=tiny_checkpoint, device="cpu")
+    summary = deaot_vos.propagate(ds.limit(1), "kf", "out", model="DeAOTT", checkpoint=tiny_checkpoint, device="cpu")
     assert summary["written"] and job_status(queued["job"])["finalized"]
     ds.reload()
     assert "out_deaot_tmp" not in ds.get_frame_field_schema() and ds.count("frames.out") == T
 
 
 def test_cli_queue(workers_dataset, tiny_checkpoint, capsys):
-    """``python -m plugin propagate --queue``: one operation per two videos, then a worker runs them."""
+    """``python -m deaot_vos propagate --queue``: one operation per two videos, then a worker runs them."""
     import json
 
     from fiftyone.operators.delegated import DelegatedOperationService
-    from plugin.cli import main
+    from deaot_vos.cli import main
 
     ds = workers_dataset
     sids = ds.values("id")[:3]
