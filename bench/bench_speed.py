@@ -617,7 +617,8 @@ def _csv(value: str | None, cast: Callable = str) -> list | None:
     return None if value is None else [cast(v.strip()) for v in value.split(",") if v.strip()]
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of this script."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=WEIGHTS_NOTE)
     parser.add_argument("--variants", help="comma-separated (default DeAOTT,R50_DeAOTL; 'all' = 12 variants)")
@@ -650,13 +651,11 @@ def main(argv: list[str] | None = None) -> int:
                              "configuration alike); tables list every repeat")
     parser.add_argument("--dry-run", action="store_true", help="list the runs and exit")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    return parser
 
-    if args.worker:
-        print(RESULT_PREFIX + json.dumps(worker(json.loads(args.worker))), flush=True)
-        return 0
 
-    preset = "quick" if args.quick else args.preset
+def select_runs(args: argparse.Namespace, preset: str | None, error) -> list[dict]:
+    """The runs the arguments ask for: the preset's list filtered, else every combination."""
     variants = _csv(args.variants)
     if variants == ["all"]:
         variants = list(ALL_VARIANTS)
@@ -665,16 +664,19 @@ def main(argv: list[str] | None = None) -> int:
     modes = None if args.mode in (None, "both") else [args.mode]
     for res in resolutions or []:
         if res not in RESOLUTIONS:
-            parser.error(f"unknown resolution {res!r}; known: {', '.join(RESOLUTIONS)}")
+            error(f"unknown resolution {res!r}; known: {', '.join(RESOLUTIONS)}")
     if preset:
-        runs = [r for r in preset_runs(preset)
+        return [r for r in preset_runs(preset)
                 if (variants is None or r["variant"] in variants) and (modes is None or r["mode"] in modes)
                 and (resolutions is None or r["resolution"] in resolutions)
                 and (objects is None or r["objects"] in objects) and (frames is None or r["frames"] in frames)
                 and (precisions is None or r["precision"] in precisions)]
-    else:
-        runs = expand(variants or ["DeAOTT", "R50_DeAOTL"], resolutions or ["480p", "1080p"], objects or [2, 20],
-                      frames or [50, 2000], modes or ["tracker", "e2e"], precisions or ["fp32"])
+    return expand(variants or ["DeAOTT", "R50_DeAOTL"], resolutions or ["480p", "1080p"], objects or [2, 20],
+                  frames or [50, 2000], modes or ["tracker", "e2e"], precisions or ["fp32"])
+
+
+def configure_runs(runs: list[dict], args: argparse.Namespace, preset: str | None) -> None:
+    """Device, threads, warm-up, cache, official weights (``--weights-dir``) and memory options of each run."""
     import torch
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -691,7 +693,12 @@ def main(argv: list[str] | None = None) -> int:
         for key in ("max_long_term_frames", "long_term_gap", "sample_every"):
             if getattr(args, key) is not None:
                 run[key] = getattr(args, key)
-    # label agreement: each low-precision tracker run is compared with the same run in fp32
+
+
+def plan_agreement(runs: list[dict], repeat: int) -> tuple[list[dict], Path]:
+    """(the runs in order, the folder of their labels): each low-precision tracker run is compared
+    with the same run in fp32, which runs right before it (agreement known at once, its labels
+    freed); with ``repeat`` > 1 the whole list repeats round-robin."""
     agree_root = Path(tempfile.mkdtemp(prefix="deaot-bench-agree-"))
     keyed = {}
     for i, run in enumerate(runs):
@@ -702,28 +709,25 @@ def main(argv: list[str] | None = None) -> int:
         if len({runs[i]["precision"] for i in idxs}) > 1 and any(runs[i]["precision"] == "fp32" for i in idxs):
             for i in idxs:
                 runs[i]["agreement_dir"] = str(agree_root / f"run{i}")
-    # each configuration's fp32 run right before its fp16/bf16 runs (agreement known at once, its labels freed)
+
     def config(r: dict) -> tuple:
         return tuple(r.get(k) for k in ("mode", "variant", "resolution", "objects", "frames"))
 
     first_seen: dict[tuple, int] = {}
     for i, run in enumerate(runs):
         first_seen.setdefault(config(run), i)
-    runs.sort(key=lambda r: (first_seen[config(r)], r["precision"] != "fp32"))
-    if args.repeat > 1:
-        runs = [dict(run, repeat=i) for i in range(args.repeat) for run in runs]
+    runs = sorted(runs, key=lambda r: (first_seen[config(r)], r["precision"] != "fp32"))
+    if repeat > 1:
+        runs = [dict(run, repeat=i) for i in range(repeat) for run in runs]
         for run in runs:
             if run.get("agreement_dir"):
                 run["agreement_dir"] += f"-r{run['repeat']}"
-    if args.dry_run:
-        shutil.rmtree(agree_root, ignore_errors=True)
-        for run in runs:
-            print(json.dumps({k: v for k, v in run.items() if k not in ("cache_dir", "agreement_dir")}))
-        print(f"{len(runs)} runs")
-        return 0
+    return runs, agree_root
 
-    machine = machine_info()
-    print(json.dumps({"machine": machine}), flush=True)
+
+def execute_runs(runs: list[dict], args: argparse.Namespace, machine: dict, preset: str | None) -> list[dict]:
+    """Run each in its own process (a private mongod for end-to-end runs); returns the result rows
+    (also written to ``--json`` after each run)."""
     results: list[dict] = []
     mongo = None
     fp32_dirs: dict[tuple, str] = {}
@@ -760,6 +764,30 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if mongo is not None:
             mongo.close()
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.worker:
+        print(RESULT_PREFIX + json.dumps(worker(json.loads(args.worker))), flush=True)
+        return 0
+    preset = "quick" if args.quick else args.preset
+    runs = select_runs(args, preset, parser.error)
+    configure_runs(runs, args, preset)
+    runs, agree_root = plan_agreement(runs, args.repeat)
+    if args.dry_run:
+        shutil.rmtree(agree_root, ignore_errors=True)
+        for run in runs:
+            print(json.dumps({k: v for k, v in run.items() if k not in ("cache_dir", "agreement_dir")}))
+        print(f"{len(runs)} runs")
+        return 0
+    machine = machine_info()
+    print(json.dumps({"machine": machine}), flush=True)
+    try:
+        results = execute_runs(runs, args, machine, preset)
+    finally:
         shutil.rmtree(agree_root, ignore_errors=True)
     tables = f"{markdown_table(results)}\n\n{memory_table(results)}\n\n{WEIGHTS_NOTE}\n"
     print("\n" + tables)

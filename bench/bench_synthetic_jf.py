@@ -3,13 +3,13 @@
 
     .venv/bin/python bench/bench_synthetic_jf.py --checkpoint checkpoints/deaott_synthetic/final.pth
 
-Clips: ``--clips`` (20) clips of ``--frames`` (40) frames from ``deaot_core.synthetic``
+Clips: ``--clips`` (20) clips of ``--frames`` (40) frames from ``deaot_core.data.synthetic``
 with seeds ``--seed`` (1_000_000) + i -- a range the trainer never draws from (it uses
 (seed, index) pairs of its own) -- and 2-5 objects each. Default size 241x433 (about half of
 480p, sides of the form 16k+1 so the tracker does not resize) because a 2-core CPU needs
 about 4x longer at 480x854 (``--size 481x857``); the clip generator scales object size with
 the frame, so the task is the same. The tracker propagates from frame 0's ground truth;
-scores use the official DAVIS 2017 semi-supervised protocol (``deaot_vos.metrics``: frames
+scores use the official DAVIS 2017 semi-supervised protocol (``deaot_core.metrics.davis``: frames
 1..T-2, objects pooled over clips). Prints one JSON document.
 """
 from __future__ import annotations
@@ -28,8 +28,8 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 import deaot_core  # noqa: E402
-from deaot_core.synthetic import generate_clip  # noqa: E402
-from deaot_vos.metrics import global_summary, sequence_metrics  # noqa: E402
+from deaot_core.data.synthetic import generate_clip  # noqa: E402
+from deaot_core.metrics.davis import global_summary, sequence_metrics  # noqa: E402
 
 
 def held_out_clips(count: int, frames: int, height: int, width: int, seed: int):

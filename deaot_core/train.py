@@ -1,9 +1,11 @@
-"""Train or fine-tune an AOT / DeAOT model on synthetic clips or a FiftyOne dataset.
+"""Train or fine-tune an AOT / DeAOT model on synthetic clips or any clip source handed to it.
 
     python -m deaot_core.train --model DeAOTT --data synthetic --minutes 45 --out runs/deaott_synthetic \\
         --seed 0 --threads 2 --id-shuffle 0.5 --half --export checkpoints/deaot_t_synthetic.pth
-    python -m deaot_core.train --model DeAOTT --data fiftyone:my_videos:gt_masks \\
-        --init checkpoints/deaot_t_synthetic.pth --steps 500 --out runs/finetune
+
+:func:`train` / :class:`Trainer` take any indexable clip source (item i -> ``Clip``, a function of
+(seed, i)); a FiftyOne dataset is one, built by the FiftyOne side (same options):
+``python -m deaot_vos train --data fiftyone:my_videos:gt_masks --init ... --steps 500 --out runs/ft``.
 
 Recipe (the official trainer's; details and deviations in ``checkpoints/README.md``): AdamW,
 LR 2e-4 with linear warm-up over the first 5 % of training and poly(0.9) decay to 2e-5, no
@@ -32,27 +34,25 @@ import dataclasses
 import itertools
 import json
 import logging
-import math
 import os
 import random
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import cv2
 import numpy as np
 import torch
 from torch import nn
 
+from .data.batches import ClipSource, StepBatches, batch_to_tensors
+from .data.synthetic import ClipOptions, SyntheticVOS
 from .losses import VOSLoss
-from .synthetic import Clip, ClipOptions, SyntheticVOS, clip_rng, relabel_from_reference
 
 log = logging.getLogger("deaot_core.train")
 
-IMAGE_MEAN = (0.485, 0.456, 0.406)
-IMAGE_STD = (0.229, 0.224, 0.225)
 #: parameters without weight decay (besides every 1-D parameter), as the official trainer
 NO_WEIGHT_DECAY_KEYS = ("absolute_pos_embed", "relative_position_bias_table", "relative_emb_v", "conv_out")
 #: parameters frozen once the memory is written with the model's own predictions
@@ -234,113 +234,6 @@ def calibrate_frozen_batchnorm(model: nn.Module, images: torch.Tensor) -> int:
 
 
 # ----------------------------------------------------------------------------------------- data
-def random_scale_crop(frames: np.ndarray, labels: np.ndarray, rng: np.random.Generator, height: int, width: int,
-                      scale_range: tuple[float, float] = (0.7, 1.3), tries: int = 10) -> tuple[np.ndarray, np.ndarray]:
-    """Rescale a clip (short edge ~ the crop's short side x U(scale_range)) and crop
-    (height, width), preferring crops where the reference frame shows an object (official
-    "balanced" crop). Smaller results are padded (image grey, labels 0)."""
-    t, ih, iw = labels.shape
-    base = min(height, width) / 0.97
-    s = base * rng.uniform(*scale_range) / min(ih, iw)
-    nh, nw = max(1, int(round(ih * s))), max(1, int(round(iw * s)))
-    if (nh, nw) != (ih, iw):
-        frames = np.stack([cv2.resize(f, (nw, nh), interpolation=cv2.INTER_LINEAR) for f in frames])
-        labels = np.stack([cv2.resize(l, (nw, nh), interpolation=cv2.INTER_NEAREST) for l in labels])
-    ph, pw = max(0, height - nh), max(0, width - nw)
-    if ph or pw:
-        frames = np.pad(frames, ((0, 0), (0, ph), (0, pw), (0, 0)), constant_values=0)
-        frames[:, nh:, :] = (124, 116, 104)
-        frames[:, :, nw:] = (124, 116, 104)
-        labels = np.pad(labels, ((0, 0), (0, ph), (0, pw)), constant_values=0)
-        nh, nw = labels.shape[1:]
-    best = None
-    for _ in range(tries):
-        y0, x0 = int(rng.integers(0, nh - height + 1)), int(rng.integers(0, nw - width + 1))
-        ref = labels[0, y0:y0 + height, x0:x0 + width]
-        if best is None:
-            best = (y0, x0)
-        if ((ref > 0) & (ref != 255)).any():
-            best = (y0, x0)
-            break
-    y0, x0 = best
-    return frames[:, y0:y0 + height, x0:x0 + width], labels[:, y0:y0 + height, x0:x0 + width]
-
-
-def augment_clip(clip: Clip, rng: np.random.Generator) -> Clip:
-    """DeAOT's 'v2' photometric augmentation + flip, applied consistently to a clip:
-    horizontal flip (p 0.5), colour jitter (p 0.8), grayscale (p 0.2), Gaussian blur (p 0.3)."""
-    frames = clip.frames.astype(np.float32)
-    labels = clip.labels
-    if rng.random() < 0.5:
-        frames, labels = frames[:, :, ::-1], labels[:, :, ::-1]
-    if rng.random() < 0.8:
-        b, c, s = rng.uniform(0.6, 1.4), rng.uniform(0.6, 1.4), rng.uniform(0.6, 1.4)
-        frames = frames * b
-        mean = frames.mean(axis=(1, 2, 3), keepdims=True)
-        frames = (frames - mean) * c + mean
-        gray = frames.mean(axis=3, keepdims=True)
-        frames = gray + (frames - gray) * s
-        hue = rng.uniform(-0.1, 0.1)
-        if abs(hue) > 0.01:
-            out = []
-            for f in np.clip(frames, 0, 255).astype(np.uint8):
-                hsv = cv2.cvtColor(f, cv2.COLOR_RGB2HSV)
-                hsv[..., 0] = ((hsv[..., 0].astype(np.int32) + int(round(hue * 180))) % 180).astype(np.uint8)
-                out.append(cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB))
-            frames = np.stack(out).astype(np.float32)
-    if rng.random() < 0.2:
-        frames = np.repeat(frames.mean(axis=3, keepdims=True), 3, axis=3)
-    if rng.random() < 0.3:
-        sigma = rng.uniform(0.1, 2.0)
-        frames = np.stack([cv2.GaussianBlur(f, (0, 0), sigma) for f in frames])
-    return Clip(np.ascontiguousarray(np.clip(frames, 0, 255).astype(np.uint8)), np.ascontiguousarray(labels))
-
-
-def stack_clips(clips: Sequence[Clip]) -> tuple[np.ndarray, np.ndarray, list[int]]:
-    """Clips of equal size -> (frames (B, T, H, W, 3) uint8, labels (B, T, H, W) uint8, object counts)."""
-    counts = []
-    for c in clips:
-        ref = c.labels[0]
-        ref = ref[ref != 255]
-        counts.append(int(ref.max()) if ref.size else 0)
-    return np.stack([c.frames for c in clips]), np.stack([c.labels for c in clips]), counts
-
-
-def batch_to_tensors(frames, labels, counts: list[int], device: torch.device | str = "cpu"
-                     ) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-    """:func:`stack_clips` output (numpy arrays or tensors) -> (frames (B, T, 3, H, W) normalised
-    float, labels (B, T, H, W) int64, counts) on ``device``."""
-    frames = torch.as_tensor(frames).to(device, non_blocking=True)
-    frames = frames.permute(0, 1, 4, 2, 3).float().div_(255.0)
-    mean = torch.tensor(IMAGE_MEAN, device=device).view(1, 1, 3, 1, 1)
-    std = torch.tensor(IMAGE_STD, device=device).view(1, 1, 3, 1, 1)
-    frames = (frames - mean) / std
-    labels = torch.as_tensor(labels).to(device, non_blocking=True).long()
-    return frames, labels, [int(c) for c in counts]
-
-
-def clips_to_batch(clips: Sequence[Clip], device: torch.device | str = "cpu"
-                   ) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-    """Clips of equal size -> (frames (B, T, 3, H, W) normalised float, labels (B, T, H, W) int64,
-    object counts)."""
-    return batch_to_tensors(*stack_clips(clips), device=device)
-
-
-class StepBatches(torch.utils.data.Dataset):
-    """Item ``step`` = the stacked clips of that optimiser step (:func:`stack_clips`), the same
-    whichever process makes it, so a run with data workers sees exactly the serial run's data."""
-
-    def __init__(self, source, batch_size: int):
-        self.source, self.batch_size = source, batch_size
-
-    def __len__(self) -> int:
-        return 2 ** 62
-
-    def __getitem__(self, step: int):
-        b = self.batch_size
-        return stack_clips([self.source[step * b + i] for i in range(b)])
-
-
 def _init_data_worker(_worker_id: int) -> None:
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
@@ -354,34 +247,6 @@ def default_workers(device: torch.device) -> int:
     return max(0, min(16, (os.cpu_count() or 1) - 2))
 
 
-def shuffle_ids(labels: np.ndarray, rng: np.random.Generator, max_objects: int = 10) -> np.ndarray:
-    """Move objects 1..K to K distinct random ID-bank slots in 1..max_objects (255 kept), so
-    that every slot gets trained, like the official trainer's identity shuffling."""
-    k = int(labels[labels != 255].max()) if (labels != 255).any() else 0
-    lut = np.arange(256, dtype=np.uint8)
-    lut[1:k + 1] = rng.choice(np.arange(1, max_objects + 1), size=k, replace=False)
-    return lut[labels]
-
-
-class ClipSource:
-    """Training clips: item i is determined by (seed, i); objects renumbered 1..K from the
-    reference frame, optionally moved to random ID slots (``id_shuffle`` probability), flip /
-    photometric augmentation added."""
-
-    def __init__(self, base, seed: int, augment: bool = True, max_objects: int = 10, id_shuffle: float = 0.0):
-        self.base, self.seed, self.augment, self.max_objects = base, seed, augment, max_objects
-        self.id_shuffle = id_shuffle
-
-    def __getitem__(self, index: int) -> Clip:
-        clip = self.base[index]
-        rng = clip_rng([self.seed, 7919], index)
-        labels = relabel_from_reference(clip.labels, rng, self.max_objects)
-        if self.id_shuffle > 0 and rng.random() < self.id_shuffle:
-            labels = shuffle_ids(labels, rng, self.max_objects)
-        clip = Clip(clip.frames, labels)
-        return augment_clip(clip, rng) if self.augment else clip
-
-
 def clip_options(overrides: dict[str, float]) -> ClipOptions:
     """``ClipOptions`` with scalar fields overridden (e.g. {"camouflage_prob": 0.5})."""
     scalars = {f.name: f.type for f in dataclasses.fields(ClipOptions) if f.type in ("int", "float")}
@@ -391,23 +256,17 @@ def clip_options(overrides: dict[str, float]) -> ClipOptions:
     return ClipOptions(**{k: int(v) if scalars[k] == "int" else float(v) for k, v in overrides.items()})
 
 
-def build_source(cfg: TrainConfig, max_objects: int = 10):
-    """The clip source named by ``cfg.data``."""
-    if cfg.data == "synthetic":
+def build_source(cfg: TrainConfig, max_objects: int = 10, base=None) -> ClipSource:
+    """The training clips: ``base`` (any indexable clip source: item i -> ``Clip``, a function of
+    (seed, i), e.g. the FiftyOne side's training source) or, when it is None, the source named by
+    ``cfg.data`` (``synthetic``); renumbered, ID-shuffled and augmented by :class:`ClipSource`."""
+    if base is None:
+        if cfg.data != "synthetic":
+            raise ValueError(f"unknown --data {cfg.data!r}: deaot_core.train makes 'synthetic' clips; for a FiftyOne "
+                             f"dataset run `python -m deaot_vos train --data fiftyone:<dataset>:<field> ...`")
         base = SyntheticVOS(length=2 ** 62, seed=cfg.seed, num_frames=cfg.seq_len, height=cfg.height,
                             width=cfg.width, options=clip_options(cfg.clip_options), static_prob=cfg.static_prob,
                             background_dir=cfg.background_dir)
-    elif cfg.data.startswith("fiftyone:"):
-        parts = cfg.data.split(":")
-        if len(parts) != 3 or not parts[1] or not parts[2]:
-            raise ValueError(f"--data fiftyone needs the form fiftyone:<dataset_name>:<field>, got {cfg.data!r}")
-        from deaot_vos.vos_reader import FiftyOneVOS  # FiftyOne stays out of deaot_core's imports
-
-        base = FiftyOneVOS.from_dataset(parts[1], parts[2], num_frames=cfg.seq_len, height=cfg.height,
-                                        width=cfg.width, seed=cfg.seed, max_gap=cfg.max_gap,
-                                        max_objects=max_objects)
-    else:
-        raise ValueError(f"unknown --data {cfg.data!r}: use 'synthetic' or 'fiftyone:<dataset>:<field>'")
     return ClipSource(base, cfg.seed, augment=True, max_objects=max_objects, id_shuffle=cfg.id_shuffle)
 
 
@@ -489,10 +348,22 @@ def plot_losses(records: list[dict], path: Path, title: str = "") -> Path:
     return path
 
 
+def _progress_bar():
+    """A tqdm bar in percent of training on stderr (None without tqdm)."""
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover
+        return None
+    return tqdm(total=100, unit="%", bar_format="{l_bar}{bar}| {n:.1f}/{total}% [{elapsed}<{remaining}]{postfix}",
+                file=sys.stderr, dynamic_ncols=True)
+
+
 class Trainer:
     """The training loop; ``run()`` returns a summary dict (also written to train_log.json)."""
 
-    def __init__(self, cfg: TrainConfig):
+    def __init__(self, cfg: TrainConfig, source=None):
+        """``source``: the clips to train on (any indexable clip source, see :func:`build_source`);
+        None: the one ``cfg.data`` names."""
         import deaot_core  # the package's public API (model registry, checkpoints, train_forward)
 
         self.core = deaot_core
@@ -522,7 +393,7 @@ class Trainer:
                                            weight_decay=cfg.weight_decay)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
         self.loss_fn = VOSLoss(top_k_percent=cfg.top_k_percent, hard_mining_steps=cfg.hard_mining)
-        self.source = build_source(cfg, self.model.cfg.max_objects)
+        self.source = build_source(cfg, self.model.cfg.max_objects, source)
         self.step_batches = StepBatches(self.source, cfg.batch_size)
         self.long_term_gap = cfg.long_term_gap or self.model.cfg.train_long_term_gap
         self.workers = default_workers(self.device) if cfg.workers is None else int(cfg.workers)
@@ -676,15 +547,7 @@ class Trainer:
         if self.ema is None and cfg.ema_ratio > 0:
             self.ema = EMA(self.model, self._ema_decay())
 
-        bar = None
-        if cfg.progress_bar:
-            try:
-                from tqdm import tqdm
-
-                bar = tqdm(total=100, unit="%", bar_format="{l_bar}{bar}| {n:.1f}/{total}% [{elapsed}<{remaining}]{postfix}",
-                           file=sys.stderr, dynamic_ncols=True)
-            except ImportError:  # pragma: no cover
-                bar = None
+        bar = _progress_bar() if cfg.progress_bar else None
         window: list[dict] = []
         last_save = time.monotonic()
         step_times: list[float] = []
@@ -769,10 +632,11 @@ class Trainer:
                 "loss_curve": str(curve)}
 
 
-def train(cfg: TrainConfig) -> dict | None:
-    """Run a training described by ``cfg``; returns the summary, or None when it stopped at
-    ``cfg.stop_at_step`` (``last.pth`` saved: the same command continues it)."""
-    return Trainer(cfg).run(until_step=cfg.stop_at_step)
+def train(cfg: TrainConfig, source=None) -> dict | None:
+    """Run a training described by ``cfg`` (on ``source``, any indexable clip source, when given);
+    returns the summary, or None when it stopped at ``cfg.stop_at_step`` (``last.pth`` saved: the
+    same command continues it)."""
+    return Trainer(cfg, source).run(until_step=cfg.stop_at_step)
 
 
 # ------------------------------------------------------------------------------------------ CLI
@@ -785,11 +649,19 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    d = TrainConfig()
+    """The parser of ``python -m deaot_core.train`` (synthetic data)."""
     p = argparse.ArgumentParser(prog="python -m deaot_core.train", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    return add_train_arguments(p, data_help="'synthetic' (FiftyOne datasets: python -m deaot_vos train)")
+
+
+def add_train_arguments(p: argparse.ArgumentParser, data_help: str, data_default: str = "synthetic"
+                        ) -> argparse.ArgumentParser:
+    """Add the training options to ``p`` (also used by the FiftyOne side's ``train`` command,
+    which names its own data sources in ``data_help``); returns ``p``."""
+    d = TrainConfig()
     p.add_argument("--model", default=d.model, help="variant, e.g. DeAOTT, DeAOTS, R50_DeAOTL")
-    p.add_argument("--data", default=d.data, help="'synthetic' or 'fiftyone:<dataset_name>:<frame field>'")
+    p.add_argument("--data", default=data_default, help=data_help)
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--minutes", type=float, help="time budget (the schedules follow the time used)")
@@ -842,10 +714,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(argv: Sequence[str] | None = None) -> TrainConfig:
-    args = build_parser().parse_args(argv)
+    """The :class:`TrainConfig` of a ``python -m deaot_core.train`` command line."""
+    parser = build_parser()
+    return config_from_namespace(parser.parse_args(argv), parser.error)
+
+
+def config_from_namespace(args: argparse.Namespace, error) -> TrainConfig:
+    """The :class:`TrainConfig` of arguments parsed with :func:`add_train_arguments`;
+    ``error(message)`` reports a bad combination (argparse's ``parser.error``)."""
     if args.steps is None and args.minutes is None:
-        build_parser().error("give --steps and/or --minutes")
-    values = vars(args)
+        error("give --steps and/or --minutes")
+    values = {k: v for k, v in vars(args).items() if k in _ARGUMENT_FIELDS}
     values["height"], values["width"] = values.pop("size")
     values["top_k_percent"] = values.pop("top_k")
     options = {}
@@ -856,15 +735,23 @@ def config_from_args(argv: Sequence[str] | None = None) -> TrainConfig:
         except ValueError:
             sep = ""
         if not sep:
-            build_parser().error(f"--clip-option needs NAME=NUMBER, got {item!r}")
+            error(f"--clip-option needs NAME=NUMBER, got {item!r}")
     values["clip_options"] = options
     return TrainConfig(**values)
 
 
+#: the parsed arguments that become TrainConfig fields (the others belong to the caller's parser)
+_ARGUMENT_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)} | {"size", "top_k", "clip_option"}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    cfg = config_from_args(argv)
-    summary = train(cfg)
+    return train_and_print(config_from_args(argv))
+
+
+def train_and_print(cfg: TrainConfig, source=None) -> int:
+    """Run :func:`train` and print its summary (or where it stopped) as JSON; returns exit status 0."""
+    summary = train(cfg, source)
     if summary is None:
         summary = {"stopped_at_step": cfg.stop_at_step, "last": str(Path(cfg.out) / "last.pth")}
     print(json.dumps(summary, indent=1))

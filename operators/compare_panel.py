@@ -15,8 +15,9 @@ import fiftyone as fo
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
-from deaot_vos.compare import TABLE_KEYS, _fmt, frame_curves, plotly_traces, summary_rows
+from deaot_vos.compare import TABLE_KEYS, frame_curves, plotly_traces, summary_rows
 from deaot_vos.evaluation import list_vos_evaluations
+from deaot_vos.tables import format_value
 
 PLOT_LAYOUT = {
     "title": {"text": "Per-frame J&F (mean over objects)", "x": 0, "xanchor": "left"},
@@ -37,7 +38,7 @@ def _table_view() -> types.TableView:
 
 
 def _table_rows(rows) -> list[dict]:
-    return [{k: _fmt(r.get(k)) for k in TABLE_KEYS} for r in rows]
+    return [{k: format_value(r.get(k)) for k in TABLE_KEYS} for r in rows]
 
 
 def _plot_sample(ctx, dataset, keys) -> tuple[str | None, str]:

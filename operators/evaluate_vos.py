@@ -5,7 +5,7 @@ import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 from deaot_vos.evaluation import EXTRA_OBJECTS, EvaluationCancelled, check_evaluation, evaluate_vos
-from deaot_vos.metrics import SUMMARY_KEYS
+from deaot_core.metrics.davis import SUMMARY_KEYS
 
 from .common import delegation_param, dropdown, label_fields, target_view, video_target_notice
 

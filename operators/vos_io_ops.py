@@ -1,11 +1,11 @@
-"""``@deaot/vos/export_vos`` and ``@deaot/vos/import_vos``: thin operators over ``deaot_vos.vos_io``."""
+"""``@deaot/vos/export_vos`` and ``@deaot/vos/import_vos``: thin operators over ``deaot_vos.formats.vos``."""
 from __future__ import annotations
 
 import fiftyone as fo
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
-from deaot_vos.vos_io import LABEL_TYPES, LAYOUTS, export_vos, import_vos
+from deaot_vos.formats.vos import LABEL_TYPES, LAYOUTS, export_vos, import_vos
 
 from .common import dropdown, label_fields, target_view
 

@@ -3,7 +3,7 @@ in ``operators/`` are thin wrappers around it).
 
 ``deaot_vos.propagate(...)`` propagates keyframe masks through videos; ``python -m deaot_vos`` is its
 CLI (``propagate``, ``demo``). Attributes are imported lazily so that light submodules (e.g.
-``deaot_vos.metrics``) do not pull in FiftyOne or torch.
+``deaot_vos.video``) do not pull in FiftyOne or torch.
 """
 from __future__ import annotations
 

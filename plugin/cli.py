@@ -18,6 +18,8 @@ import os
 import signal
 import sys
 
+from .reporting import print_summary, tqdm_progress as _tqdm_progress
+
 
 EXIT_DATABASE = 4  # the FiftyOne database cannot be reached
 
@@ -117,41 +119,6 @@ def _add_demo(sub) -> None:
     p.add_argument("--launch", action="store_true", help="open the FiftyOne App at the end")
 
 
-def print_summary(summary: dict, stream=None) -> None:
-    stream = stream or sys.stdout
-    print(f"model {summary['model']} ({summary['weights']} weights"
-          + (f": {summary['checkpoint']}" if summary.get("checkpoint") else "") + f") on {summary['device']}",
-          file=stream)
-    for row in summary["samples"]:
-        name = os.path.basename(row.get("filepath", row["id"]))
-        if row.get("status") == "ok":
-            print(f"  {name}: {row['frames']} frames ({row['width']}x{row['height']}), keyframes {row['keyframes']}, "
-                  f"{row['objects']} objects, {row['seconds']:.1f}s ({row.get('fps') or 0:.1f} frames/s)", file=stream)
-        else:
-            print(f"  {name}: {row.get('status')}", file=stream)
-    fields = summary["output_field"] + (f" and {summary['segmentation_field']}" if summary.get("segmentation_field") else "")
-    if summary.get("signals_during_swap"):
-        print(f"{summary['signals_during_swap']} arrived during the final swap of the output field: the swap was "
-              f"finished first, frames.{fields} holds the new output", file=sys.stderr)
-    if summary.get("written", True):
-        print(f"wrote frames.{fields} in {summary.get('seconds', 0):.1f}s", file=stream)
-    else:
-        print(f"nothing written: frames.{fields} unchanged ({summary.get('seconds', 0):.1f}s)", file=stream)
-
-
-def _tqdm_progress():
-    from tqdm import tqdm
-
-    bar = tqdm(total=1000, unit="‰", bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}")
-
-    def progress(fraction, label):
-        bar.n = int(round(fraction * 1000))
-        bar.set_postfix_str(label, refresh=False)
-        bar.refresh()
-
-    return bar, progress
-
-
 def run_propagate(args) -> int:
     import fiftyone as fo
 
@@ -248,8 +215,10 @@ def main(argv=None) -> int:
     _add_propagate(sub)
     _add_demo(sub)
     from .eval_cli import add_parsers  # evaluate, compare, export-vos, import-vos
+    from .train_cli import add_parser as add_train_parser  # train --data fiftyone:...
 
     add_parsers(sub)
+    add_train_parser(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:

@@ -1,21 +1,19 @@
 """Compare J&F evaluation runs (``deaot_vos.evaluation``): the official summary table per run and the
 per-frame J&F curves of one video, for the CLI (``python -m deaot_vos compare``) and the App panel.
+Text and CSV rendering of the rows: :mod:`deaot_vos.tables`.
 """
 from __future__ import annotations
 
-import math
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
-from .idmaps import root_dataset
-from .metrics import SUMMARY_KEYS
+from .evaluation import VOSEvaluationResults, frame_fields, list_vos_evaluations
+from .fields import root_dataset
+from .tables import TABLE_KEYS
 
-#: columns of the comparison table
-TABLE_KEYS = ("eval_key", *SUMMARY_KEYS)
+__all__ = ["TABLE_KEYS", "summary_rows", "frame_curves", "plotly_traces"]
 
 
 def _results(dataset, eval_key: str):
-    from .evaluation import VOSEvaluationResults, list_vos_evaluations
-
     if eval_key not in dataset.list_evaluations():
         raise ValueError(f"dataset '{dataset.name}' has no evaluation '{eval_key}'; J&F evaluations: "
                          f"{list_vos_evaluations(dataset)}")
@@ -28,10 +26,8 @@ def _results(dataset, eval_key: str):
 
 def summary_rows(sample_collection, eval_keys: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """One row per evaluation run: ``eval_key``, ``pred_field``, ``gt_field``, ``sequences``,
-    ``objects`` and the official summary (:data:`deaot_vos.metrics.SUMMARY_KEYS`).
+    ``objects`` and the official summary (:data:`deaot_core.metrics.davis.SUMMARY_KEYS`).
     ``eval_keys=None``: every J&F run of the dataset."""
-    from .evaluation import list_vos_evaluations
-
     dataset = root_dataset(sample_collection)
     keys = list(eval_keys) if eval_keys else list_vos_evaluations(dataset)
     rows = []
@@ -42,39 +38,10 @@ def summary_rows(sample_collection, eval_keys: Sequence[str] | None = None) -> l
     return rows
 
 
-def _fmt(value, digits: int = 3, nan: str = "NaN") -> str:
-    if isinstance(value, float):
-        return nan if math.isnan(value) else f"{value:.{digits}f}"
-    return "" if value is None else str(value)
-
-
-def format_table(rows: Iterable[dict[str, Any]], columns: Sequence[str] = TABLE_KEYS, digits: int = 3) -> str:
-    """Aligned text table, floats with ``digits`` decimals (3, as the official CSV)."""
-    rows = list(rows)
-    cells = [list(columns)] + [[_fmt(r.get(c), digits) for c in columns] for r in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
-    lines = []
-    for n, row in enumerate(cells):
-        lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
-        if n == 0:
-            lines.append("  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
-def to_csv(rows: Iterable[dict[str, Any]], columns: Sequence[str] = TABLE_KEYS) -> str:
-    """CSV as the official ``global_results`` file (``%.3f``, NaN as an empty field), one line per run."""
-    lines = [",".join(columns)]
-    for r in rows:
-        lines.append(",".join(_fmt(r.get(c), 3, nan="") for c in columns))
-    return "\n".join(lines) + "\n"
-
-
 def frame_curves(sample_collection, sample_id: str, eval_keys: Sequence[str]) -> dict[str, dict[str, list]]:
     """Per-frame J, F and J&F (means over objects) of one video for each run, read from the frame
     fields ``<eval_key>_J`` / ``<eval_key>_F``: ``{eval_key: {"frames": [...], "J": [...],
     "F": [...], "JF": [...]}}`` (scored frames only; runs that did not score the video are empty)."""
-    from .evaluation import frame_fields
-
     dataset = root_dataset(sample_collection)
     schema = dataset.get_frame_field_schema() or {}
     one = dataset.select(sample_id)

@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from .models import DEFAULT_MODEL, REPO_ROOT
-from .video import write_mp4
+from .reporting import print_summary, tqdm_progress
+from .video import video_metadata, write_mp4
 
 log = logging.getLogger(__name__)
 
@@ -46,19 +47,6 @@ SHAPES = {1: "circle", 2: "square", 3: "triangle", 4: "ellipse"}
 def write_video(frames, path: str | Path, fps: float = 24.0) -> str:
     """Encode (H, W, 3) uint8 RGB frames as an App-playable H.264 MP4 (see ``write_mp4``)."""
     return write_mp4(frames, path, fps=fps)
-
-
-def video_metadata(path: str | Path):
-    """``fo.VideoMetadata`` from decord (no ffprobe needed)."""
-    import fiftyone as fo
-
-    from .video import VideoReader
-
-    reader = VideoReader(str(path))
-    fps = reader.fps or 24.0
-    return fo.VideoMetadata(size_bytes=os.path.getsize(path), mime_type="video/mp4", frame_width=reader.width,
-                            frame_height=reader.height, frame_rate=fps, total_frame_count=reader.num_frames,
-                            duration=reader.num_frames / fps, encoding_str="avc1")
 
 
 # -- data ----------------------------------------------------------------------------------------
@@ -181,14 +169,13 @@ def build_dataset(name: str = "deaot-demo", real_clips: bool = True, workdir: st
 def run_demo(name: str = "deaot-demo", device: str = "auto", real_clips: bool = True, launch: bool = False) -> int:
     import fiftyone as fo
 
-    from .cli import _tqdm_progress, print_summary
     from .propagation import propagate
 
     start = time.time()
     dataset = build_dataset(name, real_clips=real_clips)
     print(f"built dataset '{name}' with {len(dataset)} videos in {time.time() - start:.1f}s; propagating "
           f"(small videos: 384x216 and 480x270, so this runs in a few minutes on 2 CPU cores)")
-    bar, progress = _tqdm_progress()
+    bar, progress = tqdm_progress()
     try:
         summary = propagate(dataset, KEYFRAMES_FIELD, OUTPUT_FIELD, model=DEFAULT_MODEL, device=device,
                             overwrite=True, progress=progress, write_segmentation=SEGMENTATION_FIELD,

@@ -11,6 +11,13 @@ from __future__ import annotations
 import json
 import sys
 
+import fiftyone as fo
+
+from .compare import summary_rows
+from .evaluation import evaluate_vos
+from .formats.vos import export_vos, import_vos
+from .tables import format_table, to_csv
+
 
 def add_parsers(sub) -> None:
     p = sub.add_parser("evaluate", help="DAVIS J&F of a prediction field vs a ground-truth field (evaluation run)")
@@ -56,8 +63,6 @@ def add_parsers(sub) -> None:
 
 
 def _load(name):
-    import fiftyone as fo
-
     if not fo.dataset_exists(name):
         print(f"error: no dataset named {name!r}", file=sys.stderr)
         return None
@@ -65,9 +70,6 @@ def _load(name):
 
 
 def run_evaluate(args) -> int:
-    from .compare import format_table, summary_rows
-    from .evaluation import evaluate_vos
-
     dataset = _load(args.dataset)
     if dataset is None:
         return 2
@@ -88,8 +90,6 @@ def run_evaluate(args) -> int:
 
 
 def run_compare(args) -> int:
-    from .compare import format_table, summary_rows, to_csv
-
     dataset = _load(args.dataset)
     if dataset is None:
         return 2
@@ -110,8 +110,6 @@ def run_compare(args) -> int:
 
 
 def run_export(args) -> int:
-    from .vos_io import export_vos
-
     dataset = _load(args.dataset)
     if dataset is None:
         return 2
@@ -128,8 +126,6 @@ def run_export(args) -> int:
 
 
 def run_import(args) -> int:
-    from .vos_io import import_vos
-
     try:
         dataset = import_vos(args.dataset_dir, args.name, label_field=args.label_field, layout=args.layout,
                              label_type=args.label_type, video_dir=args.video_dir, fps=args.fps,

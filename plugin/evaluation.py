@@ -2,7 +2,7 @@
 FiftyOne evaluation run.
 
 ``evaluate_vos(view, "deaot", "ground_truth", eval_key="deaot_eval")`` scores every video of the
-collection with :func:`deaot_vos.metrics.sequence_metrics` (the official protocol) and records a real
+collection with :func:`deaot_core.metrics.davis.sequence_metrics` (the official protocol) and records a real
 FiftyOne evaluation run (``dataset.list_evaluations()``, ``get_evaluation_info``,
 ``load_evaluation_results``, ``rename_evaluation`` and ``delete_evaluation`` all work) plus fields
 the App can sort, filter and plot:
@@ -12,7 +12,7 @@ the App can sort, filter and plot:
 * frame fields ``<eval_key>_J``, ``<eval_key>_F``: on each scored frame, the mean over objects.
 
 Protocol. Both fields are turned into (H, W) id maps (pixel value = object ``index``; see
-``deaot_vos.idmaps``). Only frames whose ground truth is set are used, in order (frames without
+``deaot_vos.label_frames``). Only frames whose ground truth is set are used, in order (frames without
 ground truth are skipped, as DAVIS scores only annotated frames); the first of them is the
 reference: its objects (by index, sorted) are the objects scored, as 1..K. As in the official
 code the first and last annotated frames are not scored, ground-truth objects absent from the
@@ -20,7 +20,7 @@ reference are ignored, objects missing from a prediction score as empty masks, a
 a prediction is all background, and a predicted object that is not in the reference on a scored
 frame aborts the evaluation (``extra_objects="error"``, official) or is ignored
 (``extra_objects="ignore"``, e.g. for objects added by a later keyframe). The dataset-level
-summary pools every object of every video with equal weight (``deaot_vos.metrics.global_summary``).
+summary pools every object of every video with equal weight (``deaot_core.metrics.davis.global_summary``).
 
 Everything is computed before anything is written: an error leaves the dataset unchanged. A label
 that cannot be scored (a detection without a mask, a segmentation of another size or without a
@@ -42,9 +42,12 @@ import fiftyone as fo
 import fiftyone.core.fields as fof
 from fiftyone.utils.eval.base import BaseEvaluationMethod, BaseEvaluationMethodConfig, BaseEvaluationResults
 
-from .idmaps import (LabelFieldError, check_label_field, describe_sample, frame_size, mask_targets_of,
-                     read_id_maps, root_dataset)
-from .metrics import STAT_KEYS, SUMMARY_KEYS, global_summary, official_csvs, sequence_metrics
+from deaot_core.metrics.davis import STAT_KEYS, SUMMARY_KEYS, global_summary, official_csvs, sequence_metrics
+
+from .fields import (LabelFieldError, check_label_field, describe_sample, frame_size, mask_targets_for, root_dataset,
+                     sequence_names)
+from .label_frames import read_id_maps
+from .tables import format_table
 
 log = logging.getLogger(__name__)
 
@@ -196,8 +199,6 @@ class VOSEvaluationResults(BaseEvaluationResults):
         return [dict(name=s["name"], sample_id=s["sample_id"], objects=s["K"], **s["summary"]) for s in self.sequences]
 
     def print_report(self, digits=3):
-        from .compare import format_table
-
         print(format_table(self.report(), ["name", "objects", *SUMMARY_KEYS], digits=digits))
 
     def official_csvs(self) -> tuple[str, str]:
@@ -331,7 +332,7 @@ def _relabel(id_map: np.ndarray, lut: dict[int, int]) -> tuple[np.ndarray, list[
 def evaluate_sequence(gt, pred, *, sample_id: str = "", filepath: str = "", name: str = "",
                       pred_field: str = "pred", gt_field: str = "gt", gt_is_segmentation: bool = False,
                       bound_th: float = 0.008, extra_objects: str = "error") -> dict[str, Any]:
-    """Score one video from its :class:`deaot_vos.idmaps.IdMaps` (``gt``, ``pred``): see the module
+    """Score one video from its :class:`deaot_vos.label_frames.IdMaps` (``gt``, ``pred``): see the module
     docstring. Returns the ``sequences`` entry of :class:`VOSEvaluationResults`."""
     where = describe_sample(sample_id, filepath)
     frames = list(gt.frames)
@@ -375,16 +376,6 @@ def evaluate_sequence(gt, pred, *, sample_id: str = "", filepath: str = "", name
                 summary={k: float(v) for k, v in res["summary"].items()}, missing_predictions=missing)
 
 
-def _sequence_names(ids, filepaths, names) -> list[str]:
-    out, seen = [], {}
-    for sid, path, name in zip(ids, filepaths, names):
-        base = str(name) if name else os.path.splitext(os.path.basename(path))[0]
-        n = seen.get(base, 0)
-        seen[base] = n + 1
-        out.append(base if n == 0 else f"{base}_{n + 1}")
-    return out
-
-
 def evaluate_vos(sample_collection, pred_field: str, gt_field: str = "ground_truth", eval_key: str | None = None,
                  bound_th: float = 0.008, extra_objects: str = "error", overwrite: bool = False,
                  progress: ProgressCallback | None = None) -> VOSEvaluationResults:
@@ -410,12 +401,12 @@ def evaluate_vos(sample_collection, pred_field: str, gt_field: str = "ground_tru
     dataset = root_dataset(sample_collection)
     pred_field, gt_field = check_evaluation(sample_collection, pred_field, gt_field, eval_key, overwrite, extra_objects)
     gt_is_segmentation = dataset.get_frame_field_schema()[gt_field].document_type is fo.Segmentation
-    gt_targets, pred_targets = mask_targets_of(dataset, gt_field), mask_targets_of(dataset, pred_field)
+    gt_targets, pred_targets = mask_targets_for(dataset, gt_field), mask_targets_for(dataset, pred_field)
     has_sequence = "sequence" in dataset.get_field_schema()
     columns = ["id", "filepath", "metadata"] + (["sequence"] if has_sequence else [])
     values = sample_collection.values(columns)
     ids, paths, metas = values[0], values[1], values[2]
-    names = _sequence_names(ids, paths, values[3] if has_sequence else [None] * len(ids))
+    names = sequence_names(ids, paths, values[3] if has_sequence else None)
 
     config = VOSEvaluationConfig(pred_field, gt_field, bound_th=bound_th, extra_objects=extra_objects)
     method = config.build()

@@ -117,6 +117,26 @@ class ObjectRegistry:
     def num_objects(self) -> int:
         return len(self.by_key)
 
+    def index_table(self) -> np.ndarray:
+        """Object id -> output index as a lookup array (``table[label_map]`` turns a tracker label map
+        into an index map; entry 0 = background 0). Call :meth:`assign_indexes` first."""
+        table = np.zeros(max(self.by_id, default=0) + 1, dtype=np.int64)
+        for obj_id, info in self.by_id.items():
+            table[obj_id] = int(info.index)
+        return table
+
+    @classmethod
+    def for_indexes(cls, indexes, names: Mapping[int, str | None] | None = None) -> tuple["ObjectRegistry", np.ndarray]:
+        """A registry of the objects with these output ``indexes`` (labels from ``names``, else the
+        index) and the index -> object id lookup array (entry 0 = background 0)."""
+        names = names or {}
+        indexes = sorted(int(k) for k in indexes if int(k) != 0)
+        registry = cls()
+        table = np.zeros(max(indexes, default=0) + 1, dtype=np.int32)
+        for k in indexes:
+            table[k] = registry.get(("value", k), names.get(k) or str(k), 1, index=k).obj_id
+        return registry, table
+
 
 def _rgb_to_int(mask: np.ndarray) -> np.ndarray:
     mask = mask.astype(np.int64)
@@ -141,7 +161,7 @@ def _resize_nearest(label_map: np.ndarray, height: int, width: int, frame_number
     return cv2.resize(label_map.astype(np.int32), (width, height), interpolation=cv2.INTER_NEAREST)
 
 
-def _describe(kind: str, position: int, item) -> str:
+def describe_label_item(kind: str, position: int, item) -> str:
     text = f"{kind} #{position}"
     extra = []
     if getattr(item, "label", None) is not None:
@@ -338,7 +358,7 @@ def parse_keyframe(value: Any, frame_number: int, height: int, width: int,
         by_index: dict[int, str] = {}
         names: dict[int, str] = {}
         for position, item in enumerate(items or []):
-            what = _describe(kind, position, item)
+            what = describe_label_item(kind, position, item)
             given_index = _given_index(item, what, frame_number)
             if given_index is not None:
                 if given_index in by_index:
@@ -457,10 +477,8 @@ def bbox_of(xs: slice, ys: slice, width: int, height: int) -> list[float]:
 
 def mask_to_segmentation(label_map: np.ndarray, registry: ObjectRegistry) -> fo.Segmentation:
     """Label map whose pixel values are the objects' output indexes."""
-    lut_size = max(registry.by_id, default=0) + 1
-    lut = np.zeros(lut_size, dtype=np.int64)
-    for obj_id, info in registry.by_id.items():
-        lut[obj_id] = info.index
+    lut = registry.index_table()
+    lut_size = len(lut)
     top = int(lut.max()) if lut.size else 0
     dtype = np.uint8 if top < 256 else (np.uint16 if top < 65536 else np.int32)
     clipped = np.clip(label_map, 0, lut_size - 1)

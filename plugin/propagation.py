@@ -38,7 +38,7 @@ import fiftyone as fo
 from .labels import (KEYFRAME_TYPES, KeyframeError, ObjectRegistry, mask_to_detections, mask_to_segmentation,
                      mean_confidences, parse_keyframe)
 from .models import DEFAULT_MODEL, PRECISIONS, load_model, resolve_checkpoint, resolve_device
-from .idmaps import root_dataset
+from .fields import root_dataset
 from .journal import (FRAME_DEFAULT_FIELDS as RESERVED_FRAME_FIELDS, RESERVED_SUFFIXES, TMP_SUFFIX, FieldBusyError,
                       FieldClaim, claim_fields, copy_values, drop_temporary_field, finish_swap, note_deferred_signal,
                       refuse_unowned_temporaries, reserved_name, signals_deferred, swap_in_progress)

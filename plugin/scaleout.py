@@ -110,7 +110,7 @@ def queue_propagation(sample_collection, keyframes_field: str, output_field: str
     :func:`deaot_vos.propagate` arguments (``model``, ``checkpoint``, ``device``, ``skip_failures``,
     engine knobs). Returns ``dict(job=<id>, operations=[ids], samples=<count>)``.
     """
-    from .idmaps import root_dataset
+    from .fields import root_dataset
     from .propagation import _field_name
 
     if int(videos_per_task) < 1:

@@ -203,3 +203,13 @@ def write_mp4(frames: Iterable[np.ndarray], path: str | os.PathLike, fps: float 
     writer.close()
     return "h264"
 
+
+def video_metadata(path: str | os.PathLike):
+    """``fo.VideoMetadata`` from decord (no ffprobe needed)."""
+    import fiftyone as fo
+
+    reader = VideoReader(str(path))
+    fps = reader.fps or 24.0
+    return fo.VideoMetadata(size_bytes=os.path.getsize(path), mime_type="video/mp4", frame_width=reader.width,
+                            frame_height=reader.height, frame_rate=fps, total_frame_count=reader.num_frames,
+                            duration=reader.num_frames / fps, encoding_str="avc1")

@@ -3,7 +3,7 @@
 A small video dataset (real videos written to tmp, decoded by decord) with ground truth on every
 frame is propagated with two settings (DeAOTT with random weights, long_term_gap 1 vs the
 default), evaluated through the operator and through the Python function; values are checked
-against ``deaot_vos.metrics.sequence_metrics`` run directly on independent label maps.
+against ``deaot_core.metrics.davis.sequence_metrics`` run directly on independent label maps.
 """
 from __future__ import annotations
 
@@ -77,12 +77,12 @@ def evaluated(tmp_path_factory, tiny_checkpoint, fiftyone_db):
 
 
 def _stack(ds, sid, field):
-    """(T, H, W) label maps of a Segmentation frame field, independent of deaot_vos.idmaps."""
+    """(T, H, W) label maps of a Segmentation frame field, independent of deaot_vos.label_frames."""
     return np.stack([np.asarray(m.mask) for m in ds.select(sid).values(f"frames.{field}")[0]]).astype(np.int64)
 
 
 def _direct(ds, maps, sid, pred_field, frames=None):
-    from deaot_vos.metrics import sequence_metrics
+    from deaot_core.metrics.davis import sequence_metrics
 
     gt = maps[sid]
     pred = _stack(ds, sid, pred_field + "_seg")
@@ -117,7 +117,7 @@ def test_runs_are_fiftyone_evaluations(evaluated):
 
 
 def test_values_match_sequence_metrics(evaluated):
-    from deaot_vos.metrics import global_summary
+    from deaot_core.metrics.davis import global_summary
 
     ds, maps = evaluated["ds"], evaluated["maps"]
     for key, pred in (("run_a", "pred_a"), ("run_b", "pred_b")):
@@ -177,7 +177,8 @@ def test_other_label_types_sparse_gt_and_no_write(evaluated):
 
 def test_compare_table_and_cli(evaluated, capsys):
     from deaot_vos.cli import main
-    from deaot_vos.compare import format_table, frame_curves, summary_rows, to_csv
+    from deaot_vos.compare import frame_curves, summary_rows
+    from deaot_vos.tables import format_table, to_csv
 
     ds = evaluated["ds"]
     rows = summary_rows(ds, ["run_a", "run_b"])
@@ -253,7 +254,7 @@ def test_bad_input_is_refused_and_changes_nothing(evaluated):
     import fiftyone as fo
 
     from deaot_vos.evaluation import EvaluationError, evaluate_vos
-    from deaot_vos.idmaps import LabelFieldError
+    from deaot_vos.fields import LabelFieldError
 
     ds = evaluated["ds"]
     first, second = ds.values("id")

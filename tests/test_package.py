@@ -52,7 +52,6 @@ def test_pyproject_lists_every_package_folder():
     assert set(config["packages"]) == found
 
 
-@pytest.mark.xfail(strict=True, reason="deaot_core/train.py still imports the FiftyOne training source (being moved)")
 def test_core_never_imports_the_fiftyone_side():
     """``deaot_core`` imports neither fiftyone nor ``deaot_vos``, not even inside a function."""
     offenders = []

@@ -1,4 +1,4 @@
-"""deaot_core.synthetic: determinism and invariants of the procedural VOS clips."""
+"""deaot_core.data.synthetic: determinism and invariants of the procedural VOS clips."""
 from __future__ import annotations
 
 import cv2
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 
-from deaot_core.synthetic import (
+from deaot_core.data.synthetic import (
     Clip, ClipOptions, SyntheticVOS, generate_clip, generate_static_clip, relabel_from_reference, static_sequence,
 )
 
@@ -136,7 +136,7 @@ def test_invariants_hold_for_any_seed_and_size(seed, t, h, w, speed):
 def test_a_crowded_layout_is_redrawn_deterministically(monkeypatch):
     """A layout that cannot show every object in frame 0 is drawn again (same item, same clip
     every time); only a generator that never succeeds raises, naming the item."""
-    import deaot_core.synthetic as synthetic
+    import deaot_core.data.synthetic as synthetic
 
     real = synthetic._hidden_objects
     budget = {"fail": 31}  # the first draw gives up after 30 attempts

@@ -19,10 +19,12 @@ import deaot_core
 from deaot_core.losses import (
     VOSLoss, bootstrapped_cross_entropy, frame_iou, soft_jaccard_loss, top_k_fraction,
 )
-from deaot_core.synthetic import ClipOptions, generate_clip
+from deaot_core.data.synthetic import ClipOptions, generate_clip
+from deaot_core.data.augment import random_scale_crop, shuffle_ids
+from deaot_core.data.batches import clips_to_batch
 from deaot_core.train import (
-    EMA, TrainConfig, Trainer, calibrate_frozen_batchnorm, clip_options, clips_to_batch, config_from_args,
-    learning_rate, main, parameter_groups, random_scale_crop, resolve_stage, set_learning_rates, shuffle_ids,
+    EMA, TrainConfig, Trainer, build_source, calibrate_frozen_batchnorm, clip_options, config_from_args,
+    learning_rate, main, parameter_groups, resolve_stage, set_learning_rates,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -327,14 +329,17 @@ def test_cli_arguments():
         clip_options({"size_range": 0.5})  # not a scalar field
     with pytest.raises(ValueError, match="16k\\+1"):
         Trainer(_tiny_config("unused", height=64))
+    with pytest.raises(ValueError, match="python -m deaot_vos train"):  # the core never reads FiftyOne
+        build_source(_tiny_config("unused", data="fiftyone:ds:gt"))
 
 
 # ------------------------------------------------------------------------------ FiftyOne data
 @pytest.mark.usefixtures("fiftyone_db")
-def test_fine_tune_from_a_tiny_fiftyone_dataset(tmp_path, make_video, tiny_checkpoint):
+def test_fine_tune_from_a_tiny_fiftyone_dataset(tmp_path, make_video, tiny_checkpoint, capsys):
     import fiftyone as fo
 
-    from deaot_vos.vos_reader import FiftyOneVOS, read_sequences
+    from deaot_vos.cli import main as deaot_vos_main
+    from deaot_vos.formats.training_source import FiftyOneVOS, read_sequences
 
     name = "deaot-train-finetune"
     if fo.dataset_exists(name):
@@ -377,8 +382,12 @@ def test_fine_tune_from_a_tiny_fiftyone_dataset(tmp_path, make_video, tiny_check
     assert clip.frames.shape == (3, 49, 65, 3) and clip.labels[0].max() >= 1
     np.testing.assert_array_equal(source[0].labels, clip.labels)  # deterministic
 
-    summary = Trainer(_tiny_config(tmp_path, data=f"fiftyone:{name}:gt", init=tiny_checkpoint, steps=2,
-                                   height=49, width=65, workers=1)).run()  # a worker process decodes
+    # the FiftyOne side's command builds the source and runs the core trainer; a worker process decodes
+    capsys.readouterr()  # FiftyOne's progress output so far
+    assert deaot_vos_main(["train", "--data", f"fiftyone:{name}:gt", "--init", str(tiny_checkpoint), "--out",
+                           str(tmp_path), "--steps", "2", "--size", "49x65", "--workers", "1", "--batch-size", "1",
+                           "--seq-len", "3", "--log-every", "1", "--no-progress", "--ema-ratio", "0.5"]) == 0
+    summary = json.loads(capsys.readouterr().out)
     assert summary["steps"] == 2
     log = json.loads((tmp_path / "train_log.json").read_text())
     assert log["encoder_lr_ratio"] == 0.1 and log["calibrated_bn_layers"] == 0  # fine-tuning defaults

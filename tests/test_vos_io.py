@@ -1,4 +1,4 @@
-"""DAVIS / YouTube-VOS export and import (``deaot_vos.vos_io``, the ``export_vos`` / ``import_vos``
+"""DAVIS / YouTube-VOS export and import (``deaot_vos.formats.vos``, the ``export_vos`` / ``import_vos``
 operators and CLI subcommands).
 
 The source dataset has three real videos (written to tmp, decoded by decord): objects with
@@ -82,7 +82,7 @@ def source(tmp_path_factory, fiftyone_db):
 
 
 def _id_maps(ds, sid, field):
-    from deaot_vos.idmaps import read_id_maps
+    from deaot_vos.label_frames import read_id_maps
 
     return read_id_maps(ds, sid, ds[sid].filepath, field, H, W, require_index=False)
 
@@ -129,7 +129,7 @@ def test_davis_export_layout_and_round_trip(source, tmp_path):
 
     import fiftyone as fo
 
-    from deaot_vos.vos_io import davis_palette, export_vos, import_vos
+    from deaot_vos.formats.vos import davis_palette, export_vos, import_vos
 
     ds, truth = source["ds"], source["truth"]
     out = tmp_path / "davis"
@@ -176,7 +176,7 @@ def test_davis_export_layout_and_round_trip(source, tmp_path):
 def test_segmentation_field_and_label_type(source, tmp_path):
     import fiftyone as fo
 
-    from deaot_vos.vos_io import export_vos, import_vos
+    from deaot_vos.formats.vos import export_vos, import_vos
 
     ds, truth = source["ds"], source["truth"]
     out = tmp_path / "davis_seg"
@@ -193,7 +193,7 @@ def test_segmentation_field_and_label_type(source, tmp_path):
 def test_youtube_round_trip_with_meta(source, tmp_path):
     import fiftyone as fo
 
-    from deaot_vos.vos_io import export_vos, import_vos
+    from deaot_vos.formats.vos import export_vos, import_vos
 
     ds, truth = source["ds"], source["truth"]
     out = tmp_path / "ytvos"
@@ -236,7 +236,7 @@ def _write_folder(root: Path, sequences: dict[str, np.ndarray], resolution: str 
     """A hand-made DAVIS folder: JPEG frames drawn from the id maps, palette PNGs on ``annotated``."""
     import cv2
 
-    from deaot_vos.vos_io import write_annotation
+    from deaot_vos.formats.vos import write_annotation
 
     for name, maps in sequences.items():
         jpeg_dir = root / "JPEGImages" / resolution / name
@@ -255,7 +255,7 @@ def test_official_resolution_folder_import_then_export(tmp_path):
     """DAVIS release layout (``JPEGImages/480p/<seq>``), first frame annotated only."""
     import fiftyone as fo
 
-    from deaot_vos.vos_io import export_vos, import_vos, read_annotation
+    from deaot_vos.formats.vos import export_vos, import_vos, read_annotation
 
     maps = _label_maps(5, {1: 1, 2: 1}, 0)
     src = tmp_path / "DAVIS"
@@ -411,7 +411,7 @@ BAD_FOLDERS = [
 def test_bad_folders_are_refused_and_change_nothing(good_folder, tmp_path, how, kwargs, match):
     import fiftyone as fo
 
-    from deaot_vos.vos_io import VOSFormatError, import_vos
+    from deaot_vos.formats.vos import VOSFormatError, import_vos
 
     _break(good_folder, how)
     # an existing dataset of the same name, to be replaced: it survives the failed import
@@ -434,7 +434,7 @@ def test_bad_folders_are_refused_and_change_nothing(good_folder, tmp_path, how, 
 def test_import_refusals(good_folder, tmp_path):
     import fiftyone as fo
 
-    from deaot_vos.vos_io import import_vos
+    from deaot_vos.formats.vos import import_vos
 
     videos = tmp_path / "videos"
     ds = import_vos(good_folder, "t_vosio_ok", video_dir=videos)
@@ -465,8 +465,8 @@ def test_import_refusals(good_folder, tmp_path):
 def test_bad_export_is_refused_and_writes_nothing(source, tmp_path):
     import fiftyone as fo
 
-    from deaot_vos.idmaps import LabelFieldError
-    from deaot_vos.vos_io import export_vos
+    from deaot_vos.fields import LabelFieldError
+    from deaot_vos.formats.vos import export_vos
 
     ds, truth = source["ds"], source["truth"]
     out = tmp_path / "bad"
@@ -502,7 +502,7 @@ def test_bad_export_is_refused_and_writes_nothing(source, tmp_path):
 
 def test_export_stopped_midway_leaves_the_folder_as_it_was(source, tmp_path):
     """A cancel (or a decode error) after the first sequence: the earlier export stays whole."""
-    from deaot_vos.vos_io import export_vos
+    from deaot_vos.formats.vos import export_vos
 
     ds = source["ds"]
     out = tmp_path / "yt"

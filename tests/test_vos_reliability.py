@@ -1,4 +1,4 @@
-"""Reliability of the DAVIS / YouTube-VOS import and export (``deaot_vos.vos_io``) and of mask files
+"""Reliability of the DAVIS / YouTube-VOS import and export (``deaot_vos.formats.vos``) and of mask files
 read as id maps (``deaot_vos.labels``), issue 14.
 
 * frame names are ordered by their number (``0.jpg ... 11.jpg``), not as text; the DAVIS layout
@@ -7,7 +7,7 @@ read as id maps (``deaot_vos.labels``), issue 14.
 * a JPEG (lossy) mask is refused wherever an id map is read from a file;
 * DAVIS void pixels (255) are not an object.
 
-Folders are real JPEG frames and palette PNGs (``deaot_vos.vos_io.write_annotation``), datasets live
+Folders are real JPEG frames and palette PNGs (``deaot_vos.formats.vos.write_annotation``), datasets live
 in the test mongod, the imported MP4s are decoded with decord.
 """
 from __future__ import annotations
@@ -27,7 +27,7 @@ H, W = 48, 64
 
 
 def video_metadata(path):
-    from deaot_vos.demo import video_metadata as decord_metadata  # decord: no ffprobe needed
+    from deaot_vos.video import video_metadata as decord_metadata  # decord: no ffprobe needed
 
     return decord_metadata(path)
 
@@ -49,7 +49,7 @@ def _write_sequence(root: Path, name: str, count: int, annotations: dict[int, np
     ``annotations`` {i: map} in <ann_sub>/<name>/<stem(i)>.png."""
     import cv2
 
-    from deaot_vos.vos_io import write_annotation
+    from deaot_vos.formats.vos import write_annotation
 
     jpeg_dir, ann_dir = root / "JPEGImages" / name, root / ann_sub / name
     jpeg_dir.mkdir(parents=True, exist_ok=True)
@@ -67,7 +67,7 @@ def _box(index: int, y0: int, x0: int, h: int = 10, w: int = 14, base=None) -> n
 
 
 def _id_maps(ds, sample, field):
-    from deaot_vos.idmaps import read_id_maps
+    from deaot_vos.label_frames import read_id_maps
 
     return read_id_maps(ds, sample.id, sample.filepath, field, H, W, require_index=False)
 
@@ -87,7 +87,7 @@ def test_youtube_unpadded_frame_names_are_ordered_by_number(tmp_path):
     """``0.jpg ... 11.jpg``: frame n is the JPEG numbered n - 1 and ``5.png`` lands on frame 6 (text
     order put it on frame 8)."""
     from deaot_vos.video import VideoReader
-    from deaot_vos.vos_io import import_vos
+    from deaot_vos.formats.vos import import_vos
 
     root = tmp_path / "yt"
     first, fifth = _box(1, 4, 4), _box(2, 20, 30)
@@ -110,7 +110,7 @@ def test_youtube_unpadded_frame_names_are_ordered_by_number(tmp_path):
 
 
 def test_davis_unpadded_frame_names_are_refused_saying_why(tmp_path):
-    from deaot_vos.vos_io import VOSFormatError, import_vos
+    from deaot_vos.formats.vos import VOSFormatError, import_vos
 
     root = tmp_path / "davis"
     _write_sequence(root, "cat", 12, {0: _box(1, 4, 4)})
@@ -132,7 +132,7 @@ def test_davis_unpadded_frame_names_are_refused_saying_why(tmp_path):
 def test_frames_with_the_same_number_are_refused(tmp_path):
     import cv2
 
-    from deaot_vos.vos_io import VOSFormatError, import_vos
+    from deaot_vos.formats.vos import VOSFormatError, import_vos
 
     root = tmp_path / "yt"
     _write_sequence(root, "cat", 6, {0: _box(1, 4, 4)})
@@ -167,7 +167,7 @@ BAD_NAMES = [".", "..", "a/b", "..\\up", "x\0y", "   "]
 
 @pytest.mark.parametrize("bad", BAD_NAMES, ids=["dot", "dotdot", "slash", "backslash", "nul", "blank"])
 def test_export_refuses_an_unsafe_sequence_name_and_keeps_earlier_sequences(one_video, tmp_path, bad):
-    from deaot_vos.vos_io import export_vos
+    from deaot_vos.formats.vos import export_vos
 
     ds = one_video
     out = tmp_path / "export"
@@ -188,7 +188,7 @@ def test_export_refuses_an_unsafe_sequence_name_and_keeps_earlier_sequences(one_
 
 def test_export_names_from_the_file_name_still_work(one_video, tmp_path):
     """An unset (None / empty) ``sequence`` falls back to the video's file name."""
-    from deaot_vos.vos_io import export_vos
+    from deaot_vos.formats.vos import export_vos
 
     ds = one_video
     sample = ds.first()
@@ -203,7 +203,7 @@ def test_import_refuses_an_unsafe_sequence_name(tmp_path, bad):
     """``sequences=["../x"]`` used to follow ``..`` (and write ``videos/../x.mp4``)."""
     import fiftyone as fo
 
-    from deaot_vos.vos_io import import_vos
+    from deaot_vos.formats.vos import import_vos
 
     root = tmp_path / "davis" / "inner"
     _write_sequence(root, "a", 3, {0: _box(1, 4, 4)})
@@ -246,7 +246,7 @@ def test_import_refuses_jpeg_annotations(tmp_path):
     labels); JPEG data named ``.png`` used to become dozens of objects."""
     import fiftyone as fo
 
-    from deaot_vos.vos_io import VOSFormatError, import_vos, read_annotation
+    from deaot_vos.formats.vos import VOSFormatError, import_vos, read_annotation
 
     root = tmp_path / "davis"
     _write_sequence(root, "a", 4, {}, stem=lambda i: f"{i:05d}")
@@ -267,7 +267,7 @@ def test_import_refuses_jpeg_annotations(tmp_path):
 
 def test_import_ignores_a_jpeg_preview_next_to_its_png(tmp_path):
     """A JPEG with a PNG of the same name (a preview) is not an annotation: the PNG is used."""
-    from deaot_vos.vos_io import import_vos
+    from deaot_vos.formats.vos import import_vos
 
     root = tmp_path / "davis"
     ids = _two_objects()
@@ -287,7 +287,7 @@ def test_mask_path_to_a_jpeg_is_refused(tmp_path, kind):
     spurious objects (hundreds for a colour JPEG); a Detection's JPEG mask_path, stray mask pixels."""
     import fiftyone as fo
 
-    from deaot_vos.idmaps import read_id_maps
+    from deaot_vos.label_frames import read_id_maps
     from deaot_vos.labels import KeyframeError, ObjectRegistry, parse_keyframe
 
     maps = np.stack([_two_objects()] * 3).astype(np.int64)
@@ -355,7 +355,7 @@ def _void_folder(root: Path) -> dict[int, np.ndarray]:
 @pytest.mark.parametrize("label_type", ["detections", "segmentation"])
 def test_davis_void_is_not_an_object(tmp_path, label_type):
     from deaot_vos.evaluation import evaluate_vos
-    from deaot_vos.vos_io import import_vos
+    from deaot_vos.formats.vos import import_vos
 
     root = tmp_path / "davis"
     anns = _void_folder(root)
@@ -383,7 +383,7 @@ def test_davis_void_is_not_an_object(tmp_path, label_type):
 
 def test_youtube_keeps_255_as_an_object(tmp_path):
     """255 is void only in the DAVIS layout."""
-    from deaot_vos.vos_io import import_vos
+    from deaot_vos.formats.vos import import_vos
 
     root = tmp_path / "yt"
     ids = _box(255, 4, 4)
@@ -401,7 +401,7 @@ def test_davis_export_refuses_object_255(one_video, tmp_path):
     keeps it."""
     import fiftyone as fo
 
-    from deaot_vos.vos_io import export_vos, read_annotation
+    from deaot_vos.formats.vos import export_vos, read_annotation
 
     ds = one_video
     sample = ds.first()

@@ -400,8 +400,34 @@ def generate_clip(seed: int | np.random.Generator, num_frames: int = 8, height: 
     k = int(num_objects) if num_objects is not None else int(rng.integers(opts.min_objects, opts.max_objects + 1))
     if not 1 <= k <= 255:
         raise ValueError(f"num_objects must be in 1..255, got {k}")
-    speed = opts.speed
+    sprites, distractors, palette = _draw_sprites(rng, k, height, width, opts)
+    scene = _draw_scene(rng, k, num_frames, height, width, opts, palette, backgrounds, len(distractors))
+    _place_visibly(rng, sprites, scene, distractors, height, width, opts)
+    return _render_clip(rng, scene, sprites, distractors, num_frames, height, width)
 
+
+@dataclass
+class _Scene:
+    """What a clip draws besides its sprites: the panning background, the z-order and its swap, the
+    lighting gain, noise and grayscale."""
+
+    canvas: np.ndarray
+    margin: int
+    cam_amp: np.ndarray
+    cam_freq: np.ndarray
+    cam_phase: np.ndarray
+    order: list[int]  # object indexes, back to front
+    swap_at: int | None
+    swap_pair: tuple[int, int] | None
+    gain: tuple[float, float, float]  # amplitude, frequency, phase
+    noise_std: float
+    grayscale: bool
+    dist_z: np.ndarray  # distractor in front of the objects?
+
+
+def _draw_sprites(rng: np.random.Generator, k: int, height: int, width: int, opts: ClipOptions
+                  ) -> tuple[list[_Sprite], list[_Sprite], list[np.ndarray]]:
+    """(the k objects, the unlabelled distractors, the objects' colours)."""
     family = None
     if rng.random() < opts.similar_color_prob:
         family = (rng.random(), rng.uniform(0.3, 0.9), rng.uniform(0.35, 0.9))
@@ -410,12 +436,17 @@ def generate_clip(seed: int | np.random.Generator, num_frames: int = 8, height: 
     for _ in range(k):
         colors = [_random_color(rng, family), _random_color(rng, family if rng.random() < 0.7 else None)]
         palette.extend(colors)
-        sprites.append(_make_sprite(rng, height, width, opts, colors, speed))
+        sprites.append(_make_sprite(rng, height, width, opts, colors, opts.speed))
     distractors = [
-        _make_sprite(rng, height, width, opts, [_random_color(rng, family), _random_color(rng)], speed)
+        _make_sprite(rng, height, width, opts, [_random_color(rng, family), _random_color(rng)], opts.speed)
         for _ in range(int(rng.integers(0, opts.max_distractors + 1)))
     ]
+    return sprites, distractors, palette
 
+
+def _draw_scene(rng: np.random.Generator, k: int, num_frames: int, height: int, width: int, opts: ClipOptions,
+                palette: list[np.ndarray], backgrounds, num_distractors: int) -> _Scene:
+    speed = opts.speed
     # Camera: the background canvas is larger than the frame and pans smoothly.
     margin = int(math.ceil(0.1 * min(height, width) * opts.camera_motion * max(speed, 0.5))) + 2
     camouflage = rng.random() < opts.camouflage_prob
@@ -423,24 +454,30 @@ def generate_clip(seed: int | np.random.Generator, num_frames: int = 8, height: 
     cam_amp = rng.uniform(0, margin * 0.9, 2)
     cam_freq = rng.uniform(0.02, 0.1, 2) * speed
     cam_phase = rng.uniform(0, 2 * math.pi, 2)
-
     order = list(rng.permutation(k))  # back to front
-    swap_at = None
+    swap_at, swap_pair = None, None
     if k >= 2 and num_frames > 2 and rng.random() < opts.zswap_prob:
         swap_at = int(rng.integers(1, num_frames))
         i, j = rng.choice(k, size=2, replace=False)
         swap_pair = (int(i), int(j))
-    gain_amp, gain_freq, gain_phase = rng.uniform(0, 0.12), rng.uniform(0.02, 0.1), rng.uniform(0, 2 * math.pi)
+    gain = (rng.uniform(0, 0.12), rng.uniform(0.02, 0.1), rng.uniform(0, 2 * math.pi))
     noise_std = rng.uniform(*opts.noise_std)
     grayscale = rng.random() < opts.grayscale_prob
-    dist_z = rng.random(len(distractors)) < 0.5  # distractor in front of the objects?
+    dist_z = rng.random(num_distractors) < 0.5
+    return _Scene(canvas, margin, cam_amp, cam_freq, cam_phase, order, swap_at, swap_pair, gain, noise_std,
+                  grayscale, dist_z)
 
-    # Frame 0 must show every object: re-place the ones that are hidden or too small.
+
+def _place_visibly(rng: np.random.Generator, sprites: list[_Sprite], scene: _Scene, distractors: list[_Sprite],
+                   height: int, width: int, opts: ClipOptions) -> None:
+    """Frame 0 must show every object: re-place the ones that are hidden or too small (later
+    attempts enlarge them, then bring them to the front); :class:`PlacementError` after 30."""
+    order, dist_z = scene.order, scene.dist_z
     min_pixels = max(4.0, opts.min_visible_fraction * height * width)
     for _attempt in range(30):
         hidden = _hidden_objects(sprites, order, distractors, dist_z, height, width, min_pixels)
         if not hidden:
-            break
+            return
         for idx in hidden:
             sprites[idx].center0 = np.array([rng.uniform(0.15, 0.85) * width, rng.uniform(0.15, 0.85) * height])
             if _attempt > 10:
@@ -449,33 +486,37 @@ def generate_clip(seed: int | np.random.Generator, num_frames: int = 8, height: 
                 order.remove(idx)
                 order.append(idx)
                 dist_z[:] = False
-    else:
-        raise PlacementError("could not place every object visibly in frame 0")
+    raise PlacementError("could not place every object visibly in frame 0")
 
+
+def _render_clip(rng: np.random.Generator, scene: _Scene, sprites: list[_Sprite], distractors: list[_Sprite],
+                 num_frames: int, height: int, width: int) -> Clip:
     frames = np.empty((num_frames, height, width, 3), np.uint8)
     labels = np.empty((num_frames, height, width), np.uint8)
+    order, margin = scene.order, scene.margin
+    gain_amp, gain_freq, gain_phase = scene.gain
     for t in range(num_frames):
-        if swap_at is not None and t == swap_at:
-            a, b = order.index(swap_pair[0]), order.index(swap_pair[1])
+        if scene.swap_at is not None and t == scene.swap_at:
+            a, b = order.index(scene.swap_pair[0]), order.index(scene.swap_pair[1])
             order[a], order[b] = order[b], order[a]
-        dx = cam_amp[0] * math.sin(cam_freq[0] * t + cam_phase[0])
-        dy = cam_amp[1] * math.sin(cam_freq[1] * t + cam_phase[1])
+        dx = scene.cam_amp[0] * math.sin(scene.cam_freq[0] * t + scene.cam_phase[0])
+        dy = scene.cam_amp[1] * math.sin(scene.cam_freq[1] * t + scene.cam_phase[1])
         shift = np.array([[1, 0, -(margin + dx)], [0, 1, -(margin + dy)]], np.float64)
-        image = cv2.warpAffine(canvas, shift, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+        image = cv2.warpAffine(scene.canvas, shift, (width, height), flags=cv2.INTER_LINEAR,
+                               borderMode=cv2.BORDER_REFLECT)
         label = np.zeros((height, width), np.uint8)
-        layers = [(d, None) for d, front in zip(distractors, dist_z) if not front]
+        layers = [(d, None) for d, front in zip(distractors, scene.dist_z) if not front]
         layers += [(sprites[i], i + 1) for i in order]
-        layers += [(d, None) for d, front in zip(distractors, dist_z) if front]
+        layers += [(d, None) for d, front in zip(distractors, scene.dist_z) if front]
         for sprite, obj_id in layers:
             alpha, texture = _render_sprite(sprite, float(t), height, width)
             image += alpha[..., None] * (texture - image)
             covered = alpha >= 0.5
             label[covered] = 0 if obj_id is None else obj_id
-        gain = 1 + gain_amp * math.sin(gain_freq * t + gain_phase)
-        image *= gain
-        if noise_std > 0:
-            image += rng.normal(0, noise_std, image.shape).astype(np.float32)
-        if grayscale:
+        image *= 1 + gain_amp * math.sin(gain_freq * t + gain_phase)
+        if scene.noise_std > 0:
+            image += rng.normal(0, scene.noise_std, image.shape).astype(np.float32)
+        if scene.grayscale:
             image[:] = image.mean(axis=2, keepdims=True)
         frames[t] = np.clip(image, 0, 255).astype(np.uint8)
         labels[t] = label

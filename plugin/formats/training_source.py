@@ -1,14 +1,15 @@
-"""Training sequences from a FiftyOne dataset, for ``python -m deaot_core.train --data fiftyone:...``.
+"""Training clips from a FiftyOne dataset, for ``python -m deaot_vos train --data fiftyone:<dataset>:<field>``
+(:func:`source_from_spec`; the core trainer takes the :class:`FiftyOneVOS` as its clip source).
 
 Video datasets: frame-level label fields (``frames.<field>``) holding ``fo.Segmentation``
 label maps (each non-zero value an object), ``fo.Detections`` with instance masks, or filled
 ``fo.Polylines``, parsed exactly as the propagation operator parses keyframes
-(``deaot_vos.labels.parse_keyframe``: objects matched across frames by ``index``, else by label
-and order). Only frames where the field is set are used as ground truth; a set but empty
+(:mod:`deaot_vos.label_frames`: objects matched across frames by ``index``, else by label and
+order; renumbered 1..K per sample). Only frames where the field is set are used as ground truth; a set but empty
 label means "all background". Frames are decoded with decord.
 
 Image datasets: each sample's image and its label field become a static pre-training
-sequence (random affine warps, ``deaot_core.synthetic.static_sequence``).
+sequence (random affine warps, ``deaot_core.data.synthetic.static_sequence``).
 
 :class:`FiftyOneVOS` samples training clips from the sequences: a reference frame with at
 least one object, then ``num_frames - 1`` later labelled frames at random gaps (1..max_gap
@@ -25,12 +26,21 @@ from typing import Any
 import cv2
 import numpy as np
 
-from deaot_core.synthetic import Clip, clip_rng, relabel_from_reference, static_sequence
-from deaot_core.train import random_scale_crop
+import fiftyone as fo
+
+from deaot_core.config import get_config
+from deaot_core.data.augment import random_scale_crop
+from deaot_core.data.synthetic import Clip, clip_rng, relabel_from_reference, static_sequence
+
+from ..fields import describe_sample, frame_field_name, frame_size, mask_targets_for, root_dataset
+from ..label_frames import IdMaps, parse_id_maps, read_label_frames
+from ..video import open_video
 
 log = logging.getLogger(__name__)
 
 MAX_IDS = 254  # ids 1..254 fit uint8; 255 marks "ignore"
+FIFTYONE_PREFIX = "fiftyone:"
+WHAT = "train_field"  # the field argument, in messages
 
 
 @dataclass
@@ -54,85 +64,65 @@ def _has_object(label_map: np.ndarray) -> bool:
     return bool(((label_map > 0) & (label_map != 255)).any())
 
 
-def _frame_field(dataset, field_name: str) -> tuple[str, bool]:
-    """(name inside the frame/sample, is_frame_field)."""
+def _label_field(dataset, field_name: str) -> tuple[str, bool]:
+    """(the field's name (:func:`deaot_vos.fields.frame_field_name`), whether it is a frame field)."""
+    name = frame_field_name(field_name, WHAT)
     if dataset.media_type == "video":
-        name = field_name[len("frames."):] if field_name.startswith("frames.") else field_name
         if not dataset.has_frame_field(name):
             raise ValueError(f"dataset {dataset.name!r} has no frame field {name!r}; frame fields: "
                              f"{sorted(dataset.get_frame_field_schema())}")
         return name, True
     if dataset.media_type == "image":
-        if not dataset.has_sample_field(field_name):
-            raise ValueError(f"dataset {dataset.name!r} has no field {field_name!r}")
-        return field_name, False
+        if not dataset.has_sample_field(name):
+            raise ValueError(f"dataset {dataset.name!r} has no field {name!r}")
+        return name, False
     raise ValueError(f"dataset {dataset.name!r} has media type {dataset.media_type!r}; need videos or images")
 
 
-def _to_uint8_ids(label_map: np.ndarray, name: str) -> np.ndarray:
-    if label_map.size and int(label_map.max()) > MAX_IDS:
-        log.warning("%s: %d objects, keeping ids 1..%d", name, int(label_map.max()), MAX_IDS)
-        label_map = np.where(label_map > MAX_IDS, 0, label_map)
-    return label_map.astype(np.uint8)
+def _compact_ids(maps: IdMaps, name: str) -> tuple[list[np.ndarray], dict[int, str | None]]:
+    """The id maps with the objects' indexes renumbered 1..K (uint8, consistent within the
+    sample; beyond :data:`MAX_IDS` objects dropped) and the new id -> label."""
+    indexes = sorted({int(v) for m in maps.maps.values() for v in np.unique(m) if v != 0})
+    if len(indexes) > MAX_IDS:
+        log.warning("%s: %d objects, keeping the first %d", name, len(indexes), MAX_IDS)
+        indexes = indexes[:MAX_IDS]
+    table = np.zeros(max((int(m.max()) for m in maps.maps.values() if m.size), default=0) + 1, dtype=np.uint8)
+    for new_id, index in enumerate(indexes, start=1):
+        table[index] = new_id
+    labels = [table[maps.maps[n]] for n in maps.frames]
+    return labels, {new_id: maps.labels.get(index) for new_id, index in enumerate(indexes, start=1)}
 
 
-def _frame_size(sample, is_video: bool) -> tuple[int, int]:
-    meta = sample.metadata
-    if meta is not None:
-        h = getattr(meta, "frame_height", None) if is_video else getattr(meta, "height", None)
-        w = getattr(meta, "frame_width", None) if is_video else getattr(meta, "width", None)
-        if h and w:
-            return int(h), int(w)
-    if is_video:
-        from deaot_vos.video import open_video
-
-        reader = open_video(sample.filepath)
-        return reader.height, reader.width
-    img = cv2.imread(sample.filepath, cv2.IMREAD_UNCHANGED)
-    if img is None:
-        raise FileNotFoundError(f"cannot read image {sample.filepath}")
-    return img.shape[0], img.shape[1]
+def _read_sequence(collection, sample_id: str, filepath: str, metadata, field_name: str, is_video: bool,
+                   mask_targets) -> VOSSequence | None:
+    """One sample's labelled frames (:func:`deaot_vos.label_frames.read_label_frames`) as a
+    :class:`VOSSequence`; None when none is labelled."""
+    media_type = "video" if is_video else "image"
+    frames = read_label_frames(collection, sample_id, field_name)
+    if not frames:
+        log.info("%s: no labelled frame in %r; skipped", filepath, field_name)
+        return None
+    height, width = frame_size(sample_id, filepath, metadata, media_type)
+    maps = parse_id_maps(frames, height, width, mask_targets, require_index=False,
+                         context=(sample_id, filepath, field_name, WHAT))
+    labels, names = _compact_ids(maps, describe_sample(sample_id, filepath))
+    total = getattr(metadata, "total_frame_count", None) if is_video and metadata is not None else None
+    return VOSSequence(name=str(sample_id), filepath=filepath, media_type=media_type, frame_numbers=list(maps.frames),
+                       labels=labels, total_frames=total, object_names=names)
 
 
 def read_sequences(dataset, field_name: str, mask_targets: dict | None = None) -> list[VOSSequence]:
     """Every sample of ``dataset`` (a FiftyOne dataset or view, or its name) with labels in
     ``field_name`` as a :class:`VOSSequence`. Samples without any labelled frame are skipped."""
-    import fiftyone as fo
-
-    from deaot_vos.labels import ObjectRegistry, parse_keyframe
-
     if isinstance(dataset, str):
         dataset = fo.load_dataset(dataset)
-    name, is_video = _frame_field(dataset, field_name)
+    name, is_video = _label_field(dataset, field_name)
     if mask_targets is None:
-        key = f"frames.{name}" if is_video else name
-        mask_targets = (dataset.mask_targets or {}).get(key) or dataset.default_mask_targets or None
-    view = dataset.select_fields(f"frames.{name}" if is_video else name)
-    sequences = []
-    for sample in view.iter_samples():
-        height, width = _frame_size(sample, is_video)
-        registry = ObjectRegistry()
-        numbers, labels = [], []
-        items = ((n, frame[name]) for n, frame in sample.frames.items()) if is_video else [(1, sample[name])]
-        for number, value in items:
-            if value is None:
-                continue
-            kf = parse_keyframe(value, number, height, width, registry, mask_targets)
-            label_map = np.zeros((height, width), np.uint8) if kf is None else \
-                _to_uint8_ids(kf.label_map, f"{sample.filepath} frame {number}")
-            numbers.append(int(number))
-            labels.append(label_map)
-        if not numbers:
-            log.info("%s: no labelled frame in %r; skipped", sample.filepath, field_name)
-            continue
-        order = np.argsort(numbers)
-        total = None
-        if is_video and sample.metadata is not None:
-            total = getattr(sample.metadata, "total_frame_count", None)
-        sequences.append(VOSSequence(
-            name=str(sample.id), filepath=sample.filepath, media_type="video" if is_video else "image",
-            frame_numbers=[numbers[i] for i in order], labels=[labels[i] for i in order], total_frames=total,
-            object_names={info.obj_id: info.label for info in registry.by_id.values()}))
+        mask_targets = mask_targets_for(root_dataset(dataset), name, frame_field=is_video)
+    ids, paths, metas = dataset.values(["id", "filepath", "metadata"])
+    sequences = [_read_sequence(dataset, sid, path, meta, name, is_video, mask_targets)
+                 for sid, path, meta in zip(ids, paths, metas)]
+    sequences = [seq for seq in sequences if seq is not None]
     if not sequences:
         raise ValueError(f"no sample of {dataset.name!r} has labels in {field_name!r}")
     return sequences
@@ -173,8 +163,6 @@ class FiftyOneVOS:
 
     # -- media -----------------------------------------------------------------------------------
     def _reader(self, seq: VOSSequence):
-        from deaot_vos.video import open_video
-
         reader = self._readers.get(seq.filepath)
         if reader is None:
             reader = open_video(seq.filepath, seq.total_frames)
@@ -244,3 +232,15 @@ class FiftyOneVOS:
                 return Clip(np.ascontiguousarray(frames), np.ascontiguousarray(labels))
         raise RuntimeError("could not sample a clip with an object in its reference frame in 20 tries; "
                            "are the labels empty?")
+
+
+def source_from_spec(cfg) -> FiftyOneVOS:
+    """The :class:`FiftyOneVOS` that ``cfg.data`` = ``fiftyone:<dataset>:<field>`` names, sized by the
+    training config ``cfg`` (a ``deaot_core.train.TrainConfig``: seq_len, height, width, seed, max_gap,
+    model); ``ValueError`` for another form."""
+    parts = cfg.data.split(":")
+    if len(parts) != 3 or parts[0] + ":" != FIFTYONE_PREFIX or not parts[1] or not parts[2]:
+        raise ValueError(f"--data needs the form {FIFTYONE_PREFIX}<dataset_name>:<field>, got {cfg.data!r}")
+    max_objects = get_config(cfg.model).max_objects
+    return FiftyOneVOS.from_dataset(parts[1], parts[2], num_frames=cfg.seq_len, height=cfg.height, width=cfg.width,
+                                    seed=cfg.seed, max_gap=cfg.max_gap, max_objects=max_objects)

@@ -14,7 +14,7 @@ Layouts (``<seq>`` = one video):
 
 Export: every frame of each video is decoded with decord and written as JPEG (frame number n ->
 ``%05d.jpg`` of n - 1); every frame whose label field is set becomes a PNG (an empty label gives
-an all-zero PNG), the pixel value being the object's ``index`` (see ``deaot_vos.idmaps``; objects
+an all-zero PNG), the pixel value being the object's ``index`` (see ``deaot_vos.label_frames``; objects
 without an index get the propagation's identity rule). Sequence names: the sample field
 ``sequence`` when the dataset has it and it is set (``import_vos`` sets it), else the video's file
 name. A sequence name must be one safe folder name (not empty, ``.`` or ``..``, no ``/``, ``\\``
@@ -41,13 +41,21 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional
 
+import cv2
 import numpy as np
 
-from .idmaps import (check_label_field, describe_sample, frame_size, id_map_to_detections, mask_targets_of,
-                     read_id_maps, root_dataset)
-from .video import write_mp4
+import fiftyone as fo
+
+from ..fields import (check_label_field, check_sequence_name, describe_sample, frame_field_name, mask_targets_for,
+                      root_dataset, sample_sequence_names)
+from ..label_frames import id_map_to_detections, read_id_maps
+from ..video import VideoReader, open_video, video_metadata, write_mp4
+
+__all__ = ["LAYOUTS", "LABEL_TYPES", "VOSFormatError", "davis_palette", "write_annotation", "read_annotation",
+           "check_sequence_name", "export_vos", "import_vos", "detect_layout", "detect_resolution", "list_sequences",
+           "frame_order_key"]
 
 log = logging.getLogger(__name__)
 
@@ -117,44 +125,6 @@ def read_annotation(path: str | Path) -> np.ndarray:
 # --------------------------------------------------------------------------- export
 
 
-def check_sequence_name(name: Any, where: str = "") -> str:
-    """``name`` if it is one safe folder name, else ``ValueError`` naming it (``where`` prefixes the
-    message). A sequence name becomes ``JPEGImages/<name>``, ``Annotations/<name>`` and
-    ``<name>.mp4``: an empty name, ``.``, ``..``, or one with ``/``, ``\\`` or NUL would point at
-    another folder (``.`` with overwrite replaced every sequence of an export)."""
-    if not isinstance(name, str):
-        problem = f"is a {type(name).__name__}, not a string"
-    elif not name.strip():
-        problem = "is empty"
-    elif name in (".", ".."):
-        problem = "is a relative folder reference"
-    elif "\0" in name:
-        problem = "contains a NUL character"
-    elif "/" in name or "\\" in name or (os.altsep and os.altsep in name):
-        problem = "contains a path separator"
-    else:
-        return name
-    raise ValueError(f"{where}sequence name {name!r} {problem}: a sequence name must be a single folder name "
-                     f"(not empty, '.' or '..', without '/', '\\' or NUL)")
-
-
-def _names(ids, paths, sequences) -> list[str]:
-    """Export folder name of each sample: its ``sequence`` (when set), else its file name; unsafe
-    names are refused (:func:`check_sequence_name`), repeated ones get ``_2``, ``_3``..."""
-    out, seen = [], {}
-    for sid, path, seq in zip(ids, paths, sequences):
-        from_field = seq is not None and str(seq) != ""
-        base = str(seq) if from_field else os.path.splitext(os.path.basename(path))[0]
-        check_sequence_name(base.strip() or base,
-                            f"{describe_sample(sid, path)}, from its "
-                            + ("'sequence' field: " if from_field else "video file name: "))
-        base = base.strip()
-        n = seen.get(base, 0)
-        seen[base] = n + 1
-        out.append(base if n == 0 else f"{base}_{n + 1}")
-    return out
-
-
 def export_vos(sample_collection, export_dir: str | Path, label_field: str, layout: str = "davis",
                overwrite: bool = False, jpeg_quality: int = 95,
                progress: ProgressCallback | None = None) -> dict[str, Any]:
@@ -171,49 +141,55 @@ def export_vos(sample_collection, export_dir: str | Path, label_field: str, layo
     Returns ``{"layout", "export_dir", "sequences": {name: {"sample_id", "frames", "annotated",
     "objects"}}}``.
     """
-    import cv2
-
-    from .video import open_video
-
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     dataset = root_dataset(sample_collection)
     label_field, _ = check_label_field(sample_collection, label_field, "label_field")
-    targets = mask_targets_of(dataset, label_field)
+    targets = mask_targets_for(dataset, label_field)
     export_dir = Path(export_dir)
-    has_sequence = "sequence" in dataset.get_field_schema()
-    columns = ["id", "filepath", "metadata.total_frame_count"] + (["sequence"] if has_sequence else [])
-    values = sample_collection.values(columns)
-    ids, paths, counts = values[0], values[1], values[2]
-    names = _names(ids, paths, values[3] if has_sequence else [None] * len(ids))
-
+    ids, paths, names = sample_sequence_names(sample_collection, folder_safe=True)
+    counts = sample_collection.values("metadata.total_frame_count")
     for name in names:
         for sub in ("JPEGImages", "Annotations"):
             if (export_dir / sub / name).exists() and not overwrite:
                 raise FileExistsError(f"{export_dir / sub / name} already exists; pass overwrite=True to replace it")
-
     # read and check every label first: nothing is written for bad input
-    plans = []
-    for sid, path, count, name in zip(ids, paths, counts, names):
-        reader = open_video(path, count)
-        maps = read_id_maps(sample_collection, sid, path, label_field, reader.height, reader.width, targets,
-                            require_index=False, what="label_field")
-        top = DAVIS_VOID - 1 if layout == "davis" else 255
-        for number in maps.frames:
-            m = maps.maps[number]
-            if m.size and (int(m.max()) > top or int(m.min()) < 0):
-                bad = sorted(int(v) for v in np.unique(m) if v > top or v < 0)
-                why = ("DAVIS PNGs hold ids 0..254 (255 marks void pixels, read back as no object; renumber the "
-                       "object or use layout='youtube')" if layout == "davis" and bad[-1] == DAVIS_VOID
-                       else f"{layout} PNGs hold ids 0..{top}")
-                raise ValueError(f"{describe_sample(sid, path)}: frame {number} of '{label_field}' has object "
-                                 f"index(es) {bad[:5]}; {why}")
-        beyond = [n for n in maps.frames if n > reader.num_frames]
-        if beyond:
-            raise ValueError(f"{describe_sample(sid, path)}: '{label_field}' is set on frame(s) {beyond[:5]} beyond "
-                             f"the video's {reader.num_frames} frames; the export would lose them")
-        plans.append((sid, path, name, reader, maps))
+    plans = [_plan_export(sample_collection, sid, path, count, name, label_field, targets, layout)
+             for sid, path, count, name in zip(ids, paths, counts, names)]
+    summary = _write_export(plans, export_dir, layout, jpeg_quality, progress)
+    if progress is not None:
+        progress(1.0, "done")
+    return summary
 
+
+def _plan_export(sample_collection, sid: str, path: str, count, name: str, label_field: str, targets,
+                 layout: str) -> tuple:
+    """(sample_id, filepath, name, reader, id maps) of one video, its labels read and checked:
+    ids within the layout's range, no label beyond the video's last frame."""
+    reader = open_video(path, count)
+    maps = read_id_maps(sample_collection, sid, path, label_field, reader.height, reader.width, targets,
+                        require_index=False, what="label_field")
+    top = DAVIS_VOID - 1 if layout == "davis" else 255
+    for number in maps.frames:
+        m = maps.maps[number]
+        if m.size and (int(m.max()) > top or int(m.min()) < 0):
+            bad = sorted(int(v) for v in np.unique(m) if v > top or v < 0)
+            why = ("DAVIS PNGs hold ids 0..254 (255 marks void pixels, read back as no object; renumber the "
+                   "object or use layout='youtube')" if layout == "davis" and bad[-1] == DAVIS_VOID
+                   else f"{layout} PNGs hold ids 0..{top}")
+            raise ValueError(f"{describe_sample(sid, path)}: frame {number} of '{label_field}' has object "
+                             f"index(es) {bad[:5]}; {why}")
+    beyond = [n for n in maps.frames if n > reader.num_frames]
+    if beyond:
+        raise ValueError(f"{describe_sample(sid, path)}: '{label_field}' is set on frame(s) {beyond[:5]} beyond "
+                         f"the video's {reader.num_frames} frames; the export would lose them")
+    return sid, path, name, reader, maps
+
+
+def _write_export(plans: list[tuple], export_dir: Path, layout: str, jpeg_quality: int,
+                  progress: ProgressCallback | None) -> dict[str, Any]:
+    """Write the planned sequences to a staging folder inside ``export_dir``, then move them into
+    place (a decode error or a cancel leaves the export folder as it was); returns the summary."""
     meta_path = export_dir / "meta.json"
     meta = {"videos": {}}
     if layout == "youtube" and meta_path.is_file():
@@ -221,43 +197,43 @@ def export_vos(sample_collection, export_dir: str | Path, label_field: str, layo
         meta.setdefault("videos", {})
     summary: dict[str, Any] = dict(layout=layout, export_dir=str(export_dir), sequences={})
     total = len(plans)
-    # Everything is written under a staging folder first and moved into place only when every
-    # sequence has been written: a decode error or a cancel leaves the export folder as it was.
     export_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".deaot_export_", dir=export_dir))
     try:
-        for i, (sid, path, name, reader, maps) in enumerate(plans):
+        for i, (sid, _, name, reader, maps) in enumerate(plans):
             if progress is not None:
                 progress(i / max(total, 1), f"[{i + 1}/{total}] {name}")
-            jpeg_dir, ann_dir = staging / "JPEGImages" / name, staging / "Annotations" / name
-            for folder in (jpeg_dir, ann_dir):
-                folder.mkdir(parents=True)
-            for number, frame in reader.forward(1):
-                cv2.imwrite(str(jpeg_dir / f"{number - 1:05d}.jpg"), np.ascontiguousarray(frame[:, :, ::-1]),
-                            [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)])
-            objects: dict[str, dict[str, Any]] = {}
-            annotated = list(maps.frames)
-            for number in annotated:
-                m = maps.maps[number]
-                stem = f"{number - 1:05d}"
-                write_annotation(ann_dir / f"{stem}.png", m)
-                for index in (int(v) for v in np.unique(m) if v != 0):
-                    entry = objects.setdefault(str(index), {"category": maps.labels.get(index) or str(index),
-                                                            "frames": []})
-                    entry["frames"].append(stem)
+            objects = _write_sequence(staging, name, reader, maps, jpeg_quality)
             if layout == "youtube":
                 meta["videos"][name] = {"objects": dict(sorted(objects.items(), key=lambda kv: int(kv[0])))}
             summary["sequences"][name] = dict(sample_id=str(sid), frames=reader.num_frames,
-                                              annotated=len(annotated), objects=sorted(int(k) for k in objects))
+                                              annotated=len(maps.frames), objects=sorted(int(k) for k in objects))
         if layout == "youtube":
             (staging / "meta.json").write_text(json.dumps(meta, indent=1))
-        _commit_export(staging, export_dir, [name for _, _, name, _, _ in plans], layout == "youtube")
+        _commit_export(staging, export_dir, [plan[2] for plan in plans], layout == "youtube")
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    if progress is not None:
-        progress(1.0, "done")
     return summary
 
+
+def _write_sequence(staging: Path, name: str, reader, maps, jpeg_quality: int) -> dict[str, dict[str, Any]]:
+    """Every frame as JPEG and every annotated frame as palette PNG under ``staging``; returns the
+    YouTube-VOS ``objects`` entry (index -> category and the frames where the object is present)."""
+    jpeg_dir, ann_dir = staging / "JPEGImages" / name, staging / "Annotations" / name
+    for folder in (jpeg_dir, ann_dir):
+        folder.mkdir(parents=True)
+    for number, frame in reader.forward(1):
+        cv2.imwrite(str(jpeg_dir / f"{number - 1:05d}.jpg"), np.ascontiguousarray(frame[:, :, ::-1]),
+                    [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)])
+    objects: dict[str, dict[str, Any]] = {}
+    for number in maps.frames:
+        m = maps.maps[number]
+        stem = f"{number - 1:05d}"
+        write_annotation(ann_dir / f"{stem}.png", m)
+        for index in (int(v) for v in np.unique(m) if v != 0):
+            entry = objects.setdefault(str(index), {"category": maps.labels.get(index) or str(index), "frames": []})
+            entry["frames"].append(stem)
+    return objects
 
 
 def _commit_export(staging: Path, export_dir: Path, names: list[str], with_meta: bool) -> None:
@@ -302,8 +278,6 @@ def _encode_mp4(frames: Iterable[np.ndarray], path: Path, fps: float) -> str:
 
 
 def _read_jpeg(path: Path) -> np.ndarray:
-    import cv2
-
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is None:
         raise VOSFormatError(f"cannot read image {path}")
@@ -495,22 +469,57 @@ def import_vos(dataset_dir: str | Path, dataset=None, label_field: str = "ground
     Returns:
         the ``fo.Dataset``; each sample has the field ``sequence``
     """
-    import tempfile
-
-    import fiftyone as fo
-
-    from .demo import video_metadata
-    from .idmaps import frame_field_name
-    from .video import VideoReader
-
     dataset_dir = Path(dataset_dir)
+    label_field = _check_import_arguments(dataset_dir, label_field, layout, label_type)
+    layout, plans = _plan_import(dataset_dir, layout, sequences, resolution)
+    wanted = fo.Detections if label_type == "detections" else fo.Segmentation
+    target, name_for_dir = _import_target(dataset, dataset_dir, label_field, wanted, overwrite)
+    video_dir = Path(video_dir) if video_dir else Path(fo.config.default_dataset_dir) / name_for_dir / "videos"
+    taken = [str(video_dir / f"{p[0]}.mp4") for p in plans if (video_dir / f"{p[0]}.mp4").exists()]
+    if taken and not overwrite:
+        raise FileExistsError(f"{taken[0]} already exists ({len(taken)} video(s)); pass overwrite=True to replace")
+    # encode the videos into a staging folder and read every annotation, then publish
+    video_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".import-vos-", dir=video_dir))
+    samples, void_frames = [], 0
+    try:
+        for i, plan in enumerate(plans):
+            if progress is not None:
+                progress(i / max(len(plans), 1), f"[{i + 1}/{len(plans)}] {plan[0]}")
+            sample, voids = _stage_sequence(plan, staging, video_dir, layout, label_type, label_field, fps)
+            samples.append(sample)
+            void_frames += voids
+        target = _publish_import(target, name_for_dir, persistent, samples, staging)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    if samples:
+        target.add_samples(samples)
+    if void_frames:
+        log.info("%d annotation(s) have DAVIS void pixels (255): imported as background", void_frames)
+    target.info.setdefault("vos_import", []).append(dict(source=str(dataset_dir), layout=layout,
+                                                          label_field=label_field, sequences=len(samples),
+                                                          void_frames=void_frames))
+    target.save()
+    if progress is not None:
+        progress(1.0, "done")
+    return target
+
+
+def _check_import_arguments(dataset_dir: Path, label_field: str, layout: str, label_type: str) -> str:
+    """Refuse a missing folder or an unknown layout / label type; returns the normalised label field."""
     if not dataset_dir.is_dir():
         raise VOSFormatError(f"{dataset_dir} is not a folder")
     if layout not in ("auto", *LAYOUTS):
         raise ValueError(f"layout must be auto or one of {LAYOUTS}, got {layout!r}")
     if label_type not in LABEL_TYPES:
         raise ValueError(f"label_type must be one of {LABEL_TYPES}, got {label_type!r}")
-    label_field = frame_field_name(label_field, "label_field")
+    return frame_field_name(label_field, "label_field")
+
+
+def _plan_import(dataset_dir: Path, layout: str, sequences: Iterable[str] | None, resolution: str | None
+                 ) -> tuple[str, list[tuple]]:
+    """(layout, one plan per sequence: (name, jpegs, stem -> frame number, pngs, (H, W), categories)),
+    every folder and image header checked."""
     resolution = resolution or detect_resolution(dataset_dir)
     if layout == "auto":
         layout = detect_layout(dataset_dir)
@@ -527,92 +536,84 @@ def import_vos(dataset_dir: str | Path, dataset=None, label_field: str = "ground
         raise ValueError(f"sequences listed twice: {sorted({n for n in names if names.count(n) > 1})}")
     meta = _read_meta(dataset_dir) if layout == "youtube" else {}
     meta_path = dataset_dir / "meta.json"
-    wanted = fo.Detections if label_type == "detections" else fo.Segmentation
-
-    # 1. check every folder and header, and the target dataset, before creating anything
     plans = []
     for name in names:
         jpegs, numbers, pngs, size = _plan_sequence(name, jpeg_root, ann_root, layout)
         plans.append((name, jpegs, numbers, pngs, size, _categories(meta, name, meta_path)))
+    return layout, plans
+
+
+def _import_target(dataset, dataset_dir: Path, label_field: str, wanted: type, overwrite: bool):
+    """(the existing ``fo.Dataset`` to add to, or None for a new one; the dataset's name), refusing
+    a non-video dataset, a label field of another type or an existing name without ``overwrite``."""
     if isinstance(dataset, fo.Dataset):
-        target, name_for_dir = dataset, dataset.name
-        if target.media_type not in (None, fo.core.media.VIDEO):
-            raise ValueError(f"dataset '{target.name}' is not a video dataset")
-        existing = (target.get_frame_field_schema() or {}).get(label_field) if target.media_type else None
+        if dataset.media_type not in (None, fo.core.media.VIDEO):
+            raise ValueError(f"dataset '{dataset.name}' is not a video dataset")
+        existing = (dataset.get_frame_field_schema() or {}).get(label_field) if dataset.media_type else None
         if existing is not None and getattr(existing, "document_type", None) is not wanted:
-            raise ValueError(f"dataset '{target.name}' already has a frame field '{label_field}' of another type; "
+            raise ValueError(f"dataset '{dataset.name}' already has a frame field '{label_field}' of another type; "
                              f"choose another label_field or label_type")
-    else:
-        target, name_for_dir = None, dataset or dataset_dir.resolve().name
-        if fo.dataset_exists(name_for_dir) and not overwrite:
-            raise ValueError(f"dataset '{name_for_dir}' already exists; pass overwrite=True to replace it")
-    video_dir = Path(video_dir) if video_dir else Path(fo.config.default_dataset_dir) / name_for_dir / "videos"
-    if not overwrite:
-        taken = [str(video_dir / f"{p[0]}.mp4") for p in plans if (video_dir / f"{p[0]}.mp4").exists()]
-        if taken:
-            raise FileExistsError(f"{taken[0]} already exists ({len(taken)} video(s)); pass overwrite=True to replace")
+        return dataset, dataset.name
+    name = dataset or dataset_dir.resolve().name
+    if fo.dataset_exists(name) and not overwrite:
+        raise ValueError(f"dataset '{name}' already exists; pass overwrite=True to replace it")
+    return None, name
 
-    # 2. encode the videos into a staging folder and read every annotation
-    video_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".import-vos-", dir=video_dir))
-    samples = []
-    void_frames = 0
-    try:
-        total = len(plans)
-        for i, (name, jpegs, numbers, pngs, (height, width), categories) in enumerate(plans):
-            if progress is not None:
-                progress(i / max(total, 1), f"[{i + 1}/{total}] {name}")
-            labels = {}
-            for png in pngs:
-                ids = _load_annotation(png, height, width)
-                if layout == "davis":
-                    void = ids == DAVIS_VOID
-                    if void.any():  # not an object: background, as the official evaluation scores it
-                        ids = np.where(void, 0, ids).astype(np.uint8)
-                        void_frames += 1
-                if label_type == "segmentation":
-                    labels[numbers[png.stem]] = fo.Segmentation(mask=ids)
-                else:
-                    names_of = {k: categories.get(k) or str(k) for k in np.unique(ids).tolist()}
-                    labels[numbers[png.stem]] = id_map_to_detections(ids, names_of)
 
-            def frames(_jpegs=jpegs, _h=height, _w=width):
-                for p in _jpegs:
-                    frame = _read_jpeg(p)
-                    if frame.shape[:2] != (_h, _w):
-                        raise VOSFormatError(f"{p}: {frame.shape[1]}x{frame.shape[0]}, the sequence's first frame "
-                                             f"is {_w}x{_h}")
-                    yield frame
+def _annotation_labels(pngs: list[Path], numbers: dict[str, int], size: tuple[int, int], categories: dict,
+                       layout: str, label_type: str) -> tuple[dict[int, Any], int]:
+    """(frame number -> label, number of annotations with DAVIS void pixels) of one sequence."""
+    labels, void_frames = {}, 0
+    for png in pngs:
+        ids = _load_annotation(png, *size)
+        if layout == "davis":
+            void = ids == DAVIS_VOID
+            if void.any():  # not an object: background, as the official evaluation scores it
+                ids = np.where(void, 0, ids).astype(np.uint8)
+                void_frames += 1
+        if label_type == "segmentation":
+            labels[numbers[png.stem]] = fo.Segmentation(mask=ids)
+        else:
+            names_of = {k: categories.get(k) or str(k) for k in np.unique(ids).tolist()}
+            labels[numbers[png.stem]] = id_map_to_detections(ids, names_of)
+    return labels, void_frames
 
-            staged = staging / f"{name}.mp4"
-            _encode_mp4(frames(), staged, fps)
-            reader = VideoReader(str(staged))
-            if reader.num_frames != len(jpegs) or (reader.height, reader.width) != (height, width):
-                raise VOSFormatError(f"{name}: the MP4 decodes to {reader.num_frames} frames of "
-                                     f"{reader.width}x{reader.height}, expected {len(jpegs)} of {width}x{height}")
-            sample = fo.Sample(filepath=str(video_dir / f"{name}.mp4"), sequence=name)
-            sample.metadata = video_metadata(staged)
-            for number, label in labels.items():
-                sample.frames[number][label_field] = label
-            samples.append(sample)
 
-        # 3. publish: replace the old dataset, move the videos, add the samples
-        if target is None:
-            if fo.dataset_exists(name_for_dir):
-                fo.delete_dataset(name_for_dir)
-            target = fo.Dataset(name_for_dir, persistent=persistent)
-        for sample in samples:
-            os.replace(staging / os.path.basename(sample.filepath), sample.filepath)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    if samples:
-        target.add_samples(samples)
-    if void_frames:
-        log.info("%d annotation(s) have DAVIS void pixels (255): imported as background", void_frames)
-    target.info.setdefault("vos_import", []).append(dict(source=str(dataset_dir), layout=layout,
-                                                          label_field=label_field, sequences=len(samples),
-                                                          void_frames=void_frames))
-    target.save()
-    if progress is not None:
-        progress(1.0, "done")
+def _checked_frames(jpegs: list[Path], height: int, width: int) -> Iterator[np.ndarray]:
+    for path in jpegs:
+        frame = _read_jpeg(path)
+        if frame.shape[:2] != (height, width):
+            raise VOSFormatError(f"{path}: {frame.shape[1]}x{frame.shape[0]}, the sequence's first frame "
+                                 f"is {width}x{height}")
+        yield frame
+
+
+def _stage_sequence(plan: tuple, staging: Path, video_dir: Path, layout: str, label_type: str, label_field: str,
+                    fps: float) -> tuple[Any, int]:
+    """(the ``fo.Sample`` of one planned sequence, its MP4 encoded into ``staging`` and checked,
+    its labels set; the number of its annotations with void pixels)."""
+    name, jpegs, numbers, pngs, (height, width), categories = plan
+    labels, void_frames = _annotation_labels(pngs, numbers, (height, width), categories, layout, label_type)
+    staged = staging / f"{name}.mp4"
+    _encode_mp4(_checked_frames(jpegs, height, width), staged, fps)
+    reader = VideoReader(str(staged))
+    if reader.num_frames != len(jpegs) or (reader.height, reader.width) != (height, width):
+        raise VOSFormatError(f"{name}: the MP4 decodes to {reader.num_frames} frames of "
+                             f"{reader.width}x{reader.height}, expected {len(jpegs)} of {width}x{height}")
+    sample = fo.Sample(filepath=str(video_dir / f"{name}.mp4"), sequence=name)
+    sample.metadata = video_metadata(staged)
+    for number, label in labels.items():
+        sample.frames[number][label_field] = label
+    return sample, void_frames
+
+
+def _publish_import(target, name: str, persistent: bool, samples: list, staging: Path):
+    """Replace the old dataset (when ``target`` is None) and move the staged videos into place;
+    returns the dataset to add the samples to."""
+    if target is None:
+        if fo.dataset_exists(name):
+            fo.delete_dataset(name)
+        target = fo.Dataset(name, persistent=persistent)
+    for sample in samples:
+        os.replace(staging / os.path.basename(sample.filepath), sample.filepath)
     return target
