@@ -1,18 +1,18 @@
-"""``@deaot/vos/propagate_masks``: a thin operator over :func:`deaot_vos.propagate`."""
+"""``@deaot/vos/propagate_masks``: a thin operator over :func:`deaot_vos.propagate`.
+
+The form's params are :meth:`deaot_vos.propagation.PropagationOptions.from_params`'s; a queued
+job's tasks carry ``PropagationOptions.to_params()`` plus the job id (``JOB_PARAM``)."""
 from __future__ import annotations
 
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
-from deaot_vos.models import DEFAULT_MODEL, PRECISIONS, emulated_precisions, model_names
-from deaot_vos.propagation import (DelegatedCancelCheck, OutputExistsError, PropagationCancelled, cancel_on_signals,
-                                check_fields, check_test_scales, propagate)
-from deaot_vos.scaleout import JOB_PARAM, queue_propagation, run_task, split_size
+from deaot_vos.propagation import (DEFAULT_OUTPUT, JOB_PARAM, DelegatedCancelCheck, OutputExistsError,
+                                   PropagationCancelled, PropagationOptions, cancel_on_signals, check_fields,
+                                   check_test_scales, propagate, queue_propagation, run_task, split_size)
+from deaot_vos.weights import DEFAULT_MODEL, PRECISIONS, emulated_precisions, model_names
 
-from .common import delegation_param, label_fields, target_view, video_target_notice
-
-DEFAULT_OUTPUT = "deaot"
-_INT_KNOBS = ("long_term_gap", "max_long_term_frames", "max_short_edge", "max_long_edge")
+from .common import delegation_param, dropdown, label_fields, target_view, video_target_notice
 
 
 def _device_choices() -> list[str]:
@@ -28,32 +28,127 @@ def _device_choices() -> list[str]:
     return choices
 
 
-def _int_or_none(value):
-    if value is None or value == "":
-        return None
-    return int(value)
-
-
 def params_to_kwargs(params: dict) -> dict:
-    """The :func:`deaot_vos.propagate` keyword arguments for the operator's ``params``."""
-    kwargs = dict(
-        keyframes_field=params.get("keyframes_field"),
-        output_field=params.get("output_field") or DEFAULT_OUTPUT,
-        model=params.get("model") or DEFAULT_MODEL,
-        checkpoint=(params.get("checkpoint") or "").strip() or None,
-        device=params.get("device") or "auto",
-        overwrite=bool(params.get("overwrite", False)),
-        precision=params.get("precision") or "fp32",
-        write_segmentation=(params.get("write_segmentation") or "").strip() or None,
-        skip_failures=bool(params.get("skip_failures", False)),
-        compile_model=bool(params.get("compile_model", False)),
-        test_scales=check_test_scales(params.get("test_scales")),
-        test_flip=bool(params.get("test_flip", False)),
+    """The :func:`deaot_vos.propagate` keyword arguments for the operator's ``params``
+    (:meth:`PropagationOptions.from_params`, validated)."""
+    return vars(PropagationOptions.from_params(params)).copy()
+
+
+# -- the form ------------------------------------------------------------------------------------
+
+def _fields_inputs(ctx, inputs: types.Object) -> None:
+    """Keyframes, output and segmentation fields, overwrite; the field checks shown inline."""
+    fields = label_fields(ctx.dataset)
+    if not fields:
+        inputs.view("no_keyframes", types.Error(
+            label="No frame field with Detections (instance masks), Segmentation or Polylines to use as keyframes"))
+    kf_choices = dropdown(fields)
+    inputs.enum("keyframes_field", kf_choices.values(), required=True, label="Keyframes field",
+                description="Frame field holding the keyframe masks (Detections with instance masks, "
+                            "Segmentation, or filled Polylines)", view=kf_choices,
+                default=fields[0] if fields else None)
+    output = inputs.str("output_field", required=True, default=DEFAULT_OUTPUT, label="Output field",
+                        description="New frame field for the propagated Detections (instance masks)")
+    inputs.bool("overwrite", default=False, label="Overwrite",
+                description="Replace the output field(s) if they already exist")
+    seg = inputs.str("write_segmentation", required=False, label="Segmentation field (optional)",
+                     description="Also write a Segmentation label map (pixel value = object index) here")
+    keyframes_field = ctx.params.get("keyframes_field") or (fields[0] if fields else None)
+    output_field = ctx.params.get("output_field") or DEFAULT_OUTPUT
+    if not keyframes_field:
+        return
+    try:
+        check_fields(target_view(ctx), keyframes_field, output_field, ctx.params.get("write_segmentation") or None,
+                     bool(ctx.params.get("overwrite", False)))
+    except OutputExistsError as err:
+        bad = output if err.field == output_field.replace("frames.", "", 1) else seg
+        bad.invalid = True
+        bad.error_message = str(err)
+    except ValueError as err:
+        output.invalid = True
+        output.error_message = str(err)
+
+
+def _model_inputs(inputs: types.Object) -> None:
+    """Model, checkpoint and device."""
+    model_choices = dropdown(model_names())
+    inputs.enum("model", model_choices.values(), default=DEFAULT_MODEL, label="Model", view=model_choices,
+                description="Official AOT/DeAOT variant")
+    inputs.str("checkpoint", required=False, label="Checkpoint (optional)",
+               description="Path or URL of the weights; default: the official file in the cache dir "
+                           "(~/.cache/deaot or $DEAOT_CACHE), else the shipped demo checkpoint")
+    device_choices = dropdown(_device_choices())
+    inputs.enum("device", device_choices.values(), default="auto", label="Device", view=device_choices)
+
+
+def _precision_help(device) -> str:
+    text = ("fp32: the official numerics. bf16: about 2x faster on CPUs with AMX "
+            "(BENCHMARKS.md), about 99.9% of the fp32 labels")
+    try:
+        emulated = emulated_precisions(device or "auto")
+    except ValueError:  # an unknown device: its own field says so
+        emulated = []
+    if emulated:
+        text += (f". This machine's CPU has no native {' / '.join(emulated)} kernels: "
+                 f"emulated, about 10x slower than fp32")
+    return text
+
+
+def _engine_inputs(ctx, inputs: types.Object) -> None:
+    """The tracker knobs: memory, resolution, precision, compile, test-time augmentation."""
+    inputs.int("long_term_gap", required=False, min=1, label="Long-term memory gap",
+               description="Frames between long-term memory entries (default: the model's)")
+    inputs.int("max_long_term_frames", required=False, min=1, label="Max long-term frames",
+               description="Cap on long-term memory entries (default: unbounded)")
+    inputs.int("max_long_edge", required=False, min=16, default=1040, label="Max long edge",
+               description="Frames are resized so their long edge is at most this many pixels")
+    precision_choices = types.RadioGroup()
+    for name in PRECISIONS:
+        precision_choices.add_choice(name, label=name)
+    inputs.enum("precision", precision_choices.values(), default="fp32", label="Precision",
+                description=_precision_help(ctx.params.get("device")), view=precision_choices)
+    inputs.bool("compile_model", default=False, label="Compile the network (torch.compile)",
+                description="Slower start (about a minute to compile), faster frames: for long videos")
+    scales = inputs.str("test_scales", required=False, default="1.0", label="Test-time scales",
+                        description="Comma-separated, as the official --ms (e.g. 0.8,1.0,1.2): one pass per "
+                                    "scale, probabilities averaged")
+    try:
+        check_test_scales(ctx.params.get("test_scales"))
+    except ValueError as err:
+        scales.invalid = True
+        scales.error_message = str(err)
+    inputs.bool("test_flip", default=False, label="Test-time flip",
+                description="Also run the mirrored video and average (as the official --flip; 2x the work)")
+
+
+def _run_inputs(inputs: types.Object) -> None:
+    """Failure handling and the split into queued tasks."""
+    inputs.bool("skip_failures", default=False, label="Skip failing videos",
+                description="A video that fails keeps its previous output and is listed in the result; "
+                            "the others are written (default: any failure writes nothing)")
+    inputs.int("videos_per_task", required=False, min=0, label="Videos per task (delegated)",
+               description="Delegated over several videos, queue one operation per this many videos so that "
+                           "several `fiftyone delegated launch` workers run them in parallel (default 1; "
+                           "0: one operation for all)")
+
+
+def _result(summary: dict) -> dict:
+    """The operator's output for a propagation summary."""
+    samples = summary["samples"]
+    return dict(
+        status="ok" if not summary["failed"] else "partial",
+        failed=len(summary["failed"]),
+        failures=[f"{f['filepath']}: {f['error']}" for f in summary["failed"]],
+        model=summary["model"],
+        weights=summary["weights"],
+        output_field=summary["output_field"],
+        samples=len(samples),
+        propagated=sum(1 for s in samples if s.get("status") == "ok"),
+        frames=sum(s.get("frames_written", 0) for s in samples),
+        seconds=summary["seconds"],
+        summary=samples,
+        worker=summary.get("worker"),
     )
-    for name in _INT_KNOBS:
-        if name in params:
-            kwargs[name] = _int_or_none(params.get(name))
-    return kwargs
 
 
 class PropagateMasks(foo.Operator):
@@ -75,113 +170,29 @@ class PropagateMasks(foo.Operator):
     def resolve_input(self, ctx):
         inputs = types.Object()
         form = types.View(label="Propagate masks with DeAOT")
-        dataset = ctx.dataset
-        if not video_target_notice(ctx, inputs, "Runs on"):
-            return types.Property(inputs, view=form)
-
-        fields = label_fields(dataset)
-        if not fields:
-            inputs.view("no_keyframes", types.Error(
-                label="No frame field with Detections (instance masks), Segmentation or Polylines to use as keyframes"))
-        kf_choices = types.DropdownView()
-        for name in fields:
-            kf_choices.add_choice(name, label=name)
-        inputs.enum("keyframes_field", kf_choices.values(), required=True, label="Keyframes field",
-                    description="Frame field holding the keyframe masks (Detections with instance masks, "
-                                "Segmentation, or filled Polylines)", view=kf_choices,
-                    default=fields[0] if fields else None)
-
-        output = inputs.str("output_field", required=True, default=DEFAULT_OUTPUT, label="Output field",
-                            description="New frame field for the propagated Detections (instance masks)")
-        overwrite = bool(ctx.params.get("overwrite", False))
-        inputs.bool("overwrite", default=False, label="Overwrite",
-                    description="Replace the output field(s) if they already exist")
-        seg = inputs.str("write_segmentation", required=False, label="Segmentation field (optional)",
-                         description="Also write a Segmentation label map (pixel value = object index) here")
-        keyframes_field = ctx.params.get("keyframes_field") or (fields[0] if fields else None)
-        output_field = ctx.params.get("output_field") or DEFAULT_OUTPUT
-        if keyframes_field:
-            try:
-                check_fields(target_view(ctx), keyframes_field, output_field, ctx.params.get("write_segmentation") or None,
-                             overwrite)
-            except OutputExistsError as err:
-                bad = output if err.field == output_field.replace("frames.", "", 1) else seg
-                bad.invalid = True
-                bad.error_message = str(err)
-            except ValueError as err:
-                output.invalid = True
-                output.error_message = str(err)
-
-        model_choices = types.DropdownView()
-        for name in model_names():
-            model_choices.add_choice(name, label=name)
-        inputs.enum("model", model_choices.values(), default=DEFAULT_MODEL, label="Model", view=model_choices,
-                    description="Official AOT/DeAOT variant")
-        inputs.str("checkpoint", required=False, label="Checkpoint (optional)",
-                   description="Path or URL of the weights; default: the official file in the cache dir "
-                               "(~/.cache/deaot or $DEAOT_CACHE), else the shipped demo checkpoint")
-        device_choices = types.DropdownView()
-        for name in _device_choices():
-            device_choices.add_choice(name, label=name)
-        inputs.enum("device", device_choices.values(), default="auto", label="Device", view=device_choices)
-
-        inputs.int("long_term_gap", required=False, min=1, label="Long-term memory gap",
-                   description="Frames between long-term memory entries (default: the model's)")
-        inputs.int("max_long_term_frames", required=False, min=1, label="Max long-term frames",
-                   description="Cap on long-term memory entries (default: unbounded)")
-        inputs.int("max_long_edge", required=False, min=16, default=1040, label="Max long edge",
-                   description="Frames are resized so their long edge is at most this many pixels")
-        precision_choices = types.RadioGroup()
-        for name in PRECISIONS:
-            precision_choices.add_choice(name, label=name)
-        precision_help = ("fp32: the official numerics. bf16: about 2x faster on CPUs with AMX "
-                          "(BENCHMARKS.md), about 99.9% of the fp32 labels")
-        try:
-            emulated = emulated_precisions(ctx.params.get("device") or "auto")
-        except ValueError:  # an unknown device: its own field says so
-            emulated = []
-        if emulated:
-            precision_help += (f". This machine's CPU has no native {' / '.join(emulated)} kernels: "
-                               f"emulated, about 10x slower than fp32")
-        inputs.enum("precision", precision_choices.values(), default="fp32", label="Precision",
-                    description=precision_help, view=precision_choices)
-        inputs.bool("compile_model", default=False, label="Compile the network (torch.compile)",
-                    description="Slower start (about a minute to compile), faster frames: for long videos")
-        scales = inputs.str("test_scales", required=False, default="1.0", label="Test-time scales",
-                            description="Comma-separated, as the official --ms (e.g. 0.8,1.0,1.2): one pass per "
-                                        "scale, probabilities averaged")
-        try:
-            check_test_scales(ctx.params.get("test_scales"))
-        except ValueError as err:
-            scales.invalid = True
-            scales.error_message = str(err)
-        inputs.bool("test_flip", default=False, label="Test-time flip",
-                    description="Also run the mirrored video and average (as the official --flip; 2x the work)")
-        inputs.bool("skip_failures", default=False, label="Skip failing videos",
-                    description="A video that fails keeps its previous output and is listed in the result; "
-                                "the others are written (default: any failure writes nothing)")
-        inputs.int("videos_per_task", required=False, min=0, label="Videos per task (delegated)",
-                   description="Delegated over several videos, queue one operation per this many videos so that "
-                               "several `fiftyone delegated launch` workers run them in parallel (default 1; "
-                               "0: one operation for all)")
+        if video_target_notice(ctx, inputs, "Runs on"):
+            _fields_inputs(ctx, inputs)
+            _model_inputs(inputs)
+            _engine_inputs(ctx, inputs)
+            _run_inputs(inputs)
         return types.Property(inputs, view=form)
 
     def execute(self, ctx):
-        kwargs = params_to_kwargs(ctx.params)
+        options = PropagationOptions.from_params(ctx.params)
         run_doc = ctx.request_params.get("run_doc") if ctx.delegated else None
-        if not ctx.params.get(JOB_PARAM):
+        job_id = ctx.params.get(JOB_PARAM)
+        if not job_id:
             target = target_view(ctx)
             size = split_size(target, ctx.params.get("videos_per_task"), ctx.delegated)
             if size:  # this operation only queues the tasks; workers run them
-                queued = queue_propagation(target, videos_per_task=size, parent_op=run_doc,
-                                           delegation_target=ctx.request_params.get("delegation_target"), **kwargs)
+                queued = queue_propagation(target, options=options, videos_per_task=size, parent_op=run_doc,
+                                           delegation_target=ctx.request_params.get("delegation_target"))
                 return dict(status="queued", samples=queued["samples"], operations=queued["operations"],
-                            operations_queued=len(queued["operations"]),
-                            job=queued["job"], output_field=kwargs["output_field"])
+                            operations_queued=len(queued["operations"]), job=queued["job"],
+                            output_field=options.output_field)
         # cancel paths: the delegated operation marked failed (polled), or SIGTERM (FiftyOne's
         # monitor terminating the worker): both stop at the next frame with nothing written
         marked_failed = DelegatedCancelCheck(run_doc)
-
         with cancel_on_signals(resend=True) as terminated:
             def progress(fraction, label):
                 if terminated.is_set() or marked_failed():
@@ -189,29 +200,15 @@ class PropagateMasks(foo.Operator):
                 ctx.set_progress(progress=fraction, label=label)
 
             try:
-                if ctx.params.get(JOB_PARAM):  # one task of a queued job
-                    summary = run_task(ctx.view, ctx.params[JOB_PARAM], list(ctx.params.get("sample_ids") or []),
-                                       op_id=run_doc, progress=progress, **kwargs)
+                if job_id:  # one task of a queued job
+                    summary = run_task(ctx.view, job_id, list(ctx.params.get("sample_ids") or []), op_id=run_doc,
+                                       progress=progress, options=options)
                 else:
-                    summary = propagate(target_view(ctx), progress=progress, **kwargs)
+                    summary = propagate(target_view(ctx), options=options, progress=progress)
             except PropagationCancelled:
                 return dict(status="cancelled", message="cancelled; no field was changed")
         ctx.trigger("reload_dataset")
-        samples = summary["samples"]
-        return dict(
-            status="ok" if not summary["failed"] else "partial",
-            failed=len(summary["failed"]),
-            failures=[f"{f['filepath']}: {f['error']}" for f in summary["failed"]],
-            model=summary["model"],
-            weights=summary["weights"],
-            output_field=summary["output_field"],
-            samples=len(samples),
-            propagated=sum(1 for s in samples if s.get("status") == "ok"),
-            frames=sum(s.get("frames_written", 0) for s in samples),
-            seconds=summary["seconds"],
-            summary=samples,
-            worker=summary.get("worker"),
-        )
+        return _result(summary)
 
     def resolve_output(self, ctx):
         outputs = types.Object()

@@ -11,7 +11,7 @@ import importlib
 
 _LAZY = {
     "propagate": "propagation",
-    "queue_propagation": "scaleout",
+    "queue_propagation": "propagation",
     "check_fields": "propagation",
     "PropagationCancelled": "propagation",
     "OutputExistsError": "propagation",

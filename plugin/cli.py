@@ -18,6 +18,8 @@ import os
 import signal
 import sys
 
+from .propagation import (OutputExistsError, PropagationCancelled, PropagationOptions, cancel_on_signals, propagate,
+                          queue_propagation)
 from .reporting import print_summary, tqdm_progress as _tqdm_progress
 
 
@@ -78,32 +80,8 @@ def database_error_line(err: BaseException) -> str:
 def _add_propagate(sub) -> None:
     p = sub.add_parser("propagate", help="propagate keyframe masks through the videos of a dataset")
     p.add_argument("--dataset", required=True, help="FiftyOne dataset name")
-    p.add_argument("--keyframes-field", required=True, help="frame field with the keyframe masks")
-    p.add_argument("--output-field", required=True, help="frame field to write (fo.Detections)")
-    p.add_argument("--model", default=None, help="official model name (default R50_DeAOTL)")
-    p.add_argument("--checkpoint", default=None, help="path or URL of the weights")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--overwrite", action="store_true", help="replace the output field(s) if they exist")
-    p.add_argument("--write-segmentation", default=None, metavar="FIELD",
-                   help="also write a fo.Segmentation label map to this frame field")
-    p.add_argument("--long-term-gap", type=int, default=None)
-    p.add_argument("--max-long-term-frames", type=int, default=None)
-    p.add_argument("--max-short-edge", type=int, default=None)
-    p.add_argument("--max-long-edge", type=int, default=1040)
-    p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"),
-                   help="fp32 keeps the official numerics; bf16 runs channels-last autocast: ~2x faster "
-                        "on CPUs with AMX (BENCHMARKS.md), ~99.9%% of the fp32 labels; on a CPU without "
-                        "native bf16/fp16 kernels (AVX2 only) they are emulated, ~10x slower (a warning says so)")
-    p.add_argument("--compile", action="store_true", help="run the network through torch.compile (slow start, "
-                   "faster frames)")
-    p.add_argument("--test-scales", type=float, nargs="+", default=None, metavar="SCALE",
-                   help="test-time multi-scale, as the official --ms (e.g. 0.8 1.0 1.2): one pass per scale, "
-                        "probabilities averaged (default: 1.0)")
-    p.add_argument("--test-flip", action="store_true",
-                   help="test-time flip, as the official --flip: also run the mirrored video (2x the work)")
+    PropagationOptions.add_arguments(p)
     p.add_argument("--sample-id", action="append", default=None, help="only this sample (repeatable)")
-    p.add_argument("--skip-failures", action="store_true", help="go on when a video fails")
-    p.add_argument("--write-every", type=int, default=64, help="frames buffered per bulk write")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--queue", action="store_true",
                    help="do not run: queue delegated operations (one per --videos-per-task videos) for "
@@ -122,9 +100,6 @@ def _add_demo(sub) -> None:
 def run_propagate(args) -> int:
     import fiftyone as fo
 
-    from .models import DEFAULT_MODEL
-    from .propagation import OutputExistsError, PropagationCancelled, cancel_on_signals, propagate
-
     if not fo.dataset_exists(args.dataset):
         print(f"error: no dataset named {args.dataset!r}", file=sys.stderr)
         return 2
@@ -142,14 +117,7 @@ def run_propagate(args) -> int:
             show(fraction, label)
 
         try:
-            summary = propagate(view, args.keyframes_field, args.output_field, model=args.model or DEFAULT_MODEL,
-                                checkpoint=args.checkpoint, device=args.device, overwrite=args.overwrite,
-                                progress=progress, long_term_gap=args.long_term_gap,
-                                max_long_term_frames=args.max_long_term_frames, max_short_edge=args.max_short_edge,
-                                max_long_edge=args.max_long_edge, precision=args.precision,
-                                write_segmentation=args.write_segmentation, skip_failures=args.skip_failures,
-                                write_every=args.write_every, compile_model=args.compile,
-                                test_scales=args.test_scales, test_flip=args.test_flip)
+            summary = propagate(view, options=PropagationOptions.from_args(args), progress=progress)
         except (KeyboardInterrupt, PropagationCancelled):
             bar.close()
             print("cancelled: no field was changed", file=sys.stderr)
@@ -178,19 +146,9 @@ def run_propagate(args) -> int:
 
 def _queue(view, args) -> int:
     """``propagate --queue``: check once, queue the per-video operations, print their ids."""
-    from .models import DEFAULT_MODEL
-    from .propagation import OutputExistsError
-    from .scaleout import queue_propagation
-
     try:
-        queued = queue_propagation(view, args.keyframes_field, args.output_field, videos_per_task=args.videos_per_task,
-                                   overwrite=args.overwrite, write_segmentation=args.write_segmentation,
-                                   model=args.model or DEFAULT_MODEL, checkpoint=args.checkpoint, device=args.device,
-                                   long_term_gap=args.long_term_gap, max_long_term_frames=args.max_long_term_frames,
-                                   max_short_edge=args.max_short_edge, max_long_edge=args.max_long_edge,
-                                   precision=args.precision, skip_failures=args.skip_failures,
-                                   compile_model=args.compile, test_scales=args.test_scales,
-                                   test_flip=args.test_flip)
+        queued = queue_propagation(view, options=PropagationOptions.from_args(args),
+                                   videos_per_task=args.videos_per_task)
     except (OutputExistsError, ValueError, RuntimeError, OSError) as err:
         if database_unreachable(err):
             raise  # main() prints the one line

@@ -38,7 +38,7 @@ class Colours:
         self.reset()
     def reset(self):
         self.label, self.n = None, 0
-    def step(self, frame, mask=None):
+    def step(self, frame, mask=None, objects=None):
         Colours.steps += 1
         if mode == "slow" and Colours.steps == 3:
             open(marker, "w").close()
@@ -61,7 +61,7 @@ class Colours:
 deaot_core.Tracker = Colours
 
 import pymongo.collection as pc
-import deaot_vos.propagation as pp
+import deaot_vos.propagation.staging as pp
 writes = {"on": False, "n": 0}
 def counted(name):
     original = getattr(pc.Collection, name)
@@ -239,7 +239,7 @@ def test_a_dead_owners_claim_is_taken_over_and_a_live_one_is_not(make_video, scr
     """A claim whose process still runs refuses a run; once that process is gone the claim is
     taken over (its staging journal undone) and the run succeeds."""
     import deaot_vos
-    from deaot_vos import journal
+    from deaot_vos.propagation import journal
 
     ds = _base("t_claim_takeover", make_video)
     before = _snapshot(ds, strict=False)

@@ -397,7 +397,7 @@ class _ColourOracle:
     def reset(self):
         self.label, self.num_objects, self.steps = None, 0, 0
 
-    def step(self, frame, mask=None):
+    def step(self, frame, mask=None, objects=None):
         import torch
 
         f = frame.astype(int)

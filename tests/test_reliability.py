@@ -143,7 +143,7 @@ class _Scripted:
     def label(self):
         return self._label
 
-    def step(self, frame, mask=None):
+    def step(self, frame, mask=None, objects=None):
         import torch
 
         self.local_steps += 1
@@ -503,7 +503,7 @@ def test_failure_while_swapping_fields_is_finished_by_the_next_run(make_video, s
     run into the field finishes the swap before anything else."""
     import fiftyone as fo
     import deaot_vos
-    from deaot_vos import journal
+    from deaot_vos.propagation import journal
 
     ds = _base("t_fault_swap", make_video)
     copy = journal.copy_values
@@ -552,10 +552,11 @@ def test_out_of_memory_retries_at_half_resolution(make_video, scripted, run):
 
 def test_out_of_memory_on_cuda_falls_back_to_cpu(make_video, scripted, run, monkeypatch):
     import deaot_vos
-    import deaot_vos.propagation as propagation
+    import deaot_vos.propagation.plan as plan
+    import deaot_vos.propagation.trackers as trackers
 
-    monkeypatch.setattr(propagation, "resolve_device", lambda device: "cuda:0")
-    monkeypatch.setattr(propagation, "load_model", lambda choice, device: object())
+    monkeypatch.setattr(plan, "resolve_device", lambda device: "cuda:0")
+    monkeypatch.setattr(trackers, "load_model", lambda choice, device: object())
     ds = _base("t_fault_oom_cpu", make_video, output=False)
     scripted.fail = lambda tr, frame: _oom() if tr.device != "cpu" and tr.local_steps == 2 else None
     summary = deaot_vos.propagate(ds, "kf", "out", **run)
@@ -602,10 +603,10 @@ def test_cancel_stops_within_a_frame_and_writes_nothing(make_video, scripted, ru
 
 def test_operator_cancel_marking_the_delegated_operation_failed(make_video, scripted, monkeypatch, run):
     import fiftyone.operators as foo
-    import deaot_vos.propagation as propagation
+    import deaot_vos.propagation.cancel as cancel
     from fiftyone.operators.delegated import DelegatedOperationService
 
-    monkeypatch.setattr(propagation, "CANCEL_POLL_SECONDS", 0.0)
+    monkeypatch.setattr(cancel, "CANCEL_POLL_SECONDS", 0.0)
     ds = _base("t_cancel_operator", make_video)
     before = _snapshot(ds, strict=False)
     params = dict(keyframes_field="kf", output_field="out", overwrite=True, delegate=True, **run)
@@ -638,7 +639,7 @@ class Slow:
         self.reset()
     def reset(self):
         self.label, self.n = None, 0
-    def step(self, frame, mask=None):
+    def step(self, frame, mask=None, objects=None):
         Slow.steps += 1
         if Slow.steps == 5:
             open(sys.argv[3], "w").close()

@@ -88,7 +88,7 @@ def test_two_workers_share_the_queue(workers_dataset, tiny_checkpoint, tmp_path)
     import fiftyone.operators as foo
     from fiftyone.operators.delegated import DelegatedOperationService
     from deaot_vos.propagation import OutputExistsError
-    from deaot_vos.scaleout import job_status
+    from deaot_vos.propagation import job_status
 
     ds = workers_dataset
     samples_before, frames_before = _raw(ds)
@@ -191,7 +191,7 @@ def test_a_failing_task_keeps_its_videos_output_and_the_others_are_written(worke
     its output stays as it was, the other tasks write theirs, the staging field is dropped."""
     import fiftyone as fo
     from fiftyone.operators.delegated import DelegatedOperationService
-    from deaot_vos.scaleout import job_status, queue_propagation
+    from deaot_vos.propagation import job_status, queue_propagation
 
     ds = workers_dataset
     old = fo.Detections(detections=[fo.Detection(label="old", bounding_box=[0.1, 0.1, 0.2, 0.2], index=1)])
@@ -230,7 +230,7 @@ def test_a_job_without_live_operations_is_closed_by_the_next_run(workers_dataset
     field (and the output field the job created, still empty) and goes on."""
     import deaot_vos
     from fiftyone.operators.delegated import DelegatedOperationService
-    from deaot_vos.scaleout import job_status, queue_propagation
+    from deaot_vos.propagation import job_status, queue_propagation
 
     ds = workers_dataset
     queued = queue_propagation(ds, "kf", "out", model="DeAOTT", checkpoint=tiny_checkpoint, device="cpu")

@@ -37,14 +37,12 @@ from typing import Any, Iterable, Iterator, Optional
 
 import fiftyone as fo
 
+from ..fields import FRAME_DEFAULT_FIELDS, RESERVED_SUFFIXES, reserved_name
+
 log = logging.getLogger(__name__)
 
 RUNS_COLLECTION = "deaot_vos_runs"
-TMP_SUFFIX = "_deaot_tmp"
-LEGACY_OLD_SUFFIX = "_deaot_old"  # the backup name of versions before the journal
-RESERVED_SUFFIXES = (TMP_SUFFIX, LEGACY_OLD_SUFFIX)
-FRAME_DEFAULT_FIELDS = {"id", "_id", "frame_number", "created_at", "last_modified_at", "_sample_id",
-                        "_dataset_id"}
+TMP_SUFFIX, LEGACY_OLD_SUFFIX = RESERVED_SUFFIXES  # the run's staging field; the backup name before the journal
 HEARTBEAT_SECONDS = 30.0
 
 
@@ -117,10 +115,6 @@ def describe_owner(owner: dict) -> str:
     started = owner.get("started_at")
     when = f", started {_utc(started):%Y-%m-%d %H:%M:%S} UTC" if started else ""
     return f"pid {owner.get('pid')} on host {owner.get('host')}{when}"
-
-
-def reserved_name(name: str) -> bool:
-    return any(name.endswith(s) for s in RESERVED_SUFFIXES)
 
 
 # -- claims ------------------------------------------------------------------------------------

@@ -1,0 +1,195 @@
+"""``PropagationOptions``: every propagation setting in one place, validated once.
+
+The same object is built from Python keyword arguments (:func:`deaot_vos.propagate`), from the
+operator's params (:meth:`PropagationOptions.from_params`), from the command line
+(:meth:`PropagationOptions.add_arguments` / :meth:`from_args`), and stored JSON-safe in queued
+tasks (:meth:`to_params`, which :meth:`from_params` reads back unchanged).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from ..fields import frame_field_name
+from ..weights import DEFAULT_MODEL, PRECISIONS
+
+DEFAULT_OUTPUT = "deaot"  # the operator's default output field
+# knob -> smallest allowed value (None: the engine's default)
+NUMBER_KNOBS = dict(long_term_gap=1, max_long_term_frames=1, max_short_edge=16, max_long_edge=16, write_every=1)
+TRACKER_KNOBS = ("long_term_gap", "max_long_term_frames", "max_short_edge", "max_long_edge", "precision",
+                 "compile_model", "test_scales", "test_flip")
+
+
+def optional_field_name(name: Optional[str], what: str) -> Optional[str]:
+    """``name`` as a top-level frame field name (:func:`deaot_vos.fields.frame_field_name`), or
+    None when blank."""
+    return None if name is None or str(name).strip() == "" else frame_field_name(name, what)
+
+
+def check_test_scales(test_scales) -> tuple[float, ...]:
+    """``test_scales`` (None, a number, a sequence of numbers or a comma-separated string) as a
+    tuple of positive floats; None or empty -> (1.0,)."""
+    if test_scales is None or (isinstance(test_scales, str) and not test_scales.strip()):
+        return (1.0,)
+    items = test_scales.split(",") if isinstance(test_scales, str) else (
+        [test_scales] if isinstance(test_scales, (int, float)) else list(test_scales))
+    scales = []
+    for item in items:
+        try:
+            value = float(item.strip() if isinstance(item, str) else item)
+        except (TypeError, ValueError):
+            value = float("nan")
+        if isinstance(item, bool) or not math.isfinite(value) or not 0.1 <= value <= 4.0:
+            raise ValueError(f"test_scales must be numbers in [0.1, 4] (e.g. 0.8,1.0,1.2), got {test_scales!r}")
+        scales.append(value)
+    return tuple(scales) or (1.0,)
+
+
+def _check_number(name: str, value) -> None:
+    low = NUMBER_KNOBS[name]
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer, float)) or not math.isfinite(value) \
+            or value < low:
+        raise ValueError(f"{name} must be a number >= {low} (or None), got {value!r}")
+
+
+def _int_or_none(value):
+    return None if value is None or value == "" else int(value)
+
+
+def _text_or_none(value) -> Optional[str]:
+    return (str(value) if value is not None else "").strip() or None
+
+
+@dataclasses.dataclass
+class PropagationOptions:
+    """What to propagate where, with which model and engine knobs (see :func:`deaot_vos.propagate`).
+
+    ``__post_init__`` normalises the field names (``frames.`` prefix, blank -> None),
+    ``test_scales`` (-> tuple of floats) and validates ``precision`` and the number knobs:
+    ValueError on a bad value. Field existence and types are checked against a dataset later
+    (:func:`deaot_vos.propagation.check_fields`)."""
+
+    keyframes_field: Optional[str] = None
+    output_field: Optional[str] = None
+    model: str = DEFAULT_MODEL
+    checkpoint: Optional[str] = None
+    device: str = "auto"
+    overwrite: bool = False
+    skip_failures: bool = False
+    write_segmentation: Optional[str] = None
+    allow_random_weights: bool = False
+    write_every: int = 64
+    long_term_gap: Optional[int] = None
+    max_long_term_frames: Optional[int] = None
+    max_short_edge: Optional[int] = None
+    max_long_edge: Optional[int] = 1040
+    precision: str = "fp32"
+    compile_model: bool = False
+    test_scales: Sequence[float] = (1.0,)
+    test_flip: bool = False
+
+    def __post_init__(self) -> None:
+        self.keyframes_field = optional_field_name(self.keyframes_field, "keyframes_field")
+        self.output_field = optional_field_name(self.output_field, "output_field")
+        self.write_segmentation = optional_field_name(self.write_segmentation, "write_segmentation")
+        self.model = self.model or DEFAULT_MODEL
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        for name in NUMBER_KNOBS:
+            _check_number(name, getattr(self, name))
+        self.test_scales = check_test_scales(self.test_scales)
+        self.test_flip = bool(self.test_flip)
+
+    @property
+    def output_fields(self) -> list[str]:
+        """The frame fields this run writes: the output field, then the segmentation field if any."""
+        return [f for f in (self.output_field, self.write_segmentation) if f]
+
+    def replace(self, **changes) -> "PropagationOptions":
+        """A copy with ``changes`` applied (and validated)."""
+        return dataclasses.replace(self, **changes)
+
+    def tracker_kwargs(self, **changes) -> dict[str, Any]:
+        """The engine knobs as :class:`deaot_core.Tracker` keyword arguments (``compile_model``
+        is its ``compile``), with ``changes`` applied."""
+        kwargs = {name: getattr(self, name) for name in TRACKER_KNOBS}
+        kwargs["compile"] = kwargs.pop("compile_model")
+        kwargs.update(changes)
+        return kwargs
+
+    def to_params(self) -> dict[str, Any]:
+        """JSON-safe params in the operator form's types (stored in queued tasks, whose params
+        the form validates: ``test_scales`` is its comma-separated text); ``from_params``
+        returns an equal object."""
+        params = dataclasses.asdict(self)
+        params["test_scales"] = ",".join(repr(float(scale)) for scale in self.test_scales)
+        return params
+
+    @classmethod
+    def from_params(cls, params: dict) -> "PropagationOptions":
+        """From the operator's ``params`` (blank strings mean the default; keys that are not
+        options, e.g. ``delegate``, are ignored)."""
+        values: dict[str, Any] = dict(
+            keyframes_field=params.get("keyframes_field"),
+            output_field=params.get("output_field") or DEFAULT_OUTPUT,
+            model=params.get("model") or DEFAULT_MODEL,
+            checkpoint=_text_or_none(params.get("checkpoint")),
+            device=params.get("device") or "auto",
+            precision=params.get("precision") or "fp32",
+            write_segmentation=_text_or_none(params.get("write_segmentation")),
+            test_scales=params.get("test_scales"))
+        for name in ("overwrite", "skip_failures", "allow_random_weights", "compile_model", "test_flip"):
+            values[name] = bool(params.get(name, False))
+        for name in ("long_term_gap", "max_long_term_frames", "max_short_edge", "max_long_edge", "write_every"):
+            if name in params:
+                values[name] = _int_or_none(params.get(name))
+        if values.get("write_every", 1) is None:
+            del values["write_every"]
+        return cls(**values)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "PropagationOptions":
+        """From the arguments :meth:`add_arguments` declared."""
+        return cls(keyframes_field=args.keyframes_field, output_field=args.output_field, model=args.model,
+                   checkpoint=args.checkpoint, device=args.device, overwrite=args.overwrite,
+                   write_segmentation=args.write_segmentation, skip_failures=args.skip_failures,
+                   write_every=args.write_every, long_term_gap=args.long_term_gap,
+                   max_long_term_frames=args.max_long_term_frames, max_short_edge=args.max_short_edge,
+                   max_long_edge=args.max_long_edge, precision=args.precision, compile_model=args.compile,
+                   test_scales=args.test_scales, test_flip=args.test_flip)
+
+    @staticmethod
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        """Declare the options as command-line arguments (read back by :meth:`from_args`)."""
+        add = parser.add_argument
+        add("--keyframes-field", required=True, help="frame field with the keyframe masks")
+        add("--output-field", required=True, help="frame field to write (fo.Detections)")
+        add("--model", default=None, help=f"official model name (default {DEFAULT_MODEL})")
+        add("--checkpoint", default=None, help="path or URL of the weights")
+        add("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+        add("--overwrite", action="store_true", help="replace the output field(s) if they exist")
+        add("--write-segmentation", default=None, metavar="FIELD",
+            help="also write a fo.Segmentation label map to this frame field")
+        add("--long-term-gap", type=int, default=None)
+        add("--max-long-term-frames", type=int, default=None)
+        add("--max-short-edge", type=int, default=None)
+        add("--max-long-edge", type=int, default=1040)
+        add("--precision", default="fp32", choices=PRECISIONS,
+            help="fp32 keeps the official numerics; bf16 runs channels-last autocast: ~2x faster "
+                 "on CPUs with AMX (BENCHMARKS.md), ~99.9%% of the fp32 labels; on a CPU without "
+                 "native bf16/fp16 kernels (AVX2 only) they are emulated, ~10x slower (a warning says so)")
+        add("--compile", action="store_true", help="run the network through torch.compile (slow start, "
+            "faster frames)")
+        add("--test-scales", type=float, nargs="+", default=None, metavar="SCALE",
+            help="test-time multi-scale, as the official --ms (e.g. 0.8 1.0 1.2): one pass per scale, "
+                 "probabilities averaged (default: 1.0)")
+        add("--test-flip", action="store_true",
+            help="test-time flip, as the official --flip: also run the mirrored video (2x the work)")
+        add("--skip-failures", action="store_true", help="go on when a video fails")
+        add("--write-every", type=int, default=64, help="frames buffered per bulk write")

@@ -1,0 +1,227 @@
+"""Everything a propagation checks before it writes anything, done once: the fields, the
+group slice, the model and checkpoint, and each sample (its video opens and decodes, its
+keyframes parse into exactly the masks given). The parsed keyframes are kept for the run."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from typing import Any, Callable, Optional
+
+import fiftyone as fo
+
+from ..fields import mask_targets_for, root_dataset
+from ..labels import KEYFRAME_TYPES, Keyframe, KeyframeError, ObjectRegistry, parse_keyframe
+from ..weights import resolve_checkpoint, resolve_device
+from ..video import open_video
+from .errors import NoKeyframesError, OutputExistsError, add_context, error_text
+from .options import PropagationOptions, optional_field_name
+
+log = logging.getLogger(__name__)
+
+Ask = Callable[[float, str], None]  # progress(fraction, label); raises PropagationCancelled to stop
+
+
+def _embedded_type(schema: dict, name: str):
+    field = schema.get(name)
+    return getattr(field, "document_type", None) if field is not None else None
+
+
+def check_video_collection(sample_collection, purpose: str = "") -> None:
+    """ValueError unless ``sample_collection`` holds videos."""
+    if sample_collection.media_type != fo.core.media.VIDEO:
+        raise ValueError(f"'{root_dataset(sample_collection).name}' is not a video collection (media type "
+                         f"{sample_collection.media_type!r}){purpose}")
+
+
+def _check_keyframes_field(dataset: fo.Dataset, schema: dict, keyframes_field: str) -> None:
+    kf_type = _embedded_type(schema, keyframes_field)
+    usable = sorted(n for n in schema if _embedded_type(schema, n) in KEYFRAME_TYPES)
+    hint = f" (frame fields that could be: {', '.join(usable)})" if usable else \
+        " (it has no Detections, Segmentation or Polylines frame field)"
+    if keyframes_field not in schema:
+        raise ValueError(f"keyframes field: dataset '{dataset.name}' has no frame field '{keyframes_field}'{hint}")
+    if kf_type not in KEYFRAME_TYPES:
+        raise ValueError(f"keyframes field: frame field '{keyframes_field}' of dataset '{dataset.name}' holds "
+                         f"{getattr(kf_type, '__name__', None) or type(schema[keyframes_field]).__name__}, not "
+                         f"Detections (with instance masks), Segmentation or Polylines{hint}")
+
+
+def check_fields(sample_collection, keyframes_field: str, output_field: str,
+                 write_segmentation: str | None = None, overwrite: bool = False) -> tuple[str, str, str | None]:
+    """Validate field names/types; returns the normalised (keyframes, output, segmentation) names.
+
+    Raises ``OutputExistsError`` naming the field when an output exists and not ``overwrite``.
+    """
+    dataset = root_dataset(sample_collection)
+    check_video_collection(sample_collection)
+    keyframes_field = optional_field_name(keyframes_field, "keyframes_field")
+    output_field = optional_field_name(output_field, "output_field")
+    write_segmentation = optional_field_name(write_segmentation, "write_segmentation")
+    if keyframes_field is None or output_field is None:
+        raise ValueError("keyframes_field and output_field are required")
+    schema = dataset.get_frame_field_schema()
+    _check_keyframes_field(dataset, schema, keyframes_field)
+    names = [output_field] + ([write_segmentation] if write_segmentation else [])
+    if len(set(names + [keyframes_field])) != len(names) + 1:
+        raise ValueError("keyframes_field, output_field and write_segmentation must be different fields")
+    for name, kind in ((output_field, fo.Detections), (write_segmentation, fo.Segmentation)):
+        if name is None or name not in schema:
+            continue
+        if not overwrite:
+            raise OutputExistsError(f"frame field '{name}' already exists on dataset '{dataset.name}'; "
+                                    f"pass overwrite=True to replace it, or choose another output field", field=name)
+        existing = _embedded_type(schema, name)
+        if existing is not kind:
+            raise ValueError(f"frame field '{name}' exists with type {getattr(existing, '__name__', existing)}, "
+                             f"not {kind.__name__}; delete it or choose another field")
+    return keyframes_field, output_field, write_segmentation
+
+
+def check_group_slices(sample_collection, dataset: fo.Dataset) -> None:
+    """Refuse, before any work, a view of a grouped dataset with samples outside the dataset's
+    active slice: frames are read and written through the dataset, which only sees that slice."""
+    if dataset.media_type != fo.core.media.GROUP:
+        return
+    active = dataset.group_slice
+    slices = sorted(set(sample_collection.values(dataset.group_field + ".name")) - {active})
+    if slices:
+        raise ValueError(
+            f"the view holds samples of group slice(s) {', '.join(repr(x) for x in slices)} of grouped dataset "
+            f"'{dataset.name}', whose active slice is {active!r}: propagation reads and writes frames through the "
+            f"active slice; run one slice at a time with that slice active, e.g. dataset.group_slice = "
+            f"{slices[0]!r}; propagate(dataset.select_group_slices({slices[0]!r}), ...)")
+
+
+@dataclasses.dataclass
+class SamplePlan:
+    """One sample as checked: ``row`` is its summary (``status`` set when it will not run);
+    ``keyframes`` maps FiftyOne frame numbers (1-based) to parsed keyframes; ``existing`` are
+    the frame numbers its root-dataset frames had before the run (a view may hide some)."""
+
+    position: int
+    sample_id: str
+    filepath: str
+    frame_count: Optional[int]  # metadata.total_frame_count
+    row: dict[str, Any]
+    keyframes: dict[int, Keyframe] = dataclasses.field(default_factory=dict)
+    registry: Optional[ObjectRegistry] = None
+    existing: set = dataclasses.field(default_factory=set)
+
+    @property
+    def runnable(self) -> bool:
+        return "status" not in self.row
+
+
+@dataclasses.dataclass
+class RunPlan:
+    """A checked run: options with normalised names, the resolved device and weights, the
+    keyframes' mask targets and every sample's plan (``failures``: the samples that failed)."""
+
+    dataset: fo.Dataset
+    options: PropagationOptions
+    device: str
+    choice: Any  # models.ModelChoice
+    mask_targets: Optional[dict]
+    samples: list[SamplePlan] = dataclasses.field(default_factory=list)
+    failures: list[BaseException] = dataclasses.field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return len(self.samples)
+
+
+def plan_run(sample_collection, dataset: fo.Dataset, options: PropagationOptions, overwrite: bool) -> RunPlan:
+    """Check the fields (``overwrite``: existing outputs may be replaced), the group slice and
+    the weights; returns the plan without its samples (:func:`check_samples` adds them)."""
+    keyframes_field, output_field, segmentation = check_fields(
+        sample_collection, options.keyframes_field, options.output_field, options.write_segmentation, overwrite)
+    options = options.replace(keyframes_field=keyframes_field, output_field=output_field,
+                              write_segmentation=segmentation)
+    check_group_slices(sample_collection, dataset)
+    device = resolve_device(options.device)
+    choice = resolve_checkpoint(options.model, options.checkpoint, allow_random=options.allow_random_weights)
+    mask_targets = mask_targets_for(dataset, keyframes_field)
+    return RunPlan(dataset, options, device, choice, mask_targets)
+
+
+def _parse_keyframes(sample_plan: SamplePlan, frame_numbers, values, reader, plan: RunPlan) -> None:
+    registry = ObjectRegistry()
+    count, meta_count = reader.num_frames, sample_plan.frame_count
+    for number, value in sorted(zip(frame_numbers, values), key=lambda x: x[0]):
+        if value is None:
+            continue
+        kf = parse_keyframe(value, number, reader.height, reader.width, registry, plan.mask_targets)
+        if kf is None:
+            continue
+        if number > count:
+            capped = (f" (metadata.total_frame_count is {int(meta_count)}, decord decodes {reader.decoded_frames})"
+                      if meta_count and int(meta_count) != reader.decoded_frames else "")
+            raise KeyframeError(f"keyframe on frame {number} but the video has only {count} frames{capped}: "
+                                f"labels of another video, or a wrong frame rate/trim?", number)
+        sample_plan.keyframes[number] = kf
+    registry.assign_indexes()
+    if plan.options.write_segmentation:
+        for info in registry.by_id.values():
+            if not 1 <= info.index < 2 ** 31:
+                raise KeyframeError(f"object {info.label!r} has index {info.index}, which a segmentation label map "
+                                    f"cannot hold (0 is background); use indexes >= 1 or no segmentation field",
+                                    info.first_frame)
+    sample_plan.registry = registry
+
+
+def load_sample(sample_collection, plan: RunPlan, sample_plan: SamplePlan) -> None:
+    """Open the sample's video and parse its keyframes (those the view shows) into
+    ``sample_plan``, validating everything (KeyframeError, VideoError)."""
+    sid, field = sample_plan.sample_id, plan.options.keyframes_field
+    frame_numbers, values = sample_collection.select(sid).values(["frames.frame_number", "frames." + field])
+    existing = plan.dataset.select(sid).values("frames.frame_number")
+    sample_plan.existing = set(existing[0] or []) if existing else set()
+    reader = open_video(sample_plan.filepath, sample_plan.frame_count)
+    _parse_keyframes(sample_plan, frame_numbers[0] or [], values[0] or [], reader, plan)
+    sample_plan.row.update(frames=reader.num_frames, width=reader.width, height=reader.height,
+                           keyframes=sorted(sample_plan.keyframes), objects=sample_plan.registry.num_objects)
+
+
+def _check_sample(sample_collection, plan: RunPlan, sample_plan: SamplePlan) -> None:
+    row, path = sample_plan.row, sample_plan.filepath
+    try:
+        load_sample(sample_collection, plan, sample_plan)
+        if not sample_plan.keyframes:
+            log.warning("%s: no keyframe with objects in '%s'; skipped (its output is unchanged)", path,
+                        plan.options.keyframes_field)
+            row.update(status="skipped: no keyframes", frames_written=0)
+    except Exception as err:  # KeyframeError, VideoError, or anything unexpected
+        add_context(err, sample_plan.sample_id, path)
+        if hasattr(err, "with_context"):
+            err.with_context(field=plan.options.keyframes_field)
+        plan.failures.append(err)
+        row.update(status=f"error: {error_text(err)}")
+        log.error("%s", err)
+
+
+def check_samples(sample_collection, plan: RunPlan, ask: Ask) -> None:
+    """Check every sample into ``plan.samples``. Without ``skip_failures`` the first failure
+    is raised (its message lists the others); NoKeyframesError when nothing could run."""
+    rows = sample_collection.values(["id", "filepath", "metadata.total_frame_count"])
+    samples = list(zip(*rows)) if rows and rows[0] else []
+    if not samples:
+        raise NoKeyframesError(f"nothing to propagate: the view of dataset '{plan.dataset.name}' has no samples")
+    for i, (sid, path, meta_count) in enumerate(samples):
+        ask(0.0, f"[{i + 1}/{len(samples)}] {os.path.basename(path)}: checking the video and keyframes")
+        sample_plan = SamplePlan(i, sid, path, meta_count, dict(id=sid, filepath=path))
+        _check_sample(sample_collection, plan, sample_plan)
+        plan.samples.append(sample_plan)
+    failures = plan.failures
+    if failures and not plan.options.skip_failures:
+        first = failures[0]
+        if len(failures) > 1:
+            more = "; ".join(str(e) for e in failures[1:4]) + ("; ..." if len(failures) > 4 else "")
+            first.args = (f"{first.args[0]} [and {len(failures) - 1} more sample(s) failed the checks: {more}]",) \
+                + tuple(first.args[1:])
+        first.failures = failures
+        raise first
+    if not failures and not any(s.runnable for s in plan.samples):
+        raise NoKeyframesError(
+            f"no keyframes: none of the {len(samples)} samples has a non-empty '{plan.options.keyframes_field}' "
+            f"label on any frame (label a few frames with instance masks first)")
