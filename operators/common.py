@@ -4,7 +4,7 @@ from __future__ import annotations
 import fiftyone as fo
 import fiftyone.operators.types as types
 
-from deaot_vos.labels import KEYFRAME_TYPES
+from deaot_vos.fields import label_field_names
 
 
 def target_view(ctx):
@@ -15,9 +15,8 @@ def target_view(ctx):
 
 
 def label_fields(dataset) -> list[str]:
-    """Frame fields the plugin can read as masks (Detections with masks, Segmentation, Polylines)."""
-    schema = dataset.get_frame_field_schema() or {}
-    return [name for name, field in schema.items() if getattr(field, "document_type", None) in KEYFRAME_TYPES]
+    """Frame fields the plugin can read as masks (:func:`deaot_vos.fields.label_field_names`)."""
+    return label_field_names(dataset)
 
 
 def dropdown(names) -> types.DropdownView:

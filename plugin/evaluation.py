@@ -46,7 +46,7 @@ from deaot_core.metrics.davis import STAT_KEYS, SUMMARY_KEYS, global_summary, of
 
 from .fields import (LabelFieldError, check_label_field, describe_sample, frame_size, mask_targets_for, root_dataset,
                      sequence_names)
-from .label_frames import read_id_maps
+from .label_frames import read_id_maps, renumber_ids
 from .tables import format_table
 
 log = logging.getLogger(__name__)
@@ -320,15 +320,6 @@ def check_evaluation(sample_collection, pred_field: str, gt_field: str, eval_key
     return pred_field, gt_field
 
 
-def _relabel(id_map: np.ndarray, lut: dict[int, int]) -> tuple[np.ndarray, list[int]]:
-    """Map ids through ``lut`` (id -> 1..K; 0 stays 0) into uint8; returns the map and the ids
-    that are not in ``lut``."""
-    values, inverse = np.unique(id_map, return_inverse=True)
-    mapped = np.array([lut.get(int(v), 0) for v in values], dtype=np.uint8)
-    unknown = [int(v) for v in values if v != 0 and int(v) not in lut]
-    return mapped[inverse].reshape(id_map.shape), unknown
-
-
 def evaluate_sequence(gt, pred, *, sample_id: str = "", filepath: str = "", name: str = "",
                       pred_field: str = "pred", gt_field: str = "gt", gt_is_segmentation: bool = False,
                       bound_th: float = 0.008, extra_objects: str = "error") -> dict[str, Any]:
@@ -351,7 +342,7 @@ def evaluate_sequence(gt, pred, *, sample_id: str = "", filepath: str = "", name
     pred_stack = np.zeros((len(frames),) + shape, dtype=np.uint8)
     missing = []
     for i, number in enumerate(frames):
-        gt_stack[i], _ = _relabel(gt.maps[number], lut)
+        gt_stack[i], _ = renumber_ids(gt.maps[number], lut)
         p = pred.maps.get(number)
         if p is None:
             missing.append(number)
@@ -359,7 +350,7 @@ def evaluate_sequence(gt, pred, *, sample_id: str = "", filepath: str = "", name
         if p.shape != shape:
             raise EvaluationError(f"{where}: frame {number} of '{pred_field}' is {p.shape[1]}x{p.shape[0]}, the ground "
                                   f"truth is {shape[1]}x{shape[0]}")
-        pred_stack[i], unknown = _relabel(p, lut)
+        pred_stack[i], unknown = renumber_ids(p, lut)
         if unknown and 0 < i < len(frames) - 1 and extra_objects == "error":
             raise EvaluationError(
                 f"{where}: frame {number} of '{pred_field}' has object index(es) {unknown} that are not on the reference "

@@ -19,7 +19,7 @@ from .video import VideoError, open_video
 
 __all__ = [
     "FRAME_DEFAULT_FIELDS", "RESERVED_SUFFIXES", "LabelFieldError", "root_dataset", "frame_field_name",
-    "reserved_name", "check_label_field", "mask_targets_for", "frame_size", "describe_sample", "describe_field",
+    "reserved_name", "check_label_field", "label_field_names", "mask_targets_for", "frame_size", "describe_sample", "describe_field",
     "label_error", "check_sequence_name", "sequence_names",
 ]
 
@@ -94,6 +94,12 @@ def check_label_field(sample_collection, name: str, what: str = "field") -> tupl
         raise LabelFieldError(f"frame field '{name}' ({what}) must hold Detections (instance masks), Segmentation "
                               f"or Polylines, not {getattr(kind, '__name__', type(schema[name]).__name__)}")
     return name, kind
+
+
+def label_field_names(dataset: fo.Dataset) -> list[str]:
+    """Frame fields the plugin can read as masks (Detections with masks, Segmentation, Polylines)."""
+    schema = dataset.get_frame_field_schema() or {}
+    return [name for name, field in schema.items() if getattr(field, "document_type", None) in KEYFRAME_TYPES]
 
 
 def mask_targets_for(dataset: fo.Dataset, field_name: str, frame_field: bool = True) -> dict | None:

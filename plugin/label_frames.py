@@ -24,7 +24,7 @@ from .fields import label_error
 from .labels import KeyframeError, ObjectRegistry, describe_label_item, mask_to_detections, parse_keyframe
 from .video import file_problem
 
-__all__ = ["IdMaps", "read_label_frames", "parse_id_maps", "read_id_maps", "id_map_to_detections"]
+__all__ = ["IdMaps", "read_label_frames", "parse_id_maps", "read_id_maps", "renumber_ids", "id_map_to_detections"]
 
 # why the masks matter, in the words of the caller (the ``what`` of its field argument)
 _USES = {"pred_field": "J&F compares masks pixel by pixel", "gt_field": "J&F compares masks pixel by pixel",
@@ -135,6 +135,15 @@ def read_id_maps(sample_collection, sample_id: str, filepath: str, field_name: s
     frames = read_label_frames(sample_collection, sample_id, field_name)
     return parse_id_maps(frames, height, width, mask_targets, require_index,
                          (sample_id, filepath, field_name, what))
+
+
+def renumber_ids(id_map: np.ndarray, numbering: dict[int, int]) -> tuple[np.ndarray, list[int]]:
+    """Renumber an id map's objects (``numbering``: index -> 1..K; 0 stays 0, ids not in it become 0)
+    into uint8; returns the map and the ids that are not in ``numbering``."""
+    values, inverse = np.unique(id_map, return_inverse=True)
+    mapped = np.array([numbering.get(int(v), 0) for v in values], dtype=np.uint8)
+    unknown = [int(v) for v in values if v != 0 and int(v) not in numbering]
+    return mapped[inverse].reshape(id_map.shape), unknown
 
 
 def id_map_to_detections(id_map: np.ndarray, names: dict[int, str | None] | None = None) -> fo.Detections:

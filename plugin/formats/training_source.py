@@ -33,7 +33,7 @@ from deaot_core.data.augment import random_scale_crop
 from deaot_core.data.synthetic import Clip, clip_rng, relabel_from_reference, static_sequence
 
 from ..fields import describe_sample, frame_field_name, frame_size, mask_targets_for, root_dataset
-from ..label_frames import IdMaps, parse_id_maps, read_label_frames
+from ..label_frames import IdMaps, parse_id_maps, read_label_frames, renumber_ids
 from ..video import open_video
 
 log = logging.getLogger(__name__)
@@ -86,11 +86,9 @@ def _compact_ids(maps: IdMaps, name: str) -> tuple[list[np.ndarray], dict[int, s
     if len(indexes) > MAX_IDS:
         log.warning("%s: %d objects, keeping the first %d", name, len(indexes), MAX_IDS)
         indexes = indexes[:MAX_IDS]
-    table = np.zeros(max((int(m.max()) for m in maps.maps.values() if m.size), default=0) + 1, dtype=np.uint8)
-    for new_id, index in enumerate(indexes, start=1):
-        table[index] = new_id
-    labels = [table[maps.maps[n]] for n in maps.frames]
-    return labels, {new_id: maps.labels.get(index) for new_id, index in enumerate(indexes, start=1)}
+    numbering = {index: new_id for new_id, index in enumerate(indexes, start=1)}
+    labels = [renumber_ids(maps.maps[n], numbering)[0] for n in maps.frames]
+    return labels, {new_id: maps.labels.get(index) for index, new_id in numbering.items()}
 
 
 def _read_sequence(collection, sample_id: str, filepath: str, metadata, field_name: str, is_video: bool,
