@@ -5,16 +5,22 @@
     tracker = deaot_core.Tracker(model, device="auto")
     probs = tracker.step(frame0, mask0)   # (K+1, H, W)
     probs = tracker.step(frame1)          # tracker.label: the (H, W) label map
+    for result in deaot_core.propagate_video(tracker, frames, {0: mask0}):   # a whole video
+        ...                                # FrameResult: index, label_map, confidences, ...
 """
 from __future__ import annotations
 
 import torch
 
-from .checkpoint import CheckpointError, cache_dir, download, extract_state_dict, load_checkpoint, save_checkpoint
-from .config import MODEL_CONFIGS, MODEL_NAMES, ModelConfig, get_config
+from .checkpoint import extract_state_dict, load_checkpoint, save_checkpoint
+from .config import MODEL_CONFIGS, MODEL_NAMES, WEIGHTS, ModelConfig, PretrainedWeights, get_config
+from .devices import IMAGE_MEAN, IMAGE_STD, PRECISIONS, native_cpu_precision, resolve_device
 from .engine import GroupEngine, train_forward
+from .errors import CheckpointError
+from .hub import cache_dir, download
 from .modeling.model import VOSModel
-from .tracker import Tracker, merge_groups, native_cpu_precision, network_size
+from .tracker import Tracker, TrackerOptions, merge_groups, network_size
+from .video import FrameResult, FrameSource, Keyframe, mean_confidences, propagate_video
 
 
 def build_model(name: str, **overrides) -> VOSModel:
@@ -28,7 +34,9 @@ def count_parameters(model: torch.nn.Module) -> int:
 
 
 __all__ = [
-    "CheckpointError", "GroupEngine", "MODEL_CONFIGS", "MODEL_NAMES", "ModelConfig", "Tracker", "VOSModel",
-    "build_model", "cache_dir", "count_parameters", "download", "extract_state_dict", "get_config",
-    "load_checkpoint", "merge_groups", "native_cpu_precision", "network_size", "save_checkpoint", "train_forward",
+    "CheckpointError", "FrameResult", "FrameSource", "GroupEngine", "IMAGE_MEAN", "IMAGE_STD", "Keyframe",
+    "MODEL_CONFIGS", "MODEL_NAMES", "ModelConfig", "PRECISIONS", "PretrainedWeights", "Tracker", "TrackerOptions",
+    "VOSModel", "WEIGHTS", "build_model", "cache_dir", "count_parameters", "download", "extract_state_dict",
+    "get_config", "load_checkpoint", "mean_confidences", "merge_groups", "native_cpu_precision", "network_size",
+    "propagate_video", "resolve_device", "save_checkpoint", "train_forward",
 ]

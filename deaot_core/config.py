@@ -1,4 +1,5 @@
-"""Registry of the released AOT / DeAOT variants: one config dataclass per name, as data."""
+"""Registry of the released AOT / DeAOT variants: one config dataclass per name, as data, and
+beside it the table of their released weights (:data:`WEIGHTS`)."""
 from __future__ import annotations
 
 import dataclasses
@@ -84,3 +85,38 @@ def get_config(name: str, **overrides) -> ModelConfig:
         raise KeyError(f"unknown model {name!r}; known models: {', '.join(MODEL_NAMES)}")
     cfg = MODEL_CONFIGS[key]
     return dataclasses.replace(cfg, **overrides) if overrides else cfg
+
+
+@dataclass(frozen=True)
+class PretrainedWeights:
+    """A released checkpoint: its official file name, where to download it, its sha256 (None: not
+    published for the official files)."""
+
+    file_name: str
+    url: str
+    sha256: str | None = None
+
+
+_GDRIVE = "https://drive.google.com/uc?export=download&id={}"
+# Google Drive ids of the released PRE_YTB_DAV checkpoints, as linked from MODEL_ZOO.md of the
+# official repository (yoxu515/aot-benchmark).
+_GDRIVE_IDS = {
+    "AOTT": "1owPmwV4owd_ll6GuilzklqTyAd0ZvbCu",
+    "AOTS": "1beU5E6Mdnr_pPrgjWvdWurKAIwJSz1xf",
+    "AOTB": "1hH-GOn4GAxHkV8ARcQzsUy8Ax6ndot-A",
+    "AOTL": "1L1N2hkSPqrwGgnW9GyFHuG59_EYYfTG4",
+    "R50_AOTL": "1qJDYn3Ibpquu4ffYoQmVjg1YCbr2JQep",
+    "SwinB_AOTL": "192jCGQZdnuTsvX-CVra-KVZl2q1ZR0vW",
+    "DeAOTT": "1ThWIZQS03cYWx1EKNN8MIMnJS5eRowzr",
+    "DeAOTS": "1YwIAV5tBtn5spSFxKLBQBEQGwPHyQlHi",
+    "DeAOTB": "1BHxsonnvJXylqHlZ1zJHHc-ymKyq-CFf",
+    "DeAOTL": "18elNz_wi9JyVBcIUYKhRdL08MA-FqHD5",
+    "R50_DeAOTL": "1QoChMkTVxdYZ_eBlZhK2acq9KMQZccPJ",
+    "SwinB_DeAOTL": "1g4E-F0RPOx9Nd6J7tU9AE1TjsouL4oZq",
+}
+
+#: model name -> its released weights; the one place to change (or extend) the URLs.
+WEIGHTS: dict[str, PretrainedWeights] = {
+    name: PretrainedWeights(MODEL_CONFIGS[name].checkpoint_name, _GDRIVE.format(file_id))
+    for name, file_id in _GDRIVE_IDS.items()
+}

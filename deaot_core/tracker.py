@@ -2,36 +2,98 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import warnings
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Collection
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .devices import IMAGE_MEAN, IMAGE_STD, PRECISIONS, check_precision, native_cpu_precision, resolve_device
 from .engine import GroupEngine
 from .modeling.model import VOSModel
 
-IMAGE_MEAN = (0.485, 0.456, 0.406)
-IMAGE_STD = (0.229, 0.224, 0.225)
-_PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+MIN_EDGE = 16  # the smallest network input side (one feature cell at stride 16)
+MIN_TEST_SCALE, MAX_TEST_SCALE = 0.1, 4.0
 
 
-def native_cpu_precision(precision: str) -> bool:
-    """Whether this CPU computes ``precision`` natively (oneDNN's AVX-512-BF16 / AMX / AVX-512-FP16
-    kernels). Without them reduced-precision autocast is emulated: measured 14x slower than fp32
-    for DeAOTT on an AVX2-only CPU (4.05 s vs 0.29 s per 240x427 frame, 2 threads)."""
-    if precision == "fp32":
-        return True
-    check = {"bf16": "_is_mkldnn_bf16_supported", "fp16": "_is_mkldnn_fp16_supported"}.get(precision)
-    if check is None:
-        raise ValueError(f"precision must be one of {sorted(_PRECISIONS)}, got {precision!r}")
+def _number(value) -> float:
+    """``value`` as a float; NaN for anything that is not a number (bools included)."""
+    if isinstance(value, bool):
+        return math.nan
     try:
-        return bool(getattr(torch.ops.mkldnn, check)())
-    except (AttributeError, RuntimeError):  # an op this torch build lacks: assume it is fine
-        return True
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _optional_int(name: str, value, minimum: int) -> int | None:
+    if value is None:
+        return None
+    number = _number(value)
+    if not (math.isfinite(number) and number.is_integer() and number >= minimum):
+        raise ValueError(f"{name} must be an integer >= {minimum} or None, got {value!r}")
+    return int(number)
+
+
+def _optional_edge(name: str, value) -> float | None:
+    if value is None:
+        return None
+    if not (math.isfinite(_number(value)) and _number(value) >= MIN_EDGE):
+        raise ValueError(f"{name} must be a number of pixels >= {MIN_EDGE} or None, got {value!r}")
+    return value
+
+
+def _test_scales(value) -> tuple[float, ...]:
+    """A tuple of scales from a sequence, a number or a comma-separated string."""
+    items = value.split(",") if isinstance(value, str) else [value] if isinstance(value, (int, float)) else value
+    try:
+        scales = tuple(float(item) for item in items)
+    except (TypeError, ValueError):
+        raise ValueError(f"test_scales must be numbers, got {value!r}") from None
+    if not scales or any(not (MIN_TEST_SCALE <= s <= MAX_TEST_SCALE) for s in scales):  # NaN fails too
+        raise ValueError(f"test_scales must be one or more numbers in [{MIN_TEST_SCALE}, {MAX_TEST_SCALE}], "
+                         f"got {value!r}")
+    return scales
+
+
+@dataclass(frozen=True)
+class TrackerOptions:
+    """How a :class:`Tracker` runs, validated once here (see :class:`Tracker` for each option).
+
+    ``test_scales`` also accepts one number or a comma-separated string ("0.8,1,1.2"); it is
+    kept as a tuple of floats."""
+
+    long_term_gap: int | None = None
+    max_long_term_frames: int | None = None
+    max_short_edge: float | None = None
+    max_long_edge: float | None = 1040
+    precision: str = "fp32"
+    short_term_skip: int | None = None
+    channels_last: bool | None = None
+    compile: bool = False
+    test_scales: tuple[float, ...] = (1.0,)
+    test_flip: bool = False
+
+    def __post_init__(self) -> None:
+        check_precision(self.precision)
+        normalised = dict(
+            long_term_gap=_optional_int("long_term_gap", self.long_term_gap, 1),
+            max_long_term_frames=_optional_int("max_long_term_frames", self.max_long_term_frames, 1),
+            short_term_skip=_optional_int("short_term_skip", self.short_term_skip, 1),
+            max_short_edge=_optional_edge("max_short_edge", self.max_short_edge),
+            max_long_edge=_optional_edge("max_long_edge", self.max_long_edge),
+            channels_last=None if self.channels_last is None else bool(self.channels_last),
+            compile=bool(self.compile), test_flip=bool(self.test_flip), test_scales=_test_scales(self.test_scales))
+        for name, value in normalised.items():
+            object.__setattr__(self, name, value)
+
+    def replace(self, **changes) -> "TrackerOptions":
+        """A copy with ``changes`` applied (validated again), e.g. a smaller ``max_long_edge``."""
+        return dataclasses.replace(self, **changes)
 
 
 def network_size(height: int, width: int, max_short_edge: float | None, max_long_edge: float | None,
@@ -116,26 +178,30 @@ class Tracker:
 
     Objects are ids 1..K in (H, W) label maps; any K (groups of ``model.max_objects`` identities
     run through the same network and are merged). The first ``step`` needs a mask; a mask on a
-    later frame adds the objects that appear there and corrects the ones it re-labels.
+    later frame adds the objects that appear there and is authoritative for the ids it gives
+    (``step``'s ``objects``). For a whole video with the caller's own ids, see
+    :func:`deaot_core.propagate_video`.
 
     Args:
         model: a ``VOSModel`` (``deaot_core.build_model``) with weights loaded.
-        device: "cpu", "cuda", "cuda:1", ... or "auto".
+        device: "cpu", "cuda", "cuda:1", ... or "auto" (:func:`deaot_core.resolve_device`).
+        options: a :class:`TrackerOptions`; or give its fields as keyword arguments (they
+            replace the fields of ``options`` when both are given). The fields:
         long_term_gap: frames between long-term memory frames (default: the variant's).
         max_long_term_frames: cap on long-term memory frames (None = unbounded, as official).
         max_short_edge / max_long_edge: the official resize limits (defaults: None / 1040).
         precision: "fp32", or "fp16" / "bf16" autocast (CUDA and CPU). On CPUs with AMX, bf16 (with
-            channels-last) is ~2x faster than fp32; labels stay ~99.9 % the same (BENCHMARKS.md).
-            On a CPU without native kernels for it (:func:`native_cpu_precision`, e.g. AVX2-only)
-            it is emulated, ~10x slower than fp32: a ``RuntimeWarning`` says so.
+            channels-last) is the fast path (speed and agreement: BENCHMARKS.md). On a CPU without
+            native kernels for it (:func:`native_cpu_precision`, e.g. AVX2-only) it is emulated,
+            much slower than fp32: a ``RuntimeWarning`` says so.
         channels_last: run convolutions in channels-last layout. None (default): on for fp16 /
             bf16, where oneDNN's and cuDNN's fast reduced-precision kernels want it, off for fp32,
             whose contiguous kernels keep the official numerics (channels-last fp32 rounds
-            differently: golden case A 4e-5 instead of 7e-7).
+            differently).
         compile: run the encoder, the propagation and the decoder through ``torch.compile``
             with the weights frozen into the graphs (opt-in: the first frames of a video and every
-            new memory length compile, 20-70 s on CPU; then ~1.3-1.5x faster on CPU; results
-            within ~2e-6 of eager). The model's weights must not change while the tracker is used.
+            new memory length compile first; results agree with eager to float rounding; figures
+            in BENCHMARKS.md). The model's weights must not change while the tracker is used.
         test_scales / test_flip: test-time augmentation as the official evaluator's ``--ms`` and
             ``--flip``: one view of the video per scale (times the resized input size), and with
             ``test_flip`` a mirrored view of each. Every view keeps its own memory, written with
@@ -143,39 +209,34 @@ class Tracker:
             full pass (and one memory) per view. Default: one view, scale 1, no flip.
     """
 
-    def __init__(self, model: VOSModel, device: str | torch.device = "cpu", long_term_gap: int | None = None,
-                 max_long_term_frames: int | None = None, max_short_edge: float | None = None,
-                 max_long_edge: float | None = 1040, precision: str = "fp32", short_term_skip: int | None = None,
-                 channels_last: bool | None = None, compile: bool = False,
-                 test_scales: Sequence[float] = (1.0,), test_flip: bool = False):
-        if precision not in _PRECISIONS:
-            raise ValueError(f"precision must be one of {sorted(_PRECISIONS)}, got {precision!r}")
-        scales = [float(s) for s in test_scales]
-        if not scales or any(not math.isfinite(s) or s <= 0 for s in scales):
-            raise ValueError(f"test_scales must be one or more positive numbers, got {list(test_scales)!r}")
+    def __init__(self, model: VOSModel, device: str | torch.device = "cpu", options: TrackerOptions | None = None,
+                 **option_values):
+        if options is None:
+            options = TrackerOptions(**option_values)
+        elif option_values:
+            options = options.replace(**option_values)
+        self.options = options
+        self.device = torch.device(resolve_device(device))
+        channels_last = options.channels_last
         if channels_last is None:
-            channels_last = precision != "fp32"
-        if str(device) == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
+            channels_last = options.precision != "fp32"
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.model = model.to(self.device, memory_format=self.memory_format).eval()
-        if compile:
+        if options.compile:
             self.model = _CompiledModel(self.model)
         self.cfg = model.cfg
-        self.long_term_gap = int(long_term_gap or self.cfg.long_term_gap)
-        self.short_term_skip = int(short_term_skip or self.cfg.short_term_skip)
-        self.max_long_term_frames = max_long_term_frames
-        self.max_short_edge, self.max_long_edge = max_short_edge, max_long_edge
-        self.precision = precision
-        if self.device.type == "cpu" and not native_cpu_precision(precision):
-            warnings.warn(f"precision={precision!r}: this CPU has no native {precision} kernels "
+        self.long_term_gap = int(options.long_term_gap or self.cfg.long_term_gap)
+        self.short_term_skip = int(options.short_term_skip or self.cfg.short_term_skip)
+        self.max_long_term_frames = options.max_long_term_frames
+        self.max_short_edge, self.max_long_edge = options.max_short_edge, options.max_long_edge
+        self.precision = options.precision
+        if self.device.type == "cpu" and not native_cpu_precision(self.precision):
+            warnings.warn(f"precision={self.precision!r}: this CPU has no native {self.precision} kernels "
                           f"({torch.backends.cpu.get_cpu_capability()}), so it is emulated and runs about 10x "
                           f"slower than 'fp32' here", RuntimeWarning, stacklevel=2)
-        self.test_scales, self.test_flip = tuple(scales), bool(test_flip)
-        mean = torch.tensor(IMAGE_MEAN, device=self.device).view(1, 3, 1, 1)
-        std = torch.tensor(IMAGE_STD, device=self.device).view(1, 3, 1, 1)
-        self._mean, self._std = mean, std
+        self.test_scales, self.test_flip = options.test_scales, options.test_flip
+        self._mean = torch.tensor(IMAGE_MEAN, device=self.device).view(1, 3, 1, 1)
+        self._std = torch.tensor(IMAGE_STD, device=self.device).view(1, 3, 1, 1)
         self.reset()
 
     # -- state ----------------------------------------------------------------------------------
@@ -213,7 +274,7 @@ class Tracker:
 
     # -- helpers --------------------------------------------------------------------------------
     def _autocast(self):
-        dtype = _PRECISIONS[self.precision]
+        dtype = PRECISIONS[self.precision]
         if dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=dtype)
@@ -306,10 +367,15 @@ class Tracker:
 
     # -- the API --------------------------------------------------------------------------------
     @torch.no_grad()
-    def step(self, frame: np.ndarray, mask=None) -> torch.Tensor:
+    def step(self, frame: np.ndarray, mask=None, objects: Collection[int] | None = None) -> torch.Tensor:
         """Process the next frame.
 
         frame: (H, W, 3) uint8 RGB; mask: (H, W) integer label map (0 = background) or None.
+        objects: the ids ``mask`` gives (None: the ids with pixels in it); an id listed without
+        pixels in ``mask`` is given as absent. The mask is authoritative for the ids it gives:
+        they take exactly its pixels, their predicted pixels elsewhere become background; other
+        objects keep their prediction.
+
         Returns (K+1, H, W) float32 probabilities on the tracker's device, channel 0 background,
         over the K objects tracked before this frame's mask (the model's own prediction, averaged
         over the test-time views; on the first frame, the one-hot of the mask). ``label`` holds
@@ -317,19 +383,15 @@ class Tracker:
         """
         images = self._prepare_images(frame)
         mask_t = self._prepare_mask(mask) if mask is not None else None
+        if objects is not None and mask_t is None:
+            raise ValueError("objects needs a mask (the ids it gives)")
         self.frame_index += 1
         with self._autocast():
             feats = [self.model.encode_image(image) for image in images]
             if not self.groups:
                 if mask_t is None:
                     raise ValueError("the first frame needs a mask")
-                self.num_objects = int(mask_t.max())
-                for view, view_feats in zip(self.views, feats):
-                    self._add_reference(view, view_feats, mask_t)
-                self._label = mask_t
-                ids = torch.arange(self.num_objects + 1, device=self.device).view(-1, 1, 1)
-                return (mask_t[None] == ids).float()
-
+                return self._start(feats, mask_t)
             view_probs = [self._view_probs(view, view_feats) for view, view_feats in zip(self.views, feats)]
             probs = view_probs[0] if len(view_probs) == 1 else torch.stack(view_probs).mean(dim=0)
             label = self._argmax(probs)
@@ -337,10 +399,11 @@ class Tracker:
             # official evaluator does; a single view's own prediction is ``label``.
             own_labels = [self._argmax(p) for p in view_probs] if len(view_probs) > 1 else []
             output = probs[:self.num_objects + 1]
+            given = self._given_ids(mask_t, objects) if mask_t is not None else None
+            if given is not None and given.numel():
+                label = self._apply_mask(label, mask_t, given)
+                own_labels = [self._apply_mask(x, mask_t, given) for x in own_labels]
             if mask_t is not None and bool((mask_t > 0).any()):
-                new_ids = torch.unique(mask_t[mask_t > 0])
-                label = self._apply_mask(label, mask_t, new_ids)
-                own_labels = [self._apply_mask(x, mask_t, new_ids) for x in own_labels]
                 self.num_objects = max(self.num_objects, int(label.max()))
                 for view, view_feats, view_label in zip(self.views, feats, own_labels or [label]):
                     self._add_reference(view, view_feats, view_label)
@@ -351,9 +414,28 @@ class Tracker:
             self._label = label
         return output.float()
 
+    def _start(self, feats: list, mask: torch.Tensor) -> torch.Tensor:
+        """The first frame: ``mask`` is the reference of every view; returns its one-hot."""
+        self.num_objects = int(mask.max())
+        for view, view_feats in zip(self.views, feats):
+            self._add_reference(view, view_feats, mask)
+        self._label = mask
+        ids = torch.arange(self.num_objects + 1, device=self.device).view(-1, 1, 1)
+        return (mask[None] == ids).float()
+
+    def _given_ids(self, mask: torch.Tensor, objects: Collection[int] | None) -> torch.Tensor:
+        """The ids ``mask`` gives: those with pixels, and ``objects`` (1-D int64 on the device)."""
+        present = torch.unique(mask[mask > 0])
+        if objects is None:
+            return present
+        listed = torch.as_tensor([int(i) for i in objects], dtype=torch.long, device=self.device)
+        if listed.numel() and int(listed.min()) < 1:
+            raise ValueError(f"objects must be ids >= 1, got {sorted(int(i) for i in objects)}")
+        return torch.unique(torch.cat([present, listed]))
+
     @staticmethod
     def _apply_mask(label: torch.Tensor, mask: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        """``label`` with the mask's objects taken from ``mask``: a re-labelled object's old pixels
-        elsewhere become background."""
-        corrected = torch.isin(label, ids)
-        return torch.where(mask > 0, mask, torch.where(corrected, torch.zeros_like(label), label))
+        """``label`` with the given ``ids`` taken from ``mask``: their pixels elsewhere become
+        background; other objects keep their label."""
+        given = torch.isin(label, ids)
+        return torch.where(mask > 0, mask, torch.where(given, torch.zeros_like(label), label))

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .models import DEFAULT_MODEL, REPO_ROOT
+from .weights import DEFAULT_MODEL, REPO_ROOT
 from .reporting import print_summary, tqdm_progress
 from .video import video_metadata, write_mp4
 

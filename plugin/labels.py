@@ -25,6 +25,7 @@ from typing import Any, Hashable, Mapping
 import numpy as np
 
 import fiftyone as fo
+from deaot_core.video import mean_confidences  # re-exported: the core computes the confidences
 
 log = logging.getLogger(__name__)
 
@@ -435,32 +436,6 @@ def mask_to_detections(label_map: np.ndarray, confidences: Mapping[int, float] |
         dets.append(fo.Detection(label=label, bounding_box=bbox, mask=crop, index=info.index,
                                  confidence=confidence))
     return fo.Detections(detections=dets)
-
-
-def mean_confidences(probs, label_map: np.ndarray) -> dict[int, float]:
-    """obj id -> mean probability of that object over its pixels in ``label_map``.
-
-    ``probs``: (K+1, H, W) torch tensor (any device; resized bilinearly if its size differs);
-    computed on its device with one gather and one scatter, so (K+1, H, W) never leaves it.
-    Objects beyond the K channels (new on this frame) get no entry.
-    """
-    import torch
-
-    if probs is None:
-        return {}
-    height, width = label_map.shape
-    if tuple(probs.shape[-2:]) != (height, width):
-        probs = torch.nn.functional.interpolate(probs[None].float(), size=(height, width), mode="bilinear",
-                                                align_corners=False)[0]
-    channels = probs.shape[0]
-    labels = torch.from_numpy(np.ascontiguousarray(label_map, dtype=np.int64)).to(probs.device)
-    inside = labels < channels
-    picked = probs.float().gather(0, labels.clamp(max=channels - 1)[None])[0] * inside
-    size = int(labels.max()) + 1 if labels.numel() else 1
-    sums = torch.zeros(size, dtype=torch.float64, device=probs.device).scatter_add_(
-        0, labels.flatten(), picked.flatten().double())
-    counts = torch.bincount(labels.flatten(), minlength=size)
-    return {k: float(sums[k] / counts[k]) for k in range(1, min(size, channels)) if counts[k] > 0}
 
 
 # A millionth of a pixel added to the top-left corner: FiftyOne's Python renderer truncates

@@ -65,13 +65,13 @@ def two_checkpoints(tmp_path_factory):
 
 @pytest.fixture
 def plugin_weights(cache, monkeypatch, tiny_checkpoint):
-    """deaot_vos.models with a fresh cache dir, the demo checkpoint, an empty URL table and an empty model cache."""
-    from deaot_vos import models
+    """deaot_vos.weights with a fresh cache dir, the demo checkpoint, an empty URL table and an empty model cache."""
+    from deaot_vos import weights
 
-    monkeypatch.setattr(models, "DEMO_CHECKPOINT", Path(tiny_checkpoint))
-    monkeypatch.setattr(models, "OFFICIAL_WEIGHTS", {})
-    monkeypatch.setattr(models, "_CACHE", {})
-    return models
+    monkeypatch.setattr(weights, "DEMO_CHECKPOINT", Path(tiny_checkpoint))
+    monkeypatch.setattr(weights, "OFFICIAL_WEIGHTS", {})
+    monkeypatch.setattr(weights, "_CACHE", {})
+    return weights
 
 
 # -- item 4: the cache is keyed by the URL -------------------------------------------------------
@@ -95,12 +95,12 @@ def test_same_file_name_from_two_urls_loads_each_ones_weights(cache, two_checkpo
 
 def test_explicit_url_through_the_plugin_loads_the_file_the_summary_names(plugin_weights, two_checkpoints):
     a, state_a, b, state_b = two_checkpoints
-    models = plugin_weights
-    choice_a = models.resolve_checkpoint("DeAOTT", a.as_uri())
-    assert _same_weights(models.load_model(choice_a), state_a)
-    choice_b = models.resolve_checkpoint("DeAOTT", b.as_uri())
+    weights = plugin_weights
+    choice_a = weights.resolve_checkpoint("DeAOTT", a.as_uri())
+    assert _same_weights(weights.load_model(choice_a), state_a)
+    choice_b = weights.resolve_checkpoint("DeAOTT", b.as_uri())
     assert choice_b.describe() == f"DeAOTT from explicit checkpoint {b.as_uri()}"
-    assert _same_weights(models.load_model(choice_b), state_b)
+    assert _same_weights(weights.load_model(choice_b), state_b)
 
 
 def test_sha256_is_part_of_the_cache_key(cache, tmp_path):
@@ -115,7 +115,7 @@ def test_sha256_is_part_of_the_cache_key(cache, tmp_path):
     assert _same_weights(_load(source.as_uri(), sha256=sha_2), state_2)
     # the first release is still cached under its own checksum (was: overwritten, then a mismatch)
     assert _same_weights(_load(source.as_uri(), sha256=sha_1), state_1)
-    assert deaot_core.checkpoint.url_cache_path(source.as_uri(), sha_1, cache).is_file()
+    assert deaot_core.hub.url_cache_path(source.as_uri(), sha_1, cache).is_file()
 
 
 def test_downloaded_file_that_does_not_load_is_removed_and_downloaded_again(cache, tmp_path, caplog):
@@ -149,33 +149,33 @@ def test_local_files_that_do_not_load_are_never_removed(cache, tmp_path):
 
 def test_official_download_that_does_not_load_is_removed(plugin_weights, cache, tmp_path, monkeypatch,
                                                           tiny_checkpoint):
-    models = plugin_weights
+    weights = plugin_weights
     monkeypatch.delenv("DEAOT_OFFLINE")
     source = tmp_path / "server" / "official.pth"
     source.parent.mkdir()
     good = Path(tiny_checkpoint).read_bytes()
     source.write_bytes(good[: len(good) // 3])
-    models.OFFICIAL_WEIGHTS["DeAOTT"] = models.OfficialWeights(source.as_uri())
+    weights.OFFICIAL_WEIGHTS["DeAOTT"] = deaot_core.PretrainedWeights("DeAOTT_PRE_YTB_DAV.pth", source.as_uri())
     official = cache / "DeAOTT_PRE_YTB_DAV.pth"  # the official layout: flat, under the official name
 
-    choice = models.resolve_checkpoint("DeAOTT")
-    assert choice == models.ModelChoice("DeAOTT", str(official), "url")
+    choice = weights.resolve_checkpoint("DeAOTT")
+    assert choice == weights.ModelChoice("DeAOTT", str(official), "url")
     with pytest.raises(CheckpointError, match="cannot read checkpoint"):
-        models.load_model(choice)
+        weights.load_model(choice)
     assert not official.exists()  # was: kept, and picked up by the cache step on every later run
     source.write_bytes(good)
-    choice = models.resolve_checkpoint("DeAOTT")
+    choice = weights.resolve_checkpoint("DeAOTT")
     assert choice.source == "url" and official.read_bytes() == good
-    models.load_model(choice)
-    assert models.resolve_checkpoint("DeAOTT").source == "cache"
+    weights.load_model(choice)
+    assert weights.resolve_checkpoint("DeAOTT").source == "cache"
 
     # a broken file the user put in the cache dir by hand (source "cache") is not removed
     official.write_bytes(b"not a checkpoint")
-    monkeypatch.setattr(models, "_CACHE", {})
-    choice = models.resolve_checkpoint("DeAOTT")
+    monkeypatch.setattr(weights, "_CACHE", {})
+    choice = weights.resolve_checkpoint("DeAOTT")
     assert choice.source == "cache"
     with pytest.raises(CheckpointError):
-        models.load_model(choice)
+        weights.load_model(choice)
     assert official.read_bytes() == b"not a checkpoint"
 
 
@@ -257,36 +257,37 @@ def test_timeout_parameter_of_download_and_load_checkpoint(cache, silent_server,
 
 
 def test_default_download_timeout_and_its_env_override(monkeypatch):
-    from deaot_core import checkpoint
+    from deaot_core import hub
 
     monkeypatch.delenv("DEAOT_DOWNLOAD_TIMEOUT", raising=False)
-    assert checkpoint.DEFAULT_DOWNLOAD_TIMEOUT == 30.0
-    assert checkpoint.download_timeout() == 30.0 and checkpoint.download_timeout(10.0) == 10.0
+    assert hub.DEFAULT_DOWNLOAD_TIMEOUT == 30.0
+    assert hub.download_timeout() == 30.0 and hub.download_timeout(10.0) == 10.0
     monkeypatch.setenv("DEAOT_DOWNLOAD_TIMEOUT", "2.5")
-    assert checkpoint.download_timeout() == 2.5 and checkpoint.download_timeout(10.0) == 2.5
+    assert hub.download_timeout() == 2.5 and hub.download_timeout(10.0) == 2.5
     for bad in ("0", "-1", "soon", "inf", "nan"):
         monkeypatch.setenv("DEAOT_DOWNLOAD_TIMEOUT", bad)
         with pytest.raises(CheckpointError, match="DEAOT_DOWNLOAD_TIMEOUT"):
-            checkpoint.download_timeout()
+            hub.download_timeout()
 
 
 def test_plugin_explicit_url_that_never_answers_times_out(plugin_weights, silent_server, monkeypatch):
-    models = plugin_weights
+    weights = plugin_weights
     monkeypatch.setenv("DEAOT_DOWNLOAD_TIMEOUT", "1")
-    choice = models.resolve_checkpoint("DeAOTT", silent_server.url())
+    choice = weights.resolve_checkpoint("DeAOTT", silent_server.url())
     start = time.monotonic()
     with pytest.raises(CheckpointError, match="timed out"):
-        models.load_model(choice)
+        weights.load_model(choice)
     assert time.monotonic() - start < 5
 
 
 def test_official_download_honours_the_env_timeout(plugin_weights, silent_server, monkeypatch, caplog):
-    models = plugin_weights
+    weights = plugin_weights
     monkeypatch.delenv("DEAOT_OFFLINE")
     monkeypatch.setenv("DEAOT_DOWNLOAD_TIMEOUT", "1")
-    models.OFFICIAL_WEIGHTS["DeAOTT"] = models.OfficialWeights(silent_server.url("/uc?id=x"))
-    caplog.set_level(logging.INFO, logger="deaot_vos.models")
+    weights.OFFICIAL_WEIGHTS["DeAOTT"] = deaot_core.PretrainedWeights("DeAOTT_PRE_YTB_DAV.pth",
+                                                                      silent_server.url("/uc?id=x"))
+    caplog.set_level(logging.INFO, logger="deaot_vos.weights")
     start = time.monotonic()
-    assert models.resolve_checkpoint("DeAOTT").source == "demo"  # a warning, then the demo checkpoint
+    assert weights.resolve_checkpoint("DeAOTT").source == "demo"  # a warning, then the demo checkpoint
     assert time.monotonic() - start < 5  # was: the fixed 10 s DOWNLOAD_TIMEOUT
     assert "timed out" in caplog.text and "(timeout 1.0s)" in caplog.text

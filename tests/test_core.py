@@ -134,7 +134,7 @@ def test_url_is_downloaded_once_with_checksum(deaott, tmp_path, monkeypatch):
     monkeypatch.setenv("DEAOT_CACHE", str(cache))
     url = source.as_uri()
     deaot_core.load_checkpoint(deaot_core.build_model("DeAOTT"), url, sha256=digest)
-    cached = deaot_core.checkpoint.url_cache_path(url, digest, cache)
+    cached = deaot_core.hub.url_cache_path(url, digest, cache)
     assert cached.is_file() and cached.read_bytes() == source.read_bytes()
     source.unlink()  # a second load must come from the cache
     deaot_core.load_checkpoint(deaot_core.build_model("DeAOTT"), url, sha256=digest)

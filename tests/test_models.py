@@ -17,19 +17,21 @@ from pathlib import Path
 
 import pytest
 
+import deaot_core
+
 HTML_PAGE = (b"<!DOCTYPE html><html><head><title>Google Drive - Quota exceeded</title></head>"
              b"<body><p>Too many users have viewed or downloaded this file recently.</p></body></html>")
 
 
 @pytest.fixture
 def weights(tmp_path, monkeypatch, tiny_checkpoint):
-    """A fresh cache dir, the demo checkpoint present, an empty URL table; returns the models module."""
-    from deaot_vos import models
+    """A fresh cache dir, the demo checkpoint present, an empty URL table; returns the weights module."""
+    from deaot_vos import weights as weights_module
 
     monkeypatch.setenv("DEAOT_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(models, "DEMO_CHECKPOINT", Path(tiny_checkpoint))
-    monkeypatch.setattr(models, "OFFICIAL_WEIGHTS", {})
-    return models
+    monkeypatch.setattr(weights_module, "DEMO_CHECKPOINT", Path(tiny_checkpoint))
+    monkeypatch.setattr(weights_module, "OFFICIAL_WEIGHTS", {})
+    return weights_module
 
 
 def _messages(caplog) -> str:
@@ -37,20 +39,21 @@ def _messages(caplog) -> str:
 
 
 def test_official_table_covers_every_model():
-    import deaot_core
-    from deaot_vos import models
+    from deaot_vos import weights
 
-    assert set(models.OFFICIAL_WEIGHTS) == set(deaot_core.MODEL_NAMES)
-    for entry in models.OFFICIAL_WEIGHTS.values():
+    assert weights.OFFICIAL_WEIGHTS is deaot_core.WEIGHTS  # one table, in the core
+    assert set(deaot_core.WEIGHTS) == set(deaot_core.MODEL_NAMES)
+    for name, entry in deaot_core.WEIGHTS.items():
         assert entry.url.startswith("https://drive.google.com/uc?export=download&id=") and entry.sha256 is None
+        assert entry.file_name == f"{name}_PRE_YTB_DAV.pth" == weights.official_checkpoint_name(name)
 
 
 def test_order_explicit_cache_url_demo(weights, tmp_path, monkeypatch, tiny_checkpoint, caplog):
-    caplog.set_level(logging.INFO, logger="deaot_vos.models")
+    caplog.set_level(logging.INFO, logger="deaot_vos.weights")
     source = tmp_path / "server" / "official.pth"
     source.parent.mkdir()
     shutil.copy(tiny_checkpoint, source)
-    weights.OFFICIAL_WEIGHTS["DeAOTT"] = weights.OfficialWeights(source.as_uri())
+    weights.OFFICIAL_WEIGHTS["DeAOTT"] = deaot_core.PretrainedWeights("DeAOTT_PRE_YTB_DAV.pth", source.as_uri())
     cached = tmp_path / "cache" / "DeAOTT_PRE_YTB_DAV.pth"
 
     # offline (the suite's DEAOT_OFFLINE=1, or offline=True): the URL is not tried, the demo is used
@@ -84,8 +87,9 @@ def test_order_explicit_cache_url_demo(weights, tmp_path, monkeypatch, tiny_chec
 
 def test_unreachable_url_falls_through_to_the_demo(weights, tmp_path, monkeypatch, caplog):
     monkeypatch.delenv("DEAOT_OFFLINE")
-    weights.OFFICIAL_WEIGHTS["DeAOTT"] = weights.OfficialWeights("http://127.0.0.1:9/x.pth")
-    caplog.set_level(logging.INFO, logger="deaot_vos.models")
+    weights.OFFICIAL_WEIGHTS["DeAOTT"] = deaot_core.PretrainedWeights("DeAOTT_PRE_YTB_DAV.pth",
+                                                                      "http://127.0.0.1:9/x.pth")
+    caplog.set_level(logging.INFO, logger="deaot_vos.weights")
     start = time.monotonic()
     choice = weights.resolve_checkpoint("DeAOTT")
     assert time.monotonic() - start < weights.DOWNLOAD_TIMEOUT + 5
@@ -101,8 +105,7 @@ def test_unreachable_url_falls_through_to_the_demo(weights, tmp_path, monkeypatc
 
 
 def test_a_web_page_instead_of_a_checkpoint_is_refused(weights, tmp_path, monkeypatch, caplog):
-    import deaot_core
-    from deaot_core.checkpoint import CheckpointError, download
+    from deaot_core.hub import CheckpointError, download
 
     page = tmp_path / "server" / "DeAOTT.pth"  # named like a checkpoint, holds a web page
     page.parent.mkdir()
@@ -117,8 +120,8 @@ def test_a_web_page_instead_of_a_checkpoint_is_refused(weights, tmp_path, monkey
         deaot_core.load_checkpoint(deaot_core.build_model("DeAOTT"), page.as_uri())
     # as the official URL of the default resolution: a warning, then the demo checkpoint
     monkeypatch.delenv("DEAOT_OFFLINE")
-    weights.OFFICIAL_WEIGHTS["DeAOTT"] = weights.OfficialWeights(page.as_uri())
-    caplog.set_level(logging.INFO, logger="deaot_vos.models")
+    weights.OFFICIAL_WEIGHTS["DeAOTT"] = deaot_core.PretrainedWeights("DeAOTT_PRE_YTB_DAV.pth", page.as_uri())
+    caplog.set_level(logging.INFO, logger="deaot_vos.weights")
     assert weights.resolve_checkpoint("DeAOTT").source == "demo"
     assert "CheckpointError" in _messages(caplog) and "returned a web page" in _messages(caplog)
     assert not (cache / "DeAOTT_PRE_YTB_DAV.pth").exists()
@@ -176,14 +179,14 @@ def drive(tiny_checkpoint):
 
 @pytest.mark.parametrize("file_id", ["big", "old"])
 def test_google_drive_warning_page_is_confirmed(drive, file_id, tmp_path, tiny_checkpoint):
-    from deaot_core.checkpoint import download
+    from deaot_core.hub import download
 
     path = download(f"{drive}/uc?export=download&id={file_id}", directory=tmp_path, filename="X.pth", timeout=5)
     assert path == tmp_path / "X.pth" and path.read_bytes() == Path(tiny_checkpoint).read_bytes()
 
 
 def test_google_drive_page_without_a_way_on_is_refused(drive, tmp_path):
-    from deaot_core.checkpoint import CheckpointError, download
+    from deaot_core.hub import CheckpointError, download
 
     with pytest.raises(CheckpointError, match="Quota exceeded"):
         download(f"{drive}/uc?export=download&id=quota", directory=tmp_path, filename="X.pth", timeout=5)

@@ -133,7 +133,7 @@ def test_label_map_to_detections_round_trips_through_fiftyone_rendering(seed):
 # -- model resolution ----------------------------------------------------------------------------
 
 def test_model_resolution_order(tmp_path, monkeypatch, tiny_checkpoint):
-    from deaot_vos import models
+    from deaot_vos import weights as models
 
     monkeypatch.setenv("DEAOT_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(models, "DEMO_CHECKPOINT", tmp_path / "missing.pth")

@@ -1,8 +1,9 @@
-"""Which weights to run: checkpoint resolution, device resolution, a small model cache.
+"""Which weights to run: checkpoint resolution and a small model cache.
 
 Resolution order, each step logged: an explicit ``checkpoint`` (path or URL) > the official
-checkpoint of the requested model in the cache dir ($DEAOT_CACHE, else ~/.cache/deaot) > that
-file downloaded from its official URL (:data:`OFFICIAL_WEIGHTS`) into the cache dir, unless
+checkpoint of the requested model in the core's cache dir (``deaot_core.cache_dir()``:
+$DEAOT_CACHE, else ~/.cache/deaot) > that file downloaded from its official URL (the core's
+``deaot_core.WEIGHTS`` table, seen here as :data:`OFFICIAL_WEIGHTS`) into the cache dir, unless
 offline (``DEAOT_OFFLINE=1`` or ``offline=True``; a network error or a web page instead of the
 file only logs a warning) > the shipped demo checkpoint ``checkpoints/deaot_t_synthetic.pth`` (a
 DeAOTT) > nothing (refused, unless random weights are explicitly allowed, as the demo does).
@@ -15,46 +16,31 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+import deaot_core
+from deaot_core.config import WEIGHTS, PretrainedWeights, get_config
+from deaot_core.devices import PRECISIONS as _PRECISION_TABLE
+from deaot_core.devices import resolve_device
+from deaot_core.hub import cache_dir, download, download_timeout
+
 log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEMO_CHECKPOINT = REPO_ROOT / "checkpoints" / "deaot_t_synthetic.pth"
 DEMO_MODEL = "DeAOTT"
 DEFAULT_MODEL = "R50_DeAOTL"
-PRECISIONS = ("fp32", "fp16", "bf16")
-
-
-@dataclass(frozen=True)
-class OfficialWeights:
-    """Where the released checkpoint of a model can be downloaded."""
-
-    url: str
-    sha256: str | None = None  # None: not published for the official files
-
-
-_GDRIVE = "https://drive.google.com/uc?export=download&id={}"
-# Google Drive ids of the released PRE_YTB_DAV checkpoints, as linked from MODEL_ZOO.md of the
-# official repository (yoxu515/aot-benchmark).
-_GDRIVE_IDS = {
-    "AOTT": "1owPmwV4owd_ll6GuilzklqTyAd0ZvbCu",
-    "AOTS": "1beU5E6Mdnr_pPrgjWvdWurKAIwJSz1xf",
-    "AOTB": "1hH-GOn4GAxHkV8ARcQzsUy8Ax6ndot-A",
-    "AOTL": "1L1N2hkSPqrwGgnW9GyFHuG59_EYYfTG4",
-    "R50_AOTL": "1qJDYn3Ibpquu4ffYoQmVjg1YCbr2JQep",
-    "SwinB_AOTL": "192jCGQZdnuTsvX-CVra-KVZl2q1ZR0vW",
-    "DeAOTT": "1ThWIZQS03cYWx1EKNN8MIMnJS5eRowzr",
-    "DeAOTS": "1YwIAV5tBtn5spSFxKLBQBEQGwPHyQlHi",
-    "DeAOTB": "1BHxsonnvJXylqHlZ1zJHHc-ymKyq-CFf",
-    "DeAOTL": "18elNz_wi9JyVBcIUYKhRdL08MA-FqHD5",
-    "R50_DeAOTL": "1QoChMkTVxdYZ_eBlZhK2acq9KMQZccPJ",
-    "SwinB_DeAOTL": "1g4E-F0RPOx9Nd6J7tU9AE1TjsouL4oZq",
-}
-#: model name -> official download; the one place to change (or extend) the URLs.
-OFFICIAL_WEIGHTS: dict[str, OfficialWeights] = {name: OfficialWeights(_GDRIVE.format(file_id))
-                                                for name, file_id in _GDRIVE_IDS.items()}
+#: the precision names of the core's table, in its order
+PRECISIONS = tuple(_PRECISION_TABLE)
+#: model name -> official download (the core's table; tests and callers may replace this name)
+OFFICIAL_WEIGHTS: dict[str, PretrainedWeights] = WEIGHTS
 #: seconds to connect (and per read) before the download step gives up; $DEAOT_DOWNLOAD_TIMEOUT wins when set
 DOWNLOAD_TIMEOUT = 10.0
 OFFLINE_ENV = "DEAOT_OFFLINE"
+
+__all__ = [
+    "DEFAULT_MODEL", "DEMO_CHECKPOINT", "DEMO_MODEL", "ModelChoice", "ModelUnavailableError", "OFFICIAL_WEIGHTS",
+    "PRECISIONS", "cache_dir", "canonical_model_name", "download_official", "emulated_precisions", "is_offline",
+    "load_model", "model_names", "official_checkpoint_name", "resolve_checkpoint", "resolve_device",
+]
 
 
 class ModelUnavailableError(RuntimeError):
@@ -76,16 +62,12 @@ class ModelChoice:
 def emulated_precisions(device: str | None = "auto") -> list[str]:
     """The reduced precisions that ``device`` would only emulate (a CPU without native bf16 /
     fp16 kernels: about 10x slower than fp32 there); [] on CUDA."""
-    import deaot_core
-
     if resolve_device(device) != "cpu":
         return []
     return [p for p in PRECISIONS if not deaot_core.native_cpu_precision(p)]
 
 
 def model_names() -> tuple[str, ...]:
-    import deaot_core
-
     return tuple(deaot_core.MODEL_NAMES)
 
 
@@ -98,20 +80,17 @@ def canonical_model_name(name: str) -> str:
     return key
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("DEAOT_CACHE") or Path.home() / ".cache" / "deaot").expanduser()
-
-
 def official_checkpoint_name(model: str) -> str:
+    """The file name of ``model``'s released checkpoint (its entry in the weights table, else the
+    config's ``checkpoint_name``, else ``<model>_PRE_YTB_DAV.pth``)."""
+    entry = OFFICIAL_WEIGHTS.get(model)
+    if entry is not None and entry.file_name:
+        return entry.file_name
     try:
-        from deaot_core.config import get_config
-
         name = get_config(model).checkpoint_name
-        if name:
-            return name
-    except Exception:  # the config module is optional for this lookup
-        pass
-    return f"{model}_PRE_YTB_DAV.pth"
+    except KeyError:
+        name = ""
+    return name or f"{model}_PRE_YTB_DAV.pth"
 
 
 def is_offline() -> bool:
@@ -123,8 +102,6 @@ def download_official(model: str, offline: bool | None = None) -> Path | None:
     """The official checkpoint of ``model`` downloaded into the cache dir (as
     :func:`official_checkpoint_name`), or None (logged) when there is no URL for it, when offline,
     or when the download fails in any way (unreachable, timeout, a web page instead of the file)."""
-    from deaot_core.checkpoint import download, download_timeout
-
     entry = OFFICIAL_WEIGHTS.get(model)
     if entry is None:
         log.info("weights: no official download URL for %s, skipping the download step", model)
@@ -194,28 +171,6 @@ def _without_cache(model: str, cached: Path, allow_random: bool, offline: bool |
         f"the demo checkpoint {DEMO_CHECKPOINT}")
 
 
-def resolve_device(device: str | None = "auto") -> str:
-    import torch
-
-    device = (device or "auto").strip().lower()
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cpu":
-        return "cpu"
-    if device == "cuda" or device.startswith("cuda:"):
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {device!r} requested but CUDA is not available; use 'cpu' or 'auto'")
-        if ":" in device:
-            try:
-                ordinal = int(device.split(":", 1)[1])
-            except ValueError:
-                raise ValueError(f"invalid device {device!r}; expected auto, cpu, cuda or cuda:N") from None
-            if not 0 <= ordinal < torch.cuda.device_count():
-                raise ValueError(f"device {device!r} does not exist ({torch.cuda.device_count()} CUDA devices)")
-        return device
-    raise ValueError(f"invalid device {device!r}; expected auto, cpu, cuda or cuda:N")
-
-
 def _discard_official_download(path: Path, reason: BaseException) -> None:
     """Remove an official checkpoint this run downloaded that does not load, so the cache step
     does not pick it up next time and the download is tried again (a file the user put in the
@@ -235,8 +190,6 @@ _CACHE_LOCK = threading.Lock()
 
 def load_model(choice: ModelChoice, device: str = "cpu"):
     """The ``torch.nn.Module`` for ``choice`` on ``device`` (the last one is kept cached)."""
-    import deaot_core
-
     key = (choice.model, choice.checkpoint, device)
     if choice.checkpoint and "://" not in choice.checkpoint:
         stat = os.stat(choice.checkpoint)
