@@ -336,66 +336,81 @@ def parse_keyframe(value: Any, frame_number: int, height: int, width: int,
     label_map = np.zeros((height, width), dtype=np.int32)
     kf = Keyframe(frame_number, label_map)
     if isinstance(value, fo.Segmentation):
-        mask, was_rgb = _segmentation_mask(value, frame_number)
-        mask = _resize_nearest(mask, height, width, frame_number)
-        for v in np.unique(mask):
-            v = int(v)
-            if v == 0:
-                continue
-            name = None
-            if mask_targets:
-                name = mask_targets.get(v, mask_targets.get(str(v)))
-                if name is None and was_rgb:  # RGB hex targets
-                    name = mask_targets.get("#%06x" % v)
-            info = registry.get(("value", v), name if name is not None else str(v), frame_number, index=v)
-            label_map[mask == v] = info.obj_id
-            kf.objects.append(info.obj_id)
-            kf.labels[info.obj_id] = info.label if name is None else name
+        _parse_segmentation(kf, value, height, width, registry, mask_targets)
     elif isinstance(value, (fo.Detections, fo.Polylines)):
-        is_det = isinstance(value, fo.Detections)
-        items = value.detections if is_det else value.polylines
-        kind = "detection" if is_det else "polyline"
-        seen: dict[Any, int] = {}
-        by_index: dict[int, str] = {}
-        names: dict[int, str] = {}
-        for position, item in enumerate(items or []):
-            what = describe_label_item(kind, position, item)
-            given_index = _given_index(item, what, frame_number)
-            if given_index is not None:
-                if given_index in by_index:
-                    raise KeyframeError(f"{by_index[given_index]} and {what} have the same index {given_index}: "
-                                        f"an index identifies one object, two objects on a frame cannot share it",
-                                        frame_number)
-                by_index[given_index] = what
-                key = ("index", given_index)
-            else:
-                order = seen.get(item.label, 0)
-                seen[item.label] = order + 1
-                key = ("label", item.label, order)
-            if is_det:
-                region = _render_detection(item, height, width, what, frame_number)
-            else:
-                region = _render_polyline(item, height, width, what, frame_number)
-            info = registry.get(key, item.label, frame_number, index=given_index)
-            label_map[region] = info.obj_id  # later objects paint over earlier ones
-            if is_det:
-                kf.exact[info.obj_id] = item
-            if info.obj_id not in kf.objects:
-                kf.objects.append(info.obj_id)
-            kf.labels[info.obj_id] = item.label
-            names[info.obj_id] = what
-        # an object entirely painted over by later ones would silently vanish from its own keyframe
-        present = set(np.unique(label_map).tolist())
-        hidden = [o for o in kf.objects if o not in present]
-        if hidden:
-            raise KeyframeError(f"{names[hidden[0]]} is entirely covered by objects listed after it (later objects "
-                                f"are drawn on top); list it after them or fix the masks", frame_number)
+        _parse_instances(kf, value, height, width, registry)
     else:
         raise KeyframeError(f"unsupported keyframe label type {type(value).__name__}; expected Detections, "
                             "Segmentation or Polylines", frame_number)
     if not kf.objects:
         return None
     return kf
+
+
+def _parse_segmentation(kf: Keyframe, value: fo.Segmentation, height: int, width: int, registry: ObjectRegistry,
+                        mask_targets: Mapping | None) -> None:
+    """Fill ``kf`` from a label map: each non-zero value one object (``index`` = the value, label
+    from the mask targets)."""
+    frame_number, label_map = kf.frame_number, kf.label_map
+    mask, was_rgb = _segmentation_mask(value, frame_number)
+    mask = _resize_nearest(mask, height, width, frame_number)
+    for v in np.unique(mask):
+        v = int(v)
+        if v == 0:
+            continue
+        name = None
+        if mask_targets:
+            name = mask_targets.get(v, mask_targets.get(str(v)))
+            if name is None and was_rgb:  # RGB hex targets
+                name = mask_targets.get("#%06x" % v)
+        info = registry.get(("value", v), name if name is not None else str(v), frame_number, index=v)
+        label_map[mask == v] = info.obj_id
+        kf.objects.append(info.obj_id)
+        kf.labels[info.obj_id] = info.label if name is None else name
+
+
+def _parse_instances(kf: Keyframe, value, height: int, width: int, registry: ObjectRegistry) -> None:
+    """Fill ``kf`` from Detections (instance masks) or filled Polylines: objects by ``index``, else
+    by label and order; later objects paint over earlier ones, an object painted over entirely is refused."""
+    frame_number, label_map = kf.frame_number, kf.label_map
+    is_det = isinstance(value, fo.Detections)
+    items = value.detections if is_det else value.polylines
+    kind = "detection" if is_det else "polyline"
+    seen: dict[Any, int] = {}
+    by_index: dict[int, str] = {}
+    names: dict[int, str] = {}
+    for position, item in enumerate(items or []):
+        what = describe_label_item(kind, position, item)
+        given_index = _given_index(item, what, frame_number)
+        if given_index is not None:
+            if given_index in by_index:
+                raise KeyframeError(f"{by_index[given_index]} and {what} have the same index {given_index}: "
+                                    f"an index identifies one object, two objects on a frame cannot share it",
+                                    frame_number)
+            by_index[given_index] = what
+            key = ("index", given_index)
+        else:
+            order = seen.get(item.label, 0)
+            seen[item.label] = order + 1
+            key = ("label", item.label, order)
+        if is_det:
+            region = _render_detection(item, height, width, what, frame_number)
+        else:
+            region = _render_polyline(item, height, width, what, frame_number)
+        info = registry.get(key, item.label, frame_number, index=given_index)
+        label_map[region] = info.obj_id  # later objects paint over earlier ones
+        if is_det:
+            kf.exact[info.obj_id] = item
+        if info.obj_id not in kf.objects:
+            kf.objects.append(info.obj_id)
+        kf.labels[info.obj_id] = item.label
+        names[info.obj_id] = what
+    # an object entirely painted over by later ones would silently vanish from its own keyframe
+    present = set(np.unique(label_map).tolist())
+    hidden = [o for o in kf.objects if o not in present]
+    if hidden:
+        raise KeyframeError(f"{names[hidden[0]]} is entirely covered by objects listed after it (later objects "
+                            f"are drawn on top); list it after them or fix the masks", frame_number)
 
 
 def mask_to_detections(label_map: np.ndarray, confidences: Mapping[int, float] | None, registry: ObjectRegistry,
