@@ -137,8 +137,8 @@ def _propagate_staged(sample_collection, dataset: fo.Dataset, options: Propagati
                       progress: Optional[ProgressCallback], start_time: float) -> dict[str, Any]:
     """:func:`propagate` once ``staging`` is open: plan and check, run the videos, commit."""
     plan = plan_run(sample_collection, dataset, options, options.overwrite or staging.forced_overwrite)
-    trackers = TrackerPool(plan.choice, plan.options)
-    trackers.get(plan.device, plan.options.max_long_edge)  # weights and settings are checked before any video
+    trackers = TrackerPool(plan.choice, plan.options, plan.device)
+    trackers.get(*trackers.requested)  # weights and settings are checked before any video
     ask = _Progress(staging, progress)
     summary = _summary_head(plan)
     check_samples(sample_collection, plan, ask)
@@ -172,8 +172,8 @@ def _run_sample(plan: RunPlan, sample: SamplePlan, staging: Staging, trackers: T
     target = PassTarget(plan.dataset, stages[0], stages[1] if len(stages) > 1 else None, plan.options.write_every)
     where: dict[str, Any] = {}
     try:
-        row.update(run_with_retries(trackers.get, plan.device, plan.options.max_long_edge, sample, target,
-                                    ask.for_sample(sample, plan.total), lambda: staging.clear_sample(sid), where))
+        row.update(run_with_retries(trackers, sample, target, ask.for_sample(sample, plan.total),
+                                    lambda: staging.clear_sample(sid), where))
         staging.sample_done(sid, summary)
     except (PropagationCancelled, KeyboardInterrupt):
         raise

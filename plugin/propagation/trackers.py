@@ -12,11 +12,17 @@ from .options import PropagationOptions
 class TrackerPool:
     """Holds at most one :class:`deaot_core.Tracker`: ``get(device, max_long_edge)`` returns
     it when it was built for those settings, else drops it and builds a new one (an
-    out-of-memory retry asks for a smaller or CPU one)."""
+    out-of-memory retry asks for a smaller or CPU one). ``device`` and ``options.max_long_edge``
+    are the settings asked for (:attr:`requested`)."""
 
-    def __init__(self, choice: Any, options: PropagationOptions):
-        self.choice, self.options = choice, options
+    def __init__(self, choice: Any, options: PropagationOptions, device: str):
+        self.choice, self.options, self.device = choice, options, device
         self._trackers: dict[tuple, Any] = {}
+
+    @property
+    def requested(self) -> tuple[str, Any]:
+        """(device, max_long_edge) as asked for: the first attempt of every video."""
+        return self.device, self.options.max_long_edge
 
     def get(self, device: str, max_long_edge) -> Any:
         key = (device, max_long_edge)

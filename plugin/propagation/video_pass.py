@@ -22,6 +22,7 @@ from deaot_core.video import FrameResult, Keyframe as CoreKeyframe, propagate_vi
 from ..labels import mask_to_detections, mask_to_segmentation
 from ..video import VideoReader, open_video, prefetch
 from .plan import SamplePlan
+from .trackers import TrackerPool
 from .writer import FrameLabelWriter
 
 log = logging.getLogger(__name__)
@@ -158,17 +159,18 @@ def _oom_text(err: BaseException) -> str:
     return f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
 
 
-def run_with_retries(get_tracker: Callable[[str, Any], Any], device: str, max_long_edge, sample: SamplePlan,
-                     target: PassTarget, report: Report, clear: Callable[[], None], where: dict) -> dict[str, Any]:
-    """:func:`run_video`, retried on out-of-memory errors along :func:`oom_plan` with the
-    tracker ``get_tracker(device, max_long_edge)``; ``clear()`` empties the sample's target
-    values before each attempt. The row also says the ``device``, ``max_long_edge`` and
-    ``warnings`` (one per retry) of the attempt that succeeded."""
+def run_with_retries(trackers: TrackerPool, sample: SamplePlan, target: PassTarget, report: Report,
+                     clear: Callable[[], None], where: dict) -> dict[str, Any]:
+    """:func:`run_video`, retried on out-of-memory errors along :func:`oom_plan` from
+    ``trackers.requested``, each attempt with ``trackers.get(device, max_long_edge)``;
+    ``clear()`` empties the sample's target values before each attempt. The row also says the
+    ``device``, ``max_long_edge`` and ``warnings`` (one per retry) of the attempt that succeeded."""
+    device, max_long_edge = trackers.requested
     plan: Optional[list[tuple[str, Any]]] = None  # made at the first out-of-memory error
     warnings: list[str] = []
     for attempt in itertools.count():
         dev, edge = plan[attempt] if plan else (device, max_long_edge)
-        tracker = get_tracker(dev, edge)
+        tracker = trackers.get(dev, edge)
         try:
             clear()  # a clean slate (the staging field may hold a copy of the old output, or a failed attempt)
             row = run_video(tracker, sample, target, report, where)
