@@ -49,6 +49,7 @@ from torch import nn
 
 from .data.batches import ClipSource, StepBatches, batch_to_tensors
 from .data.synthetic import ClipOptions, SyntheticVOS
+from .devices import resolve_device
 from .losses import VOSLoss
 
 log = logging.getLogger("deaot_core.train")
@@ -271,12 +272,6 @@ def build_source(cfg: TrainConfig, max_objects: int = 10, base=None) -> ClipSour
 
 
 # ------------------------------------------------------------------------------------- training
-def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def _amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
     if device.type != "cuda" or cfg.amp == "off":
         return None
@@ -380,7 +375,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.out = Path(cfg.out)
         self.out.mkdir(parents=True, exist_ok=True)
-        self.device = _resolve_device(cfg.device)
+        self.device = torch.device(resolve_device(cfg.device))
         self.amp_dtype = _amp_dtype(cfg, self.device)
 
         self.model = deaot_core.build_model(cfg.model)

@@ -158,7 +158,9 @@ def propagate_video(tracker: Tracker, frames: FrameSource,
     to the last frame, then backward (``reverse=True``) from the frame before the first keyframe
     down to frame 0. Each keyframe is authoritative for the ids it gives (see
     :meth:`Tracker.step`). The tracker is reset before and after the video, also when the
-    generator is closed early, so it is reusable at once.
+    generator is closed early, so it is reusable at once. Bad keyframes (none, an index outside
+    the video, a label map that is not (H, W) non-negative integers) raise ValueError when the
+    generator starts.
     """
     count = len(frames)
     if not keyframes:

@@ -12,13 +12,11 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from ..devices import IMAGE_MEAN, IMAGE_STD
 from .augment import augment_clip, shuffle_ids
 from .synthetic import Clip, clip_rng, relabel_from_reference
 
 __all__ = ["IMAGE_MEAN", "IMAGE_STD", "ClipSource", "StepBatches", "stack_clips", "batch_to_tensors", "clips_to_batch"]
-
-IMAGE_MEAN = (0.485, 0.456, 0.406)
-IMAGE_STD = (0.229, 0.224, 0.225)
 
 
 def stack_clips(clips: Sequence[Clip]) -> tuple[np.ndarray, np.ndarray, list[int]]:
