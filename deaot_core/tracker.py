@@ -213,6 +213,9 @@ class Tracker:
                  **option_values):
         if options is None:
             options = TrackerOptions(**option_values)
+        elif not isinstance(options, TrackerOptions):
+            raise TypeError(f"options must be a TrackerOptions (or give its fields as keyword arguments), "
+                            f"got {type(options).__name__}")
         elif option_values:
             options = options.replace(**option_values)
         self.options = options

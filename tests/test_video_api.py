@@ -227,6 +227,8 @@ def test_tracker_takes_options_or_keywords(model):
     assert Tracker(model, long_term_gap=3, max_long_edge=64).options == options
     with pytest.raises(TypeError):
         Tracker(model, no_such_option=1)
+    with pytest.raises(TypeError, match="options must be a TrackerOptions"):
+        Tracker(model, "cpu", 5)  # the old positional long_term_gap
 
 
 def test_devices():
