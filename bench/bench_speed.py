@@ -39,8 +39,6 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
 RESOLUTIONS: dict[str, tuple[int, int]] = {
     "240p": (240, 426), "360p": (360, 640), "480p": (480, 854), "720p": (720, 1280), "1080p": (1080, 1920),
@@ -677,15 +675,13 @@ def select_runs(args: argparse.Namespace, preset: str | None, error) -> list[dic
 
 def configure_runs(runs: list[dict], args: argparse.Namespace, preset: str | None) -> None:
     """Device, threads, warm-up, cache, official weights (``--weights-dir``) and memory options of each run."""
-    import torch
+    import deaot_core
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = deaot_core.resolve_device(args.device or "auto")
     threads = args.threads if args.threads is not None else (1 if preset == "cpu" else None)
     for run in runs:
         run.update(device=device, threads=threads, warmup=args.warmup, cache_dir=args.cache_dir)
         if args.weights_dir:
-            import deaot_core
-
             official = Path(args.weights_dir) / deaot_core.get_config(run["variant"]).checkpoint_name
             if official.is_file():
                 run["checkpoint"] = str(official)

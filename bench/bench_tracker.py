@@ -10,15 +10,12 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import deaot_core  # noqa: E402
+import deaot_core
 
 
 def synthetic_clip(frames: int, height: int, width: int, objects: int, seed: int = 0):

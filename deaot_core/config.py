@@ -3,7 +3,7 @@ beside it the table of their released weights (:data:`WEIGHTS`)."""
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)

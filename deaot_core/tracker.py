@@ -35,7 +35,7 @@ def _optional_int(name: str, value, minimum: int) -> int | None:
         return None
     number = _number(value)
     if not (math.isfinite(number) and number.is_integer() and number >= minimum):
-        raise ValueError(f"{name} must be an integer >= {minimum} or None, got {value!r}")
+        raise ValueError(f"{name} must be a number >= {minimum} (a whole number, or None), got {value!r}")
     return int(number)
 
 
@@ -43,7 +43,7 @@ def _optional_edge(name: str, value) -> float | None:
     if value is None:
         return None
     if not (math.isfinite(_number(value)) and _number(value) >= MIN_EDGE):
-        raise ValueError(f"{name} must be a number of pixels >= {MIN_EDGE} or None, got {value!r}")
+        raise ValueError(f"{name} must be a number >= {MIN_EDGE} (pixels, or None), got {value!r}")
     return value
 
 
@@ -51,9 +51,12 @@ def _test_scales(value) -> tuple[float, ...]:
     """A tuple of scales from a sequence, a number or a comma-separated string."""
     items = value.split(",") if isinstance(value, str) else [value] if isinstance(value, (int, float)) else value
     try:
+        if any(isinstance(item, bool) for item in items):
+            raise TypeError("a bool is not a scale")
         scales = tuple(float(item) for item in items)
     except (TypeError, ValueError):
-        raise ValueError(f"test_scales must be numbers, got {value!r}") from None
+        raise ValueError(f"test_scales must be numbers in [{MIN_TEST_SCALE}, {MAX_TEST_SCALE}] "
+                         f"(e.g. 0.8,1.0,1.2), got {value!r}") from None
     if not scales or any(not (MIN_TEST_SCALE <= s <= MAX_TEST_SCALE) for s in scales):  # NaN fails too
         raise ValueError(f"test_scales must be one or more numbers in [{MIN_TEST_SCALE}, {MAX_TEST_SCALE}], "
                          f"got {value!r}")

@@ -15,6 +15,7 @@ _LAZY = {
     "check_fields": "propagation",
     "PropagationCancelled": "propagation",
     "OutputExistsError": "propagation",
+    "PropagationOptions": "propagation",
     "ModelUnavailableError": "weights",
     "resolve_checkpoint": "weights",
     "resolve_device": "weights",

@@ -1,4 +1,4 @@
-"""``python -m deaot_vos``: see ``plugin/cli.py``."""
+"""``python -m deaot_vos``: see ``plugin/cli/``."""
 import sys
 
 from .cli import main

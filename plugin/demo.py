@@ -19,7 +19,6 @@ few minutes on 2 CPU cores.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import sys
 import time
@@ -27,9 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .weights import DEFAULT_MODEL, REPO_ROOT
+from .labels import ObjectRegistry, mask_to_detections
+from .propagation import propagate
 from .reporting import print_summary, tqdm_progress
 from .video import video_metadata, write_mp4
+from .weights import DEFAULT_MODEL, REPO_ROOT
 
 log = logging.getLogger(__name__)
 
@@ -114,8 +115,6 @@ def synthetic_frames(maps: np.ndarray) -> np.ndarray:
 
 
 def _detections(label_map: np.ndarray, names: dict[int, str], confidence=None):
-    from .labels import ObjectRegistry, mask_to_detections
-
     registry = ObjectRegistry()
     for k in sorted(int(v) for v in np.unique(label_map) if v):
         registry.get(("value", k), names.get(k, "object"), 1, index=k)
@@ -168,8 +167,6 @@ def build_dataset(name: str = "deaot-demo", real_clips: bool = True, workdir: st
 
 def run_demo(name: str = "deaot-demo", device: str = "auto", real_clips: bool = True, launch: bool = False) -> int:
     import fiftyone as fo
-
-    from .propagation import propagate
 
     start = time.time()
     dataset = build_dataset(name, real_clips=real_clips)

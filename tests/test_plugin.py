@@ -112,7 +112,8 @@ def test_segmentation_and_polylines_keyframes():
 @given(st.integers(0, 2 ** 32 - 1))
 def test_label_map_to_detections_round_trips_through_fiftyone_rendering(seed):
     import torch
-    from deaot_vos.labels import ObjectRegistry, mask_to_detections, mask_to_segmentation, mean_confidences
+    from deaot_core import mean_confidences
+    from deaot_vos.labels import ObjectRegistry, mask_to_detections, mask_to_segmentation
 
     rng = np.random.default_rng(seed)
     h, w = int(rng.integers(5, 40)), int(rng.integers(5, 40))

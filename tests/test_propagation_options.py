@@ -49,7 +49,8 @@ def test_cli_arguments_are_declared_once():
     options = PropagationOptions.from_args(args)
     assert options == PropagationOptions("kf", "out", compile_model=True, test_scales=(0.8, 1.0), max_long_edge=480,
                                          skip_failures=True)
-    assert options.tracker_kwargs(max_long_edge=32)["max_long_edge"] == 32 and options.tracker_kwargs()["compile"]
+    assert options.tracker_options(max_long_edge=32).max_long_edge == 32 and options.tracker_options().compile
+    assert options.tracker_options().test_scales == (0.8, 1.0) and options.tracker_options().max_long_edge == 480
 
 
 def test_video_frames_read_forward_and_backward_in_order(make_video):

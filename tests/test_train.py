@@ -194,6 +194,28 @@ def test_loss_all_pixels_is_logged_alongside_the_bootstrapped_objective():
 
 
 # ----------------------------------------------------------------------------------- training
+def test_training_after_inference_in_the_same_process():
+    """Propagating under ``torch.inference_mode`` (what the plugin does) fills the attention's
+    index caches; training on the same sizes afterwards must still backpropagate (a cached index
+    made in inference mode cannot be saved for backward)."""
+    from deaot_core.modeling import attention
+
+    attention._window_index.cache_clear()
+    attention._tile_window_index.cache_clear()
+    torch.manual_seed(0)
+    clip = generate_clip(2, num_frames=3, height=65, width=65, num_objects=2, options=ClipOptions(max_distractors=0))
+    frames, labels, counts = clips_to_batch([clip])
+    model = deaot_core.build_model("DeAOTT")
+    with torch.inference_mode():
+        results = deaot_core.propagate_video(deaot_core.Tracker(model), clip.frames, {0: clip.labels[0]})
+        assert len(list(results)) == 3
+    assert attention._window_index.cache_info().currsize + attention._tile_window_index.cache_info().currsize > 0
+    model.train()
+    loss, _ = VOSLoss()(deaot_core.train_forward(model, frames, labels, counts), labels[:, 1:], counts)
+    loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+
+
 def test_a_few_steps_on_a_tiny_clip_reduce_the_loss():
     torch.manual_seed(0)
     model = deaot_core.build_model("DeAOTT").train()

@@ -28,8 +28,14 @@ def _window_index(h: int, w: int, radius: int, dilation: int, device: str) -> tu
     """For each query pixel and window offset, the flat key index (H*W for outside the map).
 
     Returns (index (H*W, (2r+1)^2) int64, outside (H*W, (2r+1)^2) bool). Offsets are ordered
-    row-major over (dy, dx) in [-r, r], the order of the official correlation sampler.
+    row-major over (dy, dx) in [-r, r], the order of the official correlation sampler. Cached, so
+    made as normal tensors even under ``torch.inference_mode`` (training may reuse them).
     """
+    with torch.inference_mode(False):
+        return _window_index_uncached(h, w, radius, dilation, device)
+
+
+def _window_index_uncached(h: int, w: int, radius: int, dilation: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
     offsets = torch.arange(-radius, radius + 1) * dilation
     qy, qx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
     ky = qy.reshape(-1, 1, 1) + offsets.view(1, -1, 1)
@@ -45,7 +51,13 @@ LOCAL_TILE = 8  # query tile side of the tiled local attention (measured: 8 is f
 @functools.lru_cache(maxsize=16)
 def _tile_window_index(tile: int, radius: int, dilation: int, device: str) -> torch.Tensor:
     """For each query of a (tile x tile) block and each window offset, the flat index of its key
-    inside the block's (tile + 2 r d)^2 key tile: (tile^2, (2r+1)^2) int64, offsets row-major."""
+    inside the block's (tile + 2 r d)^2 key tile: (tile^2, (2r+1)^2) int64, offsets row-major.
+    Cached, so made as a normal tensor even under ``torch.inference_mode``."""
+    with torch.inference_mode(False):
+        return _tile_window_index_uncached(tile, radius, dilation, device)
+
+
+def _tile_window_index_uncached(tile: int, radius: int, dilation: int, device: str) -> torch.Tensor:
     halo = radius * dilation
     span = tile + 2 * halo
     offsets = torch.arange(-radius, radius + 1) * dilation

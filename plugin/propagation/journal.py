@@ -37,7 +37,7 @@ from typing import Any, Iterable, Iterator, Optional
 
 import fiftyone as fo
 
-from ..fields import FRAME_DEFAULT_FIELDS, RESERVED_SUFFIXES, reserved_name
+from ..fields import FRAME_DEFAULT_FIELDS, RESERVED_SUFFIXES
 
 log = logging.getLogger(__name__)
 

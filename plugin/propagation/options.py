@@ -14,12 +14,12 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+import deaot_core
+
 from ..fields import frame_field_name
 from ..weights import DEFAULT_MODEL, PRECISIONS
 
 DEFAULT_OUTPUT = "deaot"  # the operator's default output field
-# knob -> smallest allowed value (None: the engine's default)
-NUMBER_KNOBS = dict(long_term_gap=1, max_long_term_frames=1, max_short_edge=16, max_long_edge=16, write_every=1)
 TRACKER_KNOBS = ("long_term_gap", "max_long_term_frames", "max_short_edge", "max_long_edge", "precision",
                  "compile_model", "test_scales", "test_flip")
 
@@ -32,30 +32,17 @@ def optional_field_name(name: Optional[str], what: str) -> Optional[str]:
 
 def check_test_scales(test_scales) -> tuple[float, ...]:
     """``test_scales`` (None, a number, a sequence of numbers or a comma-separated string) as a
-    tuple of positive floats; None or empty -> (1.0,)."""
+    tuple of floats, validated by the core (:class:`deaot_core.TrackerOptions`); None or blank
+    -> (1.0,)."""
     if test_scales is None or (isinstance(test_scales, str) and not test_scales.strip()):
         return (1.0,)
-    items = test_scales.split(",") if isinstance(test_scales, str) else (
-        [test_scales] if isinstance(test_scales, (int, float)) else list(test_scales))
-    scales = []
-    for item in items:
-        try:
-            value = float(item.strip() if isinstance(item, str) else item)
-        except (TypeError, ValueError):
-            value = float("nan")
-        if isinstance(item, bool) or not math.isfinite(value) or not 0.1 <= value <= 4.0:
-            raise ValueError(f"test_scales must be numbers in [0.1, 4] (e.g. 0.8,1.0,1.2), got {test_scales!r}")
-        scales.append(value)
-    return tuple(scales) or (1.0,)
+    return deaot_core.TrackerOptions(test_scales=test_scales).test_scales
 
 
-def _check_number(name: str, value) -> None:
-    low = NUMBER_KNOBS[name]
-    if value is None:
-        return
+def _check_write_every(value) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer, float)) or not math.isfinite(value) \
-            or value < low:
-        raise ValueError(f"{name} must be a number >= {low} (or None), got {value!r}")
+            or value < 1:
+        raise ValueError(f"write_every must be a number >= 1, got {value!r}")
 
 
 def _int_or_none(value):
@@ -99,12 +86,10 @@ class PropagationOptions:
         self.output_field = optional_field_name(self.output_field, "output_field")
         self.write_segmentation = optional_field_name(self.write_segmentation, "write_segmentation")
         self.model = self.model or DEFAULT_MODEL
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
-        for name in NUMBER_KNOBS:
-            _check_number(name, getattr(self, name))
-        self.test_scales = check_test_scales(self.test_scales)
+        _check_write_every(self.write_every)
         self.test_flip = bool(self.test_flip)
+        self.test_scales = check_test_scales(self.test_scales)
+        self.tracker_options()  # the engine knobs are validated by the core's own options object
 
     @property
     def output_fields(self) -> list[str]:
@@ -115,13 +100,13 @@ class PropagationOptions:
         """A copy with ``changes`` applied (and validated)."""
         return dataclasses.replace(self, **changes)
 
-    def tracker_kwargs(self, **changes) -> dict[str, Any]:
-        """The engine knobs as :class:`deaot_core.Tracker` keyword arguments (``compile_model``
-        is its ``compile``), with ``changes`` applied."""
+    def tracker_options(self, **changes) -> deaot_core.TrackerOptions:
+        """The engine knobs as the core's :class:`deaot_core.TrackerOptions` (``compile_model``
+        is its ``compile``), with ``changes`` applied; ValueError names a bad knob."""
         kwargs = {name: getattr(self, name) for name in TRACKER_KNOBS}
         kwargs["compile"] = kwargs.pop("compile_model")
         kwargs.update(changes)
-        return kwargs
+        return deaot_core.TrackerOptions(**kwargs)
 
     def to_params(self) -> dict[str, Any]:
         """JSON-safe params in the operator form's types (stored in queued tasks, whose params

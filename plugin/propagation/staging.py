@@ -16,7 +16,7 @@ import contextlib
 import datetime
 import logging
 import signal
-from typing import Any, Callable, Optional, Protocol
+from typing import Callable, Optional, Protocol
 
 import fiftyone as fo
 from bson import ObjectId

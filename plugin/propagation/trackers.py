@@ -29,7 +29,7 @@ class TrackerPool:
         if key not in self._trackers:
             self._trackers.clear()
             self._trackers[key] = deaot_core.Tracker(load_model(self.choice, device), device=device,
-                                                     **self.options.tracker_kwargs(max_long_edge=max_long_edge))
+                                                     options=self.options.tracker_options(max_long_edge=max_long_edge))
         return self._trackers[key]
 
     def clear(self) -> None:

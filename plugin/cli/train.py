@@ -10,7 +10,7 @@ import argparse
 
 from deaot_core.train import add_train_arguments, config_from_namespace, train_and_print
 
-from .formats.training_source import FIFTYONE_PREFIX, source_from_spec
+from ..formats.training_source import FIFTYONE_PREFIX, source_from_spec
 
 
 def add_parser(sub) -> argparse.ArgumentParser:

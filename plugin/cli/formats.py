@@ -1,0 +1,65 @@
+"""``export-vos`` and ``import-vos``: DAVIS / YouTube-VOS folders::
+
+    python -m deaot_vos export-vos --dataset NAME --label-field ground_truth --export-dir DIR [--layout davis|youtube]
+    python -m deaot_vos import-vos --dataset-dir DIR --name NAME [--layout auto|davis|youtube]
+"""
+from __future__ import annotations
+
+import sys
+
+from ..formats.vos import export_vos, import_vos
+from .common import load_view
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser("export-vos", help="write videos and masks as a DAVIS or YouTube-VOS folder")
+    p.add_argument("--dataset", required=True, help="FiftyOne dataset name")
+    p.add_argument("--label-field", required=True, help="frame field with the masks")
+    p.add_argument("--export-dir", required=True)
+    p.add_argument("--layout", default="davis", choices=("davis", "youtube"))
+    p.add_argument("--sample-id", action="append", default=None, help="only this sample (repeatable)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing sequence folders")
+    p.set_defaults(handler=run_export)
+
+    p = sub.add_parser("import-vos", help="load a DAVIS or YouTube-VOS folder as a FiftyOne video dataset")
+    p.add_argument("--dataset-dir", required=True, help="folder with JPEGImages/, Annotations/ (and meta.json)")
+    p.add_argument("--name", default=None, help="dataset name (default: the folder's name)")
+    p.add_argument("--layout", default="auto", choices=("auto", "davis", "youtube"))
+    p.add_argument("--label-field", default="ground_truth")
+    p.add_argument("--label-type", default="detections", choices=("detections", "segmentation"))
+    p.add_argument("--video-dir", default=None, help="where to write the MP4s")
+    p.add_argument("--fps", type=float, default=24.0)
+    p.add_argument("--sequence", action="append", default=None, help="only this sequence (repeatable)")
+    p.add_argument("--resolution", default=None, help="DAVIS resolution folder (480p, ...); found automatically")
+    p.add_argument("--overwrite", action="store_true", help="replace a dataset with this name")
+    p.set_defaults(handler=run_import)
+
+
+def run_export(args) -> int:
+    loaded = load_view(args)
+    if loaded is None:
+        return 2
+    dataset, view = loaded
+    try:
+        summary = export_vos(view, args.export_dir, args.label_field, layout=args.layout, overwrite=args.overwrite)
+    except (ValueError, RuntimeError, FileExistsError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    for name, row in summary["sequences"].items():
+        print(f"  {name}: {row['frames']} frames, {row['annotated']} annotated, objects {row['objects']}")
+    print(f"wrote {len(summary['sequences'])} sequence(s) to {summary['export_dir']} ({summary['layout']} layout)")
+    return 0
+
+
+def run_import(args) -> int:
+    try:
+        dataset = import_vos(args.dataset_dir, args.name, label_field=args.label_field, layout=args.layout,
+                             label_type=args.label_type, video_dir=args.video_dir, fps=args.fps,
+                             sequences=args.sequence, resolution=args.resolution, overwrite=args.overwrite,
+                             persistent=True)
+    except (ValueError, RuntimeError, FileExistsError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"dataset '{dataset.name}': {len(dataset)} videos, {dataset.count('frames.' + args.label_field)} "
+          f"annotated frames in '{args.label_field}'")
+    return 0
