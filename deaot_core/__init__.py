@@ -18,14 +18,9 @@ from .devices import IMAGE_MEAN, IMAGE_STD, PRECISIONS, native_cpu_precision, re
 from .engine import GroupEngine, train_forward
 from .errors import CheckpointError
 from .hub import cache_dir, download
-from .modeling.model import VOSModel
+from .modeling.model import VOSModel, build_model
 from .tracker import Tracker, TrackerOptions, merge_groups, network_size
 from .video import FrameResult, FrameSource, Keyframe, mean_confidences, propagate_video
-
-
-def build_model(name: str, **overrides) -> VOSModel:
-    """A randomly initialised model of the registered variant ``name``, in eval mode."""
-    return VOSModel(get_config(name, **overrides)).eval()
 
 
 def count_parameters(model: torch.nn.Module) -> int:

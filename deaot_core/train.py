@@ -47,10 +47,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from .checkpoint import load_checkpoint, save_checkpoint
 from .data.batches import ClipSource, StepBatches, batch_to_tensors
 from .data.synthetic import ClipOptions, SyntheticVOS
 from .devices import resolve_device
+from .engine import train_forward
 from .losses import VOSLoss
+from .modeling.model import build_model
 
 log = logging.getLogger("deaot_core.train")
 
@@ -359,9 +362,6 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, source=None):
         """``source``: the clips to train on (any indexable clip source, see :func:`build_source`);
         None: the one ``cfg.data`` names."""
-        import deaot_core  # the package's public API (model registry, checkpoints, train_forward)
-
-        self.core = deaot_core
         cfg = resolve_stage(cfg)
         self.cfg = cfg
         if cfg.steps is None and cfg.minutes is None:
@@ -378,10 +378,10 @@ class Trainer:
         self.device = torch.device(resolve_device(cfg.device))
         self.amp_dtype = _amp_dtype(cfg, self.device)
 
-        self.model = deaot_core.build_model(cfg.model)
+        self.model = build_model(cfg.model)
         _check_size(self.model.cfg, cfg.height, cfg.width)
         if cfg.init:
-            deaot_core.load_checkpoint(self.model, cfg.init)
+            load_checkpoint(self.model, cfg.init)
         self.model.to(self.device).train()
         self.encoder_ratio = cfg.encoder_lr_ratio
         self.optimizer = torch.optim.AdamW(parameter_groups(self.model, cfg.weight_decay), lr=cfg.lr,
@@ -414,7 +414,7 @@ class Trainer:
         if state.get("model_name") not in (None, self.model.cfg.name):
             raise ValueError(f"{path} holds a {state.get('model_name')} run, not {self.model.cfg.name}; "
                              f"use another --out or --no-resume")
-        self.core.load_checkpoint(self.model, path)
+        load_checkpoint(self.model, path)
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
@@ -439,16 +439,16 @@ class Trainer:
             "rng": _rng_state(), "train_config": dataclasses.asdict(self.cfg),
             "calibrated_bn_layers": self.calibrated,
         }
-        return self.core.save_checkpoint(self.model, self.out / "last.pth", extra=extra)
+        return save_checkpoint(self.model, self.out / "last.pth", extra=extra)
 
     def save_final(self) -> Path:
         extra = {"step": self.step, "train_config": dataclasses.asdict(self.cfg),
                  "weights": "ema" if self.ema is not None and self.cfg.final_weights == "ema" else "raw"}
         ctx = self.ema.applied(self.model) if extra["weights"] == "ema" else contextlib.nullcontext()
         with ctx:
-            path = self.core.save_checkpoint(self.model, self.out / "final.pth", extra=extra, half=self.cfg.half)
+            path = save_checkpoint(self.model, self.out / "final.pth", extra=extra, half=self.cfg.half)
             if self.cfg.export:
-                self.core.save_checkpoint(self.model, self.cfg.export, extra=extra, half=self.cfg.half)
+                save_checkpoint(self.model, self.cfg.export, extra=extra, half=self.cfg.half)
         return path
 
     # -- loop -------------------------------------------------------------------------------------
@@ -488,7 +488,7 @@ class Trainer:
         autocast = (torch.autocast("cuda", dtype=self.amp_dtype) if self.amp_dtype is not None
                     else contextlib.nullcontext())
         with autocast:
-            return self.core.train_forward(self.model, frames, labels, counts, **kwargs)
+            return train_forward(self.model, frames, labels, counts, **kwargs)
 
     def train_step(self, frames, labels, counts, progress: float) -> dict:
         cfg = self.cfg

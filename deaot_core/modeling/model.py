@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..config import ModelConfig
+from ..config import ModelConfig, get_config
 from .decoder import FPNDecoder
 from .encoders import build_encoder
 from .layers import PositionEmbeddingSine, seq_from_2d, seq_to_2d
@@ -82,3 +82,9 @@ class VOSModel(nn.Module):
         """(B, H, W) integer labels -> (B, max_objects+1, H, W) float one-hot."""
         ids = torch.arange(self.cfg.max_objects + 1, device=labels.device).view(1, -1, 1, 1)
         return (labels.unsqueeze(1) == ids).to(torch.float32)
+
+
+def build_model(name: str, **overrides) -> VOSModel:
+    """A randomly initialised model of the registered variant ``name`` (``overrides`` replace
+    config fields), in eval mode."""
+    return VOSModel(get_config(name, **overrides)).eval()
