@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from .modeling.model import VOSModel
-from .modeling.propagation import Memory
+from .modeling.lstt import Memory
 
 
 @dataclass

@@ -12,7 +12,7 @@ from ..config import ModelConfig, get_config
 from .decoder import FPNDecoder
 from .encoders import build_encoder
 from .layers import PositionEmbeddingSine, seq_from_2d, seq_to_2d
-from .propagation import Propagator
+from .lstt import Propagator
 
 
 class VOSModel(nn.Module):
