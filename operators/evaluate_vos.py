@@ -7,7 +7,7 @@ import fiftyone.operators.types as types
 from deaot_vos.evaluation import EXTRA_OBJECTS, EvaluationCancelled, check_evaluation, evaluate_vos
 from deaot_core.metrics.davis import SUMMARY_KEYS
 
-from .common import delegation_param, dropdown, label_fields, target_view, video_target_notice
+from .common import app_words, app_wording, delegation_param, dropdown, label_fields, target_view, video_target_notice
 
 
 class EvaluateVOS(foo.Operator):
@@ -62,7 +62,7 @@ class EvaluateVOS(foo.Operator):
                                  params.get("extra_objects") or "error")
             except ValueError as err:
                 key.invalid = True
-                key.error_message = str(err)
+                key.error_message = app_words(err)
         return types.Property(inputs, view=form)
 
     def execute(self, ctx):
@@ -72,9 +72,10 @@ class EvaluateVOS(foo.Operator):
             ctx.set_progress(progress=fraction, label=label)
 
         try:
-            results = evaluate_vos(target_view(ctx), params.get("pred_field"), params.get("gt_field"),
-                                   eval_key=params.get("eval_key"), overwrite=bool(params.get("overwrite", False)),
-                                   extra_objects=params.get("extra_objects") or "error", progress=progress)
+            with app_wording():  # a refusal names the Overwrite checkbox
+                results = evaluate_vos(target_view(ctx), params.get("pred_field"), params.get("gt_field"),
+                                       eval_key=params.get("eval_key"), overwrite=bool(params.get("overwrite", False)),
+                                       extra_objects=params.get("extra_objects") or "error", progress=progress)
         except EvaluationCancelled:
             return dict(status="cancelled", message="cancelled; nothing was written")
         ctx.trigger("reload_dataset")

@@ -10,9 +10,10 @@ import fiftyone.operators.types as types
 from deaot_vos.propagation import (DEFAULT_OUTPUT, JOB_PARAM, DelegatedCancelCheck, OutputExistsError,
                                    PropagationCancelled, PropagationOptions, cancel_on_signals, check_fields,
                                    check_test_scales, propagate, queue_propagation, run_task, split_size)
-from deaot_vos.weights import DEFAULT_MODEL, PRECISIONS, emulated_precisions, model_names
+from deaot_vos.weights import DEFAULT_MODEL, PRECISIONS, emulated_precisions, model_names, weights_notice
 
-from .common import delegation_param, dropdown, label_fields, target_view, video_target_notice
+from .common import (app_words, app_wording, delegation_param, dropdown, keyframes_default, label_fields,
+                     target_view, video_target_notice)
 
 
 def _device_choices() -> list[str]:
@@ -43,17 +44,17 @@ def _fields_inputs(ctx, inputs: types.Object) -> None:
         inputs.view("no_keyframes", types.Error(
             label="No frame field with Detections (instance masks), Segmentation or Polylines to use as keyframes"))
     kf_choices = dropdown(fields)
+    kf_default = keyframes_default(ctx.dataset, fields)
     inputs.enum("keyframes_field", kf_choices.values(), required=True, label="Keyframes field",
                 description="Frame field holding the keyframe masks (Detections with instance masks, "
-                            "Segmentation, or filled Polylines)", view=kf_choices,
-                default=fields[0] if fields else None)
+                            "Segmentation, or filled Polylines)", view=kf_choices, default=kf_default)
     output = inputs.str("output_field", required=True, default=DEFAULT_OUTPUT, label="Output field",
                         description="New frame field for the propagated Detections (instance masks)")
     inputs.bool("overwrite", default=False, label="Overwrite",
                 description="Replace the output field(s) if they already exist")
     seg = inputs.str("write_segmentation", required=False, label="Segmentation field (optional)",
                      description="Also write a Segmentation label map (pixel value = object index) here")
-    keyframes_field = ctx.params.get("keyframes_field") or (fields[0] if fields else None)
+    keyframes_field = ctx.params.get("keyframes_field") or kf_default
     output_field = ctx.params.get("output_field") or DEFAULT_OUTPUT
     if not keyframes_field:
         return
@@ -63,20 +64,28 @@ def _fields_inputs(ctx, inputs: types.Object) -> None:
     except OutputExistsError as err:
         bad = output if err.field == output_field.replace("frames.", "", 1) else seg
         bad.invalid = True
-        bad.error_message = str(err)
+        bad.error_message = app_words(err)
     except ValueError as err:
         output.invalid = True
         output.error_message = str(err)
 
 
-def _model_inputs(inputs: types.Object) -> None:
-    """Model, checkpoint and device."""
+def _model_inputs(ctx, inputs: types.Object) -> None:
+    """Model, checkpoint (and, before the run, which weights it would use) and device."""
     model_choices = dropdown(model_names())
     inputs.enum("model", model_choices.values(), default=DEFAULT_MODEL, label="Model", view=model_choices,
                 description="Official AOT/DeAOT variant")
-    inputs.str("checkpoint", required=False, label="Checkpoint (optional)",
-               description="Path or URL of the weights; default: the official file in the cache dir "
-                           "(~/.cache/deaot or $DEAOT_CACHE), else the shipped demo checkpoint")
+    checkpoint = inputs.str("checkpoint", required=False, label="Checkpoint (optional)",
+                            description="Path or URL of the weights; default: the official file in the cache dir "
+                                        "(~/.cache/deaot or $DEAOT_CACHE), else the shipped demo checkpoint")
+    try:
+        notice = weights_notice(ctx.params.get("model") or DEFAULT_MODEL, ctx.params.get("checkpoint") or None)
+    except (ValueError, RuntimeError) as err:  # a missing checkpoint file, no weights at all
+        checkpoint.invalid = True
+        checkpoint.error_message = str(err)
+        notice = None
+    if notice:
+        inputs.view("weights_notice", types.Warning(label="Demo weights", description=notice))
     device_choices = dropdown(_device_choices())
     inputs.enum("device", device_choices.values(), default="auto", label="Device", view=device_choices)
 
@@ -172,12 +181,16 @@ class PropagateMasks(foo.Operator):
         form = types.View(label="Propagate masks with DeAOT")
         if video_target_notice(ctx, inputs, "Runs on"):
             _fields_inputs(ctx, inputs)
-            _model_inputs(inputs)
+            _model_inputs(ctx, inputs)
             _engine_inputs(ctx, inputs)
             _run_inputs(inputs)
         return types.Property(inputs, view=form)
 
     def execute(self, ctx):
+        with app_wording():  # a refusal names the Overwrite checkbox
+            return self._execute(ctx)
+
+    def _execute(self, ctx):
         options = PropagationOptions.from_params(ctx.params)
         run_doc = ctx.request_params.get("run_doc") if ctx.delegated else None
         job_id = ctx.params.get(JOB_PARAM)
@@ -211,16 +224,30 @@ class PropagateMasks(foo.Operator):
         return _result(summary)
 
     def resolve_output(self, ctx):
-        outputs = types.Object()
-        outputs.str("status", label="Status")
+        return output_property(ctx.results or {})
+
+
+def output_property(results: dict) -> types.Property:
+    """The result dialog for ``results`` (what :meth:`PropagateMasks.execute` returned): only the
+    rows that run has (queued operations only when queued, failures only when some failed)."""
+    outputs = types.Object()
+    outputs.str("status", label="Status")
+    status = results.get("status")
+    if status == "cancelled":
+        outputs.str("message", label="Message")
+    elif status == "queued":
         outputs.int("operations_queued", label="Operations queued (one per task)")
+        outputs.int("samples", label="Samples")
+        outputs.str("output_field", label="Output field")
+    else:
         outputs.str("model", label="Model")
         outputs.str("weights", label="Weights")
         outputs.str("output_field", label="Output field")
         outputs.int("samples", label="Samples")
         outputs.int("propagated", label="Samples propagated")
-        outputs.int("failed", label="Samples failed (output unchanged)")
-        outputs.list("failures", types.String(), label="Failures")
+        if results.get("failed"):
+            outputs.int("failed", label="Samples failed (output unchanged)")
+            outputs.list("failures", types.String(), label="Failures")
         outputs.int("frames", label="Frames written")
         outputs.float("seconds", label="Seconds")
-        return types.Property(outputs, view=types.View(label="DeAOT propagation"))
+    return types.Property(outputs, view=types.View(label="DeAOT propagation"))

@@ -6,8 +6,9 @@ import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 from deaot_vos.formats.vos import LABEL_TYPES, LAYOUTS, export_vos, import_vos
+from deaot_vos.overwrite import CONTROLS
 
-from .common import dropdown, label_fields, target_view
+from .common import app_wording, dropdown, label_fields, target_view
 
 
 def _radio(values):
@@ -50,8 +51,9 @@ class ExportVOS(foo.Operator):
         def progress(fraction, label):
             ctx.set_progress(progress=fraction, label=label)
 
-        summary = export_vos(target_view(ctx), p["export_dir"], p["label_field"], layout=p.get("layout") or "davis",
-                             overwrite=bool(p.get("overwrite", False)), progress=progress)
+        with app_wording():
+            summary = export_vos(target_view(ctx), p["export_dir"], p["label_field"], layout=p.get("layout") or "davis",
+                                 overwrite=bool(p.get("overwrite", False)), progress=progress)
         return dict(export_dir=summary["export_dir"], layout=summary["layout"], sequences=len(summary["sequences"]),
                     annotated=sum(s["annotated"] for s in summary["sequences"].values()))
 
@@ -89,7 +91,7 @@ class ImportVOS(foo.Operator):
         requested = ctx.params.get("name")
         if requested and fo.dataset_exists(requested) and not ctx.params.get("overwrite", False):
             name.invalid = True
-            name.error_message = f"dataset '{requested}' already exists"
+            name.error_message = f"dataset '{requested}' already exists; {CONTROLS['app']} to replace it"
         return types.Property(inputs, view=form)
 
     def execute(self, ctx):
@@ -98,9 +100,10 @@ class ImportVOS(foo.Operator):
         def progress(fraction, label):
             ctx.set_progress(progress=fraction, label=label)
 
-        ds = import_vos(p["dataset_dir"], p["name"], label_field=p.get("label_field") or "ground_truth",
-                        layout=p.get("layout") or "auto", label_type=p.get("label_type") or "detections",
-                        overwrite=bool(p.get("overwrite", False)), persistent=True, progress=progress)
+        with app_wording():
+            ds = import_vos(p["dataset_dir"], p["name"], label_field=p.get("label_field") or "ground_truth",
+                            layout=p.get("layout") or "auto", label_type=p.get("label_type") or "detections",
+                            overwrite=bool(p.get("overwrite", False)), persistent=True, progress=progress)
         return dict(dataset=ds.name, samples=len(ds))
 
     def resolve_output(self, ctx):

@@ -15,10 +15,18 @@ Videos are written as H.264 with the ffmpeg binary of the ``imageio-ffmpeg`` whe
 browser can play them (OpenCV's mp4v is readable by decord but not playable in Chromium); that
 binary is used only here, never on the propagation path. Frames are small so the demo runs in a
 few minutes on 2 CPU cores.
+
+Media go to :func:`media_dir` (FiftyOne's default dataset folder, one folder per dataset name and
+database), with a plugins folder beside them (:func:`plugins_dir`) for ``FIFTYONE_PLUGINS_DIR``;
+the end of the run prints the commands that open the App with the plugin loaded and evaluate
+the result (:func:`hints`).
 """
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
+import shlex
 import shutil
 import sys
 import time
@@ -52,10 +60,10 @@ def write_video(frames, path: str | Path, fps: float = 24.0) -> str:
 
 # -- data ----------------------------------------------------------------------------------------
 
-def prepare_real_clips(source: str | Path = "/work/shared/data/aot-demo", target: str | Path = AOT_DIR,
-                       width: int = 480) -> None:
-    """Maintainers only: downscale the official demo clips (JPEG frames + first-frame palette
-    PNG) into ``target`` as H.264 MP4 + label-map PNG (what the repository ships)."""
+def prepare_real_clips(source: str | Path, target: str | Path = AOT_DIR, width: int = 480) -> None:
+    """Maintainers only: downscale the official demo clips (``source``: the official demo folder,
+    with ``images/<clip>/*.jpg`` and ``masks/<clip>/*.png``) into ``target`` as H.264 MP4 +
+    label-map PNG (what the repository ships)."""
     from PIL import Image
 
     source, target = Path(source), Path(target)
@@ -121,12 +129,51 @@ def _detections(label_map: np.ndarray, names: dict[int, str], confidence=None):
     return mask_to_detections(label_map.astype(np.int32), None, registry, {}, exact_confidence=confidence)
 
 
+def database_tag() -> str | None:
+    """None for FiftyOne's default database (its own mongod in the default ``database_dir``, the
+    default ``database_name``); else a short tag of the database in use, so that demos built on
+    two databases of one machine keep their media apart."""
+    import fiftyone as fo
+    import fiftyone.constants as foc
+
+    same_dir = os.path.realpath(os.path.expanduser(fo.config.database_dir)) == os.path.realpath(foc.DEFAULT_DB_DIR)
+    where = (fo.config.database_uri or "", "" if same_dir else str(fo.config.database_dir),
+             "" if fo.config.database_name == "fiftyone" else fo.config.database_name)
+    if not any(where):
+        return None
+    return hashlib.sha1("\n".join(where).encode()).hexdigest()[:8]
+
+
+def media_dir(name: str = "deaot-demo") -> Path:
+    """Where the demo dataset ``name`` keeps its videos: ``<fo.config.default_dataset_dir>/<name>``
+    (``FIFTYONE_DEFAULT_DATASET_DIR``), ``<name>-db-<tag>`` on a database other than the default
+    one (:func:`database_tag`)."""
+    import fiftyone as fo
+
+    tag = database_tag()
+    return Path(fo.config.default_dataset_dir).expanduser() / (f"{name}-db-{tag}" if tag else name)
+
+
+def plugins_dir(workdir: str | Path) -> Path:
+    """A FiftyOne plugins folder beside the demo's media (``<workdir>/plugins``) holding a link to
+    this checkout, for ``FIFTYONE_PLUGINS_DIR``; made (or its link repaired) here."""
+    folder = Path(workdir) / "plugins"
+    folder.mkdir(parents=True, exist_ok=True)
+    link = folder / "deaot-vos"
+    if link.is_symlink() and link.resolve() != REPO_ROOT.resolve():
+        link.unlink()
+    if not link.exists():
+        link.symlink_to(REPO_ROOT, target_is_directory=True)
+    return folder
+
+
 def build_dataset(name: str = "deaot-demo", real_clips: bool = True, workdir: str | Path | None = None):
-    """Create (replace) the persistent demo dataset; returns it."""
+    """Create (replace) the persistent demo dataset; returns it. Videos go to ``workdir``
+    (default: :func:`media_dir`)."""
     import fiftyone as fo
     from PIL import Image
 
-    workdir = Path(workdir) if workdir else Path(fo.config.default_dataset_dir) / name
+    workdir = Path(workdir) if workdir else media_dir(name)
     workdir.mkdir(parents=True, exist_ok=True)
     if fo.dataset_exists(name):
         fo.delete_dataset(name)
@@ -165,13 +212,45 @@ def build_dataset(name: str = "deaot-demo", real_clips: bool = True, workdir: st
     return dataset
 
 
+def app_command(name: str, plugins: str | Path, python: str | None = None) -> str:
+    """The shell command that opens dataset ``name`` in the App with this plugin loaded
+    (``FIFTYONE_PLUGINS_DIR`` = ``plugins``) and *Schedule* (delegated runs) available
+    (``FIFTYONE_ALLOW_LEGACY_ORCHESTRATORS=true``)."""
+    code = f"import fiftyone as fo; fo.launch_app(fo.load_dataset({name!r})).wait()"
+    return (f"FIFTYONE_PLUGINS_DIR={shlex.quote(str(plugins))} FIFTYONE_ALLOW_LEGACY_ORCHESTRATORS=true "
+            f"{shlex.quote(python or sys.executable)} -c \"{code}\"")
+
+
+def evaluate_command(name: str, python: str | None = None) -> str:
+    """The documented J&F evaluation of the demo's propagation (the synthetic video's
+    ``ground_truth``; the real clips have none and are skipped). ``--extra-objects ignore``: the
+    fourth shape enters after the first ground-truth frame, an "extra object" to the official rule."""
+    return (f"{shlex.quote(python or sys.executable)} -m deaot_vos evaluate --dataset {shlex.quote(name)} "
+            f"--pred-field {OUTPUT_FIELD} --gt-field ground_truth --eval-key deaot_eval --extra-objects ignore")
+
+
+def hints(name: str, plugins: str | Path, python: str | None = None) -> str:
+    """What the demo prints at the end: how to open the App with the plugin, *Schedule*, evaluate."""
+    return (f"Open it in the App (FIFTYONE_PLUGINS_DIR points at {plugins}, which this demo made: a link to this "
+            f"checkout, so the operator browser (`) lists the DeAOT operators; "
+            f"FIFTYONE_ALLOW_LEGACY_ORCHESTRATORS=true makes *Schedule* (delegated runs) available, else the App "
+            f"shows it NOT AVAILABLE):\n    {app_command(name, plugins, python)}\n"
+            f"(frame fields: '{KEYFRAMES_FIELD}' = the given keyframes, '{OUTPUT_FIELD}' = propagated instance "
+            f"masks, '{SEGMENTATION_FIELD}' = label maps; the synthetic video also has 'ground_truth')\n"
+            f"J&F of the synthetic video against its ground truth:\n    {evaluate_command(name, python)}\n"
+            f"Scheduled operations run in a worker:\n    FIFTYONE_PLUGINS_DIR={shlex.quote(str(plugins))} "
+            f"{shlex.quote(str(Path(python or sys.executable).parent / 'fiftyone'))} delegated launch")
+
+
 def run_demo(name: str = "deaot-demo", device: str = "auto", real_clips: bool = True, launch: bool = False) -> int:
     import fiftyone as fo
 
     start = time.time()
-    dataset = build_dataset(name, real_clips=real_clips)
-    print(f"built dataset '{name}' with {len(dataset)} videos in {time.time() - start:.1f}s; propagating "
-          f"(small videos: 384x216 and 480x270, so this runs in a few minutes on 2 CPU cores)")
+    workdir = media_dir(name)
+    dataset = build_dataset(name, real_clips=real_clips, workdir=workdir)
+    plugins = plugins_dir(workdir)
+    print(f"built dataset '{name}' with {len(dataset)} videos in {time.time() - start:.1f}s (media in {workdir}); "
+          f"propagating (small videos: 384x216 and 480x270, so this runs in a few minutes on 2 CPU cores)")
     bar, progress = tqdm_progress()
     try:
         summary = propagate(dataset, KEYFRAMES_FIELD, OUTPUT_FIELD, model=DEFAULT_MODEL, device=device,
@@ -184,11 +263,11 @@ def run_demo(name: str = "deaot-demo", device: str = "auto", real_clips: bool = 
         print("\nWARNING: no checkpoint was found, the masks come from RANDOMLY INITIALISED weights and are "
               "meaningless.\n         Put an official checkpoint in ~/.cache/deaot (or $DEAOT_CACHE) or add "
               "checkpoints/deaot_t_synthetic.pth, then rerun `make demo`.", file=sys.stderr)
-    print(f"\nOpen it in the App:\n    .venv/bin/python -c \"import fiftyone as fo; "
-          f"fo.launch_app(fo.load_dataset('{name}')).wait()\"\n"
-          f"(frame fields: '{KEYFRAMES_FIELD}' = the given keyframes, '{OUTPUT_FIELD}' = propagated instance "
-          f"masks, '{SEGMENTATION_FIELD}' = label maps; the synthetic video also has 'ground_truth')")
+    print("\n" + hints(name, plugins))
     if launch:
+        os.environ["FIFTYONE_PLUGINS_DIR"] = str(plugins)  # the App server process reads it
+        os.environ["FIFTYONE_ALLOW_LEGACY_ORCHESTRATORS"] = "true"
+        fo.config.plugins_dir, fo.config.allow_legacy_orchestrators = str(plugins), True
         session = fo.launch_app(dataset)
         session.wait()
     return 0

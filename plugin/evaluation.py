@@ -47,6 +47,7 @@ from deaot_core.metrics.davis import STAT_KEYS, SUMMARY_KEYS, global_summary, of
 from .fields import (LabelFieldError, check_label_field, describe_sample, frame_size, mask_targets_for, root_dataset,
                      sequence_names)
 from .label_frames import read_id_maps, renumber_ids
+from .overwrite import NeedsOverwrite
 from .tables import format_table
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,11 @@ ProgressCallback = Callable[[float, str], Optional[bool]]
 
 class EvaluationError(ValueError):
     """Input that cannot be evaluated; the message names the field and the sample."""
+
+
+class EvaluationExistsError(NeedsOverwrite, EvaluationError):
+    """An evaluation run with this key exists and ``overwrite`` is False (``.field``: the key;
+    ``worded("cli")`` / ``worded("app")``: the interface's own control)."""
 
 
 class EvaluationLabelError(EvaluationError, LabelFieldError):
@@ -295,8 +301,8 @@ def check_evaluation(sample_collection, pred_field: str, gt_field: str, eval_key
     upgrade_legacy_runs(dataset)  # an overwritten legacy run must be cleaned up by this class
     existing = eval_key in dataset.list_evaluations()
     if existing and not overwrite:
-        raise EvaluationError(f"dataset '{dataset.name}' already has an evaluation '{eval_key}'; pass overwrite=True "
-                              f"to replace it, or choose another eval_key")
+        raise EvaluationExistsError(f"dataset '{dataset.name}' already has an evaluation '{eval_key}'", field=eval_key,
+                                    alternative="choose another eval_key")
     if existing:
         try:
             config = dataset.get_evaluation_info(eval_key).config

@@ -8,6 +8,7 @@ these, so a name refused (or a message worded) by one is refused (worded) the sa
 from __future__ import annotations
 
 import os
+import re
 from typing import Any, Iterable
 
 import cv2
@@ -19,7 +20,7 @@ from .video import VideoError, open_video
 
 __all__ = [
     "FRAME_DEFAULT_FIELDS", "RESERVED_SUFFIXES", "LabelFieldError", "root_dataset", "frame_field_name",
-    "reserved_name", "check_label_field", "label_field_names", "mask_targets_for", "frame_size", "describe_sample", "describe_field",
+    "reserved_name", "check_label_field", "label_field_names", "likely_keyframes_field", "mask_targets_for", "frame_size", "describe_sample", "describe_field",
     "label_error", "check_sequence_name", "sequence_names",
 ]
 
@@ -100,6 +101,27 @@ def label_field_names(dataset: fo.Dataset) -> list[str]:
     """Frame fields the plugin can read as masks (Detections with masks, Segmentation, Polylines)."""
     schema = dataset.get_frame_field_schema() or {}
     return [name for name, field in schema.items() if getattr(field, "document_type", None) in KEYFRAME_TYPES]
+
+
+#: a field name that says "keyframes": ``keyframes``, ``my_keyframe``, ``kf``, ``kf_masks``...
+KEYFRAME_NAME = re.compile(r"key_?frame|(?:^|[^a-z0-9])kfs?(?:[^a-z0-9]|$)", re.IGNORECASE)
+
+
+def likely_keyframes_field(dataset: fo.Dataset) -> str | None:
+    """The mask field (:func:`label_field_names`) most likely to hold keyframes, or None: never one
+    labelled on every frame (a ground truth or a propagated output); among the others, one named
+    like keyframes first (``keyframe`` or ``kf`` in the name), then one with labelled frames before
+    an empty one, then the fewest labelled frames, then schema order."""
+    fields = label_field_names(dataset)
+    if not fields:
+        return None
+    counts = dataset.aggregate([fo.Count("frames")] + [fo.Count(f"frames.{name}") for name in fields])
+    total, labelled = counts[0], dict(zip(fields, counts[1:]))
+    candidates = [name for name in fields if not (total and labelled[name] >= total)]
+    if not candidates:
+        return None
+    return min(candidates, key=lambda name: (not KEYFRAME_NAME.search(name), labelled[name] == 0, labelled[name],
+                                             fields.index(name)))
 
 
 def mask_targets_for(dataset: fo.Dataset, field_name: str, frame_field: bool = True) -> dict | None:

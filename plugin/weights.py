@@ -39,7 +39,7 @@ OFFLINE_ENV = "DEAOT_OFFLINE"
 __all__ = [
     "DEFAULT_MODEL", "DEMO_CHECKPOINT", "DEMO_MODEL", "ModelChoice", "ModelUnavailableError", "OFFICIAL_WEIGHTS",
     "PRECISIONS", "cache_dir", "canonical_model_name", "download_official", "emulated_precisions", "is_offline",
-    "load_model", "model_names", "official_checkpoint_name", "resolve_checkpoint", "resolve_device",
+    "load_model", "model_names", "official_checkpoint_name", "resolve_checkpoint", "resolve_device", "weights_notice",
 ]
 
 
@@ -125,8 +125,9 @@ def download_official(model: str, offline: bool | None = None) -> Path | None:
 
 
 def resolve_checkpoint(model: str = DEFAULT_MODEL, checkpoint: str | None = None,
-                       allow_random: bool = False, offline: bool | None = None) -> ModelChoice:
-    """Pick the weights to run (see the module docstring); logs every step and the choice.
+                       allow_random: bool = False, offline: bool | None = None, quiet: bool = False) -> ModelChoice:
+    """Pick the weights to run (see the module docstring); logs every step and the choice (at
+    debug level with ``quiet``, e.g. for a form that only looks ahead).
 
     ``offline``: skip the download step (None: as ``$DEAOT_OFFLINE`` says)."""
     model = canonical_model_name(model)
@@ -143,21 +144,23 @@ def resolve_checkpoint(model: str = DEFAULT_MODEL, checkpoint: str | None = None
         if cached.is_file():
             choice = ModelChoice(model, str(cached), "cache")
         else:
-            log.info("weights: no checkpoint given and no %s in the cache dir %s", cached.name, cached.parent)
-            choice = _without_cache(model, cached, allow_random, offline)
-    log.info("model: %s", choice.describe())
+            (log.debug if quiet else log.info)("weights: no checkpoint given and no %s in the cache dir %s",
+                                               cached.name, cached.parent)
+            choice = _without_cache(model, cached, allow_random, offline, quiet)
+    (log.debug if quiet else log.info)("model: %s", choice.describe())
     return choice
 
 
-def _without_cache(model: str, cached: Path, allow_random: bool, offline: bool | None) -> ModelChoice:
+def _without_cache(model: str, cached: Path, allow_random: bool, offline: bool | None,
+                   quiet: bool = False) -> ModelChoice:
     """The steps after the cache: the official URL > the demo checkpoint > random (if allowed)."""
-    downloaded = download_official(model, offline)
+    downloaded = None if quiet and offline else download_official(model, offline)  # a look ahead never downloads
     if downloaded is not None:
         return ModelChoice(model, str(downloaded), "url")
     if DEMO_CHECKPOINT.is_file():
-        log.warning("no %s checkpoint at %s; falling back to the shipped demo checkpoint %s (%s "
-                    "trained on synthetic data: for demos, not for accuracy)", model, cached,
-                    DEMO_CHECKPOINT, DEMO_MODEL)
+        (log.debug if quiet else log.warning)(
+            "no %s checkpoint at %s; falling back to the shipped demo checkpoint %s (%s trained on synthetic data: "
+            "for demos, not for accuracy)", model, cached, DEMO_CHECKPOINT, DEMO_MODEL)
         return ModelChoice(DEMO_MODEL, str(DEMO_CHECKPOINT), "demo")
     if allow_random:
         log.warning("\n" + "!" * 78 + "\n!! NO CHECKPOINT FOUND: running %s with RANDOMLY INITIALISED weights.\n"
@@ -169,6 +172,25 @@ def _without_cache(model: str, cached: Path, allow_random: bool, offline: bool |
         f"checkpoint {official_checkpoint_name(model)} in {cache_dir()} (set DEAOT_CACHE to use "
         f"another directory; it is downloaded there when online and {OFFLINE_ENV} is not set), or add "
         f"the demo checkpoint {DEMO_CHECKPOINT}")
+
+
+def weights_notice(model: str, checkpoint: str | None = None) -> str | None:
+    """What a form says before a run about the weights :func:`resolve_checkpoint` would pick for
+    ``model`` here (looked up quietly, never downloading): None when the model's own weights are
+    here (or an explicit checkpoint is given); else which weights would be used instead. Raises
+    :class:`ModelUnavailableError` / ``ValueError`` as the run would."""
+    choice = resolve_checkpoint(model, checkpoint or None, offline=True, quiet=True)
+    if choice.source != "demo":
+        return None
+    model = canonical_model_name(model)
+    where = f"{official_checkpoint_name(model)} is not in {cache_dir()}"
+    if model in OFFICIAL_WEIGHTS and not is_offline():
+        return (f"No {model} weights on this machine ({where}): the run downloads them from the official URL, "
+                f"and if that fails it uses the shipped demo checkpoint ({DEMO_MODEL} trained on synthetic clips) "
+                f"instead of {model}")
+    return (f"No {model} weights on this machine ({where}): the run uses the shipped demo checkpoint "
+            f"({DEMO_MODEL} trained on synthetic clips) instead of {model}; put the official file there or give a "
+            f"checkpoint to run {model}")
 
 
 def _discard_official_download(path: Path, reason: BaseException) -> None:

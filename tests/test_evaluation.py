@@ -218,15 +218,17 @@ def test_evaluate_cli_and_overwrite(evaluated, capsys):
 
     ds = evaluated["ds"]
     before = ds.values("run_b_JF")
-    with pytest.raises(EvaluationError, match="already has an evaluation 'run_b'"):
+    with pytest.raises(EvaluationError, match="already has an evaluation 'run_b'; pass overwrite=True") as raised:
         evaluate_vos(ds, "pred_a", "ground_truth", eval_key="run_b")
+    assert raised.value.field == "run_b"
     assert ds.values("run_b_JF") == before and ds.get_evaluation_info("run_b").config.pred_field == "pred_b"
     assert main(["evaluate", "--dataset", ds.name, "--pred-field", "pred_a", "--eval-key", "run_cli"]) == 0
     out = capsys.readouterr().out
     assert "run_cli" in out and "J&F-Mean" in out
     assert ds.values("run_cli_JF") == pytest.approx(ds.values("run_a_JF"))
     assert main(["evaluate", "--dataset", ds.name, "--pred-field", "pred_a", "--eval-key", "run_cli"]) == 1
-    assert "already has an evaluation" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "already has an evaluation" in err and "pass --overwrite" in err and "overwrite=True" not in err
     # overwrite with other fields: the old run's values are replaced
     assert main(["evaluate", "--dataset", ds.name, "--pred-field", "pred_b", "--eval-key", "run_cli",
                  "--overwrite", "--json"]) == 0
@@ -332,6 +334,7 @@ def test_evaluate_operator_form(evaluated):
     ctx = ExecutionContext(request_params=dict(dataset_name=ds.name, view=[], params=params))
     props = op.resolve_input(ctx).type.properties
     assert props["eval_key"].invalid and "already has an evaluation" in props["eval_key"].error_message
+    assert "Overwrite checkbox" in props["eval_key"].error_message and "=True" not in props["eval_key"].error_message
     ctx = ExecutionContext(request_params=dict(dataset_name=ds.name, view=[], params=dict(params, overwrite=True)))
     assert not op.resolve_input(ctx).type.properties["eval_key"].invalid
 

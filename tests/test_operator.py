@@ -96,8 +96,9 @@ def test_execute_operator_end_to_end(video_dataset, tiny_checkpoint):
 
     # rerun into the existing field without overwrite: refused, nothing changes
     out_before = ds.values("frames.out")
-    with pytest.raises(Exception, match="'out' already exists"):
+    with pytest.raises(Exception, match="'out' already exists.*tick the Overwrite checkbox") as raised:
         foo.execute_operator(URI, dict(dataset=ds, view=ds.view(), params=params))
+    assert "overwrite=True" not in str(raised.value)
     assert ds.values("frames.out") == out_before and _snapshot(ds) == before
 
     # selected samples only, with overwrite
@@ -132,6 +133,8 @@ def test_resolve_input_builds_the_form(video_dataset, monkeypatch):
     ctx = ExecutionContext(request_params=dict(dataset_name=ds.name, view=[], params=dict(keyframes_field="kf")))
     props = op.resolve_input(ctx).type.properties
     assert props["output_field"].invalid and "already exists" in props["output_field"].error_message
+    assert "tick the Overwrite checkbox" in props["output_field"].error_message
+    assert "overwrite=True" not in props["output_field"].error_message
     ctx = ExecutionContext(request_params=dict(dataset_name=ds.name, view=[],
                                                params=dict(keyframes_field="kf", overwrite=True)))
     assert not op.resolve_input(ctx).type.properties["output_field"].invalid

@@ -248,7 +248,7 @@ def test_refuse_existing_output_overwrite_subset_and_cancel(make_video, tiny_che
     deaot_vos.propagate(ds, "kf", "out", **run)
     before = ds.values("frames.out")
 
-    with pytest.raises(deaot_vos.OutputExistsError, match="'out'"):
+    with pytest.raises(deaot_vos.OutputExistsError, match="'out' already exists.*pass overwrite=True"):
         deaot_vos.propagate(ds, "kf", "out", **run)
     assert ds.values("frames.out") == before
 
@@ -321,6 +321,7 @@ def test_cli_propagate(make_video, tiny_checkpoint):
         assert ds.count("frames.out") == 6
         again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
         assert again.returncode != 0 and "already exists" in again.stderr
+        assert "pass --overwrite to replace it" in again.stderr and "overwrite=True" not in again.stderr
         bad = subprocess.run(cmd + ["--overwrite", "--test-scales", "1.0", "0"], cwd=REPO, env=env,
                              capture_output=True, text=True, timeout=300)
         assert bad.returncode == 1 and "test_scales" in bad.stderr

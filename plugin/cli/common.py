@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import sys
 
+from ..overwrite import worded
+
 
 EXIT_DATABASE = 4  # the FiftyOne database cannot be reached
 
@@ -58,6 +60,11 @@ def database_error_line(err: BaseException) -> str:
     return (f"error: the FiftyOne database {where} cannot be reached ({reason}); check that mongod is running "
             f"and reachable from this machine, and FIFTYONE_DATABASE_URI (or database_uri in the FiftyOne "
             f"config)")
+
+
+def error_line(err: BaseException) -> str:
+    """``error: <message>`` in the CLI's words (a refusal for want of overwrite says ``--overwrite``)."""
+    return f"error: {worded(err, 'cli')}"
 
 
 def load_dataset(name: str):

@@ -9,7 +9,7 @@ def add_parser(sub) -> None:
     p.add_argument("--name", default="deaot-demo", help="dataset name (replaced if it exists)")
     p.add_argument("--device", default="auto")
     p.add_argument("--no-real-clips", action="store_true", help="only the synthetic video")
-    p.add_argument("--launch", action="store_true", help="open the FiftyOne App at the end")
+    p.add_argument("--launch", action="store_true", help="open the FiftyOne App at the end (with the plugin loaded and Schedule available)")
     p.set_defaults(handler=run)
 
 

@@ -11,7 +11,7 @@ import sys
 from ..compare import summary_rows
 from ..evaluation import evaluate_vos
 from ..tables import format_table, to_csv
-from .common import load_dataset, load_view
+from .common import error_line, load_dataset, load_view
 
 
 def add_parsers(sub) -> None:
@@ -44,7 +44,7 @@ def run_evaluate(args) -> int:
         results = evaluate_vos(view, args.pred_field, args.gt_field, eval_key=args.eval_key,
                                overwrite=args.overwrite, extra_objects=args.extra_objects)
     except (ValueError, RuntimeError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(error_line(err), file=sys.stderr)
         return 1
     if args.json:
         print(json.dumps(dict(summary=results.summary(), objects=results.objects, skipped=results.skipped), indent=2))
@@ -62,7 +62,7 @@ def run_compare(args) -> int:
     try:
         rows = summary_rows(dataset, args.eval_keys or None)
     except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(error_line(err), file=sys.stderr)
         return 1
     if not rows:
         print(f"dataset '{dataset.name}' has no J&F evaluation; run `python -m deaot_vos evaluate` first", file=sys.stderr)

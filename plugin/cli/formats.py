@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 
 from ..formats.vos import export_vos, import_vos
-from .common import load_view
+from .common import error_line, load_view
 
 
 def add_parsers(sub) -> None:
@@ -43,7 +43,7 @@ def run_export(args) -> int:
     try:
         summary = export_vos(view, args.export_dir, args.label_field, layout=args.layout, overwrite=args.overwrite)
     except (ValueError, RuntimeError, FileExistsError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(error_line(err), file=sys.stderr)
         return 1
     for name, row in summary["sequences"].items():
         print(f"  {name}: {row['frames']} frames, {row['annotated']} annotated, objects {row['objects']}")
@@ -58,7 +58,7 @@ def run_import(args) -> int:
                              sequences=args.sequence, resolution=args.resolution, overwrite=args.overwrite,
                              persistent=True)
     except (ValueError, RuntimeError, FileExistsError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(error_line(err), file=sys.stderr)
         return 1
     print(f"dataset '{dataset.name}': {len(dataset)} videos, {dataset.count('frames.' + args.label_field)} "
           f"annotated frames in '{args.label_field}'")

@@ -14,7 +14,7 @@ import sys
 from ..propagation import (OutputExistsError, PropagationCancelled, PropagationOptions, cancel_on_signals, propagate,
                            queue_propagation)
 from ..reporting import print_summary, tqdm_progress
-from .common import database_unreachable, load_view
+from .common import database_unreachable, error_line, load_view
 
 
 def add_parser(sub) -> None:
@@ -56,7 +56,7 @@ def run_propagate(args) -> int:
             bar.close()
             if database_unreachable(err):
                 raise  # main() prints the one line
-            print(f"error: {err}", file=sys.stderr)
+            print(error_line(err), file=sys.stderr)
             return 1
         except BaseException:
             bar.close()
@@ -82,7 +82,7 @@ def _queue(view, args) -> int:
     except (OutputExistsError, ValueError, RuntimeError, OSError) as err:
         if database_unreachable(err):
             raise  # main() prints the one line
-        print(f"error: {err}", file=sys.stderr)
+        print(error_line(err), file=sys.stderr)
         return 1
     if args.json:
         print(json.dumps(queued, indent=2))

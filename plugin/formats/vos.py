@@ -51,6 +51,7 @@ import fiftyone as fo
 from ..fields import (check_label_field, check_sequence_name, describe_sample, frame_field_name, mask_targets_for,
                       root_dataset, sample_sequence_names)
 from ..label_frames import id_map_to_detections, read_id_maps
+from ..overwrite import NeedsOverwrite
 from ..video import VideoReader, open_video, video_metadata, write_mp4
 
 __all__ = ["LAYOUTS", "LABEL_TYPES", "VOSFormatError", "davis_palette", "write_annotation", "read_annotation",
@@ -66,6 +67,14 @@ DAVIS_VOID = 255  # DAVIS annotations: pixels excluded from the ground truth (no
 LOSSY_FORMATS = ("JPEG", "MPO")  # PIL formats whose pixels are not exact: never id maps
 
 ProgressCallback = Callable[[float, str], Optional[bool]]  # reports only (no cancel)
+
+
+class PathExistsError(NeedsOverwrite, FileExistsError):
+    """A sequence folder or video to be written exists and ``overwrite`` is False (``.field``: the path)."""
+
+
+class DatasetExistsError(NeedsOverwrite, ValueError):
+    """The dataset to be created exists and ``overwrite`` is False (``.field``: its name)."""
 
 
 class VOSFormatError(ValueError):
@@ -152,7 +161,7 @@ def export_vos(sample_collection, export_dir: str | Path, label_field: str, layo
     for name in names:
         for sub in ("JPEGImages", "Annotations"):
             if (export_dir / sub / name).exists() and not overwrite:
-                raise FileExistsError(f"{export_dir / sub / name} already exists; pass overwrite=True to replace it")
+                raise PathExistsError(f"{export_dir / sub / name} already exists", field=str(export_dir / sub / name))
     # read and check every label first: nothing is written for bad input
     plans = [_plan_export(sample_collection, sid, path, count, name, label_field, targets, layout)
              for sid, path, count, name in zip(ids, paths, counts, names)]
@@ -477,7 +486,7 @@ def import_vos(dataset_dir: str | Path, dataset=None, label_field: str = "ground
     video_dir = Path(video_dir) if video_dir else Path(fo.config.default_dataset_dir) / name_for_dir / "videos"
     taken = [str(video_dir / f"{p[0]}.mp4") for p in plans if (video_dir / f"{p[0]}.mp4").exists()]
     if taken and not overwrite:
-        raise FileExistsError(f"{taken[0]} already exists ({len(taken)} video(s)); pass overwrite=True to replace")
+        raise PathExistsError(f"{taken[0]} already exists ({len(taken)} video(s))", field=taken[0])
     # encode the videos into a staging folder and read every annotation, then publish
     video_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".import-vos-", dir=video_dir))
@@ -556,7 +565,7 @@ def _import_target(dataset, dataset_dir: Path, label_field: str, wanted: type, o
         return dataset, dataset.name
     name = dataset or dataset_dir.resolve().name
     if fo.dataset_exists(name) and not overwrite:
-        raise ValueError(f"dataset '{name}' already exists; pass overwrite=True to replace it")
+        raise DatasetExistsError(f"dataset '{name}' already exists", field=name)
     return None, name
 
 

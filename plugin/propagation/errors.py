@@ -4,15 +4,13 @@ from __future__ import annotations
 import os
 
 from ..labels import KeyframeError
+from ..overwrite import NeedsOverwrite
 from ..video import VideoError
 
 
-class OutputExistsError(ValueError):
-    """The output field exists and ``overwrite`` is False (``.field`` names it)."""
-
-    def __init__(self, message: str, field: str | None = None):
-        super().__init__(message)
-        self.field = field
+class OutputExistsError(NeedsOverwrite, ValueError):
+    """The output field exists and ``overwrite`` is False (``.field`` names it; ``worded("cli")``
+    / ``worded("app")`` say how that interface asks for ``overwrite``)."""
 
 
 class NoKeyframesError(ValueError):

@@ -69,8 +69,8 @@ def check_fields(sample_collection, keyframes_field: str, output_field: str,
         if name is None or name not in schema:
             continue
         if not overwrite:
-            raise OutputExistsError(f"frame field '{name}' already exists on dataset '{dataset.name}'; "
-                                    f"pass overwrite=True to replace it, or choose another output field", field=name)
+            raise OutputExistsError(f"frame field '{name}' already exists on dataset '{dataset.name}'", field=name,
+                                    alternative="choose another output field")
         existing = _embedded_type(schema, name)
         if existing is not kind:
             raise ValueError(f"frame field '{name}' exists with type {getattr(existing, '__name__', existing)}, "
