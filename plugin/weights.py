@@ -184,13 +184,14 @@ def weights_notice(model: str, checkpoint: str | None = None) -> str | None:
         return None
     model = canonical_model_name(model)
     where = f"{official_checkpoint_name(model)} is not in {cache_dir()}"
+    demo = (f"the shipped demo checkpoint ({DEMO_MODEL} trained on synthetic clips, not the official weights)"
+            if model == DEMO_MODEL else f"the shipped demo checkpoint ({DEMO_MODEL} trained on synthetic clips) "
+                                        f"instead of {model}")
     if model in OFFICIAL_WEIGHTS and not is_offline():
         return (f"No {model} weights on this machine ({where}): the run downloads them from the official URL, "
-                f"and if that fails it uses the shipped demo checkpoint ({DEMO_MODEL} trained on synthetic clips) "
-                f"instead of {model}")
-    return (f"No {model} weights on this machine ({where}): the run uses the shipped demo checkpoint "
-            f"({DEMO_MODEL} trained on synthetic clips) instead of {model}; put the official file there or give a "
-            f"checkpoint to run {model}")
+                f"and if that fails it uses {demo}")
+    return (f"No {model} weights on this machine ({where}): the run uses {demo}; put the official file there or "
+            f"give a checkpoint")
 
 
 def _discard_official_download(path: Path, reason: BaseException) -> None:

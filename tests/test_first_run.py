@@ -138,6 +138,8 @@ def test_propagate_form_defaults_and_weights_notice(demo_dataset, tiny_checkpoin
     notice = props["weights_notice"].view.description
     assert "No R50_DeAOTL weights" in notice and "demo checkpoint (DeAOTT" in notice
     assert weights.weights_notice("R50_DeAOTL") == notice
+    assert "instead of" not in weights.weights_notice("DeAOTT")  # the demo model itself: other weights, same model
+    assert "No DeAOTT weights" in form(dict(model="DeAOTT"))["weights_notice"].view.description
     assert "weights_notice" not in form(dict(checkpoint=tiny_checkpoint))
     bad = form(dict(checkpoint="/nowhere/x.pth"))["checkpoint"]
     assert bad.invalid and "not found" in bad.error_message

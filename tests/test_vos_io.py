@@ -304,7 +304,8 @@ def test_operators(source, tmp_path):
             dataset_dir=str(out), name=name)))
         props = op.resolve_input(ctx).type.properties
         assert props["name"].invalid and "already exists" in props["name"].error_message
-        with pytest.raises(Exception, match="already exists"):
+        assert "tick the Overwrite checkbox" in props["name"].error_message
+        with pytest.raises(Exception, match="already exists; tick the Overwrite checkbox"):
             foo.execute_operator("@deaot/vos/import_vos", dict(dataset=ds, view=ds.view(), params=dict(
                 dataset_dir=str(out), name=name)))
         assert len(fo.load_dataset(name)) == 3
@@ -329,7 +330,8 @@ def test_cli(source, tmp_path, capsys):
                  "--layout", "youtube"]) == 0
     assert "wrote 3 sequence(s)" in capsys.readouterr().out
     assert main(["export-vos", "--dataset", ds.name, "--label-field", "gt", "--export-dir", str(out)]) == 1
-    assert "already exists" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "already exists; pass --overwrite to replace it" in err and "overwrite=True" not in err
     try:
         assert main(["import-vos", "--dataset-dir", str(out), "--name", "t_vosio_cli", "--sequence", "walk"]) == 0
         assert "1 videos" in capsys.readouterr().out
@@ -443,7 +445,7 @@ def test_import_refusals(good_folder, tmp_path):
                                "b": dict(count=4, maps={n: _label_maps(4, {3: 1}, 1)[n - 1] for n in range(1, 5)})},
                           "ground_truth")
         before = (_tree(videos), len(ds), ds.count("frames.ground_truth"))
-        with pytest.raises(ValueError, match="'t_vosio_ok' already exists"):
+        with pytest.raises(ValueError, match="'t_vosio_ok' already exists; pass overwrite=True"):
             import_vos(good_folder, "t_vosio_ok", video_dir=videos)
         with pytest.raises(FileExistsError, match="a.mp4 already exists"):  # another dataset, same videos
             import_vos(good_folder, "t_vosio_other", video_dir=videos)
