@@ -132,8 +132,10 @@ class _Scripted:
     fail = None
     steps: list = []
 
-    def __init__(self, model, device="cpu", max_long_edge=None, **kwargs):
-        self.device, self.max_long_edge = str(device), max_long_edge
+    def __init__(self, model, device="cpu", options=None, max_long_edge=None, **kwargs):
+        # as deaot_core.Tracker: the knobs come in a TrackerOptions (the plugin passes one) or as keywords
+        self.device = str(device)
+        self.max_long_edge = options.max_long_edge if options is not None else max_long_edge
         self.reset()
 
     def reset(self):
