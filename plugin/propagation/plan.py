@@ -11,6 +11,7 @@ from typing import Any, Callable, Optional
 import fiftyone as fo
 
 from ..fields import mask_targets_for, root_dataset
+from ..label_frames import read_label_frames
 from ..labels import KEYFRAME_TYPES, Keyframe, KeyframeError, ObjectRegistry, parse_keyframe
 from ..weights import resolve_checkpoint, resolve_device
 from ..video import open_video
@@ -145,12 +146,11 @@ def plan_run(sample_collection, dataset: fo.Dataset, options: PropagationOptions
     return RunPlan(dataset, options, device, choice, mask_targets)
 
 
-def _parse_keyframes(sample_plan: SamplePlan, frame_numbers, values, reader, plan: RunPlan) -> None:
+def _parse_keyframes(sample_plan: SamplePlan, label_frames, reader, plan: RunPlan) -> None:
+    """Parse ``label_frames`` ((frame number, label), sorted) into the sample's keyframes."""
     registry = ObjectRegistry()
     count, meta_count = reader.num_frames, sample_plan.frame_count
-    for number, value in sorted(zip(frame_numbers, values), key=lambda x: x[0]):
-        if value is None:
-            continue
+    for number, value in label_frames:
         kf = parse_keyframe(value, number, reader.height, reader.width, registry, plan.mask_targets)
         if kf is None:
             continue
@@ -174,11 +174,11 @@ def load_sample(sample_collection, plan: RunPlan, sample_plan: SamplePlan) -> No
     """Open the sample's video and parse its keyframes (those the view shows) into
     ``sample_plan``, validating everything (KeyframeError, VideoError)."""
     sid, field = sample_plan.sample_id, plan.options.keyframes_field
-    frame_numbers, values = sample_collection.select(sid).values(["frames.frame_number", "frames." + field])
+    label_frames = read_label_frames(sample_collection, sid, field)
     existing = plan.dataset.select(sid).values("frames.frame_number")
     sample_plan.existing = set(existing[0] or []) if existing else set()
     reader = open_video(sample_plan.filepath, sample_plan.frame_count)
-    _parse_keyframes(sample_plan, frame_numbers[0] or [], values[0] or [], reader, plan)
+    _parse_keyframes(sample_plan, label_frames, reader, plan)
     sample_plan.row.update(frames=reader.num_frames, width=reader.width, height=reader.height,
                            keyframes=sorted(sample_plan.keyframes), objects=sample_plan.registry.num_objects)
 
