@@ -240,19 +240,20 @@ def upgrade_legacy_runs(sample_collection) -> list[str]:
     """Rewrite this plugin's evaluation runs stored under a legacy class path (``plugin.evaluation.*``)
     to the stable one, so FiftyOne loads, renames and deletes them with this module's classes.
     Returns the keys upgraded. Idempotent and safe to interrupt: the results document is
-    rewritten before the config, and a run counts as legacy while either still is."""
+    rewritten before the config, so a run counts as legacy while its config is (a run with a
+    current config costs no read of its results)."""
     dataset = root_dataset(sample_collection)
     upgraded = []
     for key, run_doc in dict(dataset._doc.evaluations).items():
+        config_cls = _legacy_class((run_doc.config or {}).get("cls"))
+        if config_cls is None:
+            continue
         results = None
         if run_doc.results:
             run_doc.results.seek(0)
             results = json_util.loads(run_doc.results.read().decode())
-        config_cls = _legacy_class((run_doc.config or {}).get("cls"))
         results_cls = _legacy_class((results or {}).get("cls"))
-        if config_cls is None and results_cls is None:
-            continue
-        config = dict(run_doc.config, cls=config_cls or run_doc.config["cls"])
+        config = dict(run_doc.config, cls=config_cls)
         if results_cls is not None:
             results.pop("cls")
             loaded = VOSEvaluationResults._from_dict(results, dataset, VOSEvaluationConfig.from_dict(dict(config)), key)
