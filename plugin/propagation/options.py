@@ -20,6 +20,7 @@ from ..fields import frame_field_name
 from ..weights import DEFAULT_MODEL, PRECISIONS
 
 DEFAULT_OUTPUT = "deaot"  # the operator's default output field
+_ARG_NAMES = {"compile_model": "compile"}  # option -> its argparse dest, where they differ
 TRACKER_KNOBS = ("long_term_gap", "max_long_term_frames", "max_short_edge", "max_long_edge", "precision",
                  "compile_model", "test_scales", "test_flip")
 
@@ -140,14 +141,12 @@ class PropagationOptions:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "PropagationOptions":
-        """From the arguments :meth:`add_arguments` declared."""
-        return cls(keyframes_field=args.keyframes_field, output_field=args.output_field, model=args.model,
-                   checkpoint=args.checkpoint, device=args.device, overwrite=args.overwrite,
-                   write_segmentation=args.write_segmentation, skip_failures=args.skip_failures,
-                   write_every=args.write_every, long_term_gap=args.long_term_gap,
-                   max_long_term_frames=args.max_long_term_frames, max_short_edge=args.max_short_edge,
-                   max_long_edge=args.max_long_edge, precision=args.precision, compile_model=args.compile,
-                   test_scales=args.test_scales, test_flip=args.test_flip)
+        """From the arguments :meth:`add_arguments` declared: every option with a flag of the same
+        name (``compile_model`` is ``--compile``)."""
+        given = vars(args)
+        values = {f.name: given[_ARG_NAMES.get(f.name, f.name)] for f in dataclasses.fields(cls)
+                  if _ARG_NAMES.get(f.name, f.name) in given}
+        return cls(**values)
 
     @staticmethod
     def add_arguments(parser: argparse.ArgumentParser) -> None:
