@@ -146,12 +146,16 @@ def plan_run(sample_collection, dataset: fo.Dataset, options: PropagationOptions
     return RunPlan(dataset, options, device, choice, mask_targets)
 
 
-def _parse_keyframes(sample_plan: SamplePlan, label_frames, reader, plan: RunPlan) -> None:
-    """Parse ``label_frames`` ((frame number, label), sorted) into the sample's keyframes."""
+def parse_keyframes(sample_plan: SamplePlan, label_frames, reader, mask_targets=None,
+                    with_segmentation: bool = False) -> None:
+    """Parse ``label_frames`` ((frame number, label), sorted) into ``sample_plan``'s keyframes and
+    object registry; ``reader`` (an opened video) gives the frame size and count. KeyframeError
+    on a label that cannot be used, on a keyframe beyond the video's frames and, with
+    ``with_segmentation``, on an object index a segmentation label map cannot hold."""
     registry = ObjectRegistry()
     count, meta_count = reader.num_frames, sample_plan.frame_count
     for number, value in label_frames:
-        kf = parse_keyframe(value, number, reader.height, reader.width, registry, plan.mask_targets)
+        kf = parse_keyframe(value, number, reader.height, reader.width, registry, mask_targets)
         if kf is None:
             continue
         if number > count:
@@ -161,7 +165,7 @@ def _parse_keyframes(sample_plan: SamplePlan, label_frames, reader, plan: RunPla
                                 f"labels of another video, or a wrong frame rate/trim?", number)
         sample_plan.keyframes[number] = kf
     registry.assign_indexes()
-    if plan.options.write_segmentation:
+    if with_segmentation:
         for info in registry.by_id.values():
             if not 1 <= info.index < 2 ** 31:
                 raise KeyframeError(f"object {info.label!r} has index {info.index}, which a segmentation label map "
@@ -178,7 +182,8 @@ def load_sample(sample_collection, plan: RunPlan, sample_plan: SamplePlan) -> No
     existing = plan.dataset.select(sid).values("frames.frame_number")
     sample_plan.existing = set(existing[0] or []) if existing else set()
     reader = open_video(sample_plan.filepath, sample_plan.frame_count)
-    _parse_keyframes(sample_plan, label_frames, reader, plan)
+    parse_keyframes(sample_plan, label_frames, reader, plan.mask_targets,
+                    bool(plan.options.write_segmentation))
     sample_plan.row.update(frames=reader.num_frames, width=reader.width, height=reader.height,
                            keyframes=sorted(sample_plan.keyframes), objects=sample_plan.registry.num_objects)
 
