@@ -20,7 +20,9 @@ from .errors import CheckpointError
 from .hub import cache_dir, download
 from .modeling.model import VOSModel, build_model
 from .tracker import Tracker, TrackerOptions, merge_groups, network_size
-from .video import FrameResult, FrameSource, Keyframe, mean_confidences, propagate_video
+from .schedule import Schedule
+from .states import DirectoryStates, MemoryStates, StateStore
+from .video import FrameResult, FrameSource, Keyframe, PropagationStats, mean_confidences, propagate_video
 
 
 def count_parameters(model: torch.nn.Module) -> int:
@@ -29,8 +31,9 @@ def count_parameters(model: torch.nn.Module) -> int:
 
 
 __all__ = [
-    "CheckpointError", "FrameResult", "FrameSource", "GroupEngine", "IMAGE_MEAN", "IMAGE_STD", "Keyframe",
-    "MODEL_CONFIGS", "MODEL_NAMES", "ModelConfig", "PRECISIONS", "PretrainedWeights", "Tracker", "TrackerOptions",
+    "CheckpointError", "DirectoryStates", "FrameResult", "FrameSource", "GroupEngine", "IMAGE_MEAN", "IMAGE_STD", "Keyframe",
+    "MODEL_CONFIGS", "MODEL_NAMES", "MemoryStates", "ModelConfig", "PRECISIONS", "PretrainedWeights",
+    "PropagationStats", "Schedule", "StateStore", "Tracker", "TrackerOptions",
     "VOSModel", "WEIGHTS", "build_model", "cache_dir", "count_parameters", "download", "extract_state_dict",
     "get_config", "load_checkpoint", "mean_confidences", "merge_groups", "native_cpu_precision", "network_size",
     "propagate_video", "resolve_device", "save_checkpoint", "train_forward",

@@ -72,6 +72,49 @@ class GroupEngine:
     def long_term_frames(self) -> int:
         return len(self.entries)
 
+    def state(self, to: torch.device | str | None = None) -> dict:
+        """The memory as plain data (tensors moved ``to`` a device, e.g. "cpu"; lists copied), for
+        :meth:`load_state` on an engine of the same model. Tensors shared between long- and
+        short-term memory stay shared."""
+        moved: dict[int, torch.Tensor] = {}
+
+        def move(tensor: torch.Tensor) -> torch.Tensor:
+            if id(tensor) not in moved:
+                moved[id(tensor)] = tensor if to is None else tensor.to(to)
+            return moved[id(tensor)]
+
+        def memories(items: list[Memory]) -> list[list[torch.Tensor]]:
+            return [[move(key), move(value)] for key, value in items]
+
+        return dict(entries=[dict(step=e.step, is_reference=e.is_reference, memories=memories(e.memories))
+                             for e in self.entries],
+                    short_history=[memories(m) for m in self.short_history], num_objects=list(self.num_objects),
+                    last_memory_step=self.last_memory_step, pos=None if self.pos is None else move(self.pos))
+
+    def load_state(self, state: dict, device: torch.device | str | None = None) -> None:
+        """Restore memory saved by :meth:`state` (tensors moved to ``device``)."""
+        moved: dict[int, torch.Tensor] = {}
+
+        def move(tensor: torch.Tensor) -> torch.Tensor:
+            if id(tensor) not in moved:
+                moved[id(tensor)] = tensor if device is None else tensor.to(device)
+            return moved[id(tensor)]
+
+        def memories(items) -> list[Memory]:
+            return [(move(key), move(value)) for key, value in items]
+
+        self.entries = [_LongTermEntry(int(e["step"]), bool(e["is_reference"]), memories(e["memories"]))
+                        for e in state["entries"]]
+        self.short_history = [memories(m) for m in state["short_history"]]
+        self.num_objects = [int(n) for n in state["num_objects"]]
+        self.last_memory_step = int(state["last_memory_step"])
+        self.pos = None if state["pos"] is None else move(state["pos"])
+        self._outputs = self._currs = self._feats = None
+        if self.entries:
+            self._rebuild_long_term()
+        else:
+            self.long_mems = None
+
     def identity_embedding(self, labels: torch.Tensor) -> torch.Tensor:
         return self.model.identity_embedding(self.model.one_hot(labels))
 

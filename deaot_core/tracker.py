@@ -278,6 +278,36 @@ class Tracker:
         """Frames held in long-term memory (the first group's)."""
         return self.groups[0].long_term_frames if self.groups else 0
 
+    def state(self, device: str | torch.device | None = "cpu") -> dict:
+        """Everything the next ``step`` depends on, as plain data (tensors moved to ``device``,
+        None: left where they are; numbers, lists, dicts: ``torch.save``-able and loadable with
+        ``weights_only=True``), for :meth:`load_state` on a tracker of the same model and
+        options: the continuation is then the same as if this tracker had gone on."""
+        label = self._label if self._label is None or device is None else self._label.to(device)
+        return dict(frame_index=self.frame_index, num_objects=self.num_objects,
+                    frame_size=None if self.frame_size is None else list(self.frame_size), label=label,
+                    views=[dict(scale=v.scale, flip=v.flip,
+                                input_size=None if v.input_size is None else list(v.input_size),
+                                groups=[g.state(device) for g in v.groups]) for v in self.views])
+
+    def load_state(self, state: dict) -> None:
+        """Continue from a :meth:`state` of a tracker with the same model and options (ValueError
+        when its test-time views differ)."""
+        views = [(float(v["scale"]), bool(v["flip"])) for v in state["views"]]
+        if views != [(v.scale, v.flip) for v in self.views]:
+            raise ValueError(f"the state has the test-time views {views}, this tracker "
+                             f"{[(v.scale, v.flip) for v in self.views]}")
+        self.reset()
+        self.frame_index, self.num_objects = int(state["frame_index"]), int(state["num_objects"])
+        self.frame_size = None if state["frame_size"] is None else tuple(int(x) for x in state["frame_size"])
+        self._label = None if state["label"] is None else state["label"].to(self.device)
+        for view, saved in zip(self.views, state["views"]):
+            view.input_size = None if saved["input_size"] is None else tuple(int(x) for x in saved["input_size"])
+            for group_state in saved["groups"]:
+                group = GroupEngine(self.model, self.long_term_gap, self.short_term_skip, self.max_long_term_frames)
+                group.load_state(group_state, self.device)
+                view.groups.append(group)
+
     # -- helpers --------------------------------------------------------------------------------
     def _autocast(self):
         dtype = PRECISIONS[self.precision]
