@@ -1,0 +1,292 @@
+"""DeAOT as a FiftyOne zoo model for ``apply_model``: keyframe masks in, every frame's masks out.
+
+``DeAOTVideoModel`` is a ``fom.Model`` + ``fom.SamplesMixin`` with ``media_type == "video"``:
+``predict(video_reader, sample)`` returns ``{frame_number: fo.Detections}`` (with
+``segmentation=True``: ``{frame_number: {"detections": ..., "segmentation": ...}}``), the same
+labels as :func:`deaot_vos.propagate` (the same keyframe parsing, core video pass and label
+making). On a clip view (``to_clips``) a clip propagates within its own frames, from the
+keyframes inside it.
+
+Two traps of ``apply_model`` are handled here:
+
+- it resets ``needs_fields`` to the call's keyword arguments, so a keyframes field given at load
+  time (``prompt_field=...``) would be lost: the setter keeps it unless the call names one;
+- it opens every video with an ffmpeg/ffprobe reader before ``predict``: without those binaries
+  (FiftyOne does not install them) every video fails and, with its default
+  ``skip_failures=True``, nothing is written. Inside the model's context, apply_model's reader is
+  :class:`DecordVideoReader` (lazy; frames are read with our decord reader, as the operator
+  does), so no ffmpeg is needed. A video that fails is named with the reason, and a run in
+  which every video failed raises :class:`NothingWrittenError` at the end.
+"""
+from __future__ import annotations
+
+import logging
+import types
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+import eta.core.frameutils as etaf
+import eta.core.video as etav
+import fiftyone as fo
+import fiftyone.core.clips as foc
+import fiftyone.core.models as fom
+
+from deaot_core.video import propagate_video
+
+from .fields import mask_targets_for
+from .propagation.errors import add_context, error_text
+from .propagation.options import PropagationOptions
+from .propagation.plan import SamplePlan, parse_keyframes
+from .propagation.trackers import TrackerPool
+from .propagation.video_pass import LabelMaker, VideoFrames, core_keyframes
+from .video import VideoError, open_video
+from .weights import resolve_checkpoint, resolve_device
+
+log = logging.getLogger(__name__)
+
+PROMPT_KEY = "prompt_field"  # apply_model(..., prompt_field="frames.<keyframes field>")
+
+
+class NothingWrittenError(RuntimeError):
+    """Every video of an ``apply_model`` run failed (each one's reason is in the message)."""
+
+
+class DecordVideoReader(etav.VideoReader):
+    """An ``eta.core.video.VideoReader`` over our decord reader (RGB uint8 frames, 1-based
+    numbers, ``frames`` as FFmpegVideoReader takes them). The video is opened on first use, so
+    constructing it never fails: :meth:`DeAOTVideoModel.predict` opens the video itself and
+    names the sample when it cannot."""
+
+    def __init__(self, inpath, frames=None, keyframes_only=False):  # pylint: disable=super-init-not-called
+        if keyframes_only:
+            raise NotImplementedError("DecordVideoReader reads every frame (keyframes_only is not supported)")
+        self.inpath, self._frames_arg = inpath, frames
+        self._video = self._parsed = None
+
+    @property
+    def video(self):
+        if self._video is None:
+            self._video = open_video(self.inpath)
+        return self._video
+
+    @property
+    def _ranges(self):
+        if self._parsed is None:
+            frames = self._frames_arg
+            if frames is None or frames == "*":
+                frames = "1-%d" % self.total_frame_count
+            self._parsed = etaf.parse_frame_ranges(frames)
+        return self._parsed
+
+    @property
+    def frames(self) -> str:
+        return self._ranges.to_human_str()
+
+    @property
+    def encoding_str(self) -> str:
+        return ""
+
+    @property
+    def frame_size(self) -> tuple[int, int]:
+        return self.video.width, self.video.height
+
+    @property
+    def frame_rate(self) -> float:
+        return self.video.fps
+
+    @property
+    def total_frame_count(self) -> int:
+        return self.video.num_frames
+
+    def read(self) -> np.ndarray:
+        return self.video.frame(next(self._ranges))
+
+    def reset(self) -> None:
+        self._reset()
+
+    def close(self) -> None:
+        self._video = None
+
+
+class _VideoModuleWithDecord(types.ModuleType):
+    """``eta.core.video`` as ``fiftyone.core.models`` sees it inside the model's context: the same
+    module, except that its ``FFmpegVideoReader`` is :class:`DecordVideoReader`."""
+
+    FFmpegVideoReader = DecordVideoReader
+
+    def __init__(self):
+        super().__init__(etav.__name__)
+
+    def __getattr__(self, name):
+        return getattr(etav, name)
+
+
+class ClipFrames:
+    """Frames ``first..last`` (1-based) of an opened video as a video of their own: frame 1 is
+    ``first``; the interface of :class:`deaot_vos.video.VideoReader` that the video pass uses."""
+
+    def __init__(self, video, first: int, last: int):
+        self.video, self.offset = video, first - 1
+        self.num_frames = max(0, min(last, video.num_frames) - self.offset)
+        self.height, self.width, self.path = video.height, video.width, video.path
+
+    def frame(self, number: int) -> np.ndarray:
+        if not 1 <= number <= self.num_frames:
+            raise IndexError(f"frame {number} outside 1..{self.num_frames} of the clip")
+        return self.video.frame(number + self.offset)
+
+    def forward(self, start: int, stop: Optional[int] = None):
+        stop = self.num_frames if stop is None else min(stop, self.num_frames)
+        for number, frame in self.video.forward(start + self.offset, stop + self.offset):
+            yield number - self.offset, frame
+
+    def backward(self, start: int, stop: int = 1, chunk: int = 16):
+        for number, frame in self.video.backward(min(start, self.num_frames) + self.offset, stop + self.offset, chunk):
+            yield number - self.offset, frame
+
+
+def sample_label_frames(sample, field: str) -> list[tuple[int, Any]]:
+    """``[(frame_number, label), ...]`` of the frames of ``sample`` (as apply_model hands it over:
+    its view's filters applied, a clip's frames only) whose ``field`` is set, sorted."""
+    return sorted(((int(number), frame[field]) for number, frame in sample.frames.items()
+                   if frame.has_field(field) and frame[field] is not None), key=lambda item: item[0])
+
+
+def _frames_field(name: Optional[str]) -> Optional[str]:
+    name = (name or "").strip()
+    return None if not name else name if name.startswith("frames.") else "frames." + name
+
+
+class DeAOTVideoModel(fom.Model, fom.SamplesMixin):
+    """Propagates the keyframe masks of each video (``needs_fields["prompt_field"]``, a frame field
+    of Detections with instance masks, Segmentation or Polylines) to all its frames.
+
+    ``options``: a :class:`deaot_vos.PropagationOptions` (model, checkpoint, device, engine knobs;
+    ``keyframes_field`` is the default prompt field). ``segmentation``: also return a
+    ``fo.Segmentation`` label map per frame (pixel value = object ``index``)."""
+
+    def __init__(self, options: PropagationOptions, segmentation: bool = False):
+        fom.SamplesMixin.__init__(self)
+        self.options, self.segmentation = options, bool(segmentation)
+        self.device = resolve_device(options.device)
+        self.choice = resolve_checkpoint(options.model, options.checkpoint)
+        self._trackers = TrackerPool(self.choice, options, self.device)
+        self.tracker = self._trackers.get(*self._trackers.requested)
+        self.needs_fields = {}
+        self._saved_video_module = None
+        self._done: list[str] = []
+        self._failed: list[str] = []
+
+    @property
+    def media_type(self) -> str:
+        return "video"
+
+    @property
+    def needs_fields(self) -> dict:
+        return self._fields
+
+    @needs_fields.setter
+    def needs_fields(self, fields) -> None:
+        """Keep the load-time keyframes field unless ``fields`` names a prompt field; any prompt
+        field is normalised to ``frames.<name>``."""
+        fields = dict(fields or {})
+        fields[PROMPT_KEY] = _frames_field(fields.get(PROMPT_KEY)) or _frames_field(self.options.keyframes_field)
+        self._fields = {key: value for key, value in fields.items() if value}
+
+    @property
+    def prompt_field(self) -> str:
+        """The keyframes frame field, without ``frames.``; ValueError when none was given."""
+        field = self.needs_fields.get(PROMPT_KEY)
+        if not field:
+            raise ValueError("no keyframes field: pass prompt_field='frames.<keyframes field>' to apply_model "
+                             "(or prompt_field=... to load_zoo_model)")
+        return field[len("frames."):]
+
+    def __enter__(self):
+        self.prompt_field  # refuse a run without a keyframes field before any video
+        self._done, self._failed = [], []
+        self._saved_video_module = getattr(fom, "etav", None)
+        if self._saved_video_module is None:
+            log.warning("this FiftyOne's apply_model does not open videos through eta.core.video: its own reader "
+                        "(ffmpeg/ffprobe) is used")
+        else:
+            fom.etav = _VideoModuleWithDecord()
+        return self
+
+    def __exit__(self, *args):
+        if self._saved_video_module is not None:
+            fom.etav = self._saved_video_module
+        if self._failed and not self._done and args[0] is None:
+            raise NothingWrittenError(f"apply_model wrote nothing: all {len(self._failed)} video(s) failed: "
+                                      + "; ".join(self._failed))
+        if self._failed:
+            log.warning("%d of %d video(s) failed, no labels written for them: %s", len(self._failed),
+                        len(self._failed) + len(self._done), "; ".join(self._failed))
+        return False
+
+    def predict(self, video_reader, sample=None) -> dict[int, Any]:
+        """``{frame_number: fo.Detections}`` for every frame of ``sample``'s video (of a clip: of its
+        frames); ``video_reader`` is not read (frames come from our decord reader)."""
+        if sample is None:
+            raise ValueError("DeAOTVideoModel needs the sample: use dataset.apply_model(model, ..., prompt_field=...)")
+        where: dict[str, Any] = {}
+        try:
+            labels = self._propagate(sample, where)
+        except Exception as err:
+            add_context(err, sample.id, sample.filepath, where.get("frame"))
+            self._failed.append(f"sample {sample.id} ({sample.filepath}): {error_text(err, where.get('frame'))}")
+            raise
+        self._done.append(sample.id)
+        return labels
+
+    def _propagate(self, sample, where: dict) -> dict[int, Any]:
+        field = self.prompt_field
+        metadata = sample.metadata
+        frame_count = getattr(metadata, "total_frame_count", None) if metadata else None
+        video = open_video(sample.filepath, frame_count)
+        first, last = sample.support if isinstance(sample, foc.ClipView) else (1, video.num_frames)
+        plan = SamplePlan(0, sample.id, sample.filepath, frame_count, row={})
+        parse_keyframes(plan, sample_label_frames(sample, field), video, self._mask_targets(sample, field),
+                        self.segmentation)
+        if not plan.keyframes:
+            span = f" (clip frames {first}-{last})" if isinstance(sample, foc.ClipView) else ""
+            raise VideoError(f"no keyframe with objects in 'frames.{field}'{span}: nothing to propagate")
+        offset = first - 1
+        plan.keyframes = {number - offset: kf for number, kf in plan.keyframes.items()}
+        frames = ClipFrames(video, first, last) if offset or last < video.num_frames else video
+        make_labels = LabelMaker(plan, self.segmentation)
+        labels: dict[int, Any] = {}
+        with torch.inference_mode():
+            for result in propagate_video(self.tracker, VideoFrames(frames, where), core_keyframes(plan)):
+                detections, segmentation = make_labels(result)
+                number = result.index + 1 + offset
+                labels[number] = dict(detections=detections, segmentation=segmentation) if self.segmentation \
+                    else detections
+        return labels
+
+    @staticmethod
+    def _mask_targets(sample, field: str):
+        """The keyframes field's mask targets, from the sample's view when it has one (a clip's
+        own dataset has none; its view answers with those of the source dataset)."""
+        return mask_targets_for(getattr(sample, "_view", None) or sample.dataset, field)
+
+
+#: load_model keyword arguments: the PropagationOptions fields a zoo model takes (plus prompt_field, segmentation)
+MODEL_KNOBS = ("device", "checkpoint", "long_term_gap", "max_long_term_frames", "max_short_edge", "max_long_edge",
+               "precision", "compile_model", "test_scales", "test_flip")
+
+
+def build_video_model(model: str, checkpoint: Optional[str] = None, prompt_field: Optional[str] = None,
+                      segmentation: bool = False, **knobs) -> DeAOTVideoModel:
+    """A :class:`DeAOTVideoModel` for the official ``model`` name with ``checkpoint`` (path or
+    URL; None: :func:`deaot_vos.resolve_checkpoint`'s order), ``prompt_field`` as the default
+    keyframes field and the engine ``knobs`` of :data:`MODEL_KNOBS`; TypeError on another name."""
+    unknown = sorted(set(knobs) - set(MODEL_KNOBS))
+    if unknown:
+        raise TypeError(f"unknown DeAOT zoo model argument(s) {', '.join(unknown)}; accepted: prompt_field, "
+                        f"segmentation, {', '.join(MODEL_KNOBS)}")
+    keyframes = prompt_field[len("frames."):] if prompt_field and prompt_field.startswith("frames.") else prompt_field
+    options = PropagationOptions(keyframes_field=keyframes, model=model, checkpoint=checkpoint, **knobs)
+    return DeAOTVideoModel(options, segmentation=segmentation)

@@ -1,0 +1,158 @@
+"""The remote zoo model source (``zoo/``): registered the way FiftyOne discovers a source under
+``fo.config.model_zoo_dir``, loaded with ``foz.load_zoo_model``, applied with ``apply_model``;
+its masks equal those of ``deaot_vos.propagate`` on the same video, on a plain view and on a
+clip view. Real database, real videos decoded by decord, the real demo checkpoint."""
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+
+from conftest import REPO
+from helpers import detection
+
+DEMO = "deaot/DeAOTT-synthetic-demo"
+
+
+@pytest.fixture
+def zoo(fiftyone_db, tmp_path, monkeypatch):
+    """``fiftyone.zoo`` with this repository's source linked into a temporary model zoo dir (its
+    two files; downloads land in the temporary dir, not in the checkout)."""
+    import fiftyone.zoo as foz
+
+    source = tmp_path / "model_zoo" / "deaot" / "vos"
+    source.mkdir(parents=True)
+    for name in ("manifest.json", "__init__.py"):
+        (source / name).symlink_to(REPO / "zoo" / name)
+    monkeypatch.setattr(fiftyone_db.config, "model_zoo_dir", str(tmp_path / "model_zoo"))
+    return foz
+
+
+def _video_dataset(fo, path: str, maps: np.ndarray, keyframes: dict[int, list[int]]):
+    """A dataset with the video at ``path``; ``keyframes``: frame number -> object ids given there,
+    as Detections with instance masks drawn from the ground-truth ``maps``."""
+    dataset = fo.Dataset()
+    sample = fo.Sample(filepath=path)
+    dataset.add_sample(sample)
+    names = {1: "red", 2: "green", 3: "blue"}
+    for number, objects in keyframes.items():
+        sample.frames[number]["kf"] = fo.Detections(
+            detections=[detection(names[k], maps[number - 1] == k) for k in objects])
+    sample.save()
+    return dataset
+
+
+def _as_tuples(detections) -> list[tuple]:
+    if detections is None:
+        return []
+    return sorted((d.label, d.index, tuple(d.bounding_box), hashlib.sha1(np.ascontiguousarray(d.mask)).hexdigest(),
+                   d.mask.shape, round(d.confidence, 6)) for d in detections.detections)
+
+
+def _frames(dataset, field: str) -> dict[int, list[tuple]]:
+    numbers, values = dataset.values(["frames.frame_number", "frames." + field])
+    return {n: _as_tuples(v) for n, v in zip(numbers[0], values[0]) if v is not None}
+
+
+def test_manifest_lists_the_12_official_variants_and_the_demo():
+    import deaot_core
+    from deaot_vos import zoo
+
+    manifest = json.loads((REPO / "zoo" / "manifest.json").read_text())
+    assert manifest == zoo.manifest(), "zoo/manifest.json is stale: run python -m deaot_vos.zoo"
+    entries = {m["base_name"]: m for m in manifest["models"]}
+    assert len(entries) == 13
+    for name in deaot_core.MODEL_NAMES:
+        assert entries["deaot/" + name]["base_filename"] == deaot_core.WEIGHTS[name].file_name
+        assert "official" in entries["deaot/" + name]["tags"]
+    assert {"demo", "synthetic"} <= set(entries[DEMO]["tags"])
+
+
+def test_source_is_discovered_and_downloads_go_through_our_weights(zoo, tmp_path, monkeypatch, tiny_checkpoint):
+    import deaot_core
+    from deaot_vos import weights
+
+    names = set(zoo.list_zoo_models())
+    assert {"deaot/" + n for n in deaot_core.MODEL_NAMES} | {DEMO} <= names
+    with pytest.raises(RuntimeError, match="DEAOT_OFFLINE is set: not downloading .*AOTT_PRE_YTB_DAV.pth"):
+        zoo.download_zoo_model("deaot/AOTT")
+    # online: the official entry is fetched by deaot_core.hub from the URL of the weights table
+    monkeypatch.delenv("DEAOT_OFFLINE")
+    monkeypatch.setitem(weights.OFFICIAL_WEIGHTS, "DeAOTT", deaot_core.PretrainedWeights(
+        "DeAOTT_PRE_YTB_DAV.pth", (tmp_path / "missing.pth").as_uri()))
+    path = tmp_path / "model_zoo" / "deaot" / "vos" / "DeAOTT_PRE_YTB_DAV.pth"
+    with pytest.raises(Exception, match="missing.pth"):
+        zoo.download_zoo_model("deaot/DeAOTT")
+    assert not path.exists()
+    monkeypatch.setitem(weights.OFFICIAL_WEIGHTS, "DeAOTT", deaot_core.PretrainedWeights(
+        "DeAOTT_PRE_YTB_DAV.pth", "file://" + tiny_checkpoint))
+    model = zoo.load_zoo_model("deaot/DeAOTT", cache=False, device="cpu")
+    assert path.read_bytes() == open(tiny_checkpoint, "rb").read()
+    assert (model.choice.model, model.choice.checkpoint) == ("DeAOTT", str(path))
+
+
+def test_apply_model_equals_propagate_on_a_video_without_ffmpeg(zoo, make_video, monkeypatch, torch_threads):
+    import eta.core.video as etav
+    import fiftyone as fo
+    import deaot_vos
+    from deaot_vos import weights
+
+    def no_ffmpeg(*args, **kwargs):
+        raise AssertionError("apply_model opened the video with ffmpeg/ffprobe")
+
+    monkeypatch.setattr(etav, "FFmpegVideoReader", no_ffmpeg)
+    path, maps = make_video("plain", num_frames=12, objects=3)
+    dataset = _video_dataset(fo, path, maps, {3: [1, 2], 8: [3]})  # an object first given on a later keyframe
+    summary = deaot_vos.propagate(dataset, "kf", "ref", device="cpu")
+    assert summary["weights"] == "demo" and summary["checkpoint"] == str(weights.DEMO_CHECKPOINT)
+
+    # the keyframes field given at load time survives apply_model's reset of needs_fields
+    model = zoo.load_zoo_model(DEMO, cache=False, device="cpu", prompt_field="kf")
+    assert model.choice.checkpoint.endswith("deaot_t_synthetic.pth")
+    dataset.apply_model(model, label_field="zoo")
+    reference, got = _frames(dataset, "ref"), _frames(dataset, "zoo")
+    assert sorted(got) == list(range(1, 13)) and got == reference
+    assert {len(v) for v in got.values()} >= {2, 3}  # objects were propagated, also backward to frames 1-2
+
+    dataset.apply_model(model, label_field="zoo_kw", prompt_field="frames.kf")  # the usual call
+    assert _frames(dataset, "zoo_kw") == reference
+
+
+def test_apply_model_on_a_clip_view_propagates_within_each_clip(zoo, make_video, torch_threads):
+    import fiftyone as fo
+    import deaot_vos
+
+    path, maps = make_video("clips", num_frames=14, objects=2)
+    dataset = _video_dataset(fo, path, maps, {2: [1, 2], 6: [1], 9: [2]})
+    clips = dataset.to_clips([[(4, 11)]])
+    model = zoo.load_zoo_model(DEMO, cache=False, device="cpu")
+    clips.apply_model(model, label_field="zoo", prompt_field="frames.kf")
+
+    # the clip's keyframes are those inside it (6, 9): the same as the whole video with only those
+    reference = _video_dataset(fo, path, maps, {6: [1], 9: [2]})
+    deaot_vos.propagate(reference, "kf", "ref", device="cpu")
+    expected = {n: v for n, v in _frames(reference, "ref").items() if 4 <= n <= 11}
+    got = _frames(dataset, "zoo")
+    assert sorted(got) == list(range(4, 12)), "only the clip's frames are written"
+    assert got == expected
+
+
+def test_a_run_that_writes_nothing_says_why(zoo, make_video, tmp_path):
+    import fiftyone as fo
+    from deaot_vos.zoo_model import NothingWrittenError
+
+    path, maps = make_video("gone", num_frames=4, objects=1)
+    dataset = _video_dataset(fo, path, maps, {1: [1]})
+    dataset.add_sample(fo.Sample(filepath=str(tmp_path / "missing.mp4")))
+    model = zoo.load_zoo_model(DEMO, cache=False, device="cpu")
+    with pytest.raises(ValueError, match="no keyframes field: pass prompt_field="):
+        dataset.apply_model(model, label_field="out")
+    missing = dataset.match(fo.ViewField("filepath").ends_with("missing.mp4"))
+    with pytest.raises(NothingWrittenError, match=r"all 1 video\(s\) failed: sample .*missing.mp4.*video file not found"):
+        missing.apply_model(model, label_field="out", prompt_field="frames.kf")
+    no_keyframes = dataset.to_clips([[(2, 4)]])
+    with pytest.raises(NothingWrittenError, match=r"no keyframe with objects in 'frames.kf' \(clip frames 2-4\)"):
+        no_keyframes.apply_model(model, label_field="out", prompt_field="frames.kf")
+    assert "out" not in dataset.get_frame_field_schema()
