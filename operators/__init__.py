@@ -1,9 +1,11 @@
 """Thin FiftyOne operators of the ``@deaot/vos`` plugin; the work is done in ``plugin/``."""
 from .compare_panel import CompareVOS, VOSComparePanel
 from .evaluate_vos import EvaluateVOS
+from .jf_metrics import FMean, JFMean, JMean
 from .propagate_masks import PropagateMasks
 from .vos_io_ops import ExportVOS, ImportVOS
 
-OPERATORS = (PropagateMasks, EvaluateVOS, CompareVOS, VOSComparePanel, ExportVOS, ImportVOS)
+OPERATORS = (PropagateMasks, EvaluateVOS, CompareVOS, VOSComparePanel, ExportVOS, ImportVOS, JFMean, JMean, FMean)
 
-__all__ = ["OPERATORS", "PropagateMasks", "EvaluateVOS", "CompareVOS", "VOSComparePanel", "ExportVOS", "ImportVOS"]
+__all__ = ["OPERATORS", "PropagateMasks", "EvaluateVOS", "CompareVOS", "VOSComparePanel", "ExportVOS", "ImportVOS",
+           "JFMean", "JMean", "FMean"]

@@ -5,6 +5,7 @@ import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 from deaot_vos.evaluation import EXTRA_OBJECTS, EvaluationCancelled, check_evaluation, evaluate_vos
+from deaot_vos.segmentation_run import check_segmentation_key
 from deaot_core.metrics.davis import SUMMARY_KEYS
 
 from .common import app_words, app_wording, delegation_param, dropdown, label_fields, target_view, video_target_notice
@@ -47,7 +48,11 @@ class EvaluateVOS(foo.Operator):
         key = inputs.str("eval_key", required=True, label="Evaluation key",
                          description="Name of the evaluation run; creates the sample fields <key>_JF, <key>_J, "
                                      "<key>_F and the frame fields <key>_J, <key>_F")
-        inputs.bool("overwrite", default=False, label="Overwrite", description="Replace an evaluation with this key")
+        seg_key = inputs.str("segmentation_key", required=False, label="Model Evaluation panel key (optional)",
+                             description="Also store a segmentation run under this key, with J&F, J and F as its "
+                                         "metrics, for FiftyOne's Model Evaluation panel; writes the frame fields "
+                                         "<key>_gt_labelmap and <key>_pred_labelmap")
+        inputs.bool("overwrite", default=False, label="Overwrite", description="Replace evaluations with these keys")
         extra = types.RadioGroup()
         extra.add_choice("error", label="error", description="official: a predicted object absent from the reference "
                                                              "frame aborts the evaluation")
@@ -57,12 +62,7 @@ class EvaluateVOS(foo.Operator):
         pred, gt = params.get("pred_field") or pred_default, params.get("gt_field") or gt_default
         eval_key = params.get("eval_key")
         if pred and gt and eval_key:
-            try:
-                check_evaluation(target_view(ctx), pred, gt, eval_key, bool(params.get("overwrite", False)),
-                                 params.get("extra_objects") or "error")
-            except ValueError as err:
-                key.invalid = True
-                key.error_message = app_words(err)
+            _check_keys(target_view(ctx), params, pred, gt, key, seg_key)
         return types.Property(inputs, view=form)
 
     def execute(self, ctx):
@@ -75,12 +75,14 @@ class EvaluateVOS(foo.Operator):
             with app_wording():  # a refusal names the Overwrite checkbox
                 results = evaluate_vos(target_view(ctx), params.get("pred_field"), params.get("gt_field"),
                                        eval_key=params.get("eval_key"), overwrite=bool(params.get("overwrite", False)),
-                                       extra_objects=params.get("extra_objects") or "error", progress=progress)
+                                       extra_objects=params.get("extra_objects") or "error", progress=progress,
+                                       segmentation_key=params.get("segmentation_key") or None)
         except EvaluationCancelled:
             return dict(status="cancelled", message="cancelled; nothing was written")
         ctx.trigger("reload_dataset")
         summary = results.summary()
-        return dict(status="ok", eval_key=results.key, sequences=len(results.sequences), skipped=len(results.skipped),
+        return dict(status="ok", eval_key=results.key, segmentation_key=results.config.segmentation_key,
+                    sequences=len(results.sequences), skipped=len(results.skipped),
                     objects=len(results.objects),
                     **{k.replace("&", "").replace("-", "_"): (None if v != v else round(v, 6)) for k, v in summary.items()},
                     summary=summary)
@@ -89,9 +91,25 @@ class EvaluateVOS(foo.Operator):
         outputs = types.Object()
         outputs.str("status", label="Status")
         outputs.str("eval_key", label="Evaluation key")
+        outputs.str("segmentation_key", label="Segmentation run (Model Evaluation panel)")
         outputs.int("sequences", label="Videos evaluated")
         outputs.int("skipped", label="Videos skipped (no ground truth)")
         outputs.int("objects", label="Objects")
         for key in SUMMARY_KEYS:
             outputs.float(key.replace("&", "").replace("-", "_"), label=key)
         return types.Property(outputs, view=types.View(label="J&F evaluation"))
+
+
+def _check_keys(view, params, pred, gt, key_property, seg_key_property) -> None:
+    """Mark the key (J&F run) or the segmentation key that would be refused, with the reason."""
+    overwrite = bool(params.get("overwrite", False))
+    try:
+        fields = check_evaluation(view, pred, gt, params["eval_key"], overwrite, params.get("extra_objects") or "error")
+    except ValueError as err:
+        key_property.invalid, key_property.error_message = True, app_words(err)
+        return
+    if params.get("segmentation_key"):
+        try:
+            check_segmentation_key(view, params["segmentation_key"], params["eval_key"], fields, overwrite)
+        except ValueError as err:
+            seg_key_property.invalid, seg_key_property.error_message = True, app_words(err)

@@ -11,6 +11,10 @@ the App can sort, filter and plot:
   J-Mean and F-Mean (means over its objects, as in the official per-sequence table);
 * frame fields ``<eval_key>_J``, ``<eval_key>_F``: on each scored frame, the mean over objects.
 
+With ``segmentation_key``, a FiftyOne ``segmentation`` run is stored too, for the Model Evaluation
+panel: label maps of the scored frames and J&F, J, F as its custom metrics
+(:mod:`deaot_vos.segmentation_run`).
+
 Protocol. Both fields are turned into (H, W) id maps (pixel value = object ``index``; see
 ``deaot_vos.label_frames``). Only frames whose ground truth is set are used, in order (frames without
 ground truth are skipped, as DAVIS scores only annotated frames); the first of them is the
@@ -47,7 +51,9 @@ from deaot_core.metrics.davis import STAT_KEYS, SUMMARY_KEYS, global_summary, of
 from .fields import (LabelFieldError, check_label_field, describe_sample, frame_size, mask_targets_for, root_dataset,
                      sequence_names)
 from .label_frames import read_id_maps, renumber_ids
-from .overwrite import NeedsOverwrite
+from .segmentation_run import LabelMapRun, check_segmentation_key
+from .evaluation_errors import (EvaluationCancelled, EvaluationError, EvaluationExistsError,  # noqa: F401 (re-exported)
+                                EvaluationLabelError)
 from .tables import format_table
 
 log = logging.getLogger(__name__)
@@ -59,33 +65,6 @@ FRAME_SUFFIXES = ("_J", "_F")
 MAX_OBJECTS = 254  # uint8 ids; 255 is the DAVIS void label
 
 ProgressCallback = Callable[[float, str], Optional[bool]]
-
-
-class EvaluationError(ValueError):
-    """Input that cannot be evaluated; the message names the field and the sample."""
-
-
-class EvaluationExistsError(NeedsOverwrite, EvaluationError):
-    """An evaluation run with this key exists and ``overwrite`` is False (``.field``: the key;
-    ``worded("cli")`` / ``worded("app")``: the interface's own control)."""
-
-
-class EvaluationLabelError(EvaluationError, LabelFieldError):
-    """A label of the predictions or the ground truth that cannot be evaluated (a detection without
-    a mask, a mask of another size, an unreadable segmentation, ...). The message names the sample
-    (id and file name), the frame and the field; the attributes ``sample_id``, ``filepath``,
-    ``field``, ``what`` (``pred_field`` / ``gt_field``), ``frame_number`` and ``detail`` too."""
-
-    @classmethod
-    def wrap(cls, err: LabelFieldError) -> "EvaluationLabelError":
-        new = cls(str(err))
-        for name in ("sample_id", "filepath", "field", "what", "frame_number", "detail"):
-            setattr(new, name, getattr(err, name, None))
-        return new
-
-
-class EvaluationCancelled(Exception):
-    """The progress callback asked to stop; nothing was written."""
 
 
 def sample_fields(eval_key: str) -> list[str]:
@@ -109,15 +88,19 @@ class VOSEvaluationConfig(BaseEvaluationMethodConfig):
         extra_objects ("error"): what to do with a predicted object that is not in the
             reference frame: ``"error"`` (official) or ``"ignore"``
         custom_metrics (None): FiftyOne custom metrics (unused by this method)
+        segmentation_key (None): the key of the ``segmentation`` run made with this one for the
+            Model Evaluation panel (:mod:`deaot_vos.segmentation_run`), if any
     """
 
-    def __init__(self, pred_field, gt_field, bound_th=0.008, extra_objects="error", custom_metrics=None, **kwargs):
+    def __init__(self, pred_field, gt_field, bound_th=0.008, extra_objects="error", custom_metrics=None,
+                 segmentation_key=None, **kwargs):
         super().__init__(**kwargs)
         self.pred_field = pred_field
         self.gt_field = gt_field
         self.bound_th = bound_th
         self.extra_objects = extra_objects
         self.custom_metrics = custom_metrics
+        self.segmentation_key = segmentation_key
 
     @property
     def type(self):
@@ -285,9 +268,18 @@ def list_vos_evaluations(sample_collection) -> list[str]:
 
 
 def check_evaluation(sample_collection, pred_field: str, gt_field: str, eval_key: str | None,
-                     overwrite: bool = False, extra_objects: str = "error") -> tuple[str, str]:
-    """Validate the fields, the key and that no unrelated field would be replaced; returns the
+                     overwrite: bool = False, extra_objects: str = "error",
+                     segmentation_key: str | None = None) -> tuple[str, str]:
+    """Validate the fields, the keys and that no unrelated field would be replaced; returns the
     normalised (pred_field, gt_field). Raises ``ValueError`` / ``EvaluationError``."""
+    pred_field, gt_field = _check_vos_run(sample_collection, pred_field, gt_field, eval_key, overwrite, extra_objects)
+    if segmentation_key is not None:
+        check_segmentation_key(sample_collection, segmentation_key, eval_key, (pred_field, gt_field), overwrite)
+    return pred_field, gt_field
+
+
+def _check_vos_run(sample_collection, pred_field: str, gt_field: str, eval_key: str | None, overwrite: bool,
+                   extra_objects: str) -> tuple[str, str]:
     dataset = root_dataset(sample_collection)
     pred_field, _ = check_label_field(sample_collection, pred_field, "pred_field")
     gt_field, _ = check_label_field(sample_collection, gt_field, "gt_field")
@@ -376,7 +368,8 @@ def evaluate_sequence(gt, pred, *, sample_id: str = "", filepath: str = "", name
 
 def evaluate_vos(sample_collection, pred_field: str, gt_field: str = "ground_truth", eval_key: str | None = None,
                  bound_th: float = 0.008, extra_objects: str = "error", overwrite: bool = False,
-                 progress: ProgressCallback | None = None) -> VOSEvaluationResults:
+                 progress: ProgressCallback | None = None,
+                 segmentation_key: str | None = None) -> VOSEvaluationResults:
     """Evaluate ``pred_field`` against ``gt_field`` on every video of ``sample_collection`` with the
     DAVIS 2017 semi-supervised protocol (see the module docstring).
 
@@ -388,26 +381,56 @@ def evaluate_vos(sample_collection, pred_field: str, gt_field: str = "ground_tru
         bound_th: boundary tolerance (official 0.008 of the image diagonal)
         extra_objects: ``"error"`` (official) or ``"ignore"`` predicted objects absent from the
             reference frame
-        overwrite: replace an existing evaluation with this key (else refused)
+        overwrite: replace existing evaluations with these keys (else refused)
         progress: ``progress(fraction, label)`` per video; return False to cancel
             (``EvaluationCancelled``, nothing written)
+        segmentation_key: also store a FiftyOne ``segmentation`` run under this key (needs
+            ``eval_key``): label maps of the scored frames, evaluated by ``evaluate_segmentations``
+            with J&F, J-Mean and F-Mean as custom metrics, for the Model Evaluation panel
+            (:mod:`deaot_vos.segmentation_run`)
 
     Returns:
         a :class:`VOSEvaluationResults`
     """
     t0 = time.time()
     dataset = root_dataset(sample_collection)
-    pred_field, gt_field = check_evaluation(sample_collection, pred_field, gt_field, eval_key, overwrite, extra_objects)
+    pred_field, gt_field = check_evaluation(sample_collection, pred_field, gt_field, eval_key, overwrite, extra_objects,
+                                            segmentation_key)
     gt_is_segmentation = dataset.get_frame_field_schema()[gt_field].document_type is fo.Segmentation
+    config = VOSEvaluationConfig(pred_field, gt_field, bound_th=bound_th, extra_objects=extra_objects,
+                                 segmentation_key=segmentation_key)
+    method = config.build()
+    label_maps = LabelMapRun(dataset, segmentation_key, gt_field, gt_is_segmentation) if segmentation_key else None
+    try:
+        sequences, skipped = _evaluate_videos(sample_collection, config, gt_is_segmentation, progress, label_maps)
+        if label_maps is not None:
+            label_maps.commit(sample_collection, bound_th, extra_objects)
+    except BaseException:
+        if label_maps is not None:
+            label_maps.discard()
+        raise
+    results = VOSEvaluationResults(sample_collection, config, eval_key, sequences, skipped=skipped, backend=method)
+    if eval_key is not None:
+        _write(sample_collection, dataset, method, eval_key, results, overwrite)
+    log.info("evaluated %d video(s) (%d skipped) in %.1fs: J&F-Mean %.3f", len(sequences), len(skipped),
+             time.time() - t0, results.summary()["J&F-Mean"])
+    if progress is not None:
+        progress(1.0, "done")
+    return results
+
+
+def _evaluate_videos(sample_collection, config: VOSEvaluationConfig, gt_is_segmentation: bool,
+                     progress: ProgressCallback | None, label_maps: LabelMapRun | None) -> tuple[list, list]:
+    """Read and score every video; returns (sequences, skipped). Each scored video's id maps are
+    staged in ``label_maps`` when given."""
+    dataset = root_dataset(sample_collection)
+    pred_field, gt_field = config.pred_field, config.gt_field
     gt_targets, pred_targets = mask_targets_for(dataset, gt_field), mask_targets_for(dataset, pred_field)
     has_sequence = "sequence" in dataset.get_field_schema()
     columns = ["id", "filepath", "metadata"] + (["sequence"] if has_sequence else [])
     values = sample_collection.values(columns)
     ids, paths, metas = values[0], values[1], values[2]
     names = sequence_names(ids, paths, values[3] if has_sequence else None)
-
-    config = VOSEvaluationConfig(pred_field, gt_field, bound_th=bound_th, extra_objects=extra_objects)
-    method = config.build()
     sequences, skipped = [], []
     total = len(ids)
     for i, (sid, path, meta, name) in enumerate(zip(ids, paths, metas, names)):
@@ -426,15 +449,10 @@ def evaluate_vos(sample_collection, pred_field: str, gt_field: str = "ground_tru
             raise EvaluationLabelError.wrap(err) from err
         sequences.append(evaluate_sequence(gt, pred, sample_id=sid, filepath=path, name=name, pred_field=pred_field,
                                            gt_field=gt_field, gt_is_segmentation=gt_is_segmentation,
-                                           bound_th=bound_th, extra_objects=extra_objects))
-    results = VOSEvaluationResults(sample_collection, config, eval_key, sequences, skipped=skipped, backend=method)
-    if eval_key is not None:
-        _write(sample_collection, dataset, method, eval_key, results, overwrite)
-    log.info("evaluated %d video(s) (%d skipped) in %.1fs: J&F-Mean %.3f", len(sequences), len(skipped),
-             time.time() - t0, results.summary()["J&F-Mean"])
-    if progress is not None:
-        progress(1.0, "done")
-    return results
+                                           bound_th=config.bound_th, extra_objects=config.extra_objects))
+        if label_maps is not None:
+            label_maps.add(sid, path, gt, pred)
+    return sequences, skipped
 
 
 def _none_if_nan(value: float):

@@ -416,3 +416,189 @@ def test_panel_without_evaluations_and_compare_operator(evaluated, fiftyone_db):
     ctx = ExecutionContext(request_params=dict(dataset_name=ds.name, view=[], params=dict(eval_keys=["run_b"])))
     out = op.resolve_output(ctx).to_json()
     assert "TableView" in json.dumps(out) and "PlotlyView" in json.dumps(out)
+
+
+# -- the segmentation run for FiftyOne's Model Evaluation panel -------------------------------
+
+MODEL_EVALUATION_PANEL = "@voxel51/panels/model_evaluation_panel_builtin"
+
+
+def _panel_data(ds, key):
+    """What FiftyOne's own Model Evaluation panel loads for the run ``key`` (its load_evaluation event)."""
+    import fiftyone.operators as foo
+    from fiftyone.operators.executor import ExecutionContext, Executor
+
+    executor = Executor()
+    view_state = dict(key=key, id=str(ds._doc.evaluations[key].id))
+    request = dict(dataset_name=ds.name, view=[], params=dict(panel_id="panel2", __method__="load_evaluation",
+                                                                panel_state=dict(view=view_state), key=key))
+    foo.get_operator(MODEL_EVALUATION_PANEL).execute(ExecutionContext(request_params=request, executor=executor))
+    data = {}
+    for req in executor._requests:
+        if req.operator_uri.endswith("patch_panel_data"):
+            data.update(req.params["data"])
+    return data
+
+
+def _noisy_predictions(ds, maps, field="pred_noisy"):
+    """A prediction with J&F strictly between 0 and 1 (the random-weight propagations score ~0):
+    the ground truth shifted by 0-2 pixels, object 2 dropped on frame 7, no prediction on frame 5
+    of the first video (scored as background). Returns the label maps it renders to."""
+    rendered = {}
+    for position, sid in enumerate(ds.values("id")):
+        frames, rendered[sid] = {}, np.zeros_like(maps[sid])
+        for n in range(1, len(maps[sid]) + 1):
+            m = np.roll(maps[sid][n - 1], n % 3, axis=1)
+            m[(m == 2) & (n == 7)] = 0
+            if position == 0 and n == 5:
+                continue
+            frames[n], rendered[sid][n - 1] = _gt_detections(m), m
+        ds.set_values(f"frames.{field}", {sid: frames}, key_field="id")
+    return rendered
+
+
+def test_segmentation_run_carries_the_same_jf_for_the_model_evaluation_panel(evaluated):
+    """evaluate_vos(..., segmentation_key=...) makes a `segmentation` run (a type the panel supports)
+    whose custom metrics are the J&F run's official J&F, J and F, computed from its label maps."""
+    from plugins.panels.model_evaluation import SUPPORTED_EVALUATION_TYPES  # FiftyOne's own panel
+
+    from deaot_core.metrics.davis import global_summary
+    from deaot_vos.evaluation import evaluate_vos
+    from deaot_vos.segmentation_run import METRICS, label_map_fields, metric_uris
+
+    from deaot_core.metrics.davis import sequence_metrics
+
+    ds, maps = evaluated["ds"], evaluated["maps"]
+    predicted = _noisy_predictions(ds, maps)
+    vos = evaluate_vos(ds, "pred_noisy", "gt_sparse", eval_key="pv_vos", segmentation_key="pv_seg")
+    gt_maps, pred_maps = label_map_fields("pv_seg")
+    try:
+        assert 0.2 < vos.summary()["J&F-Mean"] < 0.95
+        info = ds.get_evaluation_info("pv_seg")
+        assert info.config.type == "segmentation" and info.config.type in SUPPORTED_EVALUATION_TYPES
+        assert (info.config.gt_field, info.config.pred_field) == ("frames." + gt_maps, "frames." + pred_maps)
+        assert ds.get_evaluation_info("pv_vos").config.segmentation_key == "pv_seg"
+        seg = ds.load_evaluation_results("pv_seg", cache=False)
+        pooled = []
+        for sid in ds.values("id"):
+            frames = [n for n in SPARSE if n <= len(maps[sid])]
+            rows = [n - 1 for n in frames]
+            pooled += sequence_metrics(maps[sid][rows], predicted[sid][rows])["objects"]
+            numbers, gts = ds.select(sid).values(["frames.frame_number", f"frames.{gt_maps}"])
+            written = {n: g for n, g in zip(numbers[0], gts[0]) if g is not None}
+            assert sorted(written) == frames  # only the annotated frames, as the J&F run scores them
+            assert all(np.array_equal(written[n].mask, maps[sid][n - 1]) for n in frames)
+        direct = global_summary(pooled)
+        metrics = seg.metrics()
+        for key in METRICS.values():
+            assert metrics[key] == pytest.approx(vos.summary()[key], abs=1e-6)
+            assert metrics[key] == pytest.approx(direct[key], abs=1e-6)
+        assert {m["label"] for m in seg.custom_metrics.values()} == {"J&F (DAVIS)", "J (DAVIS region IoU)",
+                                                                      "F (DAVIS boundary)"}
+        assert not any(m["lower_is_better"] for m in seg.custom_metrics.values())
+        # background is a target, so pixel metrics are not the 1.0 FiftyOne gives without it
+        assert ds.mask_targets["frames." + gt_maps] == {0: "background", 1: "obj1", 2: "obj2"}
+        assert seg.missing == "background" and metrics["accuracy"] < 1.0
+        assert not [f for f in ds.get_frame_field_schema() if f.startswith("deaot_staging_")]
+        # FiftyOne's panel loads the run (no "unsupported" card) with our metrics
+        data = _panel_data(ds, "pv_seg")
+        assert "evaluation_pv_seg_error" not in data
+        shown = {m["key"]: m["value"] for m in data["evaluation_pv_seg"]["custom_metrics"].values()}
+        assert shown["J&F-Mean"] == pytest.approx(vos.summary()["J&F-Mean"], abs=1e-6)
+        # the metrics score the label maps themselves: blank one predicted frame and recompute
+        first = ds.first()
+        frame = first.frames[3]
+        frame[pred_maps] = type(frame[pred_maps])(mask=np.zeros_like(frame[pred_maps].mask))
+        first.save()
+        seg.add_custom_metrics({uri: dict(bound_th=0.008, extra_objects="error") for uri in metric_uris()})
+        changed = evaluate_vos(ds, pred_maps, gt_maps).summary()
+        assert changed["J&F-Mean"] < vos.summary()["J&F-Mean"] - 1e-3
+        assert ds.load_evaluation_results("pv_seg", cache=False).metrics()["J&F-Mean"] == pytest.approx(
+            changed["J&F-Mean"], abs=1e-6)
+    finally:
+        for key in ("pv_vos", "pv_seg"):
+            if key in ds.list_evaluations():
+                ds.delete_evaluation(key)
+        ds.delete_frame_fields([gt_maps, pred_maps, "pred_noisy"], error_level=1)
+
+
+def test_segmentation_run_refusals_name_the_problem_and_change_nothing(evaluated, monkeypatch, tmp_path):
+    import fiftyone as fo
+
+    from deaot_vos.evaluation import EvaluationError, evaluate_vos
+
+    ds = evaluated["ds"]
+    first, second = ds.values("id")
+    name1 = ds[second].filepath.rsplit("/", 1)[-1]
+    # ground truth whose object 2 has the index 255 (DAVIS void in a label map) in the second video only,
+    # so the first video's label maps are staged before the refusal
+    void = {}
+    for sid in (first, second):
+        frames = {n: f["ground_truth"].copy() for n, f in ds[sid].frames.items()}
+        for dets in frames.values() if sid == second else ():
+            for det in dets.detections:
+                det.index = 255 if det.index == 2 else det.index
+        void[sid] = frames
+    ds.set_values("frames.gt_void", void, key_field="id")
+    ds.add_sample_field("taken_accuracy", fo.FloatField)
+    before = _state(ds)
+    cases = [
+        (dict(segmentation_key="run_a"), EvaluationError, "evaluation 'run_a' .* is not a segmentation run"),
+        (dict(segmentation_key="bad"), EvaluationError, "segmentation_key and eval_key are both 'bad'"),
+        (dict(segmentation_key="taken"), EvaluationError, "field 'taken_accuracy' already exists"),
+        (dict(segmentation_key="not-a-key"), ValueError, "invalid segmentation_key"),
+        (dict(segmentation_key="seg", eval_key=None), ValueError, "needs an eval_key"),
+        (dict(segmentation_key="seg", gt_field="gt_void", extra_objects="ignore"), EvaluationError,
+         f"{name1}\\), frame 1 of field 'gt_void': object index 255 is on the reference frame"),
+    ]
+    for kwargs, error, match in cases:
+        args = {**dict(pred_field="pred_a", gt_field="ground_truth", eval_key="bad"), **kwargs}
+        with pytest.raises(error, match=match):
+            evaluate_vos(ds, args.pop("pred_field"), args.pop("gt_field"), **args)
+        assert _state(ds) == before, kwargs  # no run, no label map, no staged field left
+    # FiftyOne does not find the plugin (hence its metrics): refused before anything is written
+    monkeypatch.setattr(fo.config, "plugins_dir", str(tmp_path))
+    with pytest.raises(EvaluationError, match="does not find the custom metrics.*@deaot/vos/jf_mean"):
+        evaluate_vos(ds, "pred_a", "ground_truth", eval_key="bad", segmentation_key="seg")
+    assert _state(ds) == before
+    ds.delete_frame_field("gt_void")
+    ds.delete_sample_field("taken_accuracy")
+
+
+def test_segmentation_run_from_cli_and_operator(evaluated, capsys):
+    import fiftyone.operators as foo
+    from fiftyone.operators.executor import ExecutionContext
+
+    from deaot_vos.cli import main
+    from deaot_vos.segmentation_run import label_map_fields
+
+    ds = evaluated["ds"]
+    _noisy_predictions(ds, evaluated["maps"])
+    try:
+        assert main(["evaluate", "--dataset", ds.name, "--pred-field", "pred_b", "--eval-key", "cli_vos",
+                     "--segmentation-key", "cli_seg", "--json"]) == 0
+        out = json.loads(capsys.readouterr().out)
+        assert out["segmentation_metrics"]["J&F-Mean"] == pytest.approx(out["summary"]["J&F-Mean"], abs=1e-6)
+        assert main(["evaluate", "--dataset", ds.name, "--pred-field", "pred_a", "--eval-key", "cli_vos2",
+                     "--segmentation-key", "cli_seg"]) == 1
+        assert "already has an evaluation 'cli_seg'; pass --overwrite" in capsys.readouterr().err
+        # the form marks a taken segmentation key; the operator replaces the run with overwrite
+        op = foo.get_operator(EVAL_URI)
+        params = dict(pred_field="pred_noisy", gt_field="ground_truth", eval_key="op_vos", segmentation_key="cli_seg")
+        props = op.resolve_input(ExecutionContext(request_params=dict(dataset_name=ds.name, view=[],
+                                                                      params=params))).type.properties
+        assert props["segmentation_key"].invalid and not props["eval_key"].invalid
+        assert "Overwrite checkbox" in props["segmentation_key"].error_message
+        result = foo.execute_operator(EVAL_URI, dict(dataset=ds, view=ds.view(), params=dict(params, overwrite=True)))
+        assert result.result["segmentation_key"] == "cli_seg"
+        info = ds.get_evaluation_info("cli_seg")
+        assert info.config.type == "segmentation"
+        replaced = ds.load_evaluation_results("cli_seg", cache=False).metrics()["J&F-Mean"]
+        assert replaced == pytest.approx(ds.load_evaluation_results("op_vos").summary()["J&F-Mean"], abs=1e-6)
+        assert replaced != pytest.approx(out["summary"]["J&F-Mean"], abs=1e-3)  # pred_noisy's, not pred_b's
+        assert sorted(ds.list_evaluations()) == ["cli_seg", "cli_vos", "op_vos", "run_a", "run_b"]
+    finally:
+        for key in ("cli_vos", "cli_seg", "op_vos"):
+            if key in ds.list_evaluations():
+                ds.delete_evaluation(key)
+        ds.delete_frame_fields([*label_map_fields("cli_seg"), "pred_noisy"], error_level=1)

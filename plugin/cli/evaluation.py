@@ -1,6 +1,7 @@
 """``evaluate`` and ``compare``: DAVIS J&F evaluation runs and their summary table::
 
-    python -m deaot_vos evaluate --dataset NAME --pred-field deaot --gt-field ground_truth --eval-key deaot_eval
+    python -m deaot_vos evaluate --dataset NAME --pred-field deaot --gt-field ground_truth --eval-key deaot_eval \
+        [--segmentation-key deaot_seg]
     python -m deaot_vos compare --dataset NAME --eval-keys run_a run_b [--csv] [--per-sequence]
 """
 from __future__ import annotations
@@ -20,7 +21,10 @@ def add_parsers(sub) -> None:
     p.add_argument("--pred-field", required=True, help="frame field with the predictions")
     p.add_argument("--gt-field", default="ground_truth", help="frame field with the ground truth")
     p.add_argument("--eval-key", required=True, help="key of the evaluation run (fields <key>_JF, <key>_J, <key>_F)")
-    p.add_argument("--overwrite", action="store_true", help="replace an evaluation with this key")
+    p.add_argument("--segmentation-key", default=None,
+                   help="also store a segmentation run under this key (J&F, J, F as its custom metrics) for "
+                        "FiftyOne's Model Evaluation panel; writes frame fields <key>_gt_labelmap, <key>_pred_labelmap")
+    p.add_argument("--overwrite", action="store_true", help="replace evaluations with these keys")
     p.add_argument("--extra-objects", default="error", choices=("error", "ignore"),
                    help="predicted objects absent from the reference frame: error (official) or ignore")
     p.add_argument("--sample-id", action="append", default=None, help="only this sample (repeatable)")
@@ -42,16 +46,25 @@ def run_evaluate(args) -> int:
     dataset, view = loaded
     try:
         results = evaluate_vos(view, args.pred_field, args.gt_field, eval_key=args.eval_key,
-                               overwrite=args.overwrite, extra_objects=args.extra_objects)
+                               overwrite=args.overwrite, extra_objects=args.extra_objects,
+                               segmentation_key=args.segmentation_key)
     except (ValueError, RuntimeError) as err:
         print(error_line(err), file=sys.stderr)
         return 1
+    segmentation = dataset.load_evaluation_results(args.segmentation_key) if args.segmentation_key else None
     if args.json:
-        print(json.dumps(dict(summary=results.summary(), objects=results.objects, skipped=results.skipped), indent=2))
+        extra = {}
+        if segmentation is not None:  # FiftyOne's values are numpy scalars
+            extra["segmentation_metrics"] = {k: None if v is None else float(v) for k, v in segmentation.metrics().items()}
+        print(json.dumps(dict(summary=results.summary(), objects=results.objects, skipped=results.skipped, **extra),
+                         indent=2))
         return 0
     results.print_report()
     print()
     print(format_table(summary_rows(dataset, [args.eval_key])))
+    if segmentation is not None:
+        print(f"\nsegmentation run '{args.segmentation_key}' (Model Evaluation panel):")
+        segmentation.print_metrics(digits=3)
     return 0
 
 

@@ -1,0 +1,36 @@
+"""The errors of the J&F evaluation (:mod:`deaot_vos.evaluation`) and of its segmentation run
+(:mod:`deaot_vos.segmentation_run`), in a module of their own so both can raise them without
+importing each other. ``deaot_vos.evaluation`` re-exports them."""
+from __future__ import annotations
+
+from .fields import LabelFieldError
+from .overwrite import NeedsOverwrite
+
+__all__ = ["EvaluationError", "EvaluationExistsError", "EvaluationLabelError", "EvaluationCancelled"]
+
+
+class EvaluationError(ValueError):
+    """Input that cannot be evaluated; the message names the field and the sample."""
+
+
+class EvaluationExistsError(NeedsOverwrite, EvaluationError):
+    """An evaluation run with this key exists and ``overwrite`` is False (``.field``: the key;
+    ``worded("cli")`` / ``worded("app")``: the interface's own control)."""
+
+
+class EvaluationLabelError(EvaluationError, LabelFieldError):
+    """A label of the predictions or the ground truth that cannot be evaluated (a detection without
+    a mask, a mask of another size, an unreadable segmentation, ...). The message names the sample
+    (id and file name), the frame and the field; the attributes ``sample_id``, ``filepath``,
+    ``field``, ``what`` (``pred_field`` / ``gt_field``), ``frame_number`` and ``detail`` too."""
+
+    @classmethod
+    def wrap(cls, err: LabelFieldError) -> "EvaluationLabelError":
+        new = cls(str(err))
+        for name in ("sample_id", "filepath", "field", "what", "frame_number", "detail"):
+            setattr(new, name, getattr(err, name, None))
+        return new
+
+
+class EvaluationCancelled(Exception):
+    """The progress callback asked to stop; nothing was written."""
