@@ -12,7 +12,7 @@ OLDEST_STAMP := $(OLDEST_VENV)/.installed
 
 export FIFTYONE_DO_NOT_TRACK := true
 
-.PHONY: venv venv-oldest test test-oldest demo bench bench-cpu bench-gpu clean
+.PHONY: venv venv-oldest browser test test-oldest demo bench bench-cpu bench-gpu clean
 
 venv: $(STAMP)
 
@@ -29,7 +29,15 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(VPY) -m pip install -q --no-deps -e .
 	touch $(STAMP)
 
-test: venv
+# Debian's Chromium + ChromeDriver for tests/test_browser.py (the App driven in a real browser):
+# installed with apt (as root, else through sudo) when either is missing; nothing to do otherwise.
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then exit 0; fi; \
+	  sudo=; if [ "$$(id -u)" != 0 ]; then sudo=sudo; fi; \
+	  echo "installing Debian's chromium and chromium-driver (tests/test_browser.py)"; \
+	  $$sudo apt-get update -q && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -q chromium chromium-driver
+
+test: venv browser
 	$(VPY) -m pytest -q tests
 
 venv-oldest: $(OLDEST_STAMP)

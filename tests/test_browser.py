@@ -1,0 +1,157 @@
+"""The App in a real browser (issue 16): headless Chromium opens a video dataset in FiftyOne's App,
+opens the operator browser, runs ``@deaot/vos/propagate_masks`` through its form (immediately, not
+delegated) and the output field then holds masks on every frame, in the database and in the App's
+sidebar. Screenshots of each step go to ``tests/artifacts/browser/`` (gitignored).
+
+Needs Debian's chromium + chromium-driver (``make browser``, a prerequisite of ``make test``):
+without them the test fails, it never skips."""
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+from browser_app import ARTIFACTS, AppServer, Browser, data_cy, require_chromium, text_is
+
+pytestmark = pytest.mark.usefixtures("fiftyone_db")
+
+DATASET = "t_browser"
+NUM_FRAMES = 8
+KEYFRAME = 3  # frames 1-2 come from the backward pass
+OUTPUT_FIELD = "browser_masks"
+OPERATOR_LABEL = "DeAOT: propagate masks"
+FORM_TITLE = "Propagate masks with DeAOT"
+PROMPT = data_cy("operators-prompt-modal")
+RUN_TIMEOUT = 180  # seconds for the propagation itself (about 10-30 s here, more on a loaded machine)
+
+
+@pytest.fixture
+def artifacts():
+    shutil.rmtree(ARTIFACTS, ignore_errors=True)
+    ARTIFACTS.mkdir(parents=True)
+    return ARTIFACTS
+
+
+@pytest.fixture
+def small_dataset(tmp_path):
+    """One short H.264 video (what the App's Chromium plays; the demo's renderer and encoder):
+    NUM_FRAMES frames of two moving rectangles, keyframe masks on frame KEYFRAME only."""
+    import fiftyone as fo
+    from conftest import synthetic_label_maps
+    from deaot_vos.demo import synthetic_frames
+    from deaot_vos.video import video_metadata, write_mp4
+    from helpers import detection
+
+    maps = synthetic_label_maps(NUM_FRAMES, height=96, width=160, objects=2)
+    path = tmp_path / "small.mp4"
+    assert write_mp4(synthetic_frames(maps.astype(np.uint8)), path, fps=8) == "h264"
+    dataset = fo.Dataset(DATASET)
+    sample = fo.Sample(filepath=str(path), metadata=video_metadata(path))
+    keyframe = maps[KEYFRAME - 1]
+    sample.frames[KEYFRAME]["keyframes"] = fo.Detections(detections=[
+        detection(name, keyframe == k, index=k) for k, name in ((1, "left"), (2, "right"))])
+    dataset.add_sample(sample)
+    yield dataset
+    if fo.dataset_exists(DATASET):
+        fo.delete_dataset(DATASET)
+
+
+@pytest.fixture
+def app(artifacts):
+    """(server, browser): the App server on this session's database with the plugin loaded
+    (conftest.py's FIFTYONE_PLUGINS_DIR), launched but not yet waited for (it boots while the
+    dataset is made), and Chromium. Chromium is checked first."""
+    chromium, chromedriver = require_chromium()
+    server = AppServer(artifacts / "app-server.log", env={"FIFTYONE_ALLOW_LEGACY_ORCHESTRATORS": "true"})
+    try:
+        server.launch()
+        browser = Browser(chromium, chromedriver, artifacts, server)
+        try:
+            yield server, browser
+        finally:
+            browser.close()
+    finally:
+        server.stop()
+
+
+def _open_dataset(server, browser) -> None:
+    server.wait_ready()
+    browser.driver.get(f"{server.url}/datasets/{DATASET}")
+    browser.visible(data_cy("checkbox-frames.keyframes"), timeout=90)
+    # the App's one-time "Explore Enterprise" popover covers the page until dismissed, as a user would
+    dismiss = browser.find_all(text_is("Dismiss", "button"))
+    if dismiss:
+        dismiss[0].click()
+        browser.gone(text_is("Dismiss", "button"))
+
+
+def _pick_operator(browser) -> None:
+    browser.clickable(data_cy("action-browse-operations")).click()
+    browser.visible(data_cy("operators-browser"))
+    browser.visible(data_cy("operators-browser-search")).send_keys("propagate")
+    browser.clickable(f"{data_cy('operators-browser')}{text_is(OPERATOR_LABEL, 'div')}").click()
+    browser.visible(f"{PROMPT}{text_is(FORM_TITLE)}")
+
+
+def _fill_form(browser) -> None:
+    from selenium.webdriver.common.keys import Keys
+
+    keyframes = browser.clickable(f"{PROMPT}//*[text()='Keyframes field']/following::*[@role='combobox'][1]")
+    keyframes.click()
+    browser.clickable(f"//ul[@role='listbox']/li[@role='option' and normalize-space()='keyframes']").click()
+    browser.wait(lambda d: keyframes.text.strip() == "keyframes", message="keyframes field not chosen")
+    output = browser.clickable(f"{PROMPT}//*[text()='Output field']/following::input[1]")
+    output.send_keys(Keys.CONTROL, "a")
+    output.send_keys(OUTPUT_FIELD)
+    browser.wait(lambda d: output.get_attribute("value") == OUTPUT_FIELD, message="output field not typed")
+
+
+def test_propagate_masks_through_the_app_in_chromium(app, small_dataset):
+    server, browser = app
+    with browser.step("open-dataset"):
+        _open_dataset(server, browser)
+        browser.screenshot("1-dataset")
+    with browser.step("operator-browser"):
+        _pick_operator(browser)
+    with browser.step("fill-form"):
+        _fill_form(browser)
+        browser.screenshot("2-form")
+    with browser.step("execute"):
+        browser.clickable(f"{PROMPT}{text_is('Execute', 'button')}").click()
+        browser.visible(f"//*[text()='Samples propagated']", timeout=RUN_TIMEOUT)
+        browser.screenshot("3-result")
+        assert browser.find_all(_result_row("Status", "ok")), "the result dialog does not say Status: ok"
+        assert browser.find_all(_result_row("Output field", OUTPUT_FIELD))
+    with browser.step("sidebar"):
+        browser.clickable(text_is("Close", "button")).click()
+        browser.gone(text_is("Samples propagated"))
+        browser.visible(data_cy(f"checkbox-frames.{OUTPUT_FIELD}"))
+        browser.screenshot("4-sidebar")
+    _check_masks_in_database(small_dataset)
+
+
+def _result_row(label: str, value: str) -> str:
+    """XPath of the result dialog's row ``label: value``."""
+    return f"//*[normalize-space()='{label}:']/following-sibling::*[normalize-space()='{value}']"
+
+
+def _check_masks_in_database(dataset) -> None:
+    """Every frame has the two objects, each with a non-empty instance mask; keyframe kept."""
+    import fiftyone as fo
+
+    dataset.reload()
+    schema = dataset.get_frame_field_schema()
+    assert OUTPUT_FIELD in schema, f"no frame field {OUTPUT_FIELD!r} after the App run: {sorted(schema)}"
+    assert schema[OUTPUT_FIELD].document_type is fo.Detections
+    frames = dataset.first().frames
+    assert sorted(frames.keys()) == list(range(1, NUM_FRAMES + 1))
+    for number, frame in frames.items():
+        detections = frame[OUTPUT_FIELD]
+        assert detections is not None, f"frame {number}: no {OUTPUT_FIELD}"
+        assert sorted(d.label for d in detections.detections) == ["left", "right"], f"frame {number}"
+        for d in detections.detections:
+            assert d.mask is not None and d.mask.any(), f"frame {number}, {d.label}: empty mask"
+    given = {d.label: d.mask for d in frames[KEYFRAME]["keyframes"].detections}
+    for d in frames[KEYFRAME][OUTPUT_FIELD].detections:
+        assert np.array_equal(d.mask.astype(bool), given[d.label].astype(bool)), f"keyframe {d.label} changed"
