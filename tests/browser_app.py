@@ -162,9 +162,13 @@ class Browser:
     # -- waits -------------------------------------------------------------------------------
 
     def wait(self, condition, timeout: float | None = None, message: str = ""):
+        """``condition(driver)`` until truthy; the App re-renders often, so a stale element is retried."""
+        from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
         from selenium.webdriver.support.ui import WebDriverWait
 
-        return WebDriverWait(self.driver, timeout or self.timeout, poll_frequency=0.25).until(condition, message)
+        return WebDriverWait(self.driver, timeout or self.timeout, poll_frequency=0.25,
+                             ignored_exceptions=(NoSuchElementException, StaleElementReferenceException)
+                             ).until(condition, message)
 
     def visible(self, xpath: str, timeout: float | None = None):
         from selenium.webdriver.common.by import By
@@ -183,6 +187,28 @@ class Browser:
         from selenium.webdriver.support import expected_conditions as EC
 
         self.wait(EC.invisibility_of_element_located((By.XPATH, xpath)), timeout, f"still shown: {xpath}")
+
+    def type_into(self, xpath: str, text: str, tries: int = 3) -> None:
+        """Replace the value of the input at ``xpath`` with ``text``, as typed keys; typed again
+        if a re-render of the form dropped keys."""
+        from selenium.common.exceptions import TimeoutException
+        from selenium.webdriver.common.keys import Keys
+
+        for attempt in range(tries):
+            field = self.clickable(xpath)
+            field.send_keys(Keys.CONTROL, "a")
+            field.send_keys(text)
+            try:
+                self.wait(lambda d: self.value(xpath) == text, timeout=10)
+                return
+            except TimeoutException:
+                if attempt == tries - 1:
+                    raise AssertionError(f"typed {text!r} into {xpath}, it holds {self.value(xpath)!r}") from None
+
+    def value(self, xpath: str) -> str | None:
+        from selenium.webdriver.common.by import By
+
+        return self.driver.find_element(By.XPATH, xpath).get_attribute("value")
 
     def find_all(self, xpath: str):
         from selenium.webdriver.common.by import By

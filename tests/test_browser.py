@@ -8,6 +8,7 @@ without them the test fails, it never skips."""
 from __future__ import annotations
 
 import shutil
+import time
 
 import numpy as np
 import pytest
@@ -23,6 +24,7 @@ OUTPUT_FIELD = "browser_masks"
 OPERATOR_LABEL = "DeAOT: propagate masks"
 FORM_TITLE = "Propagate masks with DeAOT"
 PROMPT = data_cy("operators-prompt-modal")
+APP_ERROR = "Error occurred during operator execution"  # the App's prompt on an exception
 RUN_TIMEOUT = 180  # seconds for the propagation itself (about 10-30 s here, more on a loaded machine)
 
 
@@ -95,16 +97,15 @@ def _pick_operator(browser) -> None:
 
 
 def _fill_form(browser) -> None:
-    from selenium.webdriver.common.keys import Keys
+    """Keyframes field chosen from its dropdown, output field typed."""
+    from selenium.webdriver.common.by import By
 
-    keyframes = browser.clickable(f"{PROMPT}//*[text()='Keyframes field']/following::*[@role='combobox'][1]")
-    keyframes.click()
-    browser.clickable(f"//ul[@role='listbox']/li[@role='option' and normalize-space()='keyframes']").click()
-    browser.wait(lambda d: keyframes.text.strip() == "keyframes", message="keyframes field not chosen")
-    output = browser.clickable(f"{PROMPT}//*[text()='Output field']/following::input[1]")
-    output.send_keys(Keys.CONTROL, "a")
-    output.send_keys(OUTPUT_FIELD)
-    browser.wait(lambda d: output.get_attribute("value") == OUTPUT_FIELD, message="output field not typed")
+    keyframes = f"{PROMPT}//*[text()='Keyframes field']/following::*[@role='combobox'][1]"
+    browser.clickable(keyframes).click()
+    browser.clickable("//ul[@role='listbox']/li[@role='option' and normalize-space()='keyframes']").click()
+    browser.wait(lambda d: d.find_element(By.XPATH, keyframes).text.strip() == "keyframes",
+                 message="the keyframes field was not chosen")
+    browser.type_into(f"{PROMPT}//*[text()='Output field']/following::input[1]", OUTPUT_FIELD)
 
 
 def test_propagate_masks_through_the_app_in_chromium(app, small_dataset):
@@ -119,7 +120,7 @@ def test_propagate_masks_through_the_app_in_chromium(app, small_dataset):
         browser.screenshot("2-form")
     with browser.step("execute"):
         browser.clickable(f"{PROMPT}{text_is('Execute', 'button')}").click()
-        browser.visible(f"//*[text()='Samples propagated']", timeout=RUN_TIMEOUT)
+        _wait_for_result(browser)
         browser.screenshot("3-result")
         assert browser.find_all(_result_row("Status", "ok")), "the result dialog does not say Status: ok"
         assert browser.find_all(_result_row("Output field", OUTPUT_FIELD))
@@ -129,6 +130,21 @@ def test_propagate_masks_through_the_app_in_chromium(app, small_dataset):
         browser.visible(data_cy(f"checkbox-frames.{OUTPUT_FIELD}"))
         browser.screenshot("4-sidebar")
     _check_masks_in_database(small_dataset)
+
+
+def _wait_for_result(browser) -> None:
+    """Until the result dialog shows; an operator error fails at once with the App's details."""
+    from selenium.webdriver.common.by import By
+
+    result, error = "//*[text()='Samples propagated']", f"{PROMPT}//p[contains(., '{APP_ERROR}')]"
+    browser.wait(lambda d: d.find_elements(By.XPATH, result) or d.find_elements(By.XPATH, error),
+                 timeout=RUN_TIMEOUT, message=f"no result dialog within {RUN_TIMEOUT} s")
+    shown = browser.find_all(error)
+    if shown:
+        shown[0].click()  # expands the traceback
+        time.sleep(1)
+        details = browser.find_all(PROMPT)[0].text if browser.find_all(PROMPT) else ""
+        raise AssertionError(f"the App reported an operator error:\n{details[-3000:]}")
 
 
 def _result_row(label: str, value: str) -> str:
@@ -155,3 +171,14 @@ def _check_masks_in_database(dataset) -> None:
     given = {d.label: d.mask for d in frames[KEYFRAME]["keyframes"].detections}
     for d in frames[KEYFRAME][OUTPUT_FIELD].detections:
         assert np.array_equal(d.mask.astype(bool), given[d.label].astype(bool)), f"keyframe {d.label} changed"
+
+
+def test_missing_chromium_fails_naming_the_make_target(monkeypatch):
+    """CI must never skip the browser test: no Chromium is a failure that says how to install it."""
+    import browser_app
+
+    monkeypatch.setattr(browser_app.shutil, "which", lambda name: None)
+    monkeypatch.setattr(browser_app, "CHROMIUM", "/nonexistent/chromium")
+    monkeypatch.setattr(browser_app, "CHROMEDRIVER", "/nonexistent/chromedriver")
+    with pytest.raises(AssertionError, match=r"chromium and chromedriver not found: run `make browser`"):
+        browser_app.require_chromium()
