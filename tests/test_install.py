@@ -103,7 +103,7 @@ def test_plugin_metadata_for_fiftyone():
     readme = (REPO / "README.md").read_text()
     assert f"fiftyone plugins download {meta['url']}" in readme
     assert "fiftyone plugins requirements @deaot/vos --install" in readme
-    _oldest_fiftyone()
+    assert tuple(map(int, _oldest_fiftyone().split("."))) >= (1, 3, 0)  # custom metrics came in 1.3.0
 
 
 # -- end to end -------------------------------------------------------------------------------
