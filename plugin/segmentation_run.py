@@ -20,7 +20,8 @@ while the videos are read, and are renamed into place only once every video was 
 an error deletes them (fields left by a killed process are deleted by the next run with that key).
 If the run itself then fails, its label maps and its run are removed before the error is raised.
 Deleting the segmentation run (``delete_evaluation``) leaves the two label-map fields (they are its
-inputs); a new run with the key and ``overwrite`` replaces them.
+inputs; :func:`delete_label_maps` removes them and their mask targets); a new run with the key and
+``overwrite`` replaces them.
 """
 from __future__ import annotations
 
@@ -123,6 +124,7 @@ class LabelMapRun:
         self.dataset, self.key, self.gt_field = dataset, key, gt_field
         self.gt_is_segmentation = gt_is_segmentation
         self.labels: dict[int, set] = {}  # object index -> labels seen
+        self.videos = 0  # videos staged
         self.discard()  # fields a killed run may have left
         for name in staging_fields(key):
             dataset.add_frame_field(name, fof.EmbeddedDocumentField, embedded_doc_type=fo.Segmentation)
@@ -146,6 +148,7 @@ class LabelMapRun:
         gt_name, pred_name = staging_fields(self.key)
         self.dataset.set_values("frames." + gt_name, {sample_id: gt_labels}, key_field="id")
         self.dataset.set_values("frames." + pred_name, {sample_id: pred_labels}, key_field="id")
+        self.videos += 1
         for ids in (gt, pred):
             for index, label in ids.labels.items():
                 if not (index == VOID and self.gt_is_segmentation):
@@ -166,10 +169,13 @@ class LabelMapRun:
         ``evaluate_segmentations`` with the J&F metrics; returns its results. On failure the new
         run and maps are removed and the error is raised."""
         dataset, key = self.dataset, self.key
+        if not self.videos:
+            raise EvaluationError(f"segmentation run '{key}': no video of the collection has ground truth in "
+                                  f"'{self.gt_field}', so there is nothing to score")
         if is_label_map_run(dataset, key):
             dataset.delete_evaluation(key)
         final = label_map_fields(key)
-        dataset.delete_frame_fields([n for n in final if n in dataset.get_frame_field_schema()], error_level=1)
+        delete_label_maps(dataset, key)
         dataset.rename_frame_fields(dict(zip(staging_fields(key), final)))
         targets = self.mask_targets()
         try:
@@ -177,7 +183,7 @@ class LabelMapRun:
             dataset.save()
             return self._evaluate(sample_collection, targets, bound_th, extra_objects)
         except BaseException:
-            self._remove(final)
+            self._remove()
             raise
 
     def _evaluate(self, sample_collection, targets: dict, bound_th: float, extra_objects: str):
@@ -190,25 +196,34 @@ class LabelMapRun:
                                              mask_targets=targets, custom_metrics=custom, progress=False)
         missing = [uri for uri in metric_uris() if uri not in (results.custom_metrics or {})]
         if missing:
+            reason = "; ".join(failures) or "no object was scored (the reference frames are empty): J&F is undefined"
             raise EvaluationError(f"segmentation run '{self.key}': the custom metrics {missing} were not computed: "
-                                  f"{'; '.join(failures) or 'no reason given'}")
+                                  f"{reason}")
         log.info("segmentation run '%s': %s", self.key, {k: results.metrics()[k] for k in METRICS.values()})
         return results
 
-    def _remove(self, final: tuple[str, str]) -> None:
-        dataset = self.dataset
-        if self.key in dataset.list_evaluations():
-            dataset.delete_evaluation(self.key)
-        dataset.delete_frame_fields([n for n in final if n in dataset.get_frame_field_schema()], error_level=1)
-        targets = dict(dataset.mask_targets or {})
-        if any(targets.pop("frames." + n, None) is not None for n in final):
-            dataset.mask_targets = targets
-            dataset.save()
+    def _remove(self) -> None:
+        if self.key in self.dataset.list_evaluations():
+            self.dataset.delete_evaluation(self.key)
+        delete_label_maps(self.dataset, self.key)
 
     def discard(self) -> None:
         """Delete the staged label maps (if any)."""
         schema = self.dataset.get_frame_field_schema() or {}
         self.dataset.delete_frame_fields([n for n in staging_fields(self.key) if n in schema], error_level=1)
+
+
+def delete_label_maps(sample_collection, key: str) -> None:
+    """Delete the two label-map fields of the segmentation run ``key`` and their mask targets
+    (``delete_evaluation`` keeps them: they are the run's inputs)."""
+    dataset = root_dataset(sample_collection)
+    schema = dataset.get_frame_field_schema() or {}
+    dataset.delete_frame_fields([n for n in label_map_fields(key) if n in schema], error_level=1)
+    targets = dict(dataset.mask_targets or {})
+    stale = [path for path in ("frames." + n for n in label_map_fields(key)) if path in targets]
+    if stale:
+        dataset.mask_targets = {path: value for path, value in targets.items() if path not in stale}
+        dataset.save()
 
 
 @contextlib.contextmanager

@@ -464,7 +464,7 @@ def test_segmentation_run_carries_the_same_jf_for_the_model_evaluation_panel(eva
 
     from deaot_core.metrics.davis import global_summary
     from deaot_vos.evaluation import evaluate_vos
-    from deaot_vos.segmentation_run import METRICS, label_map_fields, metric_uris
+    from deaot_vos.segmentation_run import METRICS, delete_label_maps, label_map_fields, metric_uris
 
     from deaot_core.metrics.davis import sequence_metrics
 
@@ -519,7 +519,9 @@ def test_segmentation_run_carries_the_same_jf_for_the_model_evaluation_panel(eva
         for key in ("pv_vos", "pv_seg"):
             if key in ds.list_evaluations():
                 ds.delete_evaluation(key)
-        ds.delete_frame_fields([gt_maps, pred_maps, "pred_noisy"], error_level=1)
+        delete_label_maps(ds, "pv_seg")
+        ds.delete_frame_field("pred_noisy")
+        assert not [path for path in ds.mask_targets if "pv_seg" in path]
 
 
 def test_segmentation_run_refusals_name_the_problem_and_change_nothing(evaluated, monkeypatch, tmp_path):
@@ -540,8 +542,12 @@ def test_segmentation_run_refusals_name_the_problem_and_change_nothing(evaluated
                 det.index = 255 if det.index == 2 else det.index
         void[sid] = frames
     ds.set_values("frames.gt_void", void, key_field="id")
+    # ground truth declared but set on no frame; ground truth set but empty (no object to score)
+    ds.add_frame_field("gt_unset", fo.EmbeddedDocumentField, embedded_doc_type=fo.Detections)
+    ds.set_values("frames.gt_blank", {sid: {n: fo.Detections() for n in range(1, 6)} for sid in (first, second)},
+                  key_field="id")
     ds.add_sample_field("taken_accuracy", fo.FloatField)
-    before = _state(ds)
+    before = (_state(ds), dict(ds.mask_targets))
     cases = [
         (dict(segmentation_key="run_a"), EvaluationError, "evaluation 'run_a' .* is not a segmentation run"),
         (dict(segmentation_key="bad"), EvaluationError, "segmentation_key and eval_key are both 'bad'"),
@@ -550,18 +556,22 @@ def test_segmentation_run_refusals_name_the_problem_and_change_nothing(evaluated
         (dict(segmentation_key="seg", eval_key=None), ValueError, "needs an eval_key"),
         (dict(segmentation_key="seg", gt_field="gt_void", extra_objects="ignore"), EvaluationError,
          f"{name1}\\), frame 1 of field 'gt_void': object index 255 is on the reference frame"),
+        (dict(segmentation_key="seg", gt_field="gt_unset"), EvaluationError, "no video .* ground truth in 'gt_unset'"),
+        # the run is made, its metrics cannot be: run and label maps are removed again
+        (dict(segmentation_key="seg", gt_field="gt_blank", extra_objects="ignore"), EvaluationError,
+         "custom metrics .* not computed: no object was scored"),
     ]
     for kwargs, error, match in cases:
         args = {**dict(pred_field="pred_a", gt_field="ground_truth", eval_key="bad"), **kwargs}
         with pytest.raises(error, match=match):
             evaluate_vos(ds, args.pop("pred_field"), args.pop("gt_field"), **args)
-        assert _state(ds) == before, kwargs  # no run, no label map, no staged field left
+        assert (_state(ds), dict(ds.mask_targets)) == before, kwargs  # no run, label map, staged field or target
     # FiftyOne does not find the plugin (hence its metrics): refused before anything is written
     monkeypatch.setattr(fo.config, "plugins_dir", str(tmp_path))
     with pytest.raises(EvaluationError, match="does not find the custom metrics.*@deaot/vos/jf_mean"):
         evaluate_vos(ds, "pred_a", "ground_truth", eval_key="bad", segmentation_key="seg")
-    assert _state(ds) == before
-    ds.delete_frame_field("gt_void")
+    assert (_state(ds), dict(ds.mask_targets)) == before
+    ds.delete_frame_fields(["gt_void", "gt_unset", "gt_blank"])
     ds.delete_sample_field("taken_accuracy")
 
 
@@ -570,7 +580,7 @@ def test_segmentation_run_from_cli_and_operator(evaluated, capsys):
     from fiftyone.operators.executor import ExecutionContext
 
     from deaot_vos.cli import main
-    from deaot_vos.segmentation_run import label_map_fields
+    from deaot_vos.segmentation_run import delete_label_maps
 
     ds = evaluated["ds"]
     _noisy_predictions(ds, evaluated["maps"])
@@ -601,4 +611,5 @@ def test_segmentation_run_from_cli_and_operator(evaluated, capsys):
         for key in ("cli_vos", "cli_seg", "op_vos"):
             if key in ds.list_evaluations():
                 ds.delete_evaluation(key)
-        ds.delete_frame_fields([*label_map_fields("cli_seg"), "pred_noisy"], error_level=1)
+        delete_label_maps(ds, "cli_seg")
+        ds.delete_frame_field("pred_noisy")
