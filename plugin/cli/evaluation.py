@@ -55,7 +55,8 @@ def run_evaluate(args) -> int:
     if args.json:
         extra = {}
         if segmentation is not None:  # FiftyOne's values are numpy scalars
-            extra["segmentation_metrics"] = {k: None if v is None else float(v) for k, v in segmentation.metrics().items()}
+            metrics = segmentation.metrics()
+            extra["segmentation_metrics"] = {k: None if v is None else float(v) for k, v in metrics.items()}
         print(json.dumps(dict(summary=results.summary(), objects=results.objects, skipped=results.skipped, **extra),
                          indent=2))
         return 0
