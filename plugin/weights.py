@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import deaot_core
 from deaot_core.config import WEIGHTS, PretrainedWeights, get_config
 from deaot_core.devices import PRECISIONS as _PRECISION_TABLE
 from deaot_core.devices import resolve_device
-from deaot_core.hub import cache_dir, download, download_timeout
+from deaot_core.hub import cache_dir, download, download_timeout, sha256_of
 
 log = logging.getLogger(__name__)
 
@@ -209,6 +210,23 @@ def _discard_official_download(path: Path, reason: BaseException) -> None:
 
 _CACHE: dict = {}
 _CACHE_LOCK = threading.Lock()
+_IDENTITIES: dict = {}
+
+
+def weights_identity(choice: ModelChoice) -> str:
+    """What identifies the weights of ``choice`` in frame signatures: the sha256 of a local
+    checkpoint (cached per path, size and mtime), a URL as given, and for random weights a
+    fresh token (random weights differ from run to run: nothing is ever reused)."""
+    if choice.checkpoint is None:
+        return f"random:{uuid.uuid4().hex}"
+    if "://" in choice.checkpoint:
+        return f"{choice.model}:{choice.checkpoint}"
+    stat = os.stat(choice.checkpoint)
+    key = (os.path.abspath(choice.checkpoint), stat.st_size, stat.st_mtime_ns)
+    with _CACHE_LOCK:
+        if key not in _IDENTITIES:
+            _IDENTITIES[key] = f"{choice.model}:sha256:{sha256_of(Path(choice.checkpoint))}"
+        return _IDENTITIES[key]
 
 
 def load_model(choice: ModelChoice, device: str = "cpu"):

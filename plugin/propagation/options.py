@@ -81,6 +81,8 @@ class PropagationOptions:
     compile_model: bool = False
     test_scales: Sequence[float] = (1.0,)
     test_flip: bool = False
+    bidirectional: bool = False
+    incremental: bool = False
 
     def __post_init__(self) -> None:
         self.keyframes_field = optional_field_name(self.keyframes_field, "keyframes_field")
@@ -89,6 +91,7 @@ class PropagationOptions:
         self.model = self.model or DEFAULT_MODEL
         _check_write_every(self.write_every)
         self.test_flip = bool(self.test_flip)
+        self.bidirectional, self.incremental = bool(self.bidirectional), bool(self.incremental)
         self.test_scales = check_test_scales(self.test_scales)
         self.tracker_options()  # the engine knobs are validated by the core's own options object
 
@@ -130,7 +133,8 @@ class PropagationOptions:
             precision=params.get("precision") or "fp32",
             write_segmentation=_text_or_none(params.get("write_segmentation")),
             test_scales=params.get("test_scales"))
-        for name in ("overwrite", "skip_failures", "allow_random_weights", "compile_model", "test_flip"):
+        for name in ("overwrite", "skip_failures", "allow_random_weights", "compile_model", "test_flip",
+                     "bidirectional", "incremental"):
             values[name] = bool(params.get(name, False))
         for name in ("long_term_gap", "max_long_term_frames", "max_short_edge", "max_long_edge", "write_every"):
             if name in params:
@@ -175,5 +179,11 @@ class PropagationOptions:
                  "probabilities averaged (default: 1.0)")
         add("--test-flip", action="store_true",
             help="test-time flip, as the official --flip: also run the mirrored video (2x the work)")
+        add("--bidirectional", action="store_true",
+            help="frames between two keyframes fuse the forward pass with a backward pass from the later "
+                 "keyframe (about 2x the work between keyframes; more accurate, see README)")
+        add("--incremental", action="store_true",
+            help="update an existing output: recompute only the frames whose keyframes, model or options "
+                 "changed and keep the others (the output field is updated in place)")
         add("--skip-failures", action="store_true", help="go on when a video fails")
         add("--write-every", type=int, default=64, help="frames buffered per bulk write")

@@ -35,6 +35,7 @@ from .options import PropagationOptions
 from .plan import RunPlan, SamplePlan, check_samples, check_video_collection, plan_run
 from .staging import LocalSwap, Staging
 from .trackers import TrackerPool
+from ..weights import weights_identity
 from .video_pass import PassTarget, run_with_retries
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,11 @@ def propagate(sample_collection, keyframes_field=None, output_field=None, *,
             keeps its previous output values and is listed in ``failed``; the others are written.
             Without it (the default) the first failure raises and nothing is written
         allow_random_weights: run with random weights when no checkpoint exists (demo only)
+        bidirectional: frames between two keyframes fuse the forward pass with a backward pass
+            from the later keyframe (``deaot_core.fusion``; about 2x the work between keyframes)
+        incremental: when the output exists, recompute only the frames whose inputs (keyframes
+            they depend on, model, weights, options) changed and keep the others; implies
+            ``overwrite`` for the output field(s), which are updated in place
         write_every: frames buffered per bulk write
 
     ``progress(fraction, label)`` is called per frame; return False (or raise
@@ -136,7 +142,8 @@ class _Progress:
 def _propagate_staged(sample_collection, dataset: fo.Dataset, options: PropagationOptions, staging: Staging,
                       progress: Optional[ProgressCallback], start_time: float) -> dict[str, Any]:
     """:func:`propagate` once ``staging`` is open: plan and check, run the videos, commit."""
-    plan = plan_run(sample_collection, dataset, options, options.overwrite or staging.forced_overwrite)
+    plan = plan_run(sample_collection, dataset, options,
+                    options.overwrite or options.incremental or staging.forced_overwrite)
     trackers = TrackerPool(plan.choice, plan.options, plan.device)
     trackers.get(*trackers.requested)  # weights and settings are checked before any video
     ask = _Progress(staging, progress)
@@ -169,7 +176,11 @@ def _run_sample(plan: RunPlan, sample: SamplePlan, staging: Staging, trackers: T
         row.update(status="skipped: claimed by another task", frames_written=0)
         return
     stages = staging.stage_fields
-    target = PassTarget(plan.dataset, stages[0], stages[1] if len(stages) > 1 else None, plan.options.write_every)
+    options = plan.options
+    target = PassTarget(plan.dataset, stages[0], stages[1] if len(stages) > 1 else None, options.write_every,
+                        previous_fields=(options.output_field, options.write_segmentation),
+                        bidirectional=options.bidirectional, incremental=options.incremental,
+                        weights=weights_identity(plan.choice))
     where: dict[str, Any] = {}
     try:
         row.update(run_with_retries(trackers, sample, target, ask.for_sample(sample, plan.total),

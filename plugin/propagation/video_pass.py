@@ -6,18 +6,21 @@ FiftyOne frame numbers are 1-based, the core's frame indexes 0-based: index = nu
 """
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import gc
 import itertools
 import logging
 import math
+import os
 import time
 from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
 
-from deaot_core.video import FrameResult, Keyframe as CoreKeyframe, propagate_video
+from deaot_core.states import DirectoryStates, StateStore
+from deaot_core.video import FrameResult, Keyframe as CoreKeyframe, PropagationStats, propagate_video
 
 from ..labels import mask_to_detections, mask_to_segmentation
 from ..video import VideoReader, open_video, prefetch
@@ -33,14 +36,30 @@ OOM_MIN_LONG_EDGE = 32  # never retry below this network input long edge
 Report = Callable[[int, int, str], None]  # report(done, total, label)
 
 
+SIGNATURE_ATTRIBUTE = "deaot_inputs"  # on each output fo.Detections: the frame's signature (deaot_core.schedule)
+KEYFRAME_ATTRIBUTE = "deaot_keyframe"  # on each output fo.Detections: True on the run's keyframes
+AGREEMENT_ATTRIBUTE = "agreement"  # on each fo.Detection of a fused frame: IoU of the two passes' masks
+
+
 @dataclasses.dataclass
 class PassTarget:
-    """Where one video's labels go: the (staging) fields and the bulk-write size."""
+    """Where one video's labels go and how they are computed: the (staging) fields, the
+    bulk-write size, the fields holding the previous output (read by incremental runs), the
+    passes (``bidirectional``), ``incremental`` and ``weights`` (an identity of the weights, part
+    of every frame's signature)."""
 
     dataset: Any
     output_field: str
     segmentation_field: Optional[str]
     write_every: int
+    previous_fields: tuple = ()
+    bidirectional: bool = False
+    incremental: bool = False
+    weights: str = ""
+
+    def states(self) -> Optional[StateStore]:
+        """Where incremental runs save and find the forward pass's tracker states."""
+        return DirectoryStates() if self.incremental else None
 
 
 class VideoFrames:
@@ -75,58 +94,136 @@ class VideoFrames:
 
 
 class LabelMaker:
-    """A video's :class:`FrameResult` -> (Detections, Segmentation or None), with the object
-    labels of the keyframes met so far (the backward pass: those of the first keyframe)."""
+    """A video's :class:`FrameResult` -> (Detections, Segmentation or None). Object labels come
+    from the keyframes the frame depends on (those up to it; on the head pass, the first one; on
+    a fused frame also the later keyframe of its gap), so frames computed in any order or subset
+    get the labels of a full run. Each Detections carries the frame's signature and whether it is
+    a keyframe; on fused frames each Detection carries the passes' ``agreement``."""
 
     def __init__(self, sample: SamplePlan, with_segmentation: bool):
         self.sample, self.with_segmentation = sample, with_segmentation
-        self.first = min(sample.keyframes)
-        self.labels: dict[int, Any] = {}
-        self.reversed = False
+        self.numbers = sorted(sample.keyframes)
+        self._labels: list[dict[int, Any]] = []  # after each keyframe, in frame order
+        labels: dict[int, Any] = {}
+        for number in self.numbers:
+            labels = {**labels, **sample.keyframes[number].labels}
+            self._labels.append(labels)
+
+    def labels_at(self, number: int, reverse: bool, fused: bool) -> dict[int, Any]:
+        if reverse:
+            return dict(self.sample.keyframes[self.numbers[0]].labels)
+        position = max(0, bisect.bisect_right(self.numbers, number) - 1)
+        labels = dict(self._labels[position])
+        if fused and position + 1 < len(self.numbers):
+            for obj_id, label in self.sample.keyframes[self.numbers[position + 1]].labels.items():
+                labels.setdefault(obj_id, label)
+        return labels
 
     def __call__(self, result: FrameResult) -> tuple[Any, Any]:
         number, registry = result.index + 1, self.sample.registry
         keyframe = self.sample.keyframes.get(number) if result.keyframe is not None else None
-        if result.reverse and not self.reversed:
-            self.reversed, self.labels = True, dict(self.sample.keyframes[self.first].labels)
-        if keyframe is not None:
-            self.labels.update(keyframe.labels)
-        detections = mask_to_detections(result.label_map, result.confidences, registry, self.labels,
+        labels = self.labels_at(number, result.reverse, result.fused)
+        detections = mask_to_detections(result.label_map, result.confidences, registry, labels,
                                         exact=keyframe.exact if keyframe is not None else None,
                                         given=set(keyframe.objects) if keyframe is not None else None)
+        detections[SIGNATURE_ATTRIBUTE] = result.signature
+        detections[KEYFRAME_ATTRIBUTE] = keyframe is not None
+        if result.agreement:
+            by_index = {registry.by_id[i].index: v for i, v in result.agreement.items() if i in registry.by_id}
+            for detection in detections.detections:
+                if detection.index in by_index:
+                    detection[AGREEMENT_ATTRIBUTE] = round(by_index[detection.index], 4)
         segmentation = mask_to_segmentation(result.label_map, registry) if self.with_segmentation else None
         return detections, segmentation
 
 
+def _keyframe_meta(sample: SamplePlan, number: int) -> str:
+    """What the output takes from a keyframe besides its masks: the label and output index of
+    each object it gives, and the given detections copied exactly (part of its identity)."""
+    keyframe, registry = sample.keyframes[number], sample.registry
+    given = [(obj_id, keyframe.labels.get(obj_id), registry.by_id[obj_id].index) for obj_id in sorted(keyframe.objects)]
+    exact = [(obj_id, list(getattr(det, "bounding_box", None) or [])) for obj_id, det in sorted(keyframe.exact.items())]
+    return repr((given, exact))
+
+
 def core_keyframes(sample: SamplePlan) -> dict[int, CoreKeyframe]:
-    """The sample's keyframes as the core API takes them: 0-based index -> label map and the
-    object ids given on it (also those given as absent)."""
-    return {number - 1: CoreKeyframe(kf.label_map, kf.objects) for number, kf in sample.keyframes.items()}
+    """The sample's keyframes as the core API takes them: 0-based index -> label map, the
+    object ids given on it (also those given as absent) and its labels as ``meta``."""
+    return {number - 1: CoreKeyframe(kf.label_map, kf.objects, meta=_keyframe_meta(sample, number))
+            for number, kf in sample.keyframes.items()}
+
+
+def video_provenance(tracker, sample: SamplePlan, target: PassTarget, reader: VideoReader) -> str:
+    """Everything a frame's result depends on besides its keyframes: weights, model, the
+    tracker's options and device type, the fields written and the video file."""
+    try:
+        stat = os.stat(sample.filepath)
+        file_identity = (stat.st_size, stat.st_mtime_ns)
+    except OSError:
+        file_identity = None
+    return repr((target.weights, type(tracker.model).__name__, tracker.cfg.name, tracker.options,
+                 tracker.device.type, target.segmentation_field is not None, sample.filepath, file_identity,
+                 reader.num_frames, reader.height, reader.width))
+
+
+def read_previous(target: PassTarget, sample: SamplePlan) -> tuple[dict[int, str], dict[int, tuple]]:
+    """The previous output of the sample: 0-based frame index -> stored signature, and frame
+    number -> (Detections, Segmentation or None) of every frame that has a signature."""
+    output, segmentation = (list(target.previous_fields) + [None, None])[:2]
+    schema = target.dataset.get_frame_field_schema()
+    if not output or output not in schema:
+        return {}, {}
+    fields = ["frames.frame_number", "frames." + output]
+    with_segmentation = bool(segmentation) and segmentation in schema
+    if with_segmentation:
+        fields.append("frames." + segmentation)
+    values = target.dataset.select(sample.sample_id).values(fields)
+    numbers, detections = values[0][0] or [], values[1][0] or []
+    segmentations = values[2][0] or [] if with_segmentation else [None] * len(numbers)
+    previous, old = {}, {}
+    for number, dets, seg in zip(numbers, detections, segmentations):
+        signature = dets[SIGNATURE_ATTRIBUTE] if dets is not None and dets.has_field(SIGNATURE_ATTRIBUTE) else None
+        if signature:
+            previous[number - 1] = signature
+            old[number] = (dets, seg)
+    return previous, old
 
 
 def run_video(tracker, sample: SamplePlan, target: PassTarget, report: Report, where: dict) -> dict[str, Any]:
     """Propagate one video with ``tracker`` into ``target``'s fields; returns its summary row
-    (``status`` ok, ``frames_written``, ``seconds``, ``fps``). ``where`` gets the video's
-    ``height``/``width`` and the ``frame`` being computed (for error messages and retries)."""
+    (``status`` ok, ``frames_written``, ``frames_recomputed``, ``frames_reused`` (kept from the
+    previous output by an incremental run), ``frames_replayed``, ``seconds``, ``fps``). ``where``
+    gets the video's ``height``/``width`` and the ``frame`` being computed (for error messages
+    and retries)."""
     start = time.time()
     reader = open_video(sample.filepath, sample.frame_count)
     count = reader.num_frames
     where.update(height=reader.height, width=reader.width, frame=None)
     row: dict[str, Any] = dict(frames=count, width=reader.width, height=reader.height,
                                keyframes=sorted(sample.keyframes), objects=sample.registry.num_objects)
+    previous, old = read_previous(target, sample) if target.incremental else (None, {})
+    stats = PropagationStats()
+    results = propagate_video(tracker, VideoFrames(reader, where), core_keyframes(sample),
+                              bidirectional=target.bidirectional, previous=previous, states=target.states(),
+                              provenance=video_provenance(tracker, sample, target, reader), stats=stats)
     make_labels = LabelMaker(sample, target.segmentation_field is not None)
     writer = FrameLabelWriter(target.dataset, sample.sample_id, target.output_field, target.segmentation_field,
                               target.write_every)
+    computed: set[int] = set()
     with torch.inference_mode(), writer:
-        for done, result in enumerate(propagate_video(tracker, VideoFrames(reader, where), core_keyframes(sample)),
-                                      start=1):
+        for done, result in enumerate(results, start=1):
             writer.add(result.index + 1, *make_labels(result))
-            report(done, count, f"frame {result.index + 1}/{count}" + (" (backward)" if result.reverse else ""))
+            computed.add(result.index + 1)
+            report(done, count - stats.reused, f"frame {result.index + 1}/{count}" + (" (backward)" if result.reverse else ""))
+        reused = [n for n in sorted(old) if n not in computed and n <= count]
+        for number in reused:
+            writer.add(number, *old[number])
     seconds = time.time() - start
-    row.update(status="ok", frames_written=writer.written, seconds=round(seconds, 3),
-               fps=round(writer.written / seconds, 2) if seconds > 0 else None)
-    log.info("%s: %s frames, keyframes %s, %s objects, %.1fs", sample.filepath, count, row["keyframes"],
-             row["objects"], seconds)
+    row.update(status="ok", frames_written=writer.written, frames_recomputed=stats.computed,
+               frames_reused=len(reused), frames_replayed=stats.replayed, seconds=round(seconds, 3),
+               fps=round(stats.computed / seconds, 2) if seconds > 0 else None)
+    log.info("%s: %s frames (%s recomputed, %s reused), keyframes %s, %s objects, %.1fs", sample.filepath, count,
+             stats.computed, len(reused), row["keyframes"], row["objects"], seconds)
     return row
 
 

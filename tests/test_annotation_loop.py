@@ -1,0 +1,105 @@
+"""The annotation loop on a real FiftyOne dataset and real videos: bidirectional propagation,
+incremental re-runs that recompute only the frames whose keyframes changed (and equal a full
+run), and "where to label next" suggestions."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from helpers import detection
+
+pytestmark = pytest.mark.usefixtures("fiftyone_db")
+
+T = 14
+
+
+def _dataset(name: str, path: str, keyframes: dict[int, np.ndarray]):
+    import fiftyone as fo
+
+    if fo.dataset_exists(name):
+        fo.delete_dataset(name)
+    ds = fo.Dataset(name)
+    sample = fo.Sample(filepath=path)
+    for number, label_map in keyframes.items():
+        names = {1: "red", 2: "green", 3: "blue"}
+        sample.frames[number]["kf"] = fo.Detections(detections=[
+            detection(names[i], label_map == i) for i in sorted(set(np.unique(label_map)) - {0})])
+    ds.add_sample(sample)
+    return ds
+
+
+def _frames(ds, field: str) -> dict[int, list[tuple]]:
+    """frame number -> [(label, index, bbox, mask bytes, confidence, agreement)] of ``field``."""
+    numbers, values = ds.values(["frames.frame_number", f"frames.{field}"])
+    out = {}
+    for number, dets in zip(numbers[0], values[0]):
+        out[number] = [(d.label, d.index, tuple(d.bounding_box), d.mask.tobytes(), d.confidence,
+                        d.get_field("agreement") if d.has_field("agreement") else None)
+                       for d in dets.detections]
+    return out
+
+
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["forward", "bidirectional"])
+def test_editing_the_last_keyframe_recomputes_only_dependent_frames_and_equals_a_full_run(
+        make_video, tiny_checkpoint, bidirectional, tmp_path, monkeypatch):
+    import deaot_vos
+
+    monkeypatch.setenv("DEAOT_CACHE", str(tmp_path / "cache"))
+    path, maps = make_video("loop", T, objects=2)
+    keyframes = {2: maps[1], 7: maps[6], 12: maps[11]}
+    ds = _dataset(f"loop_{bidirectional}", path, keyframes)
+    options = dict(model="DeAOTT", checkpoint=tiny_checkpoint, device="cpu", bidirectional=bidirectional,
+                   incremental=True)
+    first, = deaot_vos.propagate(ds, "kf", "out", **options)["samples"]
+    assert (first["frames_recomputed"], first["frames_reused"]) == (T, 0)
+
+    # the user corrects the last keyframe: object 2 is given smaller
+    edited = maps[11].copy()
+    edited[edited == 2] = 0
+    edited[30:40, 40:50] = 2
+    sample = ds.first()
+    sample.frames[12]["kf"] = _dataset_free_detections(edited)
+    sample.save()
+    second, = deaot_vos.propagate(ds, "kf", "out", **options)["samples"]
+    dependent = T - (7 if bidirectional else 11)  # frames 8..14 (the fused gap 8..11 too) or 12..14
+    assert (second["frames_recomputed"], second["frames_reused"]) == (dependent, T - dependent)
+    assert second["frames_replayed"] == 0 and second["frames_written"] == T
+
+    deaot_vos.propagate(ds, "kf", "full", model="DeAOTT", checkpoint=tiny_checkpoint, device="cpu",
+                        bidirectional=bidirectional)
+    incremental, full = _frames(ds, "out"), _frames(ds, "full")
+    assert sorted(incremental) == list(range(1, T + 1))
+    assert incremental == full
+    if bidirectional:
+        assert all(a is not None for number in range(3, 7) for *_, a in incremental[number])
+    # nothing changed: nothing is recomputed, the output stays
+    third, = deaot_vos.propagate(ds, "kf", "out", **options)["samples"]
+    assert (third["frames_recomputed"], third["frames_reused"]) == (0, T)
+    assert _frames(ds, "out") == full
+
+
+def _dataset_free_detections(label_map: np.ndarray):
+    import fiftyone as fo
+
+    names = {1: "red", 2: "green"}
+    return fo.Detections(detections=[detection(names[i], label_map == i) for i in sorted(set(np.unique(label_map)) - {0})])
+
+
+def test_incremental_needs_no_overwrite_and_a_foreign_output_is_recomputed(make_video, tiny_checkpoint, tmp_path,
+                                                                            monkeypatch):
+    import fiftyone as fo
+    import deaot_vos
+
+    monkeypatch.setenv("DEAOT_CACHE", str(tmp_path / "cache"))
+    path, maps = make_video("foreign", 8, objects=2)
+    ds = _dataset("loop_foreign", path, {1: maps[0]})
+    sample = ds.first()
+    for number in range(1, 9):  # an output written by something else: no signatures
+        sample.frames[number]["out"] = fo.Detections(detections=[])
+    sample.save()
+    with pytest.raises(deaot_vos.OutputExistsError):
+        deaot_vos.propagate(ds, "kf", "out", model="DeAOTT", checkpoint=tiny_checkpoint, device="cpu")
+    row, = deaot_vos.propagate(ds, "kf", "out", model="DeAOTT", checkpoint=tiny_checkpoint, device="cpu",
+                               incremental=True)["samples"]
+    assert (row["frames_recomputed"], row["frames_reused"]) == (8, 0)
+    assert all(len(d.detections) > 0 for d in ds.values("frames.out")[0])
