@@ -52,6 +52,12 @@ def _fields_inputs(ctx, inputs: types.Object) -> None:
                         description="New frame field for the propagated Detections (instance masks)")
     inputs.bool("overwrite", default=False, label="Overwrite",
                 description="Replace the output field(s) if they already exist")
+    inputs.bool("incremental", default=False, label="Incremental (update the output)",
+                description="When the output exists, recompute only the frames whose keyframes, model or "
+                            "options changed and keep the others (the output is updated in place)")
+    inputs.bool("bidirectional", default=False, label="Bidirectional between keyframes",
+                description="Frames between two keyframes fuse the forward pass with a backward pass from the "
+                            "later keyframe: more accurate, about 2x the work between keyframes (README)")
     seg = inputs.str("write_segmentation", required=False, label="Segmentation field (optional)",
                      description="Also write a Segmentation label map (pixel value = object index) here")
     keyframes_field = ctx.params.get("keyframes_field") or kf_default
@@ -60,7 +66,7 @@ def _fields_inputs(ctx, inputs: types.Object) -> None:
         return
     try:
         check_fields(target_view(ctx), keyframes_field, output_field, ctx.params.get("write_segmentation") or None,
-                     bool(ctx.params.get("overwrite", False)))
+                     bool(ctx.params.get("overwrite", False)) or bool(ctx.params.get("incremental", False)))
     except OutputExistsError as err:
         bad = output if err.field == output_field.replace("frames.", "", 1) else seg
         bad.invalid = True

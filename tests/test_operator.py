@@ -121,7 +121,8 @@ def test_resolve_input_builds_the_form(video_dataset, monkeypatch):
     form = op.resolve_input(ctx)
     props = form.type.properties
     for name in ("keyframes_field", "output_field", "model", "checkpoint", "device", "overwrite", "long_term_gap",
-                 "max_long_term_frames", "max_long_edge", "precision", "write_segmentation"):
+                 "max_long_term_frames", "max_long_edge", "precision", "write_segmentation", "bidirectional",
+                 "incremental"):
         assert name in props, name
     assert props["keyframes_field"].type.values == ["kf"]
     assert props["model"].default == "R50_DeAOTL" and "DeAOTT" in props["model"].type.values
@@ -138,6 +139,9 @@ def test_resolve_input_builds_the_form(video_dataset, monkeypatch):
     ctx = ExecutionContext(request_params=dict(dataset_name=ds.name, view=[],
                                                params=dict(keyframes_field="kf", overwrite=True)))
     assert not op.resolve_input(ctx).type.properties["output_field"].invalid
+    ctx = ExecutionContext(request_params=dict(dataset_name=ds.name, view=[],
+                                               params=dict(keyframes_field="kf", incremental=True)))
+    assert not op.resolve_input(ctx).type.properties["output_field"].invalid  # incremental updates the output
     ctx = ExecutionContext(request_params=dict(dataset_name=ds.name, view=[],
                                                params=dict(keyframes_field="kf", test_scales="0.8, x")))
     bad = op.resolve_input(ctx).type.properties["test_scales"]
