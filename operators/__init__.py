@@ -3,9 +3,11 @@ from .compare_panel import CompareVOS, VOSComparePanel
 from .evaluate_vos import EvaluateVOS
 from .jf_metrics import FMean, JFMean, JMean
 from .propagate_masks import PropagateMasks
+from .suggest_keyframes import SuggestKeyframes
 from .vos_io_ops import ExportVOS, ImportVOS
 
-OPERATORS = (PropagateMasks, EvaluateVOS, CompareVOS, VOSComparePanel, ExportVOS, ImportVOS, JFMean, JMean, FMean)
+OPERATORS = (PropagateMasks, EvaluateVOS, CompareVOS, VOSComparePanel, ExportVOS, ImportVOS, JFMean, JMean, FMean,
+             SuggestKeyframes)
 
 __all__ = ["OPERATORS", "PropagateMasks", "EvaluateVOS", "CompareVOS", "VOSComparePanel", "ExportVOS", "ImportVOS",
-           "JFMean", "JMean", "FMean"]
+           "JFMean", "JMean", "FMean", "SuggestKeyframes"]

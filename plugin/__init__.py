@@ -2,7 +2,8 @@
 in ``operators/`` are thin wrappers around it).
 
 ``deaot_vos.propagate(...)`` propagates keyframe masks through videos; ``python -m deaot_vos`` is its
-CLI (``propagate``, ``demo``). Attributes are imported lazily so that light submodules (e.g.
+CLI (``propagate``, ``demo``, ``suggest``...); ``deaot_vos.suggest_keyframes(...)`` scores
+where a propagated output is likely wrong. Attributes are imported lazily so that light submodules (e.g.
 ``deaot_vos.video``) do not pull in FiftyOne or torch.
 """
 from __future__ import annotations
@@ -23,6 +24,8 @@ _LAZY = {
     "VideoError": "video",
     "evaluate_vos": "evaluation",
     "upgrade_legacy_runs": "evaluation",
+    "suggest_keyframes": "review",
+    "SuggestionCancelled": "review",
 }
 
 __all__ = sorted(_LAZY)
