@@ -105,7 +105,7 @@ def test_apply_model_equals_propagate_on_a_video_without_ffmpeg(zoo, make_video,
     monkeypatch.setattr(etav, "FFmpegVideoReader", no_ffmpeg)
     path, maps = make_video("plain", num_frames=12, objects=3)
     dataset = _video_dataset(fo, path, maps, {3: [1, 2], 8: [3]})  # an object first given on a later keyframe
-    summary = deaot_vos.propagate(dataset, "kf", "ref", device="cpu")
+    summary = deaot_vos.propagate(dataset, "kf", "ref", device="cpu", write_segmentation="ref_seg")
     assert summary["weights"] == "demo" and summary["checkpoint"] == str(weights.DEMO_CHECKPOINT)
 
     # the keyframes field given at load time survives apply_model's reset of needs_fields
@@ -116,8 +116,13 @@ def test_apply_model_equals_propagate_on_a_video_without_ffmpeg(zoo, make_video,
     assert sorted(got) == list(range(1, 13)) and got == reference
     assert {len(v) for v in got.values()} >= {2, 3}  # objects were propagated, also backward to frames 1-2
 
-    dataset.apply_model(model, label_field="zoo_kw", prompt_field="frames.kf")  # the usual call
+    with_maps = zoo.load_zoo_model(DEMO, cache=False, device="cpu", segmentation=True)
+    dataset.apply_model(with_maps, label_field={"detections": "zoo_kw", "segmentation": "zoo_seg"},
+                        prompt_field="frames.kf")  # the usual call, with a label map per frame too
     assert _frames(dataset, "zoo_kw") == reference
+    ref_maps, zoo_maps = dataset.values("frames.ref_seg.mask")[0], dataset.values("frames.zoo_seg.mask")[0]
+    assert len(zoo_maps) == 12 and all(np.array_equal(a, b) for a, b in zip(ref_maps, zoo_maps))
+    assert {int(v) for m in zoo_maps for v in np.unique(m)} == {0, 1, 2, 3}
 
 
 def test_apply_model_on_a_clip_view_propagates_within_each_clip(zoo, make_video, torch_threads):
