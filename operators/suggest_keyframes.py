@@ -53,6 +53,12 @@ def _form(ctx, inputs: types.Object) -> None:
         bad.invalid, bad.error_message = True, str(err)
 
 
+def _int(params: dict, name: str, default: int) -> int:
+    """An integer param; its default when unset (0 stays 0: the function refuses it)."""
+    value = params.get(name)
+    return default if value is None else int(value)
+
+
 class SuggestKeyframes(foo.Operator):
     @property
     def config(self):
@@ -91,8 +97,8 @@ class SuggestKeyframes(foo.Operator):
 
         try:
             summary = suggest_keyframes(ctx.target_view(), params.get("output_field"),
-                                        score_field=params.get("score_field") or None, top=int(params.get("top") or 5),
-                                        spacing=int(params.get("spacing") or 3),
+                                        score_field=params.get("score_field") or None, top=_int(params, "top", 5),
+                                        spacing=_int(params, "spacing", 3),
                                         scene_cuts=bool(params.get("scene_cuts", True)), progress=progress)
         except SuggestionCancelled:
             return dict(status="cancelled", message="cancelled; nothing was written")
