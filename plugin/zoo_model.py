@@ -259,7 +259,8 @@ class DeAOTVideoModel(fom.Model, fom.SamplesMixin):
         make_labels = LabelMaker(plan, self.segmentation)
         labels: dict[int, Any] = {}
         with torch.inference_mode():
-            for result in propagate_video(self.tracker, VideoFrames(frames, where), core_keyframes(plan)):
+            for result in propagate_video(self.tracker, VideoFrames(frames, where), core_keyframes(plan),
+                                          bidirectional=self.options.bidirectional):
                 detections, segmentation = make_labels(result)
                 number = result.index + 1 + offset
                 labels[number] = dict(detections=detections, segmentation=segmentation) if self.segmentation \
@@ -275,7 +276,7 @@ class DeAOTVideoModel(fom.Model, fom.SamplesMixin):
 
 #: load_model keyword arguments: the PropagationOptions fields a zoo model takes (plus prompt_field, segmentation)
 MODEL_KNOBS = ("device", "checkpoint", "long_term_gap", "max_long_term_frames", "max_short_edge", "max_long_edge",
-               "precision", "compile_model", "test_scales", "test_flip")
+               "precision", "compile_model", "test_scales", "test_flip", "bidirectional")
 
 
 def build_video_model(model: str, checkpoint: Optional[str] = None, prompt_field: Optional[str] = None,
