@@ -161,9 +161,11 @@ def video_provenance(tracker, sample: SamplePlan, target: PassTarget, reader: Vi
         file_identity = (stat.st_size, stat.st_mtime_ns)
     except OSError:
         file_identity = None
-    return repr((target.weights, type(tracker.model).__name__, tracker.cfg.name, tracker.options,
-                 tracker.device.type, target.segmentation_field is not None, sample.filepath, file_identity,
-                 reader.num_frames, reader.height, reader.width))
+    device = getattr(tracker, "device", None)
+    return repr((target.weights, type(tracker).__name__, getattr(getattr(tracker, "cfg", None), "name", None),
+                 getattr(tracker, "options", None), getattr(device, "type", device),
+                 target.segmentation_field is not None, sample.filepath, file_identity, reader.num_frames,
+                 reader.height, reader.width))
 
 
 def read_previous(target: PassTarget, sample: SamplePlan) -> tuple[dict[int, str], dict[int, tuple]]:
