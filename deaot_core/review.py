@@ -10,12 +10,16 @@ Signals per frame (each in [0, 1], higher = more suspect):
 - ``change``: the largest change of one object's mask from the previous frame in propagation
   order (1 - IoU of the two masks, which covers area jumps, shape changes and vanishing or
   appearing objects);
+- ``lost``: how far the objects' areas have moved from their area on the keyframe that gave them,
+  averaged over the objects (per object 1 - min(r, 1/r) for the area ratio r: 0 unchanged, 1
+  vanished or blown up), as a tracked object that fades or leaks is the commonest failure;
 - ``disagreement``: 1 - the smallest IoU of the forward and backward passes' masks of an
   object, on frames fused from both (bidirectional runs; 0 elsewhere);
 - ``cut``: a scene cut, from the change of the frame's colour histogram (when frames are given).
 
 The score is a weighted sum, ``WEIGHTS`` (chosen on synthetic clips held apart from the
-benchmark's, see BENCHMARKS.md), divided by the weights' total. Keyframes score 0.
+benchmark's, see BENCHMARKS.md), divided by the weights' total; a frame right after a scene cut
+(``cut`` above ``CUT_THRESHOLD``) scores at least its cut value. Keyframes score 0.
 """
 from __future__ import annotations
 
@@ -24,8 +28,12 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
-SIGNALS = ("distance", "confidence", "change", "disagreement", "cut")
-WEIGHTS = {"distance": 1.0, "confidence": 1.0, "change": 1.0, "disagreement": 1.0, "cut": 1.0}
+SIGNALS = ("distance", "confidence", "change", "lost", "disagreement", "cut")
+# Tuned on 8 synthetic clips held apart from the benchmark's (bench_annotation_loop.py --part tune):
+# disagreement and cut earned no weight there (synthetic clips have no scene cuts); a real cut
+# is flagged by CUT_THRESHOLD instead.
+WEIGHTS = {"distance": 1.0, "confidence": 0.5, "change": 0.5, "lost": 4.0, "disagreement": 0.0, "cut": 0.0}
+CUT_THRESHOLD = 0.4  # a histogram change above this is a scene cut (synthetic motion stays below 0.2, a cut ~1)
 REVIEW_SIZE = 128  # label maps are compared at most this many pixels on their long side
 
 
@@ -94,6 +102,12 @@ def review_signals(frames: Sequence[FrameReview], keyframes: Sequence[int],
     signals = {name: np.zeros(count) for name in SIGNALS}
     signals["distance"] = distance / max(1.0, distance.max())
     small = [_small(f.label_map) for f in frames]
+    reference_area: dict[int, int] = {}  # object -> its area on the first keyframe that gives it
+    for k in keys:
+        ids, areas = np.unique(small[k], return_counts=True)
+        for object_id, area in zip(ids, areas):
+            if object_id > 0:
+                reference_area.setdefault(int(object_id), int(area))
     tracked: set[int] = set()
     source = _propagation_order(count, keys)
     for t in sorted(range(count), key=lambda i: (i < keys[0], i if i >= keys[0] else -i)):
@@ -104,6 +118,11 @@ def review_signals(frames: Sequence[FrameReview], keyframes: Sequence[int],
         signals["confidence"][t] = 1.0 - float(np.mean(confidences)) if confidences else 0.0
         if source[t] != t:
             signals["change"][t] = _mask_change(small[source[t]], small[t])
+        if reference_area:
+            ids, areas = np.unique(small[t], return_counts=True)
+            area = dict(zip(ids.tolist(), areas.tolist()))
+            ratios = [area.get(i, 0) / a for i, a in reference_area.items() if a > 0]
+            signals["lost"][t] = float(np.mean([1.0 - min(r, 1.0 / r) if r > 0 else 1.0 for r in ratios]))
         if frame.agreement:
             signals["disagreement"][t] = 1.0 - min(frame.agreement.values())
     if cuts is not None:
@@ -121,7 +140,9 @@ def review_scores(frames: Sequence[FrameReview], keyframes: Sequence[int], cuts:
     weights = dict(WEIGHTS if weights is None else weights)
     signals = review_signals(frames, keyframes, cuts)
     total = sum(weights.get(name, 0.0) for name in SIGNALS) or 1.0
-    return sum(weights.get(name, 0.0) * signals[name] for name in SIGNALS) / total
+    score = sum(weights.get(name, 0.0) * signals[name] for name in SIGNALS) / total
+    cut = np.where(signals["cut"] > CUT_THRESHOLD, signals["cut"], 0.0)
+    return np.maximum(score, cut)
 
 
 def top_frames(scores: np.ndarray, count: int, spacing: int = 1) -> list[int]:

@@ -175,3 +175,28 @@ def test_schedule_dependencies():
     assert forward_only.todo(Schedule(12, {2: "a", 6: "b", 10: "c"}).signatures()) == [10, 11]
     with pytest.raises(ValueError, match="fusion"):
         Schedule(12, {0: "a"}, fusion="max")
+
+
+def test_review_scores_flag_a_vanishing_object_and_a_scene_cut():
+    from deaot_core.review import FrameReview, colour_cut_scores, review_scores, review_signals, top_frames
+
+    frames = []
+    for t in range(8):
+        label = np.zeros((32, 32), dtype=np.int64)
+        label[4:14, 4:14] = 1
+        if t < 5:  # object 2 is lost after frame 4
+            label[18:30, 18:30] = 2
+        frames.append(FrameReview(label, {1: 0.9, 2: 0.9} if t < 5 else {1: 0.9}))
+    signals = review_signals(frames, [0])
+    assert signals["lost"][5] == pytest.approx(0.5) and signals["change"][5] == 1.0 and signals["lost"][4] == 0
+    scores = review_scores(frames, [0])
+    assert scores[0] == 0 and top_frames(scores, 1) == [5]
+    spaced = top_frames(scores, 3, spacing=2)
+    assert spaced[0] == 5 and all(abs(a - b) >= 2 for a in spaced for b in spaced if a != b)
+    assert [scores[t] for t in spaced] == sorted((scores[t] for t in spaced), reverse=True)
+    # a scene cut (a new scene's colours) is flagged whatever the weights say
+    images = [np.full((16, 16, 3), 30, np.uint8)] * 4 + [np.full((16, 16, 3), 220, np.uint8)] * 4
+    cuts = colour_cut_scores(images)
+    assert cuts[4] > 0.9 and cuts[:4].max() == 0
+    flat = [FrameReview(np.ones((8, 8), np.int64), {1: 1.0}) for _ in range(8)]
+    assert top_frames(review_scores(flat, [0], cuts), 1) == [4]
