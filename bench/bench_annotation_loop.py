@@ -8,9 +8,11 @@ Parts (``--part``):
 - ``fusion``: keyframes on the first and last frame; J&F (DAVIS protocol: the frames in between)
   of forward-only against ``bidirectional`` with each fusion weighting, and the time per clip.
 - ``suggest``: how well :func:`deaot_core.review.review_scores` finds wrong frames: Spearman of
-  the score against 1 - J (frames pooled over clips) and the mean J of the top 5 % of each clip's
-  frames by score against the clip's mean J, after propagating from frame 0 alone and from the
-  first and last frames.
+  the score against 1 - J (frames pooled over clips), and the mean J of the top 5 % of frames by
+  score against the mean J, both per clip (top 5 % of each clip's frames against its mean,
+  averaged) and pooled (top 5 % of all frames against all frames: what sorting a dataset's frames
+  by the score field gives), after propagating from frame 0 alone and from the first and last
+  frames.
 - ``loop``: J&F against the number of keyframes K = 1..5, keyframes (a) spaced uniformly or
   (b) chosen one by one (propagate, give the top suggested frame its ground truth, re-propagate
   incrementally), each with and without fusion; and the frames recomputed per step.
@@ -137,8 +139,11 @@ def suggestion_quality(rows, weights) -> dict:
         errors.extend(1.0 - row["J"][valid])
         top = sorted(valid, key=lambda t: -score[t])[:max(1, round(0.05 * len(valid)))]
         drops.append(float(np.mean(row["J"][valid]) - np.mean(row["J"][top])))
-    return {"spearman": round(spearman(np.array(scores), np.array(errors)), 4),
-            "top5pct_J_below_clip_mean": round(float(np.mean(drops)), 4), "frames": len(scores)}
+    scores_a, j = np.array(scores), 1.0 - np.array(errors)
+    pooled_top = np.argsort(-scores_a, kind="stable")[:max(1, round(0.05 * len(scores_a)))]
+    return {"spearman": round(spearman(scores_a, 1.0 - j), 4),
+            "top5pct_J_below_clip_mean": round(float(np.mean(drops)), 4),
+            "top5pct_pooled_J_below_mean": round(float(j.mean() - j[pooled_top].mean()), 4), "frames": len(scores)}
 
 
 def _keyframe_sets(count):
