@@ -38,7 +38,7 @@ browser:
 	  $$sudo apt-get update -q && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -q chromium chromium-driver
 
 test: venv browser
-	$(VPY) -m pytest -q tests
+	$(VPY) -m pytest -q -n 2 tests
 
 venv-oldest: $(OLDEST_STAMP)
 
@@ -54,7 +54,7 @@ $(OLDEST_STAMP): requirements.txt requirements-dev.txt pyproject.toml fiftyone.y
 
 test-oldest: venv-oldest  # the suite on FiftyOne $(FIFTYONE_OLDEST), the oldest fiftyone.yml accepts
 	$(OLDEST_VENV)/bin/python -c 'from importlib.metadata import version; v = version("fiftyone"); assert v == "$(FIFTYONE_OLDEST)", v'
-	$(OLDEST_VENV)/bin/python -m pytest -q tests
+	$(OLDEST_VENV)/bin/python -m pytest -q -n 2 tests
 
 demo: venv
 	$(VPY) -m deaot_vos demo
