@@ -48,6 +48,12 @@ def _fields_inputs(ctx, inputs: types.Object) -> None:
     inputs.enum("keyframes_field", kf_choices.values(), required=True, label="Keyframes field",
                 description="Frame field holding the keyframe masks (Detections with instance masks, "
                             "Segmentation, or filled Polylines)", view=kf_choices, default=kf_default)
+    marks = types.RadioGroup()
+    for name, label in (("auto", "auto (when labels are marked)"), ("on", "only marked labels"), ("off", "every label")):
+        marks.add_choice(name, label=label)
+    inputs.enum("keyframe_marks", marks.values(), default="auto", label="Keyframes in a track field", view=marks,
+                description="A track field (CVAT, the App) labels every frame and marks the annotated ones with "
+                            "keyframe=True: only those are keyframes (auto: when any label is marked)")
     output = inputs.str("output_field", required=True, default=DEFAULT_OUTPUT, label="Output field",
                         description="New frame field for the propagated Detections (instance masks)")
     inputs.bool("overwrite", default=False, label="Overwrite",

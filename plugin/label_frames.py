@@ -24,7 +24,7 @@ from .fields import label_error
 from .labels import KeyframeError, ObjectRegistry, describe_label_item, mask_to_detections, parse_keyframe
 from .video import file_problem
 
-__all__ = ["IdMaps", "read_label_frames", "parse_id_maps", "read_id_maps", "renumber_ids", "id_map_to_detections"]
+__all__ = ["IdMaps", "KEYFRAME_MARKS", "keep_marked_keyframes", "read_label_frames", "parse_id_maps", "read_id_maps", "renumber_ids", "id_map_to_detections"]
 
 # why the masks matter, in the words of the caller (the ``what`` of its field argument)
 _USES = {"pred_field": "J&F compares masks pixel by pixel", "gt_field": "J&F compares masks pixel by pixel",
@@ -53,6 +53,47 @@ def read_label_frames(sample_collection, sample_id: str, field_name: str) -> lis
     numbers = (all_numbers[0] or []) if all_numbers else []
     values = (all_values[0] or []) if all_values else []
     return sorted(((int(n), v) for n, v in zip(numbers, values) if v is not None), key=lambda item: item[0])
+
+
+KEYFRAME_MARK = "keyframe"  # the per-label flag of CVAT tracks and the App's annotation: True on annotated frames
+KEYFRAME_MARKS = ("auto", "on", "off")
+
+
+def _marked_items(value) -> tuple[str, list] | None:
+    """(the list attribute, its labels) of a Detections / Polylines label, else None."""
+    for attribute in ("detections", "polylines"):
+        items = getattr(value, attribute, None)
+        if isinstance(value, (fo.Detections, fo.Polylines)) and items is not None:
+            return attribute, list(items)
+    return None
+
+
+def _is_marked(item) -> bool:
+    return item.has_field(KEYFRAME_MARK) and item[KEYFRAME_MARK] is True
+
+
+def keep_marked_keyframes(label_frames: list[tuple[int, Any]], keyframe_marks: str = "auto") -> list[tuple[int, Any]]:
+    """The keyframes of a track field: with ``keyframe_marks`` "on" (or "auto" when any label
+    carries ``keyframe=True``, as CVAT's tracks and the App's annotations do), each frame keeps
+    only its labels marked ``keyframe=True`` and frames without one are dropped (the other frames'
+    labels are interpolations, not keyframes); "off" (or "auto" without marks) keeps every
+    labelled frame. ValueError for "on" on a Segmentation field (no per-object marks)."""
+    if keyframe_marks not in KEYFRAME_MARKS:
+        raise ValueError(f"keyframe_marks must be one of {', '.join(KEYFRAME_MARKS)}, got {keyframe_marks!r}")
+    if keyframe_marks == "off":
+        return label_frames
+    parts = [(number, value, _marked_items(value)) for number, value in label_frames]
+    if keyframe_marks == "auto" and not any(_is_marked(x) for *_, items in parts if items for x in items[1]):
+        return label_frames
+    kept = []
+    for number, value, items in parts:
+        if items is None:
+            raise ValueError(f"keyframe_marks='on' needs Detections or Polylines (labels with a 'keyframe' "
+                             f"attribute); frame {number} holds a {type(value).__name__}")
+        marked = [x for x in items[1] if _is_marked(x)]
+        if marked:
+            kept.append((number, type(value)(**{items[0]: marked})))
+    return kept
 
 
 def _reword(detail: str) -> str:

@@ -104,3 +104,31 @@ def test_incremental_needs_no_overwrite_and_a_foreign_output_is_recomputed(make_
                                incremental=True)["samples"]
     assert (row["frames_recomputed"], row["frames_reused"]) == (8, 0)
     assert all(len(d.detections) > 0 for d in ds.values("frames.out")[0])
+
+
+def test_a_cvat_style_track_field_propagates_from_its_marked_keyframes(make_video, tiny_checkpoint):
+    """A track labelled on every frame with keyframe=True on the annotated frames: only those are
+    keyframes (auto), so the other frames are propagated, not copied; "off" takes every frame."""
+    import fiftyone as fo
+    import deaot_vos
+    from deaot_vos.label_frames import keep_marked_keyframes, read_label_frames
+
+    path, maps = make_video("track", 8, objects=2)
+    ds = _dataset("loop_track", path, {})
+    sample = ds.first()
+    for number in range(1, 9):
+        shifted = np.roll(maps[number - 1], 3 * (number not in (1, 6)), axis=1)  # interpolations are off
+        sample.frames[number]["track"] = fo.Detections(detections=[
+            detection(name, shifted == i, index=i, keyframe=number in (1, 6)) for i, name in ((1, "red"), (2, "green"))])
+    sample.save()
+    frames = read_label_frames(ds, sample.id, "track")
+    assert [n for n, _ in keep_marked_keyframes(frames)] == [1, 6]
+    assert [n for n, _ in keep_marked_keyframes(frames, "off")] == list(range(1, 9))
+    row, = deaot_vos.propagate(ds, "track", "out", model="DeAOTT", checkpoint=tiny_checkpoint,
+                               device="cpu")["samples"]
+    assert row["keyframes"] == [1, 6] and row["frames_written"] == 8
+    row, = deaot_vos.propagate(ds, "track", "all", model="DeAOTT", checkpoint=tiny_checkpoint, device="cpu",
+                               keyframe_marks="off")["samples"]
+    assert row["keyframes"] == list(range(1, 9))
+    with pytest.raises(ValueError, match="keyframe_marks"):
+        deaot_vos.PropagationOptions("track", "x", keyframe_marks="sometimes")

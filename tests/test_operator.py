@@ -122,7 +122,7 @@ def test_resolve_input_builds_the_form(video_dataset, monkeypatch):
     props = form.type.properties
     for name in ("keyframes_field", "output_field", "model", "checkpoint", "device", "overwrite", "long_term_gap",
                  "max_long_term_frames", "max_long_edge", "precision", "write_segmentation", "bidirectional",
-                 "incremental"):
+                 "incremental", "keyframe_marks"):
         assert name in props, name
     assert props["keyframes_field"].type.values == ["kf"]
     assert props["model"].default == "R50_DeAOTL" and "DeAOTT" in props["model"].type.values

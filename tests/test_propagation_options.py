@@ -27,7 +27,7 @@ def test_params_round_trip_json_safe():
     options = PropagationOptions("kf", "out", write_segmentation="seg", test_scales=(0.1 + 0.2, 1, 1.3),
                                  max_long_edge=None, long_term_gap=3, skip_failures=True, write_every=8,
                                  allow_random_weights=True, compile_model=True, test_flip=True, bidirectional=True,
-                                 incremental=True)
+                                 incremental=True, keyframe_marks="on")
     params = json.loads(json.dumps(options.to_params()))
     assert isinstance(params["test_scales"], str)  # the operator form's type (queued tasks are validated by it)
     assert PropagationOptions.from_params(params) == options
@@ -47,10 +47,11 @@ def test_cli_arguments_are_declared_once():
     PropagationOptions.add_arguments(parser)
     args = parser.parse_args(["--keyframes-field", "kf", "--output-field", "out", "--compile", "--test-scales",
                               "0.8", "1.0", "--max-long-edge", "480", "--skip-failures", "--bidirectional",
-                              "--incremental"])
+                              "--incremental", "--keyframe-marks", "off"])
     options = PropagationOptions.from_args(args)
     assert options == PropagationOptions("kf", "out", compile_model=True, test_scales=(0.8, 1.0), max_long_edge=480,
-                                         skip_failures=True, bidirectional=True, incremental=True)
+                                         skip_failures=True, bidirectional=True, incremental=True,
+                                         keyframe_marks="off")
     assert options.tracker_options(max_long_edge=32).max_long_edge == 32 and options.tracker_options().compile
     assert options.tracker_options().test_scales == (0.8, 1.0) and options.tracker_options().max_long_edge == 480
 

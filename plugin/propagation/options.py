@@ -17,6 +17,7 @@ import numpy as np
 import deaot_core
 
 from ..fields import frame_field_name
+from ..label_frames import KEYFRAME_MARKS
 from ..weights import DEFAULT_MODEL, PRECISIONS
 
 DEFAULT_OUTPUT = "deaot"  # the operator's default output field
@@ -83,6 +84,7 @@ class PropagationOptions:
     test_flip: bool = False
     bidirectional: bool = False
     incremental: bool = False
+    keyframe_marks: str = "auto"
 
     def __post_init__(self) -> None:
         self.keyframes_field = optional_field_name(self.keyframes_field, "keyframes_field")
@@ -92,6 +94,9 @@ class PropagationOptions:
         _check_write_every(self.write_every)
         self.test_flip = bool(self.test_flip)
         self.bidirectional, self.incremental = bool(self.bidirectional), bool(self.incremental)
+        self.keyframe_marks = str(self.keyframe_marks or "auto").strip().lower()
+        if self.keyframe_marks not in KEYFRAME_MARKS:
+            raise ValueError(f"keyframe_marks must be one of {', '.join(KEYFRAME_MARKS)}, got {self.keyframe_marks!r}")
         self.test_scales = check_test_scales(self.test_scales)
         self.tracker_options()  # the engine knobs are validated by the core's own options object
 
@@ -132,6 +137,7 @@ class PropagationOptions:
             device=params.get("device") or "auto",
             precision=params.get("precision") or "fp32",
             write_segmentation=_text_or_none(params.get("write_segmentation")),
+            keyframe_marks=params.get("keyframe_marks") or "auto",
             test_scales=params.get("test_scales"))
         for name in ("overwrite", "skip_failures", "allow_random_weights", "compile_model", "test_flip",
                      "bidirectional", "incremental"):
@@ -185,5 +191,8 @@ class PropagationOptions:
         add("--incremental", action="store_true",
             help="update an existing output: recompute only the frames whose keyframes, model or options "
                  "changed and keep the others (the output field is updated in place)")
+        add("--keyframe-marks", choices=KEYFRAME_MARKS, default="auto",
+            help="read keyframe=True on the labels of a track field (CVAT, the App) as the keyframes: on, off, "
+                 "or auto (on when any label of the field is marked; default)")
         add("--skip-failures", action="store_true", help="go on when a video fails")
         add("--write-every", type=int, default=64, help="frames buffered per bulk write")

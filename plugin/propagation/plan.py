@@ -11,7 +11,7 @@ from typing import Any, Callable, Optional
 import fiftyone as fo
 
 from ..fields import mask_targets_for, root_dataset
-from ..label_frames import read_label_frames
+from ..label_frames import keep_marked_keyframes, read_label_frames
 from ..labels import KEYFRAME_TYPES, Keyframe, KeyframeError, ObjectRegistry, parse_keyframe
 from ..weights import resolve_checkpoint, resolve_device
 from ..video import open_video
@@ -178,7 +178,8 @@ def load_sample(sample_collection, plan: RunPlan, sample_plan: SamplePlan) -> No
     """Open the sample's video and parse its keyframes (those the view shows) into
     ``sample_plan``, validating everything (KeyframeError, VideoError)."""
     sid, field = sample_plan.sample_id, plan.options.keyframes_field
-    label_frames = read_label_frames(sample_collection, sid, field)
+    label_frames = keep_marked_keyframes(read_label_frames(sample_collection, sid, field),
+                                         plan.options.keyframe_marks)
     existing = plan.dataset.select(sid).values("frames.frame_number")
     sample_plan.existing = set(existing[0] or []) if existing else set()
     reader = open_video(sample_plan.filepath, sample_plan.frame_count)

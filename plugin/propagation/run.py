@@ -82,6 +82,8 @@ def propagate(sample_collection, keyframes_field=None, output_field=None, *,
             keeps its previous output values and is listed in ``failed``; the others are written.
             Without it (the default) the first failure raises and nothing is written
         allow_random_weights: run with random weights when no checkpoint exists (demo only)
+        keyframe_marks: "auto" (default), "on" or "off": in a track field (CVAT's, the App's),
+            only labels marked ``keyframe=True`` are keyframes ("auto": when any label is marked)
         bidirectional: frames between two keyframes fuse the forward pass with a backward pass
             from the later keyframe (``deaot_core.fusion``; about 2x the work between keyframes)
         incremental: when the output exists, recompute only the frames whose inputs (keyframes
