@@ -209,6 +209,7 @@ def test_backward_fill_later_object_and_exact_keyframes(make_video, tiny_checkpo
             assert by_label[d.label].confidence == 1.0
     # the keyframe on frame 10 is authoritative for both objects
     assert np.array_equal(sample.frames[10]["seg"].mask, maps[9].astype(np.uint8))
+    assert ds.mask_targets["frames.seg"] == {0: "background", 1: "red", 2: "green"}  # the App names the values
     assert "out_deaot_tmp" not in ds.get_frame_field_schema()
 
 

@@ -161,7 +161,26 @@ def _propagate_staged(sample_collection, dataset: fo.Dataset, options: Propagati
     finally:
         staging.close()
         trackers.clear()
+    if summary.get("written") and plan.options.write_segmentation:
+        set_segmentation_mask_targets(dataset, plan)
     return _summary_tail(summary, plan, start_time, progress)
+
+
+def set_segmentation_mask_targets(dataset: fo.Dataset, plan: RunPlan) -> None:
+    """Give the segmentation output field mask targets: 0 -> "background" and each written
+    object's ``index`` -> its label (merged into the field's existing targets), so FiftyOne's
+    evaluation and the App name the pixel values."""
+    targets = {0: "background"}
+    for sample in plan.samples:
+        if sample.registry is not None and sample.row.get("status") == "ok":
+            for info in sample.registry.by_id.values():
+                targets.setdefault(int(info.index), str(info.label) if info.label is not None else str(info.index))
+    key = "frames." + plan.options.write_segmentation
+    dataset.reload()
+    merged = dict(dataset.mask_targets or {})
+    merged[key] = {**(merged.get(key) or {}), **targets}
+    dataset.mask_targets = merged
+    dataset.save()
 
 
 def _outputs(options: PropagationOptions) -> list[tuple[str, type]]:
