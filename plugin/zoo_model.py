@@ -29,7 +29,6 @@ import torch
 
 import eta.core.frameutils as etaf
 import eta.core.video as etav
-import fiftyone as fo
 import fiftyone.core.clips as foc
 import fiftyone.core.models as fom
 
