@@ -15,6 +15,19 @@ from .modeling.model import VOSModel
 from .modeling.lstt import Memory
 
 
+def _mover(device: torch.device | str | None):
+    """``move(tensor)``: the tensor on ``device`` (None: as it is), the same copy for the same
+    tensor, so memory shared between entries stays shared."""
+    moved: dict[int, torch.Tensor] = {}
+
+    def move(tensor: torch.Tensor) -> torch.Tensor:
+        if id(tensor) not in moved:
+            moved[id(tensor)] = tensor if device is None else tensor.to(device)
+        return moved[id(tensor)]
+
+    return move
+
+
 @dataclass
 class _LongTermEntry:
     step: int
@@ -76,36 +89,19 @@ class GroupEngine:
         """The memory as plain data (tensors moved ``to`` a device, e.g. "cpu"; lists copied), for
         :meth:`load_state` on an engine of the same model. Tensors shared between long- and
         short-term memory stay shared."""
-        moved: dict[int, torch.Tensor] = {}
-
-        def move(tensor: torch.Tensor) -> torch.Tensor:
-            if id(tensor) not in moved:
-                moved[id(tensor)] = tensor if to is None else tensor.to(to)
-            return moved[id(tensor)]
-
-        def memories(items: list[Memory]) -> list[list[torch.Tensor]]:
-            return [[move(key), move(value)] for key, value in items]
-
-        return dict(entries=[dict(step=e.step, is_reference=e.is_reference, memories=memories(e.memories))
-                             for e in self.entries],
-                    short_history=[memories(m) for m in self.short_history], num_objects=list(self.num_objects),
-                    last_memory_step=self.last_memory_step, pos=None if self.pos is None else move(self.pos))
+        move = _mover(to)
+        return dict(entries=[dict(step=e.step, is_reference=e.is_reference,
+                                  memories=[[move(k), move(v)] for k, v in e.memories]) for e in self.entries],
+                    short_history=[[[move(k), move(v)] for k, v in m] for m in self.short_history],
+                    num_objects=list(self.num_objects), last_memory_step=self.last_memory_step,
+                    pos=None if self.pos is None else move(self.pos))
 
     def load_state(self, state: dict, device: torch.device | str | None = None) -> None:
         """Restore memory saved by :meth:`state` (tensors moved to ``device``)."""
-        moved: dict[int, torch.Tensor] = {}
-
-        def move(tensor: torch.Tensor) -> torch.Tensor:
-            if id(tensor) not in moved:
-                moved[id(tensor)] = tensor if device is None else tensor.to(device)
-            return moved[id(tensor)]
-
-        def memories(items) -> list[Memory]:
-            return [(move(key), move(value)) for key, value in items]
-
-        self.entries = [_LongTermEntry(int(e["step"]), bool(e["is_reference"]), memories(e["memories"]))
-                        for e in state["entries"]]
-        self.short_history = [memories(m) for m in state["short_history"]]
+        move = _mover(device)
+        self.entries = [_LongTermEntry(int(e["step"]), bool(e["is_reference"]),
+                                       [(move(k), move(v)) for k, v in e["memories"]]) for e in state["entries"]]
+        self.short_history = [[(move(k), move(v)) for k, v in m] for m in state["short_history"]]
         self.num_objects = [int(n) for n in state["num_objects"]]
         self.last_memory_step = int(state["last_memory_step"])
         self.pos = None if state["pos"] is None else move(state["pos"])

@@ -55,6 +55,7 @@ class Schedule:
     fusion: str = "distance"
     provenance: str = ""
     indexes: list[int] = field(init=False)
+    _signatures: dict[int, str] = field(init=False, default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.keyframes:
@@ -95,8 +96,10 @@ class Schedule:
         return ("fused", self.fusion, self._forward_inputs(a), (b, self.keyframes[b]))
 
     def signature(self, t: int) -> str:
-        """A short hash of frame t's inputs and the provenance."""
-        return _digest(self.provenance, t, self.inputs(t))
+        """A short hash of frame t's inputs and the provenance (computed once per frame)."""
+        if t not in self._signatures:
+            self._signatures[t] = _digest(self.provenance, t, self.inputs(t))
+        return self._signatures[t]
 
     def signatures(self) -> dict[int, str]:
         return {t: self.signature(t) for t in range(self.count)}

@@ -228,7 +228,7 @@ class _VideoRun:
         return first
 
     def _save(self, index: int) -> None:
-        if self.states is not None and index in self.checkpoints and index != self.stats.resumed_from:
+        if self.states is not None and index in self.checkpoints:
             self.states.put(self.schedule.state_key(index), self.tracker.state())
 
     def _gap_pass(self, gap: tuple[int, int], lowest: int) -> tuple[GapBuffer | None, list[int]]:
