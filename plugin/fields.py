@@ -107,16 +107,36 @@ def label_field_names(dataset: fo.Dataset) -> list[str]:
 KEYFRAME_NAME = re.compile(r"key_?frame|(?:^|[^a-z0-9])kfs?(?:[^a-z0-9]|$)", re.IGNORECASE)
 
 
+#: the per-label flag of CVAT tracks and the App's annotation: True on the annotated frames
+KEYFRAME_MARK = "keyframe"
+
+
+def _marked_frames(name: str, field) -> fo.Sum | None:
+    """An aggregation counting the frames where a label of ``name`` is marked ``keyframe=True``
+    (a track field's annotated frames); None for a field without per-label marks (Segmentation)."""
+    attribute = {fo.Detections: "detections", fo.Polylines: "polylines"}.get(getattr(field, "document_type", None))
+    if attribute is None:
+        return None
+    marked = fo.ViewField(f"{name}.{attribute}").filter(fo.ViewField(KEYFRAME_MARK) == True).length() > 0  # noqa: E712
+    return fo.Sum("frames", expr=marked.if_else(1, 0))
+
+
 def likely_keyframes_field(dataset: fo.Dataset) -> str | None:
-    """The mask field (:func:`label_field_names`) most likely to hold keyframes, or None: never one
-    labelled on every frame (a ground truth or a propagated output); among the others, one named
-    like keyframes first (``keyframe`` or ``kf`` in the name), then one with labelled frames before
-    an empty one, then the fewest labelled frames, then schema order."""
+    """The mask field (:func:`label_field_names`) most likely to hold keyframes, or None. A track
+    field (CVAT's tracks, the App's annotation: labels on every frame, ``keyframe=True`` on the
+    annotated ones) counts only its marked frames; never one otherwise labelled on every frame (a
+    ground truth or a propagated output); among the others, one named like keyframes first
+    (``keyframe`` or ``kf`` in the name), then one with labelled frames before an empty one, then
+    the fewest labelled frames, then schema order."""
     fields = label_field_names(dataset)
     if not fields:
         return None
-    counts = dataset.aggregate([fo.Count("frames")] + [fo.Count(f"frames.{name}") for name in fields])
-    total, labelled = counts[0], dict(zip(fields, counts[1:]))
+    schema = dataset.get_frame_field_schema()
+    marks = {name: agg for name in fields if (agg := _marked_frames(name, schema[name])) is not None}
+    counts = dataset.aggregate([fo.Count("frames")] + [fo.Count(f"frames.{name}") for name in fields]
+                               + list(marks.values()))
+    total, labelled = counts[0], dict(zip(fields, counts[1:len(fields) + 1]))
+    labelled.update({name: marked for name, marked in zip(marks, counts[len(fields) + 1:]) if marked})
     candidates = [name for name in fields if not (total and labelled[name] >= total)]
     if not candidates:
         return None

@@ -20,7 +20,7 @@ import numpy as np
 
 import fiftyone as fo
 
-from .fields import label_error
+from .fields import KEYFRAME_MARK, label_error
 from .labels import KeyframeError, ObjectRegistry, describe_label_item, mask_to_detections, parse_keyframe
 from .video import file_problem
 
@@ -55,7 +55,6 @@ def read_label_frames(sample_collection, sample_id: str, field_name: str) -> lis
     return sorted(((int(n), v) for n, v in zip(numbers, values) if v is not None), key=lambda item: item[0])
 
 
-KEYFRAME_MARK = "keyframe"  # the per-label flag of CVAT tracks and the App's annotation: True on annotated frames
 KEYFRAME_MARKS = ("auto", "on", "off")
 
 
