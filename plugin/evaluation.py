@@ -256,15 +256,7 @@ def list_vos_evaluations(sample_collection) -> list[str]:
     under a legacy class path are upgraded first: :func:`upgrade_legacy_runs`)."""
     dataset = root_dataset(sample_collection)
     upgrade_legacy_runs(dataset)
-    keys = []
-    for key in dataset.list_evaluations():
-        try:
-            config = dataset.get_evaluation_info(key).config
-        except Exception:  # a run whose class cannot be loaded
-            continue
-        if isinstance(config, VOSEvaluationConfig) or (config.type == "vos" and config.method == METHOD):
-            keys.append(key)
-    return keys
+    return dataset.list_evaluations(type="vos", method=METHOD)
 
 
 def check_evaluation(sample_collection, pred_field: str, gt_field: str, eval_key: str | None,

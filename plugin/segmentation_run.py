@@ -70,12 +70,8 @@ def is_label_map_run(dataset: fo.Dataset, key: str) -> bool:
     """Whether ``key`` is a segmentation run on this key's label-map fields (a run made here)."""
     if key not in dataset.list_evaluations():
         return False
-    try:
-        config = dataset.get_evaluation_info(key).config
-    except Exception:  # a run whose class cannot be loaded
-        return False
     gt, pred = label_map_fields(key)
-    return config.type == "segmentation" and (config.gt_field, config.pred_field) == ("frames." + gt, "frames." + pred)
+    return key in dataset.list_evaluations(type="segmentation", gt_field="frames." + gt, pred_field="frames." + pred)
 
 
 def check_segmentation_key(sample_collection, key, eval_key: str | None, fields: tuple[str, str],
