@@ -44,15 +44,19 @@ class LabelFieldError(ValueError):
     sample_id = filepath = field = what = frame_number = detail = None
 
 
-def root_dataset(sample_collection) -> fo.Dataset:
-    """The dataset behind a dataset or view; refuses non-collections and generated views."""
+def root_dataset(sample_collection, clips: bool = False) -> fo.Dataset:
+    """The dataset behind a dataset or view; refuses non-collections and generated views (with
+    ``clips``, a clip view is accepted: its clips' videos are samples of the returned dataset)."""
     if not isinstance(sample_collection, fo.core.collections.SampleCollection):
         raise TypeError(f"expected a FiftyOne dataset or view, got {type(sample_collection).__name__}")
     if isinstance(sample_collection, fo.Dataset):
         return sample_collection
+    if clips and isinstance(sample_collection, fo.core.clips.ClipsView):
+        return sample_collection._root_dataset
     if getattr(sample_collection, "_is_generated", False):
-        raise ValueError("this runs on video datasets or their views, not on clips/frames/patches views; "
-                         "run it on the underlying video dataset")
+        kinds = "video datasets, their views and clip views, not on frames/patches" if clips else \
+            "video datasets or their views, not on clips/frames/patches"
+        raise ValueError(f"this runs on {kinds} views; run it on the underlying video dataset")
     return sample_collection._root_dataset
 
 

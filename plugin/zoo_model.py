@@ -30,16 +30,17 @@ import torch
 import eta.core.frameutils as etaf
 import eta.core.video as etav
 import fiftyone.core.clips as foc
+import fiftyone as fo
 import fiftyone.core.models as fom
 
-from deaot_core.video import propagate_video
-
-from .fields import mask_targets_for
+from .fields import mask_targets_for, root_dataset
+from .propagation.clips import Clip
 from .propagation.errors import add_context, error_text
 from .propagation.options import PropagationOptions
-from .propagation.plan import SamplePlan, parse_keyframes
+from .propagation.plan import SamplePlan, name_clip, parse_keyframes
+from .propagation.run import merge_mask_targets, segmentation_targets, written_fields
 from .propagation.trackers import TrackerPool
-from .propagation.video_pass import LabelMaker, VideoFrames, core_keyframes
+from .propagation.video_pass import sample_labels
 from .video import VideoError, open_video
 from .weights import resolve_checkpoint, resolve_device
 
@@ -122,30 +123,6 @@ class _VideoModuleWithDecord(types.ModuleType):
         return getattr(etav, name)
 
 
-class ClipFrames:
-    """Frames ``first..last`` (1-based) of an opened video as a video of their own: frame 1 is
-    ``first``; the interface of :class:`deaot_vos.video.VideoReader` that the video pass uses."""
-
-    def __init__(self, video, first: int, last: int):
-        self.video, self.offset = video, first - 1
-        self.num_frames = max(0, min(last, video.num_frames) - self.offset)
-        self.height, self.width, self.path = video.height, video.width, video.path
-
-    def frame(self, number: int) -> np.ndarray:
-        if not 1 <= number <= self.num_frames:
-            raise IndexError(f"frame {number} outside 1..{self.num_frames} of the clip")
-        return self.video.frame(number + self.offset)
-
-    def forward(self, start: int, stop: Optional[int] = None):
-        stop = self.num_frames if stop is None else min(stop, self.num_frames)
-        for number, frame in self.video.forward(start + self.offset, stop + self.offset):
-            yield number - self.offset, frame
-
-    def backward(self, start: int, stop: int = 1, chunk: int = 16):
-        for number, frame in self.video.backward(min(start, self.num_frames) + self.offset, stop + self.offset, chunk):
-            yield number - self.offset, frame
-
-
 def sample_label_frames(sample, field: str) -> list[tuple[int, Any]]:
     """``[(frame_number, label), ...]`` of the frames of ``sample`` (as apply_model hands it over:
     its view's filters applied, a clip's frames only) whose ``field`` is set, sorted."""
@@ -177,6 +154,7 @@ class DeAOTVideoModel(fom.Model, fom.SamplesMixin):
         self._saved_video_module = None
         self._done: list[str] = []
         self._failed: list[str] = []
+        self._segmentations: dict[str, tuple] = {}  # dataset name -> (dataset, Segmentation ids, mask targets)
 
     @property
     def media_type(self) -> str:
@@ -205,7 +183,7 @@ class DeAOTVideoModel(fom.Model, fom.SamplesMixin):
 
     def __enter__(self):
         self.prompt_field  # refuse a run without a keyframes field before any video
-        self._done, self._failed = [], []
+        self._done, self._failed, self._segmentations = [], [], {}
         self._saved_video_module = getattr(fom, "etav", None)
         if self._saved_video_module is None:
             log.warning("this FiftyOne's apply_model does not open videos through eta.core.video: its own reader "
@@ -217,6 +195,8 @@ class DeAOTVideoModel(fom.Model, fom.SamplesMixin):
     def __exit__(self, *args):
         if self._saved_video_module is not None:
             fom.etav = self._saved_video_module
+        if self._segmentations:  # apply_model saved its labels before leaving the model's context
+            self._set_mask_targets()
         if self._failed and not self._done and args[0] is None:
             raise NothingWrittenError(f"apply_model wrote nothing: all {len(self._failed)} video(s) failed: "
                                       + "; ".join(self._failed))
@@ -231,40 +211,62 @@ class DeAOTVideoModel(fom.Model, fom.SamplesMixin):
         if sample is None:
             raise ValueError("DeAOTVideoModel needs the sample: use dataset.apply_model(model, ..., prompt_field=...)")
         where: dict[str, Any] = {}
+        plan = self._plan(sample)
         try:
-            labels = self._propagate(sample, where)
+            labels = self._propagate(sample, plan, where)
         except Exception as err:
-            add_context(err, sample.id, sample.filepath, where.get("frame"))
-            self._failed.append(f"sample {sample.id} ({sample.filepath}): {error_text(err, where.get('frame'))}")
+            name_clip(add_context(err, plan.sample_id, plan.filepath, where.get("frame")), plan)
+            self._failed.append(f"{plan.describe()}: {error_text(err, where.get('frame'))}")
             raise
         self._done.append(sample.id)
+        self._note_segmentation(sample, plan, labels)
         return labels
 
-    def _propagate(self, sample, where: dict) -> dict[int, Any]:
-        field = self.prompt_field
+    @staticmethod
+    def _plan(sample) -> SamplePlan:
+        """The sample (a clip's video, with the clip) as the propagation plans it."""
         metadata = sample.metadata
         frame_count = getattr(metadata, "total_frame_count", None) if metadata else None
-        video = open_video(sample.filepath, frame_count)
-        first, last = sample.support if isinstance(sample, foc.ClipView) else (1, video.num_frames)
-        plan = SamplePlan(0, sample.id, sample.filepath, frame_count, row={})
+        clip = Clip(sample.id, str(sample.sample_id), *map(int, sample.support)) \
+            if isinstance(sample, foc.ClipView) else None
+        return SamplePlan(0, clip.sample_id if clip else sample.id, sample.filepath, frame_count, row={}, clip=clip)
+
+    def _propagate(self, sample, plan: SamplePlan, where: dict) -> dict[int, Any]:
+        field = self.prompt_field
+        video = open_video(plan.filepath, plan.frame_count)
         parse_keyframes(plan, sample_label_frames(sample, field), video, self._mask_targets(sample, field),
                         self.segmentation)
         if not plan.keyframes:
-            span = f" (clip frames {first}-{last})" if isinstance(sample, foc.ClipView) else ""
+            span = f" (clip frames {plan.clip.first}-{plan.clip.last})" if plan.clip is not None else ""
             raise VideoError(f"no keyframe with objects in 'frames.{field}'{span}: nothing to propagate")
-        offset = first - 1
-        plan.keyframes = {number - offset: kf for number, kf in plan.keyframes.items()}
-        frames = ClipFrames(video, first, last) if offset or last < video.num_frames else video
-        make_labels = LabelMaker(plan, self.segmentation)
         labels: dict[int, Any] = {}
         with torch.inference_mode():
-            for result in propagate_video(self.tracker, VideoFrames(frames, where), core_keyframes(plan),
-                                          bidirectional=self.options.bidirectional):
-                detections, segmentation = make_labels(result)
-                number = result.index + 1 + offset
+            for number, _, detections, segmentation in sample_labels(
+                    self.tracker, plan, video, where, self.segmentation, bidirectional=self.options.bidirectional):
                 labels[number] = dict(detections=detections, segmentation=segmentation) if self.segmentation \
                     else detections
         return labels
+
+    def _note_segmentation(self, sample, plan: SamplePlan, labels: dict[int, Any]) -> None:
+        """Remember, per dataset, one returned Segmentation's id (to find the field apply_model
+        stores them in, which the model is not told) and the mask targets of its objects."""
+        if not self.segmentation or not labels:
+            return
+        dataset = root_dataset(getattr(sample, "_view", None) or sample.dataset, clips=True)
+        _, ids, targets = self._segmentations.setdefault(dataset.name, (dataset, set(), {}))
+        ids.add(next(iter(labels.values()))["segmentation"].id)
+        for value, label in segmentation_targets([plan.registry]).items():
+            targets.setdefault(value, label)  # the first video's label wins, as in propagate
+
+    def _set_mask_targets(self) -> None:
+        """Give each frame field that holds a Segmentation returned by this run the mask targets
+        ``0: "background"`` and each object's ``index``: its label, as :func:`deaot_vos.propagate`
+        does (without the background target FiftyOne's evaluation scores every frame 1.0)."""
+        for dataset, ids, targets in self._segmentations.values():
+            dataset.reload()
+            for field in written_fields(dataset, fo.Segmentation, ids):
+                merge_mask_targets(dataset, field, targets)
+        self._segmentations = {}
 
     @staticmethod
     def _mask_targets(sample, field: str):

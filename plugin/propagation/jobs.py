@@ -34,6 +34,7 @@ from bson import ObjectId
 from ..fields import root_dataset
 from ..weights import resolve_checkpoint
 from .cancel import PropagationCancelled
+from .clips import is_clip_view
 from .errors import NoKeyframesError
 from .job_records import JobHandle, active_stage_fields, jobs_collection, now, refuse_if_active
 from .journal import TMP_SUFFIX, claim_fields, refuse_unowned_temporaries
@@ -50,9 +51,9 @@ JOB_PARAM = "deaot_job"
 
 def split_size(sample_collection, videos_per_task: Optional[int], delegated: bool) -> int:
     """Videos per queued task for an operator run, 0 for one run over all: splitting happens
-    only when delegated over more than one video; ``videos_per_task`` None means 1, 0 means
-    no split."""
-    if not delegated or videos_per_task == 0 or videos_per_task == "":
+    only when delegated over more than one video, never for a clip view (its clips run in one
+    operation); ``videos_per_task`` None means 1, 0 means no split."""
+    if not delegated or videos_per_task == 0 or videos_per_task == "" or is_clip_view(sample_collection):
         return 0
     size = 1 if videos_per_task is None else int(videos_per_task)
     if size < 0:

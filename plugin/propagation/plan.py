@@ -14,7 +14,8 @@ from ..fields import mask_targets_for, root_dataset
 from ..label_frames import keep_marked_keyframes, read_label_frames
 from ..labels import KEYFRAME_TYPES, Keyframe, KeyframeError, ObjectRegistry, parse_keyframe
 from ..weights import resolve_checkpoint, resolve_device
-from ..video import open_video
+from ..video import VideoError, open_video
+from .clips import Clip, check_overlaps, clip_frames, is_clip_view, view_rows
 from .errors import NoKeyframesError, OutputExistsError, add_context, error_text
 from .options import PropagationOptions, optional_field_name
 
@@ -31,7 +32,7 @@ def _embedded_type(schema: dict, name: str):
 def check_video_collection(sample_collection, purpose: str = "") -> None:
     """ValueError unless ``sample_collection`` holds videos."""
     if sample_collection.media_type != fo.core.media.VIDEO:
-        raise ValueError(f"'{root_dataset(sample_collection).name}' is not a video collection (media type "
+        raise ValueError(f"'{root_dataset(sample_collection, clips=True).name}' is not a video collection (media type "
                          f"{sample_collection.media_type!r}){purpose}")
 
 
@@ -54,7 +55,7 @@ def check_fields(sample_collection, keyframes_field: str, output_field: str,
 
     Raises ``OutputExistsError`` naming the field when an output exists and not ``overwrite``.
     """
-    dataset = root_dataset(sample_collection)
+    dataset = root_dataset(sample_collection, clips=True)
     check_video_collection(sample_collection)
     keyframes_field = optional_field_name(keyframes_field, "keyframes_field")
     output_field = optional_field_name(output_field, "output_field")
@@ -85,7 +86,8 @@ def check_group_slices(sample_collection, dataset: fo.Dataset) -> None:
     if dataset.media_type != fo.core.media.GROUP:
         return
     active = dataset.group_slice
-    slices = sorted(set(sample_collection.values(dataset.group_field + ".name")) - {active})
+    videos = sample_collection._source_collection if is_clip_view(sample_collection) else sample_collection
+    slices = sorted(set(videos.values(dataset.group_field + ".name")) - {active})
     if slices:
         raise ValueError(
             f"the view holds samples of group slice(s) {', '.join(repr(x) for x in slices)} of grouped dataset "
@@ -96,22 +98,51 @@ def check_group_slices(sample_collection, dataset: fo.Dataset) -> None:
 
 @dataclasses.dataclass
 class SamplePlan:
-    """One sample as checked: ``row`` is its summary (``status`` set when it will not run);
-    ``keyframes`` maps FiftyOne frame numbers (1-based) to parsed keyframes; ``existing`` are
-    the frame numbers its root-dataset frames had before the run (a view may hide some)."""
+    """One sample (or one clip of a clip view) as checked: ``row`` is its summary (``status`` set
+    when it will not run); ``keyframes`` maps FiftyOne frame numbers (1-based, the video's) to
+    parsed keyframes; ``existing`` are the frame numbers its root-dataset frames had before the
+    run (a view may hide some); ``clip``: the clip, whose frames alone are propagated and written."""
 
     position: int
-    sample_id: str
+    sample_id: str  # the video sample's id (also for a clip)
     filepath: str
     frame_count: Optional[int]  # metadata.total_frame_count
     row: dict[str, Any]
     keyframes: dict[int, Keyframe] = dataclasses.field(default_factory=dict)
     registry: Optional[ObjectRegistry] = None
     existing: set = dataclasses.field(default_factory=set)
+    clip: Optional[Clip] = None
 
     @property
     def runnable(self) -> bool:
         return "status" not in self.row
+
+    @property
+    def view_id(self) -> str:
+        """The id the view knows this unit by: the clip's id in a clip view, else the sample's."""
+        return self.clip.clip_id if self.clip is not None else self.sample_id
+
+    @property
+    def support(self) -> Optional[tuple[int, int]]:
+        """The clip's frames (first, last), or None for a whole video."""
+        return self.clip.support if self.clip is not None else None
+
+    @property
+    def offset(self) -> int:
+        """Video frame number = local frame number + offset (0 for a whole video)."""
+        return self.clip.offset if self.clip is not None else 0
+
+    def describe(self) -> str:
+        """``sample <id> (<file>)``, with ``, clip <id> (frames a-b)`` for a clip."""
+        where = f"sample {self.sample_id} ({os.path.basename(self.filepath)})"
+        return where + (f", {self.clip.describe()}" if self.clip is not None else "")
+
+    def local(self) -> "SamplePlan":
+        """This plan with its keyframes numbered within its clip (frame 1 = the clip's first
+        frame), as the core propagates a clip; itself for a whole video."""
+        if not self.offset:
+            return self
+        return dataclasses.replace(self, keyframes={n - self.offset: kf for n, kf in self.keyframes.items()})
 
 
 @dataclasses.dataclass
@@ -175,18 +206,37 @@ def parse_keyframes(sample_plan: SamplePlan, label_frames, reader, mask_targets=
 
 
 def load_sample(sample_collection, plan: RunPlan, sample_plan: SamplePlan) -> None:
-    """Open the sample's video and parse its keyframes (those the view shows) into
-    ``sample_plan``, validating everything (KeyframeError, VideoError)."""
+    """Open the sample's video and parse its keyframes (those the view shows: of a clip, those
+    inside it) into ``sample_plan``, validating everything (KeyframeError, VideoError)."""
     sid, field = sample_plan.sample_id, plan.options.keyframes_field
-    label_frames = keep_marked_keyframes(read_label_frames(sample_collection, sid, field),
+    label_frames = keep_marked_keyframes(read_label_frames(sample_collection, sample_plan.view_id, field),
                                          plan.options.keyframe_marks)
     existing = plan.dataset.select(sid).values("frames.frame_number")
     sample_plan.existing = set(existing[0] or []) if existing else set()
     reader = open_video(sample_plan.filepath, sample_plan.frame_count)
+    frames = clip_frames(reader, sample_plan.clip)
+    if not frames.num_frames:
+        raise VideoError(f"{sample_plan.clip.describe()} starts after the last frame of the video, which has "
+                         f"{reader.num_frames} frames")
     parse_keyframes(sample_plan, label_frames, reader, plan.mask_targets,
                     bool(plan.options.write_segmentation))
-    sample_plan.row.update(frames=reader.num_frames, width=reader.width, height=reader.height,
+    sample_plan.row.update(frames=frames.num_frames, width=reader.width, height=reader.height,
                            keyframes=sorted(sample_plan.keyframes), objects=sample_plan.registry.num_objects)
+
+
+def name_clip(err: BaseException, sample_plan: SamplePlan) -> BaseException:
+    """Name ``sample_plan``'s clip (if any) in ``err`` (after :func:`.errors.add_context` named the
+    sample): in the message of our errors (keyframe, video, label errors: ValueError or
+    VideoError), as a note on others. Returns ``err``."""
+    clip = sample_plan.clip
+    if clip is None or getattr(err, "clip_id", None) == clip.clip_id:
+        return err
+    err.clip_id = clip.clip_id
+    if isinstance(err, (ValueError, VideoError)) and err.args and isinstance(err.args[0], str):
+        err.args = (f"{clip.describe()} of {err.args[0]}",) + tuple(err.args[1:])
+    elif hasattr(err, "add_note"):
+        err.add_note(f"in {clip.describe()} of sample {sample_plan.sample_id}")
+    return err
 
 
 def _check_sample(sample_collection, plan: RunPlan, sample_plan: SamplePlan) -> None:
@@ -194,13 +244,16 @@ def _check_sample(sample_collection, plan: RunPlan, sample_plan: SamplePlan) -> 
     try:
         load_sample(sample_collection, plan, sample_plan)
         if not sample_plan.keyframes:
-            log.warning("%s: no keyframe with objects in '%s'; skipped (its output is unchanged)", path,
-                        plan.options.keyframes_field)
+            inside = " inside the clip" if sample_plan.clip is not None else ""
+            log.warning("%s: no keyframe with objects in '%s'%s; skipped (its output is unchanged)",
+                        sample_plan.describe() if sample_plan.clip is not None else path,
+                        plan.options.keyframes_field, inside)
             row.update(status="skipped: no keyframes", frames_written=0)
     except Exception as err:  # KeyframeError, VideoError, or anything unexpected
         add_context(err, sample_plan.sample_id, path)
         if hasattr(err, "with_context"):
             err.with_context(field=plan.options.keyframes_field)
+        name_clip(err, sample_plan)
         plan.failures.append(err)
         row.update(status=f"error: {error_text(err)}")
         log.error("%s", err)
@@ -209,13 +262,18 @@ def _check_sample(sample_collection, plan: RunPlan, sample_plan: SamplePlan) -> 
 def check_samples(sample_collection, plan: RunPlan, ask: Ask) -> None:
     """Check every sample into ``plan.samples``. Without ``skip_failures`` the first failure
     is raised (its message lists the others); NoKeyframesError when nothing could run."""
-    rows = sample_collection.values(["id", "filepath", "metadata.total_frame_count"])
-    samples = list(zip(*rows)) if rows and rows[0] else []
+    samples = view_rows(sample_collection)
+    what = "clips" if samples and samples[0][3] is not None else "samples"
     if not samples:
         raise NoKeyframesError(f"nothing to propagate: the view of dataset '{plan.dataset.name}' has no samples")
-    for i, (sid, path, meta_count) in enumerate(samples):
-        ask(0.0, f"[{i + 1}/{len(samples)}] {os.path.basename(path)}: checking the video and keyframes")
-        sample_plan = SamplePlan(i, sid, path, meta_count, dict(id=sid, filepath=path))
+    check_overlaps(samples)
+    for i, (sid, path, meta_count, clip) in enumerate(samples):
+        name = os.path.basename(path) + (f" {clip.describe()}" if clip is not None else "")
+        ask(0.0, f"[{i + 1}/{len(samples)}] {name}: checking the video and keyframes")
+        row = dict(id=sid, filepath=path)
+        if clip is not None:
+            row.update(clip_id=clip.clip_id, support=list(clip.support))
+        sample_plan = SamplePlan(i, sid, path, meta_count, row, clip=clip)
         _check_sample(sample_collection, plan, sample_plan)
         plan.samples.append(sample_plan)
     failures = plan.failures
@@ -229,5 +287,6 @@ def check_samples(sample_collection, plan: RunPlan, ask: Ask) -> None:
         raise first
     if not failures and not any(s.runnable for s in plan.samples):
         raise NoKeyframesError(
-            f"no keyframes: none of the {len(samples)} samples has a non-empty '{plan.options.keyframes_field}' "
-            f"label on any frame (label a few frames with instance masks first)")
+            f"no keyframes: none of the {len(samples)} {what} has a non-empty '{plan.options.keyframes_field}' "
+            f"label on any frame{' inside it' if what == 'clips' else ''} (label a few frames with instance masks "
+            f"first)")

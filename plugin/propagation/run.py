@@ -32,7 +32,7 @@ from ..fields import root_dataset
 from .cancel import ProgressCallback, PropagationCancelled
 from .errors import add_context, error_text
 from .options import PropagationOptions
-from .plan import RunPlan, SamplePlan, check_samples, check_video_collection, plan_run
+from .plan import RunPlan, SamplePlan, check_samples, check_video_collection, name_clip, plan_run
 from .staging import LocalSwap, Staging
 from .trackers import TrackerPool
 from ..weights import weights_identity
@@ -60,6 +60,11 @@ def propagate(sample_collection, keyframes_field=None, output_field=None, *,
               staging: Optional[Staging] = None, **option_values) -> dict[str, Any]:
     """Propagate the keyframe masks of ``keyframes_field`` to every frame of every video in
     ``sample_collection`` and store ``fo.Detections`` (instance masks) in ``output_field``.
+
+    On a clip view (``to_clips``, ``to_trajectories``) each clip propagates within its own frames,
+    from the keyframes inside it, and only its frames are written (the video's other frames keep
+    their values); clips run one after another through the same staging, and two clips of one
+    video that share frames are refused (``ClipOverlapError``, naming both) before anything runs.
 
     Settings come as a :class:`PropagationOptions` (``options``, or in place of
     ``keyframes_field``) and/or as its field names as keyword arguments:
@@ -110,7 +115,7 @@ def propagate(sample_collection, keyframes_field=None, output_field=None, *,
     start_time = time.time()
     options = resolve_options(keyframes_field, output_field, options, **option_values)
     staging = staging if staging is not None else LocalSwap()
-    dataset = root_dataset(sample_collection)
+    dataset = root_dataset(sample_collection, clips=True)
     check_video_collection(sample_collection, "; propagation needs videos")
     with contextlib.ExitStack() as stack:
         staging.open(stack, dataset, [options.output_field, options.write_segmentation], options.keyframes_field)
@@ -132,6 +137,8 @@ class _Progress:
     def for_sample(self, sample: SamplePlan, total: int):
         """``report(done, count, label)`` for one video's frames."""
         position, name = sample.position, os.path.basename(sample.filepath)
+        if sample.clip is not None:
+            name += f" {sample.clip.describe()}"
 
         def report(done: int, count: int, label: str) -> None:
             if self.callback is None and not self.staging.beats:
@@ -170,17 +177,42 @@ def set_segmentation_mask_targets(dataset: fo.Dataset, plan: RunPlan) -> None:
     """Give the segmentation output field mask targets: 0 -> "background" and each written
     object's ``index`` -> its label (merged into the field's existing targets), so FiftyOne's
     evaluation and the App name the pixel values."""
-    targets = {0: "background"}
-    for sample in plan.samples:
-        if sample.registry is not None and sample.row.get("status") == "ok":
-            for info in sample.registry.by_id.values():
-                targets.setdefault(int(info.index), str(info.label) if info.label is not None else str(info.index))
-    key = "frames." + plan.options.write_segmentation
+    registries = [sample.registry for sample in plan.samples
+                  if sample.registry is not None and sample.row.get("status") == "ok"]
     dataset.reload()
+    merge_mask_targets(dataset, plan.options.write_segmentation, segmentation_targets(registries))
+
+
+def segmentation_targets(registries) -> dict[int, str]:
+    """Mask targets of label maps whose pixel values are object indexes: 0 -> "background" and
+    each object's ``index`` -> its label (the index as text when it has none; first seen wins)."""
+    targets = {0: "background"}
+    for registry in registries:
+        for info in registry.by_id.values():
+            targets.setdefault(int(info.index), str(info.label) if info.label is not None else str(info.index))
+    return targets
+
+
+def merge_mask_targets(dataset: fo.Dataset, field: str, targets: dict[int, str]) -> None:
+    """Merge ``targets`` into the mask targets of frame field ``field`` (existing entries of other
+    values are kept) and save the dataset."""
+    key = "frames." + field
     merged = dict(dataset.mask_targets or {})
     merged[key] = {**(merged.get(key) or {}), **targets}
     dataset.mask_targets = merged
     dataset.save()
+
+
+def written_fields(dataset: fo.Dataset, kind: type, label_ids) -> list[str]:
+    """The frame fields of type ``kind`` of ``dataset`` that hold a label with one of the ids
+    ``label_ids`` (how the zoo model finds where ``apply_model`` stored its labels)."""
+    from bson import ObjectId
+
+    oids = [ObjectId(i) for i in label_ids]
+    schema = dataset.get_frame_field_schema() or {}
+    names = [name for name, field in schema.items() if getattr(field, "document_type", None) is kind]
+    frames = dataset._frame_collection
+    return [name for name in names if frames.find_one({f"{name}._id": {"$in": oids}}, {"_id": 1}) is not None]
 
 
 def _outputs(options: PropagationOptions) -> list[tuple[str, type]]:
@@ -192,8 +224,8 @@ def _run_sample(plan: RunPlan, sample: SamplePlan, staging: Staging, trackers: T
                 summary: dict) -> None:
     """Propagate one checked sample through ``staging``; with ``skip_failures`` a failure is
     recorded in its row, else raised."""
-    sid, row = sample.sample_id, sample.row
-    if not staging.begin_sample(sid, sample.existing):
+    sid, row, support = sample.sample_id, sample.row, sample.support
+    if not staging.begin_sample(sid, sample.existing, support):
         row.update(status="skipped: claimed by another task", frames_written=0)
         return
     stages = staging.stage_fields
@@ -205,17 +237,17 @@ def _run_sample(plan: RunPlan, sample: SamplePlan, staging: Staging, trackers: T
     where: dict[str, Any] = {}
     try:
         row.update(run_with_retries(trackers, sample, target, ask.for_sample(sample, plan.total),
-                                    lambda: staging.clear_sample(sid), where))
-        staging.sample_done(sid, summary)
+                                    lambda: staging.clear_sample(sid, support), where))
+        staging.sample_done(sid, summary, support)
     except (PropagationCancelled, KeyboardInterrupt):
         raise
     except Exception as err:
-        add_context(err, sid, sample.filepath, where.get("frame"))
+        name_clip(add_context(err, sid, sample.filepath, where.get("frame")), sample)
         if not plan.options.skip_failures:
             raise
         text = error_text(err, where.get("frame"))
-        log.error("sample %s (%s) failed, its output is unchanged: %s", sid, sample.filepath, text)
-        staging.sample_failed(sid, text)
+        log.error("%s failed, its output is unchanged: %s", sample.describe(), text)
+        staging.sample_failed(sid, text, support)
         row.update(status=f"error: {text}", frames_written=0)
         plan.failures.append(err)
 
@@ -231,7 +263,8 @@ def _summary_tail(summary: dict, plan: RunPlan, start_time: float,
                   progress: Optional[ProgressCallback]) -> dict[str, Any]:
     rows = [sample.row for sample in plan.samples]
     summary["samples"] = rows
-    summary["failed"] = [dict(id=r["id"], filepath=r["filepath"], error=r["status"][len("error: "):])
+    summary["failed"] = [dict(id=r["id"], filepath=r["filepath"], error=r["status"][len("error: "):],
+                              **({"clip_id": r["clip_id"]} if "clip_id" in r else {}))
                          for r in rows if str(r.get("status", "")).startswith("error")]
     summary["seconds"] = round(time.time() - start_time, 3)
     if summary["failed"]:

@@ -20,6 +20,7 @@ from typing import Callable, Optional, Protocol
 
 import fiftyone as fo
 from bson import ObjectId
+from fiftyone import ViewField as F
 
 from .job_records import active_stage_fields, refuse_if_active
 from .journal import (TMP_SUFFIX, FieldClaim, claim_fields, copy_values, drop_temporary_field, finish_swap,
@@ -30,25 +31,41 @@ log = logging.getLogger(__name__)
 Outputs = list[tuple[str, type]]  # (output field, label type) of a run
 
 
-def delete_created_frames(dataset: fo.Dataset, existing: dict[str, set]) -> None:
+Support = Optional[tuple[int, int]]  # a clip's frames (first, last), inclusive; None: the whole video
+
+
+def _in_support(number: int, support: Support) -> bool:
+    return support is None or support[0] <= number <= support[1]
+
+
+def delete_created_frames(dataset: fo.Dataset, existing: dict[str, set], support: Support = None) -> None:
     """Delete the frame documents of samples ``existing`` (sample id -> frame numbers that
-    existed before the run) that this run created."""
+    existed before the run) that this run created (within ``support`` when given)."""
     if not existing:
         return
     sids, fids, numbers = dataset.select(list(existing)).values(["id", "frames.id", "frames.frame_number"])
     doomed = [fid for sid, ids, nums in zip(sids, fids, numbers)
-              for fid, n in zip(ids or [], nums or []) if n not in existing[sid]]
+              for fid, n in zip(ids or [], nums or []) if n not in existing[sid] and _in_support(n, support)]
     if doomed:
         dataset.delete_frames(doomed)
 
 
-def reset_sample(dataset: fo.Dataset, sid: str, stages: list[str], finals: list[str], existing: set,
-                 restore: bool) -> None:
-    """Clear the sample's staged values; with ``restore``, also delete the frame documents
-    this run created for it and copy its previous output values back (a failed sample)."""
+def _frames_of(dataset: fo.Dataset, sid: str, support: Support):
+    """The sample ``sid`` of ``dataset`` with only its frames within ``support`` (all for None)."""
     one = dataset.select(sid)
+    if support is None:
+        return one
+    return one.match_frames((F("frame_number") >= support[0]) & (F("frame_number") <= support[1]), omit_empty=False)
+
+
+def reset_sample(dataset: fo.Dataset, sid: str, stages: list[str], finals: list[str], existing: set,
+                 restore: bool, support: Support = None) -> None:
+    """Clear the sample's staged values (a clip's: on its frames ``support`` only, so other clips
+    of the video keep theirs); with ``restore``, also delete the frame documents this run created
+    for it and copy its previous output values back (a failed sample or clip)."""
+    one = _frames_of(dataset, sid, support)
     if restore:
-        delete_created_frames(dataset, {sid: existing})
+        delete_created_frames(dataset, {sid: existing}, support)
     schema = dataset.get_frame_field_schema()
     for stage, final in zip(stages, finals):
         one.clear_frame_field(stage)
@@ -78,7 +95,8 @@ class Staging(Protocol):
     """What the run loop asks of a staging variant, in this order: ``open`` (before any check),
     ``prepare`` (once the checks passed, if a video will run), per video ``begin_sample`` ->
     ``clear_sample`` (before each attempt) -> ``sample_done`` or ``sample_failed``, then
-    ``finish`` (after the last video) and, always, ``close``."""
+    ``finish`` (after the last video) and, always, ``close``. A clip of a clip view is one such
+    unit: ``support`` (its frames) restricts what is cleared and restored to them."""
 
     stage_fields: list[str]
     forced_overwrite: bool  # the output field(s) may exist whatever ``overwrite`` says
@@ -90,13 +108,13 @@ class Staging(Protocol):
 
     def prepare(self, dataset: fo.Dataset, outputs: Outputs) -> None: ...
 
-    def begin_sample(self, sid: str, existing: set) -> bool: ...
+    def begin_sample(self, sid: str, existing: set, support: Support = None) -> bool: ...
 
-    def clear_sample(self, sid: str) -> None: ...
+    def clear_sample(self, sid: str, support: Support = None) -> None: ...
 
-    def sample_done(self, sid: str, summary: dict) -> None: ...
+    def sample_done(self, sid: str, summary: dict, support: Support = None) -> None: ...
 
-    def sample_failed(self, sid: str, error: str) -> None: ...
+    def sample_failed(self, sid: str, error: str, support: Support = None) -> None: ...
 
     def finish(self, summary: dict, ask: Callable[[float, str], None]) -> None: ...
 
@@ -104,8 +122,8 @@ class Staging(Protocol):
 
 
 class _StagingBase:
-    """State both variants share: the dataset, output/stage fields and the samples started but
-    not settled (sample id -> frame numbers that existed before this run wrote to it)."""
+    """State both variants share: the dataset, output/stage fields and the units started but
+    not settled ((sample id, support) -> frame numbers the sample had before this run wrote)."""
 
     forced_overwrite = False
     beats = False
@@ -114,17 +132,22 @@ class _StagingBase:
         self.dataset: Optional[fo.Dataset] = None
         self.outputs: Outputs = []
         self.stage_fields: list[str] = []
-        self.started: dict[str, set] = {}
+        self.started: dict[tuple[str, Support], set] = {}
 
     @property
     def finals(self) -> list[str]:
         return [name for name, _ in self.outputs]
 
+    def created_by_sample(self) -> dict[str, set]:
+        """Sample id -> frame numbers it had before the run, for every unit started and not settled."""
+        return {sid: existing for (sid, _), existing in self.started.items()}
+
     def heartbeat(self) -> None:
         pass
 
-    def clear_sample(self, sid: str) -> None:
-        reset_sample(self.dataset, sid, self.stage_fields, self.finals, self.started[sid], restore=False)
+    def clear_sample(self, sid: str, support: Support = None) -> None:
+        reset_sample(self.dataset, sid, self.stage_fields, self.finals, self.started[(sid, support)], restore=False,
+                     support=support)
 
 
 class LocalSwap(_StagingBase):
@@ -167,15 +190,16 @@ class LocalSwap(_StagingBase):
             copy_values(self.dataset, final, tmp)
         return tmp
 
-    def begin_sample(self, sid, existing) -> bool:
-        self.started[sid] = existing
+    def begin_sample(self, sid, existing, support=None) -> bool:
+        self.started[(sid, support)] = existing
         return True
 
-    def sample_done(self, sid, summary) -> None:
+    def sample_done(self, sid, summary, support=None) -> None:
         self.done += 1
 
-    def sample_failed(self, sid, error) -> None:
-        reset_sample(self.dataset, sid, self.stage_fields, self.finals, self.started.pop(sid), restore=True)
+    def sample_failed(self, sid, error, support=None) -> None:
+        reset_sample(self.dataset, sid, self.stage_fields, self.finals, self.started.pop((sid, support)),
+                     restore=True, support=support)
 
     def finish(self, summary, ask) -> None:
         """Swap the temporary fields onto the outputs (if a video was done), with SIGINT and
@@ -214,7 +238,7 @@ class LocalSwap(_StagingBase):
         fields). An interrupted swap is left to the journal."""
         if self.committing:
             return
-        created = self.started
+        created = self.created_by_sample()
         for claim in self.claims.values():
             if claim.tmp is not None:
                 self._roll_back(claim, created)
@@ -252,21 +276,24 @@ class JobCommit(_StagingBase):
         self.dataset, self.outputs = dataset, outputs
         self.stage_fields = [self.job.stage_fields[final] for final, _ in outputs]
 
-    def begin_sample(self, sid, existing) -> bool:
+    def begin_sample(self, sid, existing, support=None) -> bool:
+        if support is not None:  # a job's tasks are whole videos (queue_propagation takes no clip view)
+            raise ValueError(f"a queued propagation task runs whole videos, not a clip (frames {support[0]}-"
+                             f"{support[1]} of sample {sid}): run a clip view with deaot_vos.propagate")
         if not self.job.claim(sid):
             return False
-        self.started[sid] = existing
+        self.started[(sid, None)] = existing
         return True
 
-    def sample_done(self, sid, summary) -> None:
+    def sample_done(self, sid, summary, support=None) -> None:
         commit_sample(self.dataset, sid, self.stage_fields, self.finals)
-        self.started.pop(sid, None)
+        self.started.pop((sid, None), None)
         summary["written"] = True
         self.job.settle(sid, "done")
 
-    def sample_failed(self, sid, error) -> None:
+    def sample_failed(self, sid, error, support=None) -> None:
         """The output field was never touched: drop what was staged and the frames created."""
-        existing = self.started.pop(sid)
+        existing = self.started.pop((sid, None))
         reset_sample(self.dataset, sid, self.stage_fields, self.finals, existing, restore=False)
         delete_created_frames(self.dataset, {sid: existing})
         self.job.settle(sid, "failed", error)
@@ -276,7 +303,7 @@ class JobCommit(_StagingBase):
 
     def close(self) -> None:
         """Videos started but not committed: remove their staged values and new frames."""
-        for sid, existing in self.started.items():
+        for sid, existing in self.created_by_sample().items():
             try:
                 reset_sample(self.dataset, sid, self.stage_fields, self.finals, existing, restore=False)
                 delete_created_frames(self.dataset, {sid: existing})

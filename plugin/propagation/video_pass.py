@@ -24,6 +24,7 @@ from deaot_core.video import FrameResult, Keyframe as CoreKeyframe, PropagationS
 
 from ..labels import mask_to_detections, mask_to_segmentation
 from ..video import VideoReader, open_video, prefetch
+from .clips import clip_frames
 from .plan import SamplePlan
 from .trackers import TrackerPool
 from .writer import FrameLabelWriter
@@ -63,12 +64,13 @@ class PassTarget:
 
 
 class VideoFrames:
-    """A :class:`deaot_core.video.FrameSource` over a decord reader: 0-based indexes, read
-    sequentially (backward in forward-decoded chunks) and prefetched on a thread. Each frame
-    handed over sets ``where["frame"]`` to its frame number (the frame being computed)."""
+    """A :class:`deaot_core.video.FrameSource` over a decord reader (or a clip of one,
+    :class:`.clips.ClipFrames`): 0-based indexes, read sequentially (backward in forward-decoded
+    chunks) and prefetched on a thread. Each frame handed over sets ``where["frame"]`` to its
+    video frame number (the frame being computed; a clip's frame + ``offset``)."""
 
-    def __init__(self, reader: VideoReader, where: dict):
-        self.reader, self.where = reader, where
+    def __init__(self, reader: VideoReader, where: dict, offset: int = 0):
+        self.reader, self.where, self.offset = reader, where, offset
 
     def __len__(self) -> int:
         return self.reader.num_frames
@@ -89,7 +91,7 @@ class VideoFrames:
 
     def iter_frames(self, indexes: Sequence[int]) -> Iterator[tuple[int, np.ndarray]]:
         for number, frame in prefetch(self._numbered(indexes)):
-            self.where["frame"] = number
+            self.where["frame"] = number + self.offset
             yield number - 1, frame
 
 
@@ -155,22 +157,25 @@ def core_keyframes(sample: SamplePlan) -> dict[int, CoreKeyframe]:
 
 def video_provenance(tracker, sample: SamplePlan, target: PassTarget, reader: VideoReader) -> str:
     """Everything a frame's result depends on besides its keyframes: weights, model, the
-    tracker's options and device type, the fields written and the video file."""
+    tracker's options and device type, the fields written, the video file and, for a clip, its
+    frames (``reader``: the frames propagated, a clip's own)."""
     try:
         stat = os.stat(sample.filepath)
         file_identity = (stat.st_size, stat.st_mtime_ns)
     except OSError:
         file_identity = None
     device = getattr(tracker, "device", None)
-    return repr((target.weights, type(tracker).__name__, getattr(getattr(tracker, "cfg", None), "name", None),
-                 getattr(tracker, "options", None), getattr(device, "type", device),
-                 target.segmentation_field is not None, sample.filepath, file_identity, reader.num_frames,
-                 reader.height, reader.width))
+    parts = (target.weights, type(tracker).__name__, getattr(getattr(tracker, "cfg", None), "name", None),
+             getattr(tracker, "options", None), getattr(device, "type", device),
+             target.segmentation_field is not None, sample.filepath, file_identity, reader.num_frames,
+             reader.height, reader.width)
+    return repr(parts + (("clip", sample.support),) if sample.clip is not None else parts)
 
 
 def read_previous(target: PassTarget, sample: SamplePlan) -> tuple[dict[int, str], dict[int, tuple]]:
-    """The previous output of the sample: 0-based frame index -> stored signature, and frame
-    number -> (Detections, Segmentation or None) of every frame that has a signature."""
+    """The previous output of the sample (of a clip: on its frames): 0-based frame index (within
+    the clip) -> stored signature, and video frame number -> (Detections, Segmentation or None) of
+    every frame that has a signature."""
     output, segmentation = (list(target.previous_fields) + [None, None])[:2]
     schema = target.dataset.get_frame_field_schema()
     if not output or output not in schema:
@@ -183,12 +188,29 @@ def read_previous(target: PassTarget, sample: SamplePlan) -> tuple[dict[int, str
     numbers, detections = values[0][0] or [], values[1][0] or []
     segmentations = values[2][0] or [] if with_segmentation else [None] * len(numbers)
     previous, old = {}, {}
+    first, last = sample.support or (1, None)
     for number, dets, seg in zip(numbers, detections, segmentations):
+        if number < first or (last is not None and number > last):
+            continue
         signature = dets[SIGNATURE_ATTRIBUTE] if dets is not None and dets.has_field(SIGNATURE_ATTRIBUTE) else None
         if signature:
-            previous[number - 1] = signature
+            previous[number - 1 - sample.offset] = signature
             old[number] = (dets, seg)
     return previous, old
+
+
+def sample_labels(tracker, sample: SamplePlan, reader: VideoReader, where: dict, with_segmentation: bool,
+                  **passes) -> Iterator[tuple[int, FrameResult, Any, Any]]:
+    """Propagate one sample (a clip: within its frames, from the keyframes inside it) and yield
+    (video frame number, result, Detections, Segmentation or None) per frame computed.
+    ``reader``: the opened video; ``passes``: :func:`deaot_core.video.propagate_video`'s
+    ``bidirectional``, ``previous`` (clip-local indexes), ``states``, ``provenance``, ``stats``.
+    The zoo model and :func:`run_video` share it."""
+    frames, local = clip_frames(reader, sample.clip), sample.local()
+    make_labels = LabelMaker(local, with_segmentation)
+    for result in propagate_video(tracker, VideoFrames(frames, where, sample.offset), core_keyframes(local),
+                                  **passes):
+        yield (result.index + 1 + sample.offset, result, *make_labels(result))
 
 
 def run_video(tracker, sample: SamplePlan, target: PassTarget, report: Report, where: dict) -> dict[str, Any]:
@@ -199,25 +221,25 @@ def run_video(tracker, sample: SamplePlan, target: PassTarget, report: Report, w
     and retries)."""
     start = time.time()
     reader = open_video(sample.filepath, sample.frame_count)
-    count = reader.num_frames
+    frames = clip_frames(reader, sample.clip)
+    count, last = frames.num_frames, frames.num_frames + sample.offset
     where.update(height=reader.height, width=reader.width, frame=None)
     row: dict[str, Any] = dict(frames=count, width=reader.width, height=reader.height,
                                keyframes=sorted(sample.keyframes), objects=sample.registry.num_objects)
     previous, old = read_previous(target, sample) if target.incremental else (None, {})
     stats = PropagationStats()
-    results = propagate_video(tracker, VideoFrames(reader, where), core_keyframes(sample),
-                              bidirectional=target.bidirectional, previous=previous, states=target.states(),
-                              provenance=video_provenance(tracker, sample, target, reader), stats=stats)
-    make_labels = LabelMaker(sample, target.segmentation_field is not None)
+    results = sample_labels(tracker, sample, reader, where, target.segmentation_field is not None,
+                            bidirectional=target.bidirectional, previous=previous, states=target.states(),
+                            provenance=video_provenance(tracker, sample, target, frames), stats=stats)
     writer = FrameLabelWriter(target.dataset, sample.sample_id, target.output_field, target.segmentation_field,
                               target.write_every)
     computed: set[int] = set()
     with torch.inference_mode(), writer:
-        for done, result in enumerate(results, start=1):
-            writer.add(result.index + 1, *make_labels(result))
-            computed.add(result.index + 1)
-            report(done, count - stats.reused, f"frame {result.index + 1}/{count}" + (" (backward)" if result.reverse else ""))
-        reused = [n for n in sorted(old) if n not in computed and n <= count]
+        for done, (number, result, detections, segmentation) in enumerate(results, start=1):
+            writer.add(number, detections, segmentation)
+            computed.add(number)
+            report(done, count - stats.reused, f"frame {number}/{last}" + (" (backward)" if result.reverse else ""))
+        reused = [n for n in sorted(old) if n not in computed and n <= last]
         for number in reused:
             writer.add(number, *old[number])
     seconds = time.time() - start
