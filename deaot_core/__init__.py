@@ -22,6 +22,7 @@ from .modeling.model import VOSModel, build_model
 from .tracker import Tracker, TrackerOptions, merge_groups, network_size
 from .schedule import Schedule
 from .states import DirectoryStates, MemoryStates, StateStore
+from .threads import ThreadGovernor, usable_cores
 from .video import FrameResult, FrameSource, Keyframe, PropagationStats, mean_confidences, propagate_video
 
 
@@ -33,8 +34,8 @@ def count_parameters(model: torch.nn.Module) -> int:
 __all__ = [
     "CheckpointError", "DirectoryStates", "FrameResult", "FrameSource", "GroupEngine", "IMAGE_MEAN", "IMAGE_STD", "Keyframe",
     "MODEL_CONFIGS", "MODEL_NAMES", "MemoryStates", "ModelConfig", "PRECISIONS", "PretrainedWeights",
-    "PropagationStats", "Schedule", "StateStore", "Tracker", "TrackerOptions",
+    "PropagationStats", "Schedule", "StateStore", "ThreadGovernor", "Tracker", "TrackerOptions",
     "VOSModel", "WEIGHTS", "build_model", "cache_dir", "count_parameters", "download", "extract_state_dict",
     "get_config", "load_checkpoint", "mean_confidences", "merge_groups", "native_cpu_precision", "network_size",
-    "propagate_video", "resolve_device", "save_checkpoint", "train_forward",
+    "propagate_video", "resolve_device", "save_checkpoint", "train_forward", "usable_cores",
 ]

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from .devices import IMAGE_MEAN, IMAGE_STD, PRECISIONS, check_precision, native_cpu_precision, resolve_device
 from .engine import GroupEngine
 from .modeling.model import VOSModel
+from .threads import ThreadGovernor
 
 MIN_EDGE = 16  # the smallest network input side (one feature cell at stride 16)
 MIN_TEST_SCALE, MAX_TEST_SCALE = 0.1, 4.0
@@ -80,6 +81,7 @@ class TrackerOptions:
     compile: bool = False
     test_scales: tuple[float, ...] = (1.0,)
     test_flip: bool = False
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         check_precision(self.precision)
@@ -87,6 +89,7 @@ class TrackerOptions:
             long_term_gap=_optional_int("long_term_gap", self.long_term_gap, 1),
             max_long_term_frames=_optional_int("max_long_term_frames", self.max_long_term_frames, 1),
             short_term_skip=_optional_int("short_term_skip", self.short_term_skip, 1),
+            threads=_optional_int("threads", self.threads, 1),
             max_short_edge=_optional_edge("max_short_edge", self.max_short_edge),
             max_long_edge=_optional_edge("max_long_edge", self.max_long_edge),
             channels_last=None if self.channels_last is None else bool(self.channels_last),
@@ -210,6 +213,10 @@ class Tracker:
             ``test_flip`` a mirrored view of each. Every view keeps its own memory, written with
             its own prediction; the output is the mean of the views' probabilities. Costs one
             full pass (and one memory) per view. Default: one view, scale 1, no flip.
+        threads: CPU threads for torch inside ``step``. None (default): automatic, the cores
+            this process may use less those other processes keep busy, measured again every half
+            second (:class:`deaot_core.ThreadGovernor`); a number fixes it. Results do not depend
+            on it beyond float rounding.
     """
 
     def __init__(self, model: VOSModel, device: str | torch.device = "cpu", options: TrackerOptions | None = None,
@@ -241,6 +248,7 @@ class Tracker:
                           f"({torch.backends.cpu.get_cpu_capability()}), so it is emulated and runs about 10x "
                           f"slower than 'fp32' here", RuntimeWarning, stacklevel=2)
         self.test_scales, self.test_flip = options.test_scales, options.test_flip
+        self.threads = ThreadGovernor(options.threads)
         self._mean = torch.tensor(IMAGE_MEAN, device=self.device).view(1, 3, 1, 1)
         self._std = torch.tensor(IMAGE_STD, device=self.device).view(1, 3, 1, 1)
         self.reset()
@@ -417,6 +425,10 @@ class Tracker:
         over the test-time views; on the first frame, the one-hot of the mask). ``label`` holds
         the label map after the mask.
         """
+        with self.threads.use():
+            return self._step(frame, mask, objects)
+
+    def _step(self, frame: np.ndarray, mask, objects: Collection[int] | None) -> torch.Tensor:
         images = self._prepare_images(frame)
         mask_t = self._prepare_mask(mask) if mask is not None else None
         if objects is not None and mask_t is None:

@@ -50,6 +50,10 @@ os.environ.update(
     FIFTYONE_CONFIG_PATH=str(_TMP / "fiftyone-config.json"),  # absent: ignore the user's config
     DEAOT_CACHE=str(_TMP / "deaot-cache"),  # empty: model resolution does not see the user's cache
     DEAOT_OFFLINE="1",  # model resolution never downloads the official weights (tests use file:// URLs)
+    # One torch thread per process (xdist workers share the cores). It also caps the tracker's
+    # automatic thread count, which otherwise follows the machine's load: runs that tests compare
+    # bit for bit must not differ in float rounding.
+    OMP_NUM_THREADS="1",
 )
 
 _MONGOD: subprocess.Popen | None = None

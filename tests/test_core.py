@@ -20,8 +20,6 @@ DATA = Path(__file__).parent / "data"
 GOLDEN_CASES = sorted((DATA / "golden").glob("*.json"))
 KEY_FILES = {p.stem: p for p in (DATA / "state_dict_keys").glob("*.json")}
 
-torch.set_num_threads(2)
-
 
 @pytest.fixture(scope="module")
 def deaott() -> deaot_core.VOSModel:

@@ -23,7 +23,7 @@ from ..weights import DEFAULT_MODEL, PRECISIONS
 DEFAULT_OUTPUT = "deaot"  # the operator's default output field
 _ARG_NAMES = {"compile_model": "compile"}  # option -> its argparse dest, where they differ
 TRACKER_KNOBS = ("long_term_gap", "max_long_term_frames", "max_short_edge", "max_long_edge", "precision",
-                 "compile_model", "test_scales", "test_flip")
+                 "compile_model", "test_scales", "test_flip", "threads")
 
 
 def optional_field_name(name: Optional[str], what: str) -> Optional[str]:
@@ -85,6 +85,7 @@ class PropagationOptions:
     bidirectional: bool = False
     incremental: bool = False
     keyframe_marks: str = "auto"
+    threads: Optional[int] = None
 
     def __post_init__(self) -> None:
         self.keyframes_field = optional_field_name(self.keyframes_field, "keyframes_field")
@@ -142,7 +143,8 @@ class PropagationOptions:
         for name in ("overwrite", "skip_failures", "allow_random_weights", "compile_model", "test_flip",
                      "bidirectional", "incremental"):
             values[name] = bool(params.get(name, False))
-        for name in ("long_term_gap", "max_long_term_frames", "max_short_edge", "max_long_edge", "write_every"):
+        for name in ("long_term_gap", "max_long_term_frames", "max_short_edge", "max_long_edge", "write_every",
+                     "threads"):
             if name in params:
                 values[name] = _int_or_none(params.get(name))
         if values.get("write_every", 1) is None:
@@ -194,5 +196,8 @@ class PropagationOptions:
         add("--keyframe-marks", choices=KEYFRAME_MARKS, default="auto",
             help="read keyframe=True on the labels of a track field (CVAT, the App) as the keyframes: on, off, "
                  "or auto (on when any label of the field is marked; default)")
+        add("--threads", type=int, default=None,
+            help="CPU threads for the network (default: automatic, the cores not kept busy by other "
+                 "processes, measured as it runs)")
         add("--skip-failures", action="store_true", help="go on when a video fails")
         add("--write-every", type=int, default=64, help="frames buffered per bulk write")

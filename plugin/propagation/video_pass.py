@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 import numpy as np
 import torch
 
+from deaot_core import TrackerOptions
 from deaot_core.states import DirectoryStates, StateStore
 from deaot_core.video import FrameResult, Keyframe as CoreKeyframe, PropagationStats, propagate_video
 
@@ -165,8 +166,11 @@ def video_provenance(tracker, sample: SamplePlan, target: PassTarget, reader: Vi
     except OSError:
         file_identity = None
     device = getattr(tracker, "device", None)
+    options = getattr(tracker, "options", None)
+    if isinstance(options, TrackerOptions):
+        options = options.replace(threads=None)  # the thread count changes no label
     parts = (target.weights, type(tracker).__name__, getattr(getattr(tracker, "cfg", None), "name", None),
-             getattr(tracker, "options", None), getattr(device, "type", device),
+             options, getattr(device, "type", device),
              target.segmentation_field is not None, sample.filepath, file_identity, reader.num_frames,
              reader.height, reader.width)
     return repr(parts + (("clip", sample.support),) if sample.clip is not None else parts)
