@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
+from typing import Callable, Optional
 
 import fiftyone as fo
+import fiftyone.core.utils as fou
 import fiftyone.operators.types as types
 
 from deaot_vos.fields import label_field_names, likely_keyframes_field
@@ -27,11 +29,43 @@ def app_wording():
         raise
 
 
+#: how the notice names each of FiftyOne's view targets (``fiftyone.operators.constants.ViewTarget``)
+_TARGET_WORDS = {"DATASET": "the dataset", "BASE_VIEW": "the base view", "DATASET_VIEW": "the dataset",
+                 "CURRENT_VIEW": "the current view"}
+
+
+def target_choice(ctx) -> str:
+    """The form's ``view_target`` choice (FiftyOne's target selector); a call that makes none
+    (``execute_operator`` from Python) gets the selector's default, its most selective choice:
+    the selected samples if any, else the current view if it is not the whole dataset, else the
+    dataset."""
+    # newer FiftyOne versions move the choice from the params to the request
+    chosen = ctx.params.get("view_target") or ctx.request_params.get("view_target")
+    return chosen or types.ViewTargetProperty(ctx).default
+
+
 def target_view(ctx):
-    """The selected samples when there is a selection, else the current view."""
-    if ctx.selected:
-        return ctx.view.select(ctx.selected)
-    return ctx.view
+    """The samples the operator runs on: FiftyOne's ``ctx.target_view()`` for
+    :func:`target_choice`."""
+    choice = target_choice(ctx)
+    if ctx.params.get("view_target") != choice:
+        # ctx.target_view() reads the choice from ctx.params in every version; a copy, as the
+        # caller's params dict must not change
+        ctx.params = dict(ctx.params, view_target=choice)
+    return ctx.target_view()
+
+
+def target_input(ctx, inputs: types.Object, verb: str) -> None:
+    """FiftyOne's target selector (dataset, current view, selected samples: the choices this
+    context has, hidden when there is only one) and a notice naming what the choice holds, e.g.
+    "Runs on 3 selected samples"."""
+    inputs.view_target(ctx)
+    target = target_choice(ctx)
+    count = target_view(ctx).count()
+    what = (plural(count, "selected sample") if target == "SELECTED_SAMPLES"
+            else f"the only sample of {_TARGET_WORDS.get(target, 'the current view')}" if count == 1
+            else f"all {count} samples of {_TARGET_WORDS.get(target, 'the current view')}")
+    inputs.view("target_notice", types.Notice(label=f"{verb} {what}"))
 
 
 def label_fields(dataset) -> list[str]:
@@ -58,17 +92,42 @@ def delegation_param(ctx):
 
 
 def video_target_notice(ctx, inputs: types.Object, verb: str) -> bool:
-    """Adds an error (not a video dataset: returns False) or a notice naming the samples the
-    operator will ``verb`` (e.g. "Runs on 3 selected samples")."""
+    """Adds an error (not a video dataset: returns False) or the target selector and its notice
+    (:func:`target_input`)."""
     dataset = ctx.dataset
     if dataset is None or dataset.media_type != fo.core.media.VIDEO:
         inputs.view("not_video", types.Error(label="This operator needs a video dataset"))
         return False
-    count = len(ctx.selected) if ctx.selected else target_view(ctx).count()
-    what = (plural(count, "selected sample") if ctx.selected
-            else "the only sample of the current view" if count == 1 else f"all {count} samples of the current view")
-    inputs.view("target_notice", types.Notice(label=f"{verb} {what}"))
+    target_input(ctx, inputs, verb)
     return True
+
+
+#: seconds between two progress reports of an operator (FiftyOne's ``report_progress(dt=...)``)
+PROGRESS_SECONDS = 1.0
+_PROGRESS_STEPS = 10_000  # the resolution of the fraction on FiftyOne's progress bar
+
+
+def throttled_progress(ctx, cancelled: Optional[Callable[[], bool]] = None) -> Callable[[float, str], Optional[bool]]:
+    """The ``progress(fraction, label)`` callback the plugin's functions take, for an operator:
+    every call asks ``cancelled()`` (True: returns False, which cancels), and the fraction and
+    label reach ``ctx.set_progress`` through FiftyOne's throttle (``fo.report_progress`` over a
+    quiet ``fou.ProgressBar``): at most one report per :data:`PROGRESS_SECONDS` plus the final
+    one, however many frames or videos the run has."""
+    bar = fou.ProgressBar(total=_PROGRESS_STEPS, progress=False)  # quiet: its clock and counts only
+    latest = {"label": None}
+    report = fou.report_progress(lambda pb: ctx.set_progress(progress=pb.progress, label=latest["label"]),
+                                 dt=PROGRESS_SECONDS)
+    bar.start()
+
+    def progress(fraction: float, label: str) -> Optional[bool]:
+        if cancelled is not None and cancelled():
+            return False
+        latest["label"] = label
+        bar.set_iteration(round(min(max(fraction, 0.0), 1.0) * _PROGRESS_STEPS), draw=False)
+        report(bar)
+        return None
+
+    return progress
 
 
 def plural(count: int, noun: str) -> str:

@@ -8,7 +8,8 @@ from deaot_vos.evaluation import EXTRA_OBJECTS, EvaluationCancelled, check_evalu
 from deaot_vos.segmentation_run import check_segmentation_key
 from deaot_core.metrics.davis import SUMMARY_KEYS
 
-from .common import app_words, app_wording, delegation_param, dropdown, label_fields, target_view, video_target_notice
+from .common import (app_words, app_wording, delegation_param, dropdown, label_fields, target_view, throttled_progress,
+                     video_target_notice)
 
 
 class EvaluateVOS(foo.Operator):
@@ -67,10 +68,7 @@ class EvaluateVOS(foo.Operator):
 
     def execute(self, ctx):
         params = ctx.params
-
-        def progress(fraction, label):
-            ctx.set_progress(progress=fraction, label=label)
-
+        progress = throttled_progress(ctx)
         try:
             with app_wording():  # a refusal names the Overwrite checkbox
                 results = evaluate_vos(target_view(ctx), params.get("pred_field"), params.get("gt_field"),

@@ -13,7 +13,7 @@ from deaot_vos.propagation import (DEFAULT_OUTPUT, JOB_PARAM, DelegatedCancelChe
 from deaot_vos.weights import DEFAULT_MODEL, PRECISIONS, emulated_precisions, model_names, weights_notice
 
 from .common import (app_words, app_wording, delegation_param, dropdown, keyframes_default, label_fields,
-                     target_view, video_target_notice)
+                     target_view, throttled_progress, video_target_notice)
 
 
 def _device_choices() -> list[str]:
@@ -220,11 +220,7 @@ class PropagateMasks(foo.Operator):
         # monitor terminating the worker): both stop at the next frame with nothing written
         marked_failed = DelegatedCancelCheck(run_doc)
         with cancel_on_signals(resend=True) as terminated:
-            def progress(fraction, label):
-                if terminated.is_set() or marked_failed():
-                    return False
-                ctx.set_progress(progress=fraction, label=label)
-
+            progress = throttled_progress(ctx, cancelled=lambda: terminated.is_set() or marked_failed())
             try:
                 if job_id:  # one task of a queued job
                     summary = run_task(ctx.view, job_id, list(ctx.params.get("sample_ids") or []), op_id=run_doc,

@@ -11,7 +11,7 @@ import fiftyone.operators.types as types
 from deaot_vos.propagation import DEFAULT_OUTPUT, DelegatedCancelCheck
 from deaot_vos.review import SuggestionCancelled, check_suggestion, default_score_field, suggest_keyframes
 
-from .common import delegation_param, dropdown, plural
+from .common import delegation_param, dropdown, target_input, target_view, throttled_progress
 
 
 def detections_fields(dataset) -> list[str]:
@@ -47,7 +47,7 @@ def _form(ctx, inputs: types.Object) -> None:
     inputs.bool("scene_cuts", default=True, label="Scene cuts",
                 description="Decode each video once to score scene cuts (colour histogram changes)")
     try:
-        check_suggestion(ctx.target_view(), output_field, ctx.params.get("score_field") or None)
+        check_suggestion(target_view(ctx), output_field, ctx.params.get("score_field") or None)
     except ValueError as err:
         bad = score if "score_field" in str(err) else output
         bad.invalid, bad.error_message = True, str(err)
@@ -82,21 +82,16 @@ class SuggestKeyframes(foo.Operator):
         if ctx.dataset is None or ctx.dataset.media_type != fo.core.media.VIDEO:
             inputs.view("not_video", types.Error(label="This operator needs a video dataset"))
         else:
-            inputs.view("target_notice", types.Notice(label=f"Scores {plural(ctx.target_view().count(), 'video')}"))
+            target_input(ctx, inputs, "Scores")
             _form(ctx, inputs)
         return types.Property(inputs, view=form)
 
     def execute(self, ctx):
         params = ctx.params
-        marked_failed = DelegatedCancelCheck(ctx.request_params.get("run_doc") if ctx.delegated else None)
-
-        def progress(fraction, label):
-            if marked_failed():
-                return False
-            ctx.set_progress(progress=fraction, label=label)
-
+        progress = throttled_progress(ctx, cancelled=DelegatedCancelCheck(
+            ctx.request_params.get("run_doc") if ctx.delegated else None))
         try:
-            summary = suggest_keyframes(ctx.target_view(), params.get("output_field"),
+            summary = suggest_keyframes(target_view(ctx), params.get("output_field"),
                                         score_field=params.get("score_field") or None, top=_int(params, "top", 5),
                                         spacing=_int(params, "spacing", 3),
                                         scene_cuts=bool(params.get("scene_cuts", True)), progress=progress)

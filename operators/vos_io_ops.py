@@ -8,7 +8,7 @@ import fiftyone.operators.types as types
 from deaot_vos.formats.vos import LABEL_TYPES, LAYOUTS, export_vos, import_vos
 from deaot_vos.overwrite import CONTROLS
 
-from .common import app_wording, dropdown, label_fields, target_view
+from .common import app_wording, dropdown, label_fields, target_input, target_view, throttled_progress
 
 
 def _radio(values):
@@ -37,6 +37,7 @@ class ExportVOS(foo.Operator):
         if dataset is None or dataset.media_type != fo.core.media.VIDEO:
             inputs.view("not_video", types.Error(label="This operator needs a video dataset"))
             return types.Property(inputs, view=form)
+        target_input(ctx, inputs, "Exports")
         fields = label_fields(dataset)
         inputs.enum("label_field", fields, required=True, label="Mask field", view=dropdown(fields),
                     default=fields[0] if fields else None)
@@ -47,10 +48,7 @@ class ExportVOS(foo.Operator):
 
     def execute(self, ctx):
         p = ctx.params
-
-        def progress(fraction, label):
-            ctx.set_progress(progress=fraction, label=label)
-
+        progress = throttled_progress(ctx)
         with app_wording():
             summary = export_vos(target_view(ctx), p["export_dir"], p["label_field"], layout=p.get("layout") or "davis",
                                  overwrite=bool(p.get("overwrite", False)), progress=progress)
@@ -96,10 +94,7 @@ class ImportVOS(foo.Operator):
 
     def execute(self, ctx):
         p = ctx.params
-
-        def progress(fraction, label):
-            ctx.set_progress(progress=fraction, label=label)
-
+        progress = throttled_progress(ctx)
         with app_wording():
             ds = import_vos(p["dataset_dir"], p["name"], label_field=p.get("label_field") or "ground_truth",
                             layout=p.get("layout") or "auto", label_type=p.get("label_type") or "detections",

@@ -101,9 +101,11 @@ def _pick_operator(browser) -> None:
 
 
 def _fill_form(browser) -> None:
-    """Keyframes field chosen from its dropdown, output field typed."""
+    """Keyframes field chosen from its dropdown, output field typed. The target (FiftyOne's
+    selector, hidden with a single choice: no view, no selection) is named by the notice."""
     from selenium.webdriver.common.by import By
 
+    browser.visible(f"{PROMPT}{text_is('Runs on the only sample of the dataset')}")
     keyframes = f"{PROMPT}//*[text()='Keyframes field']/following::*[@role='combobox'][1]"
     browser.clickable(keyframes).click()
     browser.clickable("//ul[@role='listbox']/li[@role='option' and normalize-space()='keyframes']").click()

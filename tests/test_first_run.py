@@ -132,7 +132,7 @@ def test_propagate_form_defaults_and_weights_notice(demo_dataset, tiny_checkpoin
     monkeypatch.setattr(weights, "DEMO_CHECKPOINT", Path(tiny_checkpoint))
     props = form()
     assert props["keyframes_field"].default == "keyframes"
-    assert props["target_notice"].view.label == "Runs on the only sample of the current view"
+    assert props["target_notice"].view.label == "Runs on the only sample of the dataset"
     assert form(selected=ds.values("id"))["target_notice"].view.label == "Runs on 1 selected sample"
     # DEAOT_CACHE is empty: the form says before the run that the demo weights would be used
     notice = props["weights_notice"].view.description
