@@ -195,3 +195,24 @@ def test_operator_runs_on_a_clip_view(dataset):
     assert result.result["frames"] == 11
     written = {n for n, v in _field(ds, "op").items() if v is not None}
     assert written == set(range(4, 9)) | set(range(10, 16))
+
+
+def test_trajectories_view_propagates_from_its_track_field(make_video):
+    import fiftyone as fo
+    import deaot_vos
+
+    path, maps = make_video("track", num_frames=10, objects=1)
+    ds = fo.Dataset()
+    sample = fo.Sample(filepath=path)
+    ds.add_sample(sample)
+    for number in range(3, 8):  # a CVAT-style track: a label on every frame, keyframe=True on the annotated one
+        sample.frames[number]["track"] = fo.Detections(detections=[
+            detection("car", maps[number - 1] == 1, index=1, keyframe=number == 4)])
+    sample.frames[4]["kf"] = fo.Detections(detections=[detection("car", maps[3] == 1)])
+    sample.save()
+    trajectories = ds.to_trajectories("frames.track")
+    with pytest.raises(ValueError, match="hides frame field 'kf'"):
+        deaot_vos.propagate(trajectories, "kf", "out", device="cpu")
+    summary = deaot_vos.propagate(trajectories, "track", "out", device="cpu")
+    assert [(r["support"], r["keyframes"], r["frames_written"]) for r in summary["samples"]] == [([3, 7], [4], 5)]
+    assert {n for n, v in _field(ds, "out").items() if v is not None} == set(range(3, 8))

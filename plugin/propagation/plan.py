@@ -96,6 +96,16 @@ def check_group_slices(sample_collection, dataset: fo.Dataset) -> None:
             f"{slices[0]!r}; propagate(dataset.select_group_slices({slices[0]!r}), ...)")
 
 
+def check_clip_view_fields(sample_collection, keyframes_field: str) -> None:
+    """Refuse a clip view that hides the keyframes field (a ``to_trajectories`` view keeps only
+    its trajectory field): its clips would have no keyframes."""
+    if is_clip_view(sample_collection) and keyframes_field not in (sample_collection.get_frame_field_schema() or {}):
+        raise ValueError(f"keyframes field: the clip view ({type(sample_collection).__name__}) of dataset "
+                         f"'{root_dataset(sample_collection, clips=True).name}' hides frame field '{keyframes_field}' "
+                         f"(a to_trajectories view keeps only its trajectory field); use to_clips(...) on the "
+                         f"trajectory field instead, or propagate from the trajectory field itself")
+
+
 @dataclasses.dataclass
 class SamplePlan:
     """One sample (or one clip of a clip view) as checked: ``row`` is its summary (``status`` set
@@ -171,6 +181,7 @@ def plan_run(sample_collection, dataset: fo.Dataset, options: PropagationOptions
     options = options.replace(keyframes_field=keyframes_field, output_field=output_field,
                               write_segmentation=segmentation)
     check_group_slices(sample_collection, dataset)
+    check_clip_view_fields(sample_collection, keyframes_field)
     device = resolve_device(options.device)
     choice = resolve_checkpoint(options.model, options.checkpoint, allow_random=options.allow_random_weights)
     mask_targets = mask_targets_for(dataset, keyframes_field)
