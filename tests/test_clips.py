@@ -216,3 +216,30 @@ def test_trajectories_view_propagates_from_its_track_field(make_video):
     summary = deaot_vos.propagate(trajectories, "track", "out", device="cpu")
     assert [(r["support"], r["keyframes"], r["frames_written"]) for r in summary["samples"]] == [([3, 7], [4], 5)]
     assert {n for n, v in _field(ds, "out").items() if v is not None} == set(range(3, 8))
+
+
+def test_a_failing_clip_keeps_its_frames_and_the_other_clip_is_written(dataset, monkeypatch):
+    import deaot_vos
+    from deaot_vos.propagation import video_pass
+
+    ds = dataset
+    clips = ds.to_clips("events")
+    numbers_before = set(ds.values("frames.frame_number")[0])
+    make_labels = video_pass.LabelMaker.__call__
+
+    def fail_in_the_second_clip(self, result):
+        if self.sample.clip is not None and self.sample.clip.first == 10 and result.index + 1 == 4:  # frame 13
+            raise RuntimeError("injected failure")
+        return make_labels(self, result)
+
+    monkeypatch.setattr(video_pass.LabelMaker, "__call__", fail_in_the_second_clip)
+    summary = deaot_vos.propagate(clips, "kf", "out", device="cpu", skip_failures=True, write_every=1)
+    second = clips.values("id")[1]
+    assert [r["status"] for r in summary["samples"]][0] == "ok"
+    assert summary["failed"] == [dict(id=ds.first().id, clip_id=second, filepath=ds.first().filepath,
+                                      error=f"clip {second} (frames 10-15): RuntimeError: injected failure "
+                                            f"(at frame 13)")]
+    written = {n for n, v in _field(ds, "out").items() if v is not None}
+    assert written == set(range(4, 9)), "only the first clip's frames; the failed clip's staged frames are gone"
+    assert set(ds.values("frames.frame_number")[0]) == numbers_before | {4, 5, 7, 8}, \
+        "frames created for the failed clip are deleted, the first clip's are kept"

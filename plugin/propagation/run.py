@@ -246,6 +246,8 @@ def _run_sample(plan: RunPlan, sample: SamplePlan, staging: Staging, trackers: T
         if not plan.options.skip_failures:
             raise
         text = error_text(err, where.get("frame"))
+        if sample.clip is not None and sample.clip.clip_id not in text:
+            text = f"{sample.clip.describe()}: {text}"
         log.error("%s failed, its output is unchanged: %s", sample.describe(), text)
         staging.sample_failed(sid, text, support)
         row.update(status=f"error: {text}", frames_written=0)
