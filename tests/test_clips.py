@@ -186,10 +186,15 @@ def test_cancel_keeps_everything_and_bad_clips_are_named(dataset, caplog):
 
 def test_operator_runs_on_a_clip_view(dataset):
     import fiftyone.operators as foo
+    from fiftyone.operators.executor import ExecutionContext
 
     ds = dataset
     clips = ds.to_clips("events")
     params = dict(keyframes_field="kf", output_field="op", device="cpu")
+    operator = foo.get_operator("@deaot/vos/propagate_masks")
+    form = operator.resolve_input(ExecutionContext(request_params=dict(
+        dataset_name=ds.name, view=clips._serialize(), params=params))).type.properties
+    assert not form["output_field"].invalid and "2 samples" in form["target_notice"].view.label
     result = foo.execute_operator("@deaot/vos/propagate_masks", dict(dataset=ds, view=clips, params=params))
     assert result.result["status"] == "ok", result.result
     assert result.result["frames"] == 11
