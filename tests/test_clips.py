@@ -63,8 +63,7 @@ def _all_masks(frames: dict[int, object]) -> dict[int, list]:
     return {n: _masks(v) for n, v in frames.items() if v is not None}
 
 
-def test_clip_view_end_to_end_equals_apply_model_and_keeps_other_frames(dataset, caplog):
-    import fiftyone as fo
+def test_clip_view_end_to_end_equals_apply_model_and_keeps_other_frames(dataset):
     import deaot_vos
     from deaot_vos import weights
     from deaot_vos.zoo_model import build_video_model
@@ -113,7 +112,6 @@ def test_clip_view_end_to_end_equals_apply_model_and_keeps_other_frames(dataset,
 
 
 def test_incremental_clip_runs_reuse_their_frames_and_recompute_from_an_edited_keyframe(dataset):
-    import fiftyone as fo
     import deaot_vos
 
     ds = dataset
