@@ -34,30 +34,32 @@ def synthetic_clip(frames: int, height: int, width: int, objects: int, seed: int
 
 def run(model_name: str, height: int, width: int, objects: int, frames: int, device: str, precision: str,
         max_long_term_frames: int | None, warmup: int, channels_last: bool | None = None,
-        compile: bool = False) -> dict:
+        compile: bool = False, batch_groups: bool | None = None) -> dict:
     torch.manual_seed(0)
     model = deaot_core.build_model(model_name)
     tracker = deaot_core.Tracker(model, device=device, precision=precision,
                                  max_long_term_frames=max_long_term_frames, channels_last=channels_last,
-                                 compile=compile)
-    times = []
+                                 compile=compile, batch_groups=batch_groups)
+    times, cpu_times = [], []
     cuda = tracker.device.type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     for t, (frame, label) in enumerate(synthetic_clip(frames + warmup, height, width, objects)):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         tracker.step(frame, label if t == 0 else None)
         _ = tracker.label
         if cuda:
             torch.cuda.synchronize()
         if t > warmup:
             times.append(time.perf_counter() - start)
+            cpu_times.append(time.process_time() - cpu_start)
     result = {
         "model": model_name, "size": f"{height}x{width}", "input": "x".join(map(str, tracker.input_size)),
         "objects": objects, "frames": frames, "device": str(tracker.device), "precision": precision,
         "channels_last": tracker.memory_format == torch.channels_last, "compile": compile,
-        "threads": torch.get_num_threads(), "ms_per_frame": 1000 * float(np.mean(times)),
-        "fps": 1.0 / float(np.mean(times)), "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "batch_groups": tracker.batch_groups, "threads": torch.get_num_threads(), "ms_per_frame": 1000 * float(np.mean(times)),
+        "fps": 1.0 / float(np.mean(times)),
+        "cpu_ms_per_frame": 1000 * float(np.mean(cpu_times)), "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "long_term_frames": tracker.long_term_frames,
     }
     if cuda:
@@ -79,6 +81,9 @@ def main() -> None:
                         help="Tracker(channels_last=...) (default: the tracker's: on for fp16/bf16)")
     parser.add_argument("--compile", action="store_true", help="Tracker(compile=True); use --warmup >= 2")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--batch-groups", action=argparse.BooleanOptionalAction, default=None,
+                        help="Tracker(batch_groups=...): identity groups as one batch (default: the "
+                             "tracker's, on for CUDA)")
     args = parser.parse_args()
     height, width = map(int, args.size.lower().split("x"))
     if args.threads:
@@ -87,7 +92,8 @@ def main() -> None:
     for name in args.models:
         with torch.no_grad():
             row = run(name, height, width, args.objects, args.frames, args.device, args.precision,
-                      args.max_long_term_frames, args.warmup, args.channels_last, args.compile)
+                      args.max_long_term_frames, args.warmup, args.channels_last, args.compile,
+                      args.batch_groups)
         print(json.dumps(row), flush=True)
         rows.append(row)
     print("\n| model | frame | input | objects | device | precision | layout | compiled | ms/frame | FPS | peak RSS MB |")

@@ -82,6 +82,7 @@ class TrackerOptions:
     test_scales: tuple[float, ...] = (1.0,)
     test_flip: bool = False
     threads: int | None = None
+    batch_groups: bool | None = None
 
     def __post_init__(self) -> None:
         check_precision(self.precision)
@@ -93,7 +94,8 @@ class TrackerOptions:
             max_short_edge=_optional_edge("max_short_edge", self.max_short_edge),
             max_long_edge=_optional_edge("max_long_edge", self.max_long_edge),
             channels_last=None if self.channels_last is None else bool(self.channels_last),
-            compile=bool(self.compile), test_flip=bool(self.test_flip), test_scales=_test_scales(self.test_scales))
+            compile=bool(self.compile), test_flip=bool(self.test_flip), test_scales=_test_scales(self.test_scales),
+            batch_groups=None if self.batch_groups is None else bool(self.batch_groups))
         for name, value in normalised.items():
             object.__setattr__(self, name, value)
 
@@ -171,12 +173,24 @@ class _CompiledModel:
 
 @dataclass
 class _View:
-    """One test-time view of the video (a network input scale, maybe mirrored) with its own memory."""
+    """One test-time view of the video (a network input scale, maybe mirrored) with its own memory.
+
+    ``groups`` are the memory engines; engine i runs ``sizes[i]`` consecutive identity groups as
+    one batch (the official engine has one per group: all sizes 1 without ``batch_groups``)."""
 
     scale: float
     flip: bool
     input_size: tuple[int, int] | None = None
     groups: list[GroupEngine] = field(default_factory=list)
+    sizes: list[int] = field(default_factory=list)
+
+    def batches(self, parts: list[tuple[torch.Tensor, int]]):
+        """(engine, labels (B, h, w), counts) per engine, from one (labels (1, h, w), count) per group."""
+        start = 0
+        for engine, size in zip(self.groups, self.sizes):
+            chunk = parts[start:start + size]
+            start += size
+            yield engine, torch.cat([labels for labels, _ in chunk]), [count for _, count in chunk]
 
 
 class Tracker:
@@ -213,6 +227,11 @@ class Tracker:
             ``test_flip`` a mirrored view of each. Every view keeps its own memory, written with
             its own prediction; the output is the mean of the views' probabilities. Costs one
             full pass (and one memory) per view. Default: one view, scale 1, no flip.
+        batch_groups: run the identity groups created on the same frame (e.g. 44 objects: 5 groups
+            of 10) as one batch through propagation and decoding instead of one after the other;
+            the same results to float rounding. Groups added later by a new object start their own
+            batch. None (default): on for CUDA, off on the CPU, where the batch's larger
+            intermediates cost more memory traffic than the batching saves (BENCHMARKS.md).
         threads: CPU threads for torch inside ``step``. None (default): automatic, the cores
             this process may use less those other processes keep busy, measured again every half
             second (:class:`deaot_core.ThreadGovernor`); a number fixes it. Results do not depend
@@ -249,6 +268,7 @@ class Tracker:
                           f"slower than 'fp32' here", RuntimeWarning, stacklevel=2)
         self.test_scales, self.test_flip = options.test_scales, options.test_flip
         self.threads = ThreadGovernor(options.threads)
+        self.batch_groups = options.batch_groups if options.batch_groups is not None else self.device.type == "cuda"
         self._mean = torch.tensor(IMAGE_MEAN, device=self.device).view(1, 3, 1, 1)
         self._std = torch.tensor(IMAGE_STD, device=self.device).view(1, 3, 1, 1)
         self.reset()
@@ -266,7 +286,7 @@ class Tracker:
 
     @property
     def groups(self) -> list[GroupEngine]:
-        """The identity groups (memory) of the first view."""
+        """The memory engines of the first view, one per batch of identity groups."""
         return self.views[0].groups
 
     @property
@@ -315,6 +335,7 @@ class Tracker:
                 group = GroupEngine(self.model, self.long_term_gap, self.short_term_skip, self.max_long_term_frames)
                 group.load_state(group_state, self.device)
                 view.groups.append(group)
+                view.sizes.append(len(group.num_objects))
 
     # -- helpers --------------------------------------------------------------------------------
     def _autocast(self):
@@ -373,35 +394,43 @@ class Tracker:
         """Per group: (labels with ids 1..max_objects, object count), as the official engine."""
         per_group = self.cfg.max_objects
         parts = []
-        for g in range(len(view.groups)):
+        for g in range(sum(view.sizes)):
             start = g * per_group
             inside = (label > start) & (label <= start + per_group)
             parts.append((torch.where(inside, label - start, torch.zeros_like(label)),
                           min(per_group, self.num_objects - start)))
         return parts
 
+    def _batched(self, feats: list[torch.Tensor], size: int) -> list[torch.Tensor]:
+        """The (1, C, h, w) features of a frame as a batch of ``size`` (one per identity group)."""
+        if size == 1:
+            return feats
+        return [f.expand(size, -1, -1, -1).contiguous(memory_format=self.memory_format) for f in feats]
+
     def _add_reference(self, view: _View, feats, label: torch.Tensor) -> None:
-        needed = max(1, math.ceil(self.num_objects / self.cfg.max_objects))
-        while len(view.groups) < needed:
-            view.groups.append(GroupEngine(self.model, self.long_term_gap, self.short_term_skip,
-                                           self.max_long_term_frames))
-        for group, (part, count) in zip(view.groups, self._split(view, self._to_input(view, label))):
-            group.add_reference(feats, part, [count], self.frame_index)
+        missing = max(1, math.ceil(self.num_objects / self.cfg.max_objects)) - sum(view.sizes)
+        if missing > 0:  # new groups: one batch (or one engine each, as the official engine)
+            for size in [missing] if self.batch_groups else [1] * missing:
+                view.groups.append(GroupEngine(self.model, self.long_term_gap, self.short_term_skip,
+                                               self.max_long_term_frames))
+                view.sizes.append(size)
+        for engine, labels, counts in view.batches(self._split(view, self._to_input(view, label))):
+            engine.add_reference(self._batched(feats, len(counts)), labels, counts, self.frame_index)
 
     def _view_probs(self, view: _View, feats) -> torch.Tensor:
         """(1+K', H, W) probabilities of one view at frame size, in the frame's orientation."""
         logits = []
-        for group in view.groups:
-            group.propagate(feats)
-            low = group.decode()
-            if len(view.groups) == 1:
+        for engine, size in zip(view.groups, view.sizes):
+            engine.propagate(self._batched(feats, size))
+            low = engine.decode()
+            if view.sizes == [1]:
                 # unused ids sit at -1e10: their softmax weight is exactly 0, so dropping them
                 # before the full-size upsampling changes no value and saves most of its work
-                low = low[:, :1 + max(group.num_objects)]
+                low = low[:, :1 + max(engine.num_objects)]
             if view.flip:
                 low = torch.flip(low, dims=[3])
-            logits.append(F.interpolate(low, size=self.frame_size, mode="bilinear",
-                                        align_corners=self.cfg.align_corners))
+            high = F.interpolate(low, size=self.frame_size, mode="bilinear", align_corners=self.cfg.align_corners)
+            logits.extend(high.split(1))
         return torch.softmax(merge_groups(logits, self.cfg.max_objects), dim=1)[0]
 
     @staticmethod
@@ -457,8 +486,8 @@ class Tracker:
                     self._add_reference(view, view_feats, view_label)
             else:
                 for view, view_label in zip(self.views, own_labels or [label]):
-                    for group, (part, _) in zip(view.groups, self._split(view, self._to_input(view, view_label))):
-                        group.update_memory(self.frame_index, part)
+                    for engine, labels, _ in view.batches(self._split(view, self._to_input(view, view_label))):
+                        engine.update_memory(self.frame_index, labels)
             self._label = label
         return output.float()
 

@@ -281,12 +281,34 @@ def test_every_variant_tracks_a_small_clip(name):
 
 def test_many_objects_run_in_groups_of_ten(deaott):
     frames, labels = _clip(t=3, h=97, w=129, objects=12)
-    tracker = deaot_core.Tracker(deaott, device="cpu")
+    tracker = deaot_core.Tracker(deaott, device="cpu", batch_groups=False)
     tracker.step(frames[0], labels[0])
     assert len(tracker.groups) == 2 and [g.num_objects for g in tracker.groups] == [[10], [2]]
     probs = tracker.step(frames[1])
     assert probs.shape == (13, 97, 129)
     assert set(np.unique(tracker.label)) <= set(range(13))
+
+
+@pytest.mark.parametrize("model_name", ["DeAOTT", "AOTT"])
+def test_batched_groups_equal_groups_run_one_by_one(model_name):
+    """Groups made on one frame run as one batch; a group added by a later keyframe starts its
+    own batch; every frame's probabilities equal the one-by-one engine's to float rounding."""
+    torch.manual_seed(0)
+    model = deaot_core.build_model(model_name)
+    frames, labels = _clip(t=5, h=65, w=97, objects=23)
+    first = np.where(labels[0] > 12, 0, labels[0])  # 12 objects: 2 groups; 11 more on frame 2
+    batched, single = (deaot_core.Tracker(model, device="cpu", batch_groups=b) for b in (True, False))
+    for t in range(5):
+        mask = first if t == 0 else labels[2] if t == 2 else None
+        a, b = batched.step(frames[t], mask), single.step(frames[t], mask)
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
+        assert (batched.label == single.label).mean() > 0.999
+    assert batched.views[0].sizes == [2, 1] and [g.num_objects for g in batched.groups] == [[10, 10], [int(labels[2].max()) - 20]]
+    assert single.views[0].sizes == [1, 1, 1]
+    resumed = deaot_core.Tracker(model, device="cpu")
+    resumed.load_state(batched.state())  # batches survive a saved state
+    assert resumed.views[0].sizes == [2, 1]
+    torch.testing.assert_close(resumed.step(frames[4]), batched.step(frames[4]), atol=0, rtol=0)
 
 
 def test_merge_groups_is_the_official_soft_aggregation():
