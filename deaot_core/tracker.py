@@ -402,8 +402,10 @@ class Tracker:
         return parts
 
     def _batched(self, feats: list[torch.Tensor], size: int) -> list[torch.Tensor]:
-        """The (1, C, h, w) features of a frame as a batch of ``size`` (one per identity group)."""
-        if size == 1:
+        """The (1, C, h, w) features of a frame for a batch of ``size`` identity groups. DeAOT takes
+        them as they are: its visual branch (the first layer's attention weights, the decoder's
+        shortcuts) is computed once for all groups; AOT's layers mix identities from the first."""
+        if size == 1 or self.cfg.is_deaot:
             return feats
         return [f.expand(size, -1, -1, -1).contiguous(memory_format=self.memory_format) for f in feats]
 

@@ -118,20 +118,24 @@ def local_attention_weights(q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor
 
 def local_attention_apply(attn: torch.Tensor, v: torch.Tensor, size_2d: tuple[int, int], radius: int,
                           dilation: int = 1, tile: int | None = LOCAL_TILE) -> torch.Tensor:
-    """Weighted sum of windowed values: attn (N, L, W2), v (N, L, C) -> (N, L, C)."""
+    """Weighted sum of windowed values: attn (N, L, W2), v (R*N, L, C) -> (R*N, L, C): with R > 1
+    the same weights apply to R batches of values (the identity groups of one frame)."""
     h, w = size_2d
     n, length, _ = attn.shape
+    repeats = v.shape[0] // n
     if tile is None:
         index, _ = _window_index(h, w, radius, dilation, str(attn.device))
         dense = attn.new_zeros(n, length, length + 1)
         dense.scatter_(2, index.expand(n, -1, -1), attn)
-        return dense[:, :, :length] @ v
+        return (dense[:, :, :length] @ v.view(repeats, n, length, -1)).flatten(0, 1)
     span = tile + 2 * radius * dilation
     attn_tiles = _to_tiles(attn, size_2d, tile, 0)  # (N*tiles, tile^2, W2)
     window = _tile_window_index(tile, radius, dilation, str(attn.device))
     dense = attn.new_zeros(attn_tiles.shape[0], tile * tile, span * span)
     dense = dense.scatter(2, window.expand(attn_tiles.shape[0], -1, -1), attn_tiles)
-    return _from_tiles(dense @ _to_tiles(v, size_2d, tile, radius * dilation), n, size_2d, tile)
+    v_tiles = _to_tiles(v, size_2d, tile, radius * dilation)
+    out = dense @ v_tiles.view(repeats, *dense.shape[:1], *v_tiles.shape[1:])
+    return _from_tiles(out.flatten(0, 1), repeats * n, size_2d, tile)
 
 
 _SCORES_BUDGET = 1 << 25  # elements of one block of attention scores (128 MB in float32)
@@ -140,12 +144,17 @@ _SCORES_BUDGET = 1 << 25  # elements of one block of attention scores (128 MB in
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0) -> torch.Tensor:
     """softmax(q k^T / sqrt(D)) v: q (B, h, Lq, D), k (B, h, Lk, D), v (B, h, Lk, Dv) -> (B, h, Lq, Dv).
 
+    q and k may have batch 1 with v of batch B (the identity groups of one frame share the visual
+    query and keys): the attention weights are then computed once and applied to every value.
+
     ``scaled_dot_product_attention`` except on CPU when the value is wider than the key (DeAOT):
     there PyTorch has no fused kernel and its fallback spends a fifth of the time guarding
     against fully masked rows, which cannot occur without a mask. That case is computed
     directly, in query chunks that bound the score block (long-term memory grows with the video).
     """
     if dropout_p > 0 or q.device.type != "cpu" or q.shape[-1] == v.shape[-1]:
+        if q.shape[0] != v.shape[0]:
+            q, k = q.expand(v.shape[0], -1, -1, -1), k.expand(v.shape[0], -1, -1, -1)
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
     q = q * q.shape[-1] ** -0.5
     k_t = k.transpose(-2, -1)
@@ -259,9 +268,9 @@ class GatedPropagation(nn.Module):
             q = k = self.linear_QK(q)
             v = self._pair(v, self.linear_V1, self.linear_V2)
             u = self._pair(u, self.linear_U1, self.linear_U2)
-        length, bs = q.shape[:2]
+        length, bs = q.shape[0], v.shape[1]  # q and k may have batch 1 (see ``attention``)
         heads = self.num_head
-        split = lambda x: x.reshape(x.shape[0], bs, heads, -1).permute(1, 2, 0, 3)  # noqa: E731
+        split = lambda x: x.reshape(x.shape[0], x.shape[1], heads, -1).permute(1, 2, 0, 3)  # noqa: E731
         out = attention(split(q), split(k), split(v), dropout_p=self.dropout if self.training else 0.0)
         out = out.permute(2, 0, 1, 3).reshape(length, bs, -1) * u
         return self.projection(self.dw_conv(out, size_2d))
@@ -289,10 +298,11 @@ class LocalGatedPropagation(nn.Module):
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, u: torch.Tensor,
                 size_2d: tuple[int, int]) -> torch.Tensor:
-        """q, k: (H*W, B, d_att*heads); v, u: (H*W, B, expand_d_vu) -> (H*W, B, d_vu)."""
+        """q, k: (H*W, B, d_att*heads); v, u: (H*W, B, expand_d_vu) -> (H*W, B, d_vu). q and k may
+        have batch 1 for all B values (the weights are then computed once)."""
         length, n, _ = v.shape
         heads, area = self.num_head, self.window_size ** 2
-        bias = self.relative_emb_k(seq_to_2d(q, size_2d)).reshape(n * heads, area, length).transpose(1, 2)
+        bias = self.relative_emb_k(seq_to_2d(q, size_2d)).reshape(q.shape[1] * heads, area, length).transpose(1, 2)
         attn = local_attention_weights(_heads_first(q, heads) / self.T, _heads_first(k, heads), bias, size_2d,
                                        self.max_dis, self.dilation)
         attn = self.dropout(attn)

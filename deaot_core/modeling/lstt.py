@@ -101,10 +101,12 @@ class GPMBlock(nn.Module):
                 nn.init.xavier_uniform_(p)
 
     def memory_entry(self, curr: tuple, id_emb: torch.Tensor) -> Memory:
-        """(K, [V | ID_V]) of a frame from its ``curr`` features and identity embedding (L, B, C)."""
+        """(K, [V | ID_V]) of a frame from its ``curr`` features and identity embedding (L, B, C).
+        The visual ``curr`` may have batch 1 for B identity groups: K keeps batch 1."""
         key, value, id_value = curr
         id_input = id_emb if id_value is None else torch.cat([id_value, id_emb], dim=2)
-        return key, torch.cat([value, F.silu(self.linear_ID_V(id_input))], dim=-1)
+        id_part = F.silu(self.linear_ID_V(id_input))
+        return key, torch.cat([value.expand(-1, id_part.shape[1], -1), id_part], dim=-1)
 
     def forward(self, tgt: torch.Tensor, tgt_id: torch.Tensor | None, long_mem: Memory | None,
                 short_mem: Memory | None, id_emb: torch.Tensor | None, pos: torch.Tensor | None,

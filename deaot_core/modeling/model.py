@@ -68,14 +68,17 @@ class VOSModel(nn.Module):
         return seq_from_2d(emb)
 
     def propagate(self, feats: list[torch.Tensor], long_mems, short_mems, id_emb, pos):
-        """Run the propagation stack on the 16x embedding of ``feats`` (see ``Propagator``)."""
+        """Run the propagation stack on the 16x embedding of ``feats`` (see ``Propagator``). DeAOT
+        takes ``feats`` of batch 1 with ``id_emb`` / memory of batch B: B identity groups of one
+        frame sharing its visual branch."""
         size_2d = tuple(feats[-1].shape[-2:])
         return self.LSTT(seq_from_2d(feats[-1]), long_mems, short_mems, id_emb, pos, size_2d)
 
     def decode(self, outputs: list[torch.Tensor], feats: list[torch.Tensor]) -> torch.Tensor:
         """Propagated sequences + encoder features -> (B, max_objects+1, H/4, W/4) logits."""
         size_2d = tuple(feats[-1].shape[-2:])
-        inputs = [feats[-1]] + [seq_to_2d(out, size_2d) for out in outputs]
+        outputs = [seq_to_2d(out, size_2d) for out in outputs]
+        inputs = [feats[-1].expand(outputs[-1].shape[0], -1, -1, -1)] + outputs
         return self.decoder(inputs, feats)
 
     def one_hot(self, labels: torch.Tensor) -> torch.Tensor:
