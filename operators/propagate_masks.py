@@ -141,6 +141,9 @@ def _engine_inputs(ctx, inputs: types.Object) -> None:
         scales.error_message = str(err)
     inputs.bool("test_flip", default=False, label="Test-time flip",
                 description="Also run the mirrored video and average (as the official --flip; 2x the work)")
+    inputs.int("threads", required=False, min=1, label="CPU threads",
+               description="Threads for the network on the CPU (default: automatic, the cores other processes "
+                           "leave free, measured as it runs)")
 
 
 def _run_inputs(inputs: types.Object) -> None:

@@ -39,10 +39,14 @@ def file_problem(path, what: str = "video") -> str | None:
     return f"{what} file not found: {path}"
 
 
-class VideoReader:
-    """A decord-backed reader of one video file (RGB uint8 frames)."""
+DECODE_THREADS = 1  # decoding runs on a prefetch thread beside the network; more threads only compete with it
 
-    def __init__(self, path: str, num_threads: int = 0):
+
+class VideoReader:
+    """A decord-backed reader of one video file (RGB uint8 frames), decoded on ``num_threads``
+    threads (0: decord's automatic choice, one per core)."""
+
+    def __init__(self, path: str, num_threads: int = DECODE_THREADS):
         try:
             import decord
         except ImportError as err:  # pragma: no cover - decord is a requirement
