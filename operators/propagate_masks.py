@@ -230,7 +230,10 @@ class PropagateMasks(foo.Operator):
                                        progress=progress, options=options)
                 else:
                     summary = propagate(target_view(ctx), options=options, progress=progress)
-            except PropagationCancelled:
+            except PropagationCancelled as err:
+                if marked_failed():  # an error keeps the operation failed (FiftyOne 1.6 marks a return completed)
+                    raise PropagationCancelled("the delegated operation was marked failed: cancelled; no field was "
+                                               "changed") from err
                 return dict(status="cancelled", message="cancelled; no field was changed")
         ctx.trigger("reload_dataset")
         return _result(summary)

@@ -88,14 +88,17 @@ class SuggestKeyframes(foo.Operator):
 
     def execute(self, ctx):
         params = ctx.params
-        progress = throttled_progress(ctx, cancelled=DelegatedCancelCheck(
-            ctx.request_params.get("run_doc") if ctx.delegated else None))
+        marked_failed = DelegatedCancelCheck(ctx.request_params.get("run_doc") if ctx.delegated else None)
+        progress = throttled_progress(ctx, cancelled=marked_failed)
         try:
             summary = suggest_keyframes(target_view(ctx), params.get("output_field"),
                                         score_field=params.get("score_field") or None, top=_int(params, "top", 5),
                                         spacing=_int(params, "spacing", 3),
                                         scene_cuts=bool(params.get("scene_cuts", True)), progress=progress)
-        except SuggestionCancelled:
+        except SuggestionCancelled as err:
+            if marked_failed():  # an error keeps the operation failed (FiftyOne 1.6 marks a return completed)
+                raise SuggestionCancelled("the delegated operation was marked failed: cancelled; nothing was "
+                                          "written") from err
             return dict(status="cancelled", message="cancelled; nothing was written")
         ctx.trigger("reload_dataset")
         return dict(status="ok", suggestions=suggestion_lines(summary), **summary)
