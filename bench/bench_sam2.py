@@ -13,7 +13,8 @@ once as JPEG files (SAM 2's ``init_state`` reads a folder); every config reads t
 Each object is given by its mask on frame 0: ``add_new_mask`` for SAM 2, the label map of the
 first ``Tracker.step`` for DeAOT. Times are per propagated frame (frame 0, the prompted one, is
 left out): SAM 2's interval between ``propagate_in_video`` yields, DeAOT's ``step()``, both
-including the output label map on the CPU. ``steady`` is the mean over the second half of the
+including the output label map on the CPU. ``cpu_s_per_frame`` is the process's CPU time (all
+threads) per propagated frame: less sensitive than wall time to other jobs on a shared machine. ``steady`` is the mean over the second half of the
 frames, and never before frame 7, when SAM 2's memory bank (the prompt + the 6 most recent frames)
 has filled; DeAOT's cost per frame is flat (its memories have a fixed size with the default gap).
 
@@ -23,6 +24,7 @@ JSON line is appended to ``--jsonl`` as soon as it ends.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import platform
@@ -114,7 +116,7 @@ def time_sam2(model_name: str, folder: Path, label: np.ndarray, objects: int, de
         rss_after_init = rss_mb()
         for obj in range(1, objects + 1):
             predictor.add_new_mask(state, frame_idx=0, obj_id=obj, mask=torch.from_numpy(label == obj))
-        times, start = [], time.perf_counter()
+        times, start, cpu_start = [], time.perf_counter(), None
         for frame_idx, obj_ids, masks in predictor.propagate_in_video(state):
             _ = (masks[:, 0] > 0.0).cpu().numpy()  # per-object binary masks on the CPU, like Tracker.label
             if cuda:
@@ -122,8 +124,11 @@ def time_sam2(model_name: str, folder: Path, label: np.ndarray, objects: int, de
             now = time.perf_counter()
             if frame_idx > 0:
                 times.append(now - start)
+            else:
+                cpu_start = time.process_time()
             start = now
-    result = {"input": f"{predictor.image_size}x{predictor.image_size}", "memory_frames": predictor.num_maskmem,
+        cpu_s = time.process_time() - cpu_start
+    result = {"cpu_s_per_frame": cpu_s / len(times), "input": f"{predictor.image_size}x{predictor.image_size}", "memory_frames": predictor.num_maskmem,
               "rss_after_init_mb": rss_after_init, **summarise(times)}
     if cuda:
         result["gpu_max_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
@@ -141,18 +146,19 @@ def time_deaot(model_name: str, folder: Path, label: np.ndarray, frames: int, de
     cuda = tracker.device.type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    times = []
+    times, cpu_s = [], 0.0
     with torch.no_grad():
         for t in range(frames):
             frame = read_frame(folder, t)  # decoding stays outside the timer, as SAM 2 decodes in init_state
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             tracker.step(frame, label if t == 0 else None)
             _ = tracker.label  # (H, W) label map as a numpy array on the CPU
             if cuda:
                 torch.cuda.synchronize()
             if t > 0:
                 times.append(time.perf_counter() - start)
-    result = {"input": "x".join(map(str, tracker.input_size)), **summarise(times)}
+                cpu_s += time.process_time() - cpu_start
+    result = {"cpu_s_per_frame": cpu_s / len(times), "input": "x".join(map(str, tracker.input_size)), **summarise(times)}
     if cuda:
         result["gpu_max_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
     return result
@@ -181,7 +187,7 @@ def run_one(args: argparse.Namespace) -> None:
 
 def check_sam2() -> None:
     try:
-        import sam2.build_sam  # noqa: F401
+        importlib.import_module("sam2.build_sam")
     except Exception as error:  # ImportError, or hydra/omegaconf missing underneath
         sys.exit(SETUP_HELP.format(error=f"{type(error).__name__}: {error}"))
 
@@ -255,27 +261,38 @@ def main() -> None:
     finish(rows, args.plot)
 
 
-def ratios(rows: list[dict]) -> dict[tuple[int, str, str], float]:
-    """(objects, device, precision) -> DeAOTT steady ms/frame, the denominator of the ratios."""
-    return {(r["objects"], r["device"], r["precision"]): r["ms_per_frame_steady"]
-            for r in rows if r.get("model") == "DeAOTT" and "error" not in r}
+def deaott_reference(row: dict, rows: list[dict]) -> dict | None:
+    """The DeAOTT row with the same objects, device and precision measured closest in time to ``row``."""
+    same = [r for r in rows if r.get("model") == "DeAOTT" and "error" not in r
+            and (r["objects"], r["device"], r["precision"]) == (row["objects"], row["device"], row["precision"])]
+    when = time.mktime(time.strptime(row["measured"], "%Y-%m-%dT%H:%M:%S")) if "measured" in row else 0
+    return min(same, key=lambda r: abs(time.mktime(time.strptime(r.get("measured", row.get("measured")),
+                                                                 "%Y-%m-%dT%H:%M:%S")) - when), default=None)
+
+
+def latest(rows: list[dict]) -> list[dict]:
+    """The last finished row per (model, objects)."""
+    out = {(r["model"], r["objects"]): r for r in rows if "error" not in r}
+    return list(out.values())
 
 
 def finish(rows: list[dict], plot: str | None) -> None:
     """Print the Markdown table (and draw the plot) of finished rows."""
-    base = ratios(rows)
     print("\n| model | objects | frames | device | precision | network input | ms/frame (frames 1..T-1) | "
-          "ms/frame steady (2nd half) | steady / DeAOTT | peak RSS MB | GPU max alloc MB |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "ms/frame steady (2nd half) | steady / DeAOTT (nearest run in time) | CPU s/frame | CPU / DeAOTT | peak RSS MB | GPU max alloc MB |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         if "error" in r:
             print(f"| {r['model']} | {r['objects']} | failed: {' '.join(r['error'])[-200:]} |")
             continue
-        deaott = base.get((r["objects"], r["device"], r["precision"]))
-        ratio = f"{r['ms_per_frame_steady'] / deaott:.1f}x" if deaott else "-"
+        deaott = deaott_reference(r, rows)
+        ratio = f"{r['ms_per_frame_steady'] / deaott['ms_per_frame_steady']:.1f}x" if deaott else "-"
         gpu = f"{r['gpu_max_allocated_mb']:.0f}" if "gpu_max_allocated_mb" in r else "-"
+        cpu = f"{r['cpu_s_per_frame']:.1f}" if "cpu_s_per_frame" in r else "-"
+        cpu_ratio = (f"{r['cpu_s_per_frame'] / deaott['cpu_s_per_frame']:.1f}x"
+                     if deaott and "cpu_s_per_frame" in r and "cpu_s_per_frame" in deaott else "-")
         print(f"| {r['model']} | {r['objects']} | {r['frames']} | {r['device']} | {r['precision']} | {r['input']} | "
-              f"{r['ms_per_frame']:.0f} | {r['ms_per_frame_steady']:.0f} | {ratio} | {r['peak_rss_mb']:.0f} | {gpu} |")
+              f"{r['ms_per_frame']:.0f} | {r['ms_per_frame_steady']:.0f} | {ratio} | {cpu} | {cpu_ratio} | {r['peak_rss_mb']:.0f} | {gpu} |")
     if plot:
         draw(rows, plot)
 
@@ -289,7 +306,7 @@ def draw(rows: list[dict], path: str) -> None:
     except ImportError:
         print("matplotlib is not installed: no plot", file=sys.stderr)
         return
-    rows = [r for r in rows if "error" not in r]
+    rows = latest(rows)
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     fewest = min(r["objects"] for r in rows)
     for model in dict.fromkeys(r["model"] for r in rows):
@@ -300,7 +317,9 @@ def draw(rows: list[dict], path: str) -> None:
         if first:
             right.plot(range(1, len(first["ms_frames"]) + 1), [m / 1000 for m in first["ms_frames"]], style,
                        label=f"{model}, {fewest} object{'s' if fewest > 1 else ''}")
-    left.set(xlabel="objects", ylabel="s per frame (steady state)", yscale="log",
+    objects = sorted({r["objects"] for r in rows})
+    left.set(xlabel="objects", ylabel="s per frame (steady state)", yscale="log", xscale="log", xticks=objects,
+             xticklabels=[str(n) for n in objects],
              title=f"{rows[0]['device']} {rows[0]['precision']}, {rows[0]['size']}, {rows[0]['threads']} threads")
     right.axvline(7, color="grey", lw=0.8, ls=":")
     right.set(xlabel="frame", ylabel="s per frame", yscale="log", title="per frame (SAM 2's bank fills by frame 7)")
