@@ -1,7 +1,7 @@
 """Train or fine-tune an AOT / DeAOT model on synthetic clips or any clip source handed to it.
 
     python -m deaot_core.train --model DeAOTT --data synthetic --minutes 45 --out runs/deaott_synthetic \\
-        --seed 0 --threads 2 --id-shuffle 0.5 --half --export checkpoints/deaot_t_synthetic.pth
+        --seed 0 --threads 2 --half --export checkpoints/deaot_t_synthetic.pth
 
 :func:`train` / :class:`Trainer` take any indexable clip source (item i -> ``Clip``, a function of
 (seed, i)); a FiftyOne dataset is one, built by the FiftyOne side (same options):
@@ -16,6 +16,9 @@ official static pre-training stage (weight decay 0.03, memory always written wit
 ground-truth identities, frozen-BN statistics calibrated on the first batch); fine-tuning
 (``--init``) = the main stage (weight decay 0.07, encoder LR x0.1, memory written with the
 model's own predictions and the ID bank frozen from ``--seq-training-start`` = 0.5 on).
+Every identity slot is trained: synthetic clips have ``--objects`` 2-10 objects and each
+sample's objects sit in a random subset of the ``max_objects`` slots (``--id-shuffle`` 1; the
+stage 1-4 recipe of the demo checkpoint was ``--objects 2-5 --id-shuffle 0``).
 
 With ``--minutes`` the schedules run on the fraction of the time budget used (so a run
 always ends with a fully decayed LR, however fast the machine is); with ``--steps`` on the
@@ -95,7 +98,8 @@ class TrainConfig:
     threads: int | None = None
     long_term_gap: int | None = None
     static_prob: float = 0.0
-    id_shuffle: float = 0.0  # probability that a sample's objects move to random ID slots
+    id_shuffle: float = 1.0  # probability that a sample's objects move to random ID slots (stages 1-4: 0)
+    objects: tuple[int, int] = (2, 10)  # synthetic data: objects per clip, uniform in this range (stages 1-4: 2-5)
     background_dir: str | None = None
     clip_options: dict[str, float] = field(default_factory=dict)  # synthetic data: ClipOptions overrides
     max_gap: int = 3
@@ -251,25 +255,36 @@ def default_workers(device: torch.device) -> int:
     return max(0, min(16, (os.cpu_count() or 1) - 2))
 
 
-def clip_options(overrides: dict[str, float]) -> ClipOptions:
-    """``ClipOptions`` with scalar fields overridden (e.g. {"camouflage_prob": 0.5})."""
+def clip_options(overrides: dict[str, float], objects: tuple[int, int] | None = None) -> ClipOptions:
+    """``ClipOptions`` with ``objects`` = (min, max) objects per clip, then scalar fields
+    overridden (e.g. {"camouflage_prob": 0.5}; a ``min_objects`` / ``max_objects`` there wins)."""
     scalars = {f.name: f.type for f in dataclasses.fields(ClipOptions) if f.type in ("int", "float")}
     unknown = sorted(set(overrides) - set(scalars))
     if unknown:
         raise ValueError(f"unknown synthetic clip option(s) {unknown}; options: {sorted(scalars)}")
-    return ClipOptions(**{k: int(v) if scalars[k] == "int" else float(v) for k, v in overrides.items()})
+    values = {} if objects is None else {"min_objects": int(objects[0]), "max_objects": int(objects[1])}
+    values.update({k: int(v) if scalars[k] == "int" else float(v) for k, v in overrides.items()})
+    options = ClipOptions(**values)
+    if not 1 <= options.min_objects <= options.max_objects:
+        raise ValueError(f"objects per clip must be 1 <= min <= max, got {options.min_objects}-{options.max_objects}")
+    return options
 
 
 def build_source(cfg: TrainConfig, max_objects: int = 10, base=None) -> ClipSource:
     """The training clips: ``base`` (any indexable clip source: item i -> ``Clip``, a function of
     (seed, i), e.g. the FiftyOne side's training source) or, when it is None, the source named by
-    ``cfg.data`` (``synthetic``); renumbered, ID-shuffled and augmented by :class:`ClipSource`."""
+    ``cfg.data`` (``synthetic``, ``cfg.objects`` objects per clip); renumbered, ID-shuffled and
+    augmented by :class:`ClipSource`."""
     if base is None:
         if cfg.data != "synthetic":
             raise ValueError(f"unknown --data {cfg.data!r}: deaot_core.train makes 'synthetic' clips; for a FiftyOne "
                              f"dataset run `python -m deaot_vos train --data fiftyone:<dataset>:<field> ...`")
+        options = clip_options(cfg.clip_options, cfg.objects)
+        if options.max_objects > max_objects:
+            raise ValueError(f"--objects {options.min_objects}-{options.max_objects}: a training sample holds at most "
+                             f"{max_objects} objects (the model's identity slots)")
         base = SyntheticVOS(length=2 ** 62, seed=cfg.seed, num_frames=cfg.seq_len, height=cfg.height,
-                            width=cfg.width, options=clip_options(cfg.clip_options), static_prob=cfg.static_prob,
+                            width=cfg.width, options=options, static_prob=cfg.static_prob,
                             background_dir=cfg.background_dir)
     return ClipSource(base, cfg.seed, augment=True, max_objects=max_objects, id_shuffle=cfg.id_shuffle)
 
@@ -442,13 +457,22 @@ class Trainer:
         return save_checkpoint(self.model, self.out / "last.pth", extra=extra)
 
     def save_final(self) -> Path:
+        return self._save_weights(self.out / "final.pth", self.cfg.export)
+
+    def save_snapshot(self) -> Path:
+        """``snapshot.pth``: the weights ``final.pth`` would hold if training ended now (EMA
+        unless ``--final-weights raw``; fp16 with ``--half``), written when a run stops early so
+        that each leg can be benchmarked. Replaced by the next stop."""
+        return self._save_weights(self.out / "snapshot.pth")
+
+    def _save_weights(self, path: Path, export: str | None = None) -> Path:
         extra = {"step": self.step, "train_config": dataclasses.asdict(self.cfg),
                  "weights": "ema" if self.ema is not None and self.cfg.final_weights == "ema" else "raw"}
         ctx = self.ema.applied(self.model) if extra["weights"] == "ema" else contextlib.nullcontext()
         with ctx:
-            path = save_checkpoint(self.model, self.out / "final.pth", extra=extra, half=self.cfg.half)
-            if self.cfg.export:
-                save_checkpoint(self.model, self.cfg.export, extra=extra, half=self.cfg.half)
+            save_checkpoint(self.model, path, extra=extra, half=self.cfg.half)
+            if export:
+                save_checkpoint(self.model, export, extra=extra, half=self.cfg.half)
         return path
 
     # -- loop -------------------------------------------------------------------------------------
@@ -592,6 +616,7 @@ class Trainer:
             self.records.append(self._record(window, step_times))
         self.save_last()
         if self.progress() < 1.0:
+            self.save_snapshot()
             self.write_log()
             return None
         final = self.save_final()
@@ -630,7 +655,7 @@ class Trainer:
 def train(cfg: TrainConfig, source=None) -> dict | None:
     """Run a training described by ``cfg`` (on ``source``, any indexable clip source, when given);
     returns the summary, or None when it stopped at ``cfg.stop_at_step`` (``last.pth`` saved: the
-    same command continues it)."""
+    same command continues it; ``snapshot.pth``: the weights so far, to benchmark the leg)."""
     return Trainer(cfg, source).run(until_step=cfg.stop_at_step)
 
 
@@ -641,6 +666,17 @@ def _size(text: str) -> tuple[int, int]:
     except ValueError:
         raise argparse.ArgumentTypeError(f"size must be HxW, e.g. 225x225, got {text!r}") from None
     return h, w
+
+
+def _object_range(text: str) -> tuple[int, int]:
+    lo, sep, hi = text.partition("-")
+    try:
+        low, high = int(lo), int(hi if sep else lo)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"objects must be MIN-MAX (e.g. 2-10) or one number, got {text!r}") from None
+    if not 1 <= low <= high:
+        raise argparse.ArgumentTypeError(f"objects must satisfy 1 <= MIN <= MAX, got {text!r}")
+    return low, high
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -693,7 +729,11 @@ def add_train_arguments(p: argparse.ArgumentParser, data_help: str, data_default
     p.add_argument("--clip-option", action="append", default=[], metavar="NAME=VALUE",
                    help="synthetic data: override a scalar ClipOptions field, e.g. camouflage_prob=0.5 (repeatable)")
     p.add_argument("--id-shuffle", type=float, default=d.id_shuffle,
-                   help="probability that a sample's objects use random ID-bank slots (official: always)")
+                   help="probability that a sample's objects use random ID-bank slots (official: always; "
+                        "the demo checkpoint's stages 1-4: 0)")
+    p.add_argument("--objects", type=_object_range, default=d.objects, metavar="MIN-MAX",
+                   help="synthetic data: objects per clip, uniform in MIN..MAX (at most the model's identity "
+                        "slots; the demo checkpoint's stages 1-4: 2-5)")
     p.add_argument("--max-gap", type=int, default=d.max_gap, help="FiftyOne data: max gap between sampled frames")
     p.add_argument("--half", action="store_true", help="save final.pth in fp16")
     p.add_argument("--export", help="also write the final weights to this file (e.g. checkpoints/deaot_t_synthetic.pth)")
@@ -748,7 +788,8 @@ def train_and_print(cfg: TrainConfig, source=None) -> int:
     """Run :func:`train` and print its summary (or where it stopped) as JSON; returns exit status 0."""
     summary = train(cfg, source)
     if summary is None:
-        summary = {"stopped_at_step": cfg.stop_at_step, "last": str(Path(cfg.out) / "last.pth")}
+        summary = {"stopped_at_step": cfg.stop_at_step, "last": str(Path(cfg.out) / "last.pth"),
+                   "snapshot": str(Path(cfg.out) / "snapshot.pth")}
     print(json.dumps(summary, indent=1))
     return 0
 
