@@ -298,7 +298,7 @@ def finish(rows: list[dict], plot: str | None) -> None:
 
 
 def draw(rows: list[dict], path: str) -> None:
-    """Left: steady ms/frame against objects per model; right: ms per frame index at the fewest objects."""
+    """Steady wall time and CPU time per frame against objects per model; time per frame index at the fewest objects."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -307,12 +307,14 @@ def draw(rows: list[dict], path: str) -> None:
         print("matplotlib is not installed: no plot", file=sys.stderr)
         return
     rows = latest(rows)
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, (left, middle, right) = plt.subplots(1, 3, figsize=(17, 4.5))
     fewest = min(r["objects"] for r in rows)
     for model in dict.fromkeys(r["model"] for r in rows):
         mine = sorted((r for r in rows if r["model"] == model), key=lambda r: r["objects"])
         style = "--" if model in DEAOT_MODELS else "-"
         left.plot([r["objects"] for r in mine], [r["ms_per_frame_steady"] / 1000 for r in mine], style + "o", label=model)
+        timed = [r for r in mine if "cpu_s_per_frame" in r]
+        middle.plot([r["objects"] for r in timed], [r["cpu_s_per_frame"] for r in timed], style + "o", label=model)
         first = next((r for r in mine if r["objects"] == fewest), None)
         if first:
             right.plot(range(1, len(first["ms_frames"]) + 1), [m / 1000 for m in first["ms_frames"]], style,
@@ -321,9 +323,11 @@ def draw(rows: list[dict], path: str) -> None:
     left.set(xlabel="objects", ylabel="s per frame (steady state)", yscale="log", xscale="log", xticks=objects,
              xticklabels=[str(n) for n in objects],
              title=f"{rows[0]['device']} {rows[0]['precision']}, {rows[0]['size']}, {rows[0]['threads']} threads")
+    middle.set(xlabel="objects", ylabel="CPU s per frame (all threads)", yscale="log", xscale="log",
+               xticks=objects, xticklabels=[str(n) for n in objects], title="CPU time (robust to other jobs)")
     right.axvline(7, color="grey", lw=0.8, ls=":")
     right.set(xlabel="frame", ylabel="s per frame", yscale="log", title="per frame (SAM 2's bank fills by frame 7)")
-    for axis in (left, right):
+    for axis in (left, middle, right):
         axis.grid(alpha=0.3, which="both")
         axis.legend(fontsize=8)
     fig.tight_layout()
