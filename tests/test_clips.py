@@ -246,3 +246,35 @@ def test_a_failing_clip_keeps_its_frames_and_the_other_clip_is_written(dataset, 
     assert written == set(range(4, 9)), "only the first clip's frames; the failed clip's staged frames are gone"
     assert set(ds.values("frames.frame_number")[0]) == numbers_before | {4, 5, 7, 8}, \
         "frames created for the failed clip are deleted, the first clip's are kept"
+
+
+def test_cli_runs_on_clips_and_saved_views(dataset):
+    """``deaot-vos propagate --clips FIELD`` writes what the function writes on the clip view;
+    ``--view`` takes a saved view; an unknown saved view is named (exit 2, nothing written)."""
+    import os
+    import subprocess
+    import sys
+
+    import fiftyone as fo
+
+    import deaot_vos
+
+    ds = dataset
+    ds.persistent = True
+    try:
+        ds.save_view("kf-videos", ds.match_frames(fo.ViewField("kf") != None))  # noqa: E711
+        command = [sys.executable, "-m", "deaot_vos", "propagate", "--dataset", ds.name, "--keyframes-field", "kf",
+                   "--device", "cpu", "--model", "DeAOTT"]
+        env = dict(os.environ, OMP_NUM_THREADS="1")
+        missing = subprocess.run(command + ["--output-field", "cli", "--view", "nope"], env=env, capture_output=True,
+                                 text=True, timeout=300)
+        assert missing.returncode == 2 and "no saved view 'nope'" in missing.stderr and "kf-videos" in missing.stderr
+        done = subprocess.run(command + ["--output-field", "cli", "--view", "kf-videos", "--clips", "events"], env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        deaot_vos.propagate(ds.to_clips("events"), "kf", "fn", device="cpu", model="DeAOTT")
+        cli, fn = _field(ds, "cli"), _field(ds, "fn")
+        assert sorted(n for n, v in cli.items() if v is not None) == [n for a, b in CLIPS for n in range(a, b + 1)]
+        assert _all_masks(cli) == _all_masks(fn)
+    finally:
+        ds.persistent = False

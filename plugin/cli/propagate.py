@@ -22,6 +22,11 @@ def add_parser(sub) -> None:
     p.add_argument("--dataset", required=True, help="FiftyOne dataset name")
     PropagationOptions.add_arguments(p)
     p.add_argument("--sample-id", action="append", default=None, help="only this sample (repeatable)")
+    p.add_argument("--view", default=None, metavar="NAME",
+                   help="run on this saved view of the dataset (e.g. a filter_labels or clips view)")
+    p.add_argument("--clips", default=None, metavar="FIELD",
+                   help="run on the clips of this field (dataset.to_clips(FIELD), e.g. a TemporalDetections "
+                        "field): each clip propagates within its own frames, only they are written")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--queue", action="store_true",
                    help="do not run: queue delegated operations (one per --videos-per-task videos) for "
@@ -35,6 +40,11 @@ def run_propagate(args) -> int:
     if loaded is None:
         return 2
     dataset, view = loaded
+    try:
+        view = _narrow(dataset, view, args)
+    except ValueError as err:
+        print(error_line(err), file=sys.stderr)
+        return 2
     if args.queue:
         return _queue(view, args)
     bar, show = tqdm_progress()
@@ -72,6 +82,22 @@ def run_propagate(args) -> int:
             print(f"  {failure['filepath']}: {failure['error']}", file=sys.stderr)
         return 3
     return 0
+
+
+def _narrow(dataset, view, args):
+    """``view`` narrowed by ``--view`` (a saved view, then ``--sample-id``) and ``--clips``."""
+    if args.view:
+        if args.view not in dataset.list_saved_views():
+            raise ValueError(f"dataset '{dataset.name}' has no saved view '{args.view}' "
+                             f"(saved views: {', '.join(dataset.list_saved_views()) or 'none'})")
+        view = dataset.load_saved_view(args.view)
+        if args.sample_id:
+            view = view.select(args.sample_id)
+    if args.clips:
+        if args.queue:
+            raise ValueError("--queue runs whole videos; run a clips view (--clips) without --queue")
+        view = view.to_clips(args.clips)
+    return view
 
 
 def _queue(view, args) -> int:
