@@ -6,6 +6,9 @@ stops, leaves a snapshot and resumes."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -141,3 +144,28 @@ def test_two_steps_from_the_shipped_checkpoint_stop_and_resume(tmp_path, capsys)
     assert any(s >= 6 for s in used), used  # seed 11's first sample uses a slot the shipped weights never trained
     assert all(changed[s] > 5e-6 for s in used), (used, changed)
     assert all(changed[s] < 1e-7 for s in set(range(6, 11)) - used), (used, changed)
+
+
+def test_gpu_slots_script_runs_end_to_end_on_the_cpu(tmp_path):
+    """bench/gpu_train_slots.sh is what a session with a lent GPU runs for issue 18 (its device time
+    is scarce): with tiny values on the CPU it trains the all-slots recipe from the shipped
+    checkpoint, exports, scores both checkpoints on a many-object set and on the real clips, and
+    leaves only the small files in OUT."""
+    out = tmp_path / "out"
+    env = dict(os.environ, PY=sys.executable, DEVICE="cpu", MINUTES="0.01", SIZE="65x65", BATCH="1", SEQ="3",
+               OBJECTS="2-4", WORKERS="0", CLIPS="1", FRAMES="3", SETS="6-10", REAL_FRAMES="2", OUT=str(out))
+    done = subprocess.run(["bash", str(REPO / "bench" / "gpu_train_slots.sh")], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "deaot_t_synthetic_slots.pth", "loss_curve.png", "real_clips_slots.json", "synthetic_jf_slots.json",
+        "train_log.json"]
+    assert json.loads((out / "train_log.json").read_text())["config"]["objects"] == [2, 4]
+    names = {"checkpoint:checkpoints/deaot_t_synthetic.pth", f"checkpoint:{out}/deaot_t_synthetic_slots.pth"}
+    jf = json.loads((out / "synthetic_jf_slots.json").read_text())
+    assert set(jf["by_objects"]) == {"6-10"} and names <= set(jf["by_objects"]["6-10"])
+    assert all(6 <= k <= 10 for k in jf["setup"]["objects_sets"]["6-10"]["objects_per_clip"])
+    real = json.loads((out / "real_clips_slots.json").read_text())["results"]
+    assert set(real) == names and all(r["total"]["objects"] == 87 and set(r["total"]["kept"]) == {"1"}
+                                      for r in real.values())
+    assert done.stdout.count("J&F objects 6-10") == 3 and done.stdout.count("real clips") == 2
