@@ -91,7 +91,9 @@ def resolve_path(path_or_url: str | os.PathLike, sha256: str | None = None,
 
 def load_checkpoint(model: nn.Module, path_or_url: str | os.PathLike, sha256: str | None = None,
                     timeout: float | None = None) -> nn.Module:
-    """Load an official (or our) checkpoint strictly into ``model``; returns the model.
+    """Load an official (or our) checkpoint strictly into ``model``; returns the model, with
+    ``model.identity_slots`` set from the file (the identity slots per group its training used;
+    None: all of them, as for the official weights).
 
     Accepts a plain state dict or one under 'state_dict' / 'model', with an optional 'module.'
     prefix. Raises ``CheckpointError`` naming the expected model and what did not match. A URL
@@ -126,6 +128,9 @@ def load_checkpoint(model: nn.Module, path_or_url: str | os.PathLike, sha256: st
                               f"e.g. {key} is {got}, expected {want}")
     converted = {k: (v.to(expected[k].dtype) if v.is_floating_point() else v) for k, v in state.items()}
     model.load_state_dict(converted, strict=True)
+    # the identity slots the weights were trained to use (our trainer records it; official: all)
+    slots = obj.get("identity_slots") if isinstance(obj, Mapping) else None
+    model.identity_slots = int(slots) if isinstance(slots, int) and not isinstance(slots, bool) and slots > 0 else None
     return model
 
 

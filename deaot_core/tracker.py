@@ -83,6 +83,7 @@ class TrackerOptions:
     test_flip: bool = False
     threads: int | None = None
     batch_groups: bool | None = None
+    group_size: int | None = None
 
     def __post_init__(self) -> None:
         check_precision(self.precision)
@@ -91,6 +92,7 @@ class TrackerOptions:
             max_long_term_frames=_optional_int("max_long_term_frames", self.max_long_term_frames, 1),
             short_term_skip=_optional_int("short_term_skip", self.short_term_skip, 1),
             threads=_optional_int("threads", self.threads, 1),
+            group_size=_optional_int("group_size", self.group_size, 1),
             max_short_edge=_optional_edge("max_short_edge", self.max_short_edge),
             max_long_edge=_optional_edge("max_long_edge", self.max_long_edge),
             channels_last=None if self.channels_last is None else bool(self.channels_last),
@@ -196,7 +198,7 @@ class _View:
 class Tracker:
     """Propagates object masks through a video, one frame per ``step``.
 
-    Objects are ids 1..K in (H, W) label maps; any K (groups of ``model.max_objects`` identities
+    Objects are ids 1..K in (H, W) label maps; any K (groups of ``group_size`` identities
     run through the same network and are merged). The first ``step`` needs a mask; a mask on a
     later frame adds the objects that appear there and is authoritative for the ids it gives
     (``step``'s ``objects``). For a whole video with the caller's own ids, see
@@ -232,6 +234,10 @@ class Tracker:
             the same results to float rounding. Groups added later by a new object start their own
             batch. None (default): on for CUDA, off on the CPU, where the batch's larger
             intermediates cost more memory traffic than the batching saves (BENCHMARKS.md).
+        group_size: identities per group (at most the model's ``max_objects``, 10). None
+            (default): the checkpoint's ``identity_slots`` (the slots its training used, e.g. 5 for
+            the shipped demo weights, whose slots 6-10 are untrained) or ``max_objects``. Smaller
+            groups mean more groups: the work per frame grows with their number.
         threads: CPU threads for torch inside ``step``. None (default): automatic, the cores
             this process may use less those other processes keep busy, measured again every half
             second (:class:`deaot_core.ThreadGovernor`); a number fixes it. Results do not depend
@@ -269,6 +275,10 @@ class Tracker:
         self.test_scales, self.test_flip = options.test_scales, options.test_flip
         self.threads = ThreadGovernor(options.threads)
         self.batch_groups = options.batch_groups if options.batch_groups is not None else self.device.type == "cuda"
+        self.group_size = int(options.group_size or getattr(model, "identity_slots", None) or self.cfg.max_objects)
+        if not 1 <= self.group_size <= self.cfg.max_objects:
+            raise ValueError(f"group_size must be 1..{self.cfg.max_objects} (the model's identity slots), "
+                             f"got {self.group_size}")
         self._mean = torch.tensor(IMAGE_MEAN, device=self.device).view(1, 3, 1, 1)
         self._std = torch.tensor(IMAGE_STD, device=self.device).view(1, 3, 1, 1)
         self.reset()
@@ -392,7 +402,7 @@ class Tracker:
 
     def _split(self, view: _View, label: torch.Tensor) -> list[tuple[torch.Tensor, int]]:
         """Per group: (labels with ids 1..max_objects, object count), as the official engine."""
-        per_group = self.cfg.max_objects
+        per_group = self.group_size
         parts = []
         for g in range(sum(view.sizes)):
             start = g * per_group
@@ -410,7 +420,7 @@ class Tracker:
         return [f.expand(size, -1, -1, -1).contiguous(memory_format=self.memory_format) for f in feats]
 
     def _add_reference(self, view: _View, feats, label: torch.Tensor) -> None:
-        missing = max(1, math.ceil(self.num_objects / self.cfg.max_objects)) - sum(view.sizes)
+        missing = max(1, math.ceil(self.num_objects / self.group_size)) - sum(view.sizes)
         if missing > 0:  # new groups: one batch (or one engine each, as the official engine)
             for size in [missing] if self.batch_groups else [1] * missing:
                 view.groups.append(GroupEngine(self.model, self.long_term_gap, self.short_term_skip,
@@ -433,7 +443,7 @@ class Tracker:
                 low = torch.flip(low, dims=[3])
             high = F.interpolate(low, size=self.frame_size, mode="bilinear", align_corners=self.cfg.align_corners)
             logits.extend(high.split(1))
-        return torch.softmax(merge_groups(logits, self.cfg.max_objects), dim=1)[0]
+        return torch.softmax(merge_groups(logits, self.group_size), dim=1)[0]
 
     @staticmethod
     def _argmax(probs: torch.Tensor) -> torch.Tensor:

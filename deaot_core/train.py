@@ -466,7 +466,9 @@ class Trainer:
         return self._save_weights(self.out / "snapshot.pth")
 
     def _save_weights(self, path: Path, export: str | None = None) -> Path:
-        extra = {"step": self.step, "train_config": dataclasses.asdict(self.cfg),
+        slots = self.model.cfg.max_objects if self.cfg.id_shuffle > 0 else min(self.cfg.objects[1],
+                                                                               self.model.cfg.max_objects)
+        extra = {"step": self.step, "train_config": dataclasses.asdict(self.cfg), "identity_slots": slots,
                  "weights": "ema" if self.ema is not None and self.cfg.final_weights == "ema" else "raw"}
         ctx = self.ema.applied(self.model) if extra["weights"] == "ema" else contextlib.nullcontext()
         with ctx:

@@ -529,3 +529,22 @@ def test_compiled_tracker_matches_eager(deaott):
     for t, frame in enumerate(frames[:2]):
         mask = labels[0] if t == 0 else None
         torch.testing.assert_close(compiled.step(frame, mask), eager.step(frame, mask), atol=1e-4, rtol=1e-4)
+
+
+def test_group_size_comes_from_the_checkpoint_or_the_option(deaott, tmp_path):
+    """A checkpoint trained on slots 1-5 (``identity_slots``) runs groups of 5; the option wins;
+    official-style files (no key) use all ``max_objects`` slots."""
+    frames, labels = _clip(t=2, h=97, w=129, objects=7)
+    path = deaot_core.save_checkpoint(deaott, tmp_path / "five.pth", extra={"identity_slots": 5})
+    model = deaot_core.load_checkpoint(deaot_core.build_model("DeAOTT"), path)
+    assert model.identity_slots == 5
+    for tracker, sizes in ((deaot_core.Tracker(model, batch_groups=False), [[5], [2]]),
+                           (deaot_core.Tracker(model, group_size=10), [[7]]),
+                           (deaot_core.Tracker(deaot_core.load_checkpoint(
+                               deaot_core.build_model("DeAOTT"), deaot_core.save_checkpoint(deaott, tmp_path / "all.pth"))),
+                            [[7]])):
+        tracker.step(frames[0], labels[0])
+        assert [g.num_objects for g in tracker.groups] == sizes
+        assert tracker.step(frames[1]).shape == (8, 97, 129)
+    with pytest.raises(ValueError, match="group_size"):
+        deaot_core.Tracker(model, group_size=11)
