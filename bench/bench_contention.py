@@ -80,7 +80,7 @@ def measure(part: str, threads: str, busy: bool, args) -> dict:
     try:
         command = [sys.executable, __file__, "--child", part, "--threads", threads, "--frames", str(args.frames)]
         out = subprocess.run(command, check=True, capture_output=True, text=True,
-                             env=dict(os.environ, FIFTYONE_DO_NOT_TRACK="true")).stdout
+                             env=dict(os.environ, FIFTYONE_DO_NOT_TRACK="true", DEAOT_OFFLINE="1")).stdout
     finally:
         if busy_loop is not None:
             busy_loop.kill()
