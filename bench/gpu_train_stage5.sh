@@ -10,7 +10,8 @@
 # Knobs (environment): MINUTES (training time budget, 5), SIZE (crop, 225x225), BATCH (16),
 # SEQ (frames per sample, 8), WORKERS (data processes, cores - 2), CLIPS (held-out clips, 20),
 # FRAMES (per held-out clip, 40), DEVICE (cuda), PY (python3), INIT (checkpoints/deaot_t_synthetic.pth,
-# stage 4). tests/test_train.py runs it on the CPU with tiny values.
+# stage 4). The stage-4 recipe (2-5 objects, slots 1-5; for all ten slots see bench/gpu_train_slots.sh).
+# tests/test_train.py runs it on the CPU with tiny values.
 # A CPU dry run of the whole script:  PY=.venv/bin/python DEVICE=cpu MINUTES=0.2 SIZE=65x65 \
 #   BATCH=1 SEQ=3 WORKERS=1 CLIPS=2 OUT=/tmp/s5 bash bench/gpu_train_stage5.sh
 set -euo pipefail
@@ -38,7 +39,7 @@ command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,dri
 # on CUDA, with the crop, batch and sequence length a GPU affords; the LR and EMA schedules
 # follow the time budget.
 "$PY" -m deaot_core.train --model DeAOTT --data synthetic --init "$INIT" --encoder-lr-ratio 1.0 \
-    --seq-len "$SEQ" --seq-training-start 0 --size "$SIZE" --batch-size "$BATCH" --minutes "$MINUTES" \
+    --seq-len "$SEQ" --seq-training-start 0 --objects 2-5 --id-shuffle 0 --size "$SIZE" --batch-size "$BATCH" --minutes "$MINUTES" \
     --device "$DEVICE" --workers "$WORKERS" --seed 5 --half --no-progress --log-every 20 \
     --out "$RUN" --export "$OUT/deaot_t_synthetic_stage5.pth"
 cp "$RUN/train_log.json" "$OUT/train_log.json"
