@@ -11,7 +11,7 @@ import fiftyone.operators.types as types
 from deaot_vos.propagation import DEFAULT_OUTPUT, DelegatedCancelCheck
 from deaot_vos.review import SuggestionCancelled, check_suggestion, default_score_field, suggest_keyframes
 
-from .common import delegation_param, dropdown, target_input, target_view, throttled_progress
+from .common import delegation_param, dropdown, target_view, throttled_progress, video_target_notice
 
 
 def detections_fields(dataset) -> list[str]:
@@ -79,10 +79,7 @@ class SuggestKeyframes(foo.Operator):
     def resolve_input(self, ctx):
         inputs = types.Object()
         form = types.View(label="Where to label next")
-        if ctx.dataset is None or ctx.dataset.media_type != fo.core.media.VIDEO:
-            inputs.view("not_video", types.Error(label="This operator needs a video dataset"))
-        else:
-            target_input(ctx, inputs, "Scores")
+        if video_target_notice(ctx, inputs, "Scores"):
             _form(ctx, inputs)
         return types.Property(inputs, view=form)
 
