@@ -112,7 +112,7 @@ class GroupEngine:
             self.long_mems = None
 
     def identity_embedding(self, labels: torch.Tensor) -> torch.Tensor:
-        return self.model.identity_embedding(self.model.one_hot(labels))
+        return self.model.label_embedding(labels)
 
     # -- steps ----------------------------------------------------------------------------------
     def add_reference(self, feats: list[torch.Tensor], labels: torch.Tensor, num_objects: list[int],

@@ -230,10 +230,12 @@ class Tracker:
             its own prediction; the output is the mean of the views' probabilities. Costs one
             full pass (and one memory) per view. Default: one view, scale 1, no flip.
         batch_groups: run the identity groups created on the same frame (e.g. 44 objects: 5 groups
-            of 10) as one batch through propagation and decoding instead of one after the other;
-            the same results to float rounding. Groups added later by a new object start their own
-            batch. None (default): on for CUDA, off on the CPU, where the batch's larger
-            intermediates cost more memory traffic than the batching saves (BENCHMARKS.md).
+            of 10) as one batch instead of one after the other: what they share (DeAOT's visual
+            branch: the first layer's attention weights, memory keys, the decoder's shortcuts; the
+            label patches of the identity embedding) is computed once; the same results to float
+            rounding. On the CPU the per-group rest still runs group by group, which keeps each
+            group's maps in the cache. Groups added later by a new object start their own batch.
+            None (default): on; False: the official one-engine-per-group order.
         group_size: identities per group (at most the model's ``max_objects``, 10). None
             (default): the checkpoint's ``identity_slots`` (the slots its training used, e.g. 5 for
             the shipped demo weights, whose slots 6-10 are untrained) or ``max_objects``. Smaller
@@ -274,7 +276,7 @@ class Tracker:
                           f"slower than 'fp32' here", RuntimeWarning, stacklevel=2)
         self.test_scales, self.test_flip = options.test_scales, options.test_flip
         self.threads = ThreadGovernor(options.threads)
-        self.batch_groups = options.batch_groups if options.batch_groups is not None else self.device.type == "cuda"
+        self.batch_groups = options.batch_groups if options.batch_groups is not None else True
         self.group_size = int(options.group_size or getattr(model, "identity_slots", None) or self.cfg.max_objects)
         if not 1 <= self.group_size <= self.cfg.max_objects:
             raise ValueError(f"group_size must be 1..{self.cfg.max_objects} (the model's identity slots), "
@@ -435,10 +437,9 @@ class Tracker:
         for engine, size in zip(view.groups, view.sizes):
             engine.propagate(self._batched(feats, size))
             low = engine.decode()
-            if view.sizes == [1]:
-                # unused ids sit at -1e10: their softmax weight is exactly 0, so dropping them
-                # before the full-size upsampling changes no value and saves most of its work
-                low = low[:, :1 + max(engine.num_objects)]
+            # unused ids sit at -1e10: their softmax weight is exactly 0, so dropping them before
+            # the full-size upsampling changes no value and saves most of its work
+            low = low[:, :1 + (max(engine.num_objects) if view.sizes == [1] else self.group_size)]
             if view.flip:
                 low = torch.flip(low, dims=[3])
             high = F.interpolate(low, size=self.frame_size, mode="bilinear", align_corners=self.cfg.align_corners)

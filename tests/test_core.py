@@ -289,7 +289,7 @@ def test_many_objects_run_in_groups_of_ten(deaott):
     assert set(np.unique(tracker.label)) <= set(range(13))
 
 
-@pytest.mark.parametrize("model_name", ["DeAOTT", "AOTT"])
+@pytest.mark.parametrize("model_name", ["DeAOTT", "DeAOTS", "AOTT"])
 def test_batched_groups_equal_groups_run_one_by_one(model_name):
     """Groups made on one frame run as one batch; a group added by a later keyframe starts its
     own batch; every frame's probabilities equal the one-by-one engine's to float rounding."""
@@ -309,6 +309,42 @@ def test_batched_groups_equal_groups_run_one_by_one(model_name):
     resumed.load_state(batched.state())  # batches survive a saved state
     assert resumed.views[0].sizes == [2, 1]
     torch.testing.assert_close(resumed.step(frames[4]), batched.step(frames[4]), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("size_2d", [(5, 7), (33, 40)])  # dense window / tiles for the shared weights
+def test_shared_visual_branch_equals_each_group_alone(size_2d):
+    """Layer-1 gated propagation with the visual query and keys of batch 1 and B identity groups'
+    values (CPU inference: weights once, the rest group by group) equals each group run alone."""
+    torch.manual_seed(0)
+    from deaot_core.modeling.attention import GatedPropagation, LocalGatedPropagation
+    length, groups = size_2d[0] * size_2d[1], 3
+    for module in (GatedPropagation(64, 128, use_linear=False, d_att=32),
+                   LocalGatedPropagation(64, 128, 1, d_att=32)):
+        module.eval()
+        q, k = torch.randn(length, 1, 32), torch.randn(length, 1, 32)
+        v, u = torch.randn(length, groups, 256), torch.randn(length, 1, 256)
+        with torch.no_grad():
+            shared = module(q, k, v, u, size_2d)
+            alone = torch.cat([module(q, k, v[:, i:i + 1], u, size_2d) for i in range(groups)], dim=1)
+        assert shared.shape == (length, groups, 128)
+        torch.testing.assert_close(shared, alone, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("model_name", ["DeAOTT", "SwinB_DeAOTL"])  # 17x17 bank (align corners) / 16x16
+def test_label_embedding_of_several_groups_equals_the_one_hot_convolution(model_name):
+    torch.manual_seed(0)
+    config = deaot_core.get_config(model_name)
+    from deaot_core.modeling.model import VOSModel
+    model = VOSModel(config).eval()
+    with torch.no_grad():
+        model.patch_wise_id_bank.weight.normal_()  # every id's column matters
+        height, width = (65, 97) if config.align_corners else (64, 96)
+        labels = torch.randint(0, config.max_objects + 1, (3, height, width))
+        labels[1] = 0  # a group slice without objects
+        fast = model.label_embedding(labels)
+        reference = model.identity_embedding(model.one_hot(labels))
+    assert fast.shape == reference.shape
+    torch.testing.assert_close(fast, reference, atol=1e-4, rtol=1e-4)
 
 
 def test_merge_groups_is_the_official_soft_aggregation():

@@ -33,9 +33,18 @@ class FPNDecoder(nn.Module):
         return F.interpolate(x, size=like.shape[-2:], mode="bilinear", align_corners=self.align_corners)
 
     def forward(self, inputs: list[torch.Tensor], shortcuts: list[torch.Tensor]) -> torch.Tensor:
+        return self.fuse(inputs, self.adapt(shortcuts))
+
+    def adapt(self, shortcuts: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The encoder shortcuts projected for fusion: (16x, 8x, 4x) maps. They depend on the frame
+        only, so identity groups of one frame can share them (``fuse`` per group)."""
+        return [self.adapter_16x(shortcuts[-2]), self.adapter_8x(shortcuts[-3]), self.adapter_4x(shortcuts[-4])]
+
+    def fuse(self, inputs: list[torch.Tensor], adapted: list[torch.Tensor]) -> torch.Tensor:
+        """Logits from the propagated ``inputs`` and ``adapt``-ed shortcuts (batch 1 or the inputs')."""
         x = torch.cat(inputs, dim=1) if self.use_all_inputs else inputs[-1]
         x = F.relu(self.conv_in(x))
-        x = F.relu(self.conv_16x(self.adapter_16x(shortcuts[-2]) + x))
-        x = F.relu(self.conv_8x(self.adapter_8x(shortcuts[-3]) + self._up(x, shortcuts[-3])))
-        x = F.relu(self.conv_4x(self.adapter_4x(shortcuts[-4]) + self._up(x, shortcuts[-4])))
+        x = F.relu(self.conv_16x(adapted[0] + x))
+        x = F.relu(self.conv_8x(adapted[1] + self._up(x, adapted[1])))
+        x = F.relu(self.conv_4x(adapted[2] + self._up(x, adapted[2])))
         return self.conv_out(x)

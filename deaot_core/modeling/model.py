@@ -6,6 +6,7 @@ implementation so released checkpoints load strictly.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig, get_config
@@ -78,8 +79,41 @@ class VOSModel(nn.Module):
         """Propagated sequences + encoder features -> (B, max_objects+1, H/4, W/4) logits."""
         size_2d = tuple(feats[-1].shape[-2:])
         outputs = [seq_to_2d(out, size_2d) for out in outputs]
-        inputs = [feats[-1].expand(outputs[-1].shape[0], -1, -1, -1)] + outputs
+        batch = outputs[-1].shape[0]
+        if batch > 1 and feats[-1].shape[0] == 1 and not self.training and outputs[-1].device.type == "cpu":
+            # identity groups of one frame: they share the adapted shortcuts; on the CPU the
+            # decoder's convolutions run faster one group at a time (a batch's stride-4 maps
+            # leave the cache)
+            adapted = self.decoder.adapt(feats)
+            return torch.cat([self.decoder.fuse([feats[-1]] + [out[i:i + 1] for out in outputs], adapted)
+                              for i in range(batch)])
+        inputs = [feats[-1].expand(batch, -1, -1, -1)] + outputs
         return self.decoder(inputs, feats)
+
+    def label_embedding(self, labels: torch.Tensor) -> torch.Tensor:
+        """(B, H, W) integer labels (ids 0..max_objects) -> (h*w, B, C) identity embedding:
+        ``identity_embedding(one_hot(labels))``. For several identity groups at CPU inference it is
+        computed as what the ID bank's strided convolution of a one-hot map is, a sum of one
+        weight column per pixel of each patch (``embedding_bag``): the same values to float
+        rounding, without the (B, max_objects+1, H, W) one-hot map and its mostly-zero products."""
+        if labels.shape[0] == 1 or self.training or labels.device.type != "cpu":
+            return self.identity_embedding(self.one_hot(labels))
+        bank = self.patch_wise_id_bank
+        (kh, kw), (sh, sw), (ph, pw) = bank.kernel_size, bank.stride, bank.padding
+        ids, dim = bank.in_channels, bank.out_channels
+        # rows: (id, dy, dx) -> weight column; a last zero row for pixels of the zero padding
+        table = torch.cat([bank.weight.permute(1, 2, 3, 0).reshape(ids * kh * kw, dim), bank.weight.new_zeros(1, dim)])
+        padded = F.pad(labels.to(torch.float32)[:, None], (pw, pw, ph, ph), value=-1.0)
+        patches = F.unfold(padded, (kh, kw), stride=(sh, sw)).long()  # (B, kh*kw, P)
+        offsets = torch.arange(kh * kw, device=labels.device).view(1, -1, 1)
+        index = torch.where(patches >= 0, patches * (kh * kw) + offsets, torch.full_like(patches, ids * kh * kw))
+        b, _, count = index.shape
+        emb = F.embedding_bag(index.transpose(1, 2).reshape(b * count, kh * kw), table, mode="sum") + bank.bias
+        h = (labels.shape[1] + 2 * ph - kh) // sh + 1
+        emb = emb.view(b, h, count // h, dim)
+        if self.cfg.is_deaot:
+            emb = self.id_norm(emb)
+        return emb.flatten(1, 2).transpose(0, 1)
 
     def one_hot(self, labels: torch.Tensor) -> torch.Tensor:
         """(B, H, W) integer labels -> (B, max_objects+1, H, W) float one-hot."""
