@@ -105,9 +105,10 @@ def mask_statistics(pred: np.ndarray, object_ids: list[int], at: list[int], min_
 
 
 def propagate_clip(model, frames: np.ndarray, first_mask: np.ndarray, device: str, threads: int,
-                   precision: str) -> tuple[np.ndarray, float]:
-    """The clip's label maps propagated from frame 0's mask, and seconds per propagated frame."""
-    tracker = deaot_core.Tracker(model, device=device, precision=precision, threads=threads)
+                   precision: str, options: dict | None = None) -> tuple[np.ndarray, float]:
+    """The clip's label maps propagated from frame 0's mask, and seconds per propagated frame;
+    ``options``: further :class:`deaot_core.TrackerOptions` fields."""
+    tracker = deaot_core.Tracker(model, device=device, precision=precision, threads=threads, **(options or {}))
     pred = np.zeros(frames.shape[:3], np.uint8)
     results = deaot_core.propagate_video(tracker, frames, {0: first_mask})
     first = next(results)
@@ -118,11 +119,26 @@ def propagate_clip(model, frames: np.ndarray, first_mask: np.ndarray, device: st
     return pred, (time.perf_counter() - start) / max(1, len(frames) - 1)
 
 
+def tracker_options(pairs: list[str]) -> dict:
+    """``["group_size=3", "test_scales=2"]`` -> TrackerOptions keyword arguments (numbers parsed)."""
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--option wants KEY=VALUE, got {pair!r}")
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    return options
+
+
 def score_checkpoint(model, clips: dict, args) -> dict:
     per_clip = {}
     for name, (frames, first_mask) in clips.items():
         object_ids = [int(k) for k in np.unique(first_mask) if k != 0]
-        pred, per_frame = propagate_clip(model, frames, first_mask, args.device, args.threads, args.precision)
+        pred, per_frame = propagate_clip(model, frames, first_mask, args.device, args.threads, args.precision,
+                                         tracker_options(args.option))
         stats = mask_statistics(pred, object_ids, args.at, args.min_area)
         stats["sec_per_frame"] = round(per_frame, 3)
         per_clip[name] = stats
@@ -144,6 +160,8 @@ def main(argv=None) -> int:
     p.add_argument("--min-area", type=float, default=0.2, help="kept: at least this fraction of the first-frame area")
     p.add_argument("--threads", type=int, default=1, help="torch threads (TrackerOptions.threads)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a further TrackerOptions field, e.g. group_size=3 or max_long_edge=960 (repeatable)")
     p.add_argument("--precision", default="fp32")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -164,7 +182,7 @@ def main(argv=None) -> int:
     doc = {"setup": {"model": args.model, "clips": {k: {"frames": int(v[0].shape[0]), "size": list(v[0].shape[1:3])}
                                                     for k, v in clips.items()},
                      "at": args.at, "min_area": args.min_area, "reader": reader, "device": args.device,
-                     "threads": args.threads, "precision": args.precision, "torch": torch.__version__},
+                     "threads": args.threads, "options": tracker_options(args.option), "precision": args.precision, "torch": torch.__version__},
            "results": results}
     print(json.dumps(doc, indent=1))
     return 0

@@ -101,7 +101,7 @@ class TrainConfig:
     id_shuffle: float = 1.0  # probability that a sample's objects move to random ID slots (stages 1-4: 0)
     objects: tuple[int, int] = (2, 10)  # synthetic data: objects per clip, uniform in this range (stages 1-4: 2-5)
     background_dir: str | None = None
-    clip_options: dict[str, float] = field(default_factory=dict)  # synthetic data: ClipOptions overrides
+    clip_options: dict[str, float | tuple[float, float]] = field(default_factory=dict)  # synthetic data: ClipOptions overrides
     max_gap: int = 3
     half: bool = False
     export: str | None = None  # also write the final weights to this file
@@ -255,18 +255,29 @@ def default_workers(device: torch.device) -> int:
     return max(0, min(16, (os.cpu_count() or 1) - 2))
 
 
-def clip_options(overrides: dict[str, float], objects: tuple[int, int] | None = None) -> ClipOptions:
-    """``ClipOptions`` with ``objects`` = (min, max) objects per clip, then scalar fields
-    overridden (e.g. {"camouflage_prob": 0.5}; a ``min_objects`` / ``max_objects`` there wins)."""
-    scalars = {f.name: f.type for f in dataclasses.fields(ClipOptions) if f.type in ("int", "float")}
-    unknown = sorted(set(overrides) - set(scalars))
+def clip_options(overrides: dict[str, float | tuple[float, float]],
+                 objects: tuple[int, int] | None = None) -> ClipOptions:
+    """``ClipOptions`` with ``objects`` = (min, max) objects per clip, then fields overridden:
+    scalars (e.g. {"camouflage_prob": 0.5}; a ``min_objects`` / ``max_objects`` there wins) and
+    (low, high) pairs (e.g. {"size_range": (0.03, 0.2)})."""
+    kinds = {f.name: f.type for f in dataclasses.fields(ClipOptions)
+             if f.type in ("int", "float", "tuple[float, float]")}
+    unknown = sorted(set(overrides) - set(kinds))
     if unknown:
-        raise ValueError(f"unknown synthetic clip option(s) {unknown}; options: {sorted(scalars)}")
+        raise ValueError(f"unknown synthetic clip option(s) {unknown}; options: {sorted(kinds)}")
     values = {} if objects is None else {"min_objects": int(objects[0]), "max_objects": int(objects[1])}
-    values.update({k: int(v) if scalars[k] == "int" else float(v) for k, v in overrides.items()})
+    for name, value in overrides.items():
+        is_pair = isinstance(value, (tuple, list))
+        if (kinds[name] == "tuple[float, float]") != is_pair or (is_pair and len(value) != 2):
+            want = "a LOW,HIGH pair" if kinds[name] == "tuple[float, float]" else "one number"
+            raise ValueError(f"synthetic clip option {name} takes {want}, got {value!r}")
+        values[name] = (tuple(float(v) for v in value) if is_pair
+                        else int(value) if kinds[name] == "int" else float(value))
     options = ClipOptions(**values)
     if not 1 <= options.min_objects <= options.max_objects:
         raise ValueError(f"objects per clip must be 1 <= min <= max, got {options.min_objects}-{options.max_objects}")
+    if "size_range" in overrides and not 0 < options.size_range[0] <= options.size_range[1]:
+        raise ValueError(f"size_range must be 0 < low <= high, got {options.size_range}")
     return options
 
 
@@ -729,7 +740,8 @@ def add_train_arguments(p: argparse.ArgumentParser, data_help: str, data_default
                    help="synthetic data: share of static-image (affine-warp) sequences")
     p.add_argument("--background-dir", help="synthetic data: folder of images to use as backgrounds")
     p.add_argument("--clip-option", action="append", default=[], metavar="NAME=VALUE",
-                   help="synthetic data: override a scalar ClipOptions field, e.g. camouflage_prob=0.5 (repeatable)")
+                   help="synthetic data: override a ClipOptions field, e.g. camouflage_prob=0.5 or "
+                        "size_range=0.03,0.2 (repeatable)")
     p.add_argument("--id-shuffle", type=float, default=d.id_shuffle,
                    help="probability that a sample's objects use random ID-bank slots (official: always; "
                         "the demo checkpoint's stages 1-4: 0)")
@@ -768,11 +780,12 @@ def config_from_namespace(args: argparse.Namespace, error) -> TrainConfig:
     for item in values.pop("clip_option"):
         name, sep, value = item.partition("=")
         try:
-            options[name.strip()] = float(value)
+            numbers = tuple(float(v) for v in value.split(","))
         except ValueError:
             sep = ""
         if not sep:
-            error(f"--clip-option needs NAME=NUMBER, got {item!r}")
+            error(f"--clip-option needs NAME=NUMBER or NAME=LOW,HIGH, got {item!r}")
+        options[name.strip()] = numbers[0] if len(numbers) == 1 else numbers
     values["clip_options"] = options
     return TrainConfig(**values)
 

@@ -347,8 +347,16 @@ def test_cli_arguments():
     assert options.camouflage_prob == 1.0 and options.max_objects == 2 and isinstance(options.max_objects, int)
     with pytest.raises(SystemExit):
         config_from_args(["--out", "x", "--steps", "1", "--clip-option", "camouflage_prob"])
+    with pytest.raises(ValueError, match="takes a LOW,HIGH pair"):
+        clip_options({"size_range": 0.5})
     with pytest.raises(ValueError, match="unknown synthetic clip option"):
-        clip_options({"size_range": 0.5})  # not a scalar field
+        clip_options({"palette": 0.5})
+    cfg = config_from_args(["--out", "x", "--steps", "1", "--clip-option", "size_range=0.03,0.2"])
+    assert clip_options(cfg.clip_options).size_range == (0.03, 0.2)
+    with pytest.raises(ValueError, match="takes one number"):
+        clip_options({"camouflage_prob": (0.1, 0.2)})
+    with pytest.raises(ValueError, match="0 < low <= high"):
+        clip_options({"size_range": (0.3, 0.2)})
     with pytest.raises(ValueError, match="16k\\+1"):
         Trainer(_tiny_config("unused", height=64))
     with pytest.raises(ValueError, match="python -m deaot_vos train"):  # the core never reads FiftyOne
