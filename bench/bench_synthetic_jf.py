@@ -160,10 +160,12 @@ def main(argv=None) -> int:
                    help="Tracker(test_scales=...): the official multi-scale test (e.g. 0.8 1.0 1.2)")
     p.add_argument("--test-flip", action="store_true", help="Tracker(test_flip=True): the official flip test")
     p.add_argument("--max-short-edge", type=int, default=None, help="Tracker(max_short_edge=...)")
+    p.add_argument("--group-size", type=int, default=None,
+                   help="Tracker(group_size=...) (default: the checkpoint's identity_slots, else 10)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     tracker_options = dict(test_scales=tuple(args.test_scales), test_flip=args.test_flip,
-                           max_short_edge=args.max_short_edge, threads=args.threads)
+                           max_short_edge=args.max_short_edge, threads=args.threads, group_size=args.group_size)
     height, width = (int(v) for v in args.size.lower().split("x"))
     results, sets, by_objects = [], {}, {}
     for objects in dict.fromkeys(args.objects):

@@ -82,8 +82,8 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="Tracker(compile=True); use --warmup >= 2")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     parser.add_argument("--batch-groups", action=argparse.BooleanOptionalAction, default=None,
-                        help="Tracker(batch_groups=...): identity groups as one batch (default: the "
-                             "tracker's, on for CUDA)")
+                        help="Tracker(batch_groups=...): identity groups of a frame share what they can "
+                             "(default: the tracker's, on)")
     args = parser.parse_args()
     height, width = map(int, args.size.lower().split("x"))
     if args.threads:
