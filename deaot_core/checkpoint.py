@@ -93,7 +93,8 @@ def load_checkpoint(model: nn.Module, path_or_url: str | os.PathLike, sha256: st
                     timeout: float | None = None) -> nn.Module:
     """Load an official (or our) checkpoint strictly into ``model``; returns the model, with
     ``model.identity_slots`` set from the file (the identity slots per group its training used;
-    None: all of them, as for the official weights).
+    None: all of them, as for the official weights) and ``model.preferred_group_size`` (the
+    identities per group the file's own measurements favour, key ``group_size``; None: no advice).
 
     Accepts a plain state dict or one under 'state_dict' / 'model', with an optional 'module.'
     prefix. Raises ``CheckpointError`` naming the expected model and what did not match. A URL
@@ -129,9 +130,15 @@ def load_checkpoint(model: nn.Module, path_or_url: str | os.PathLike, sha256: st
     converted = {k: (v.to(expected[k].dtype) if v.is_floating_point() else v) for k, v in state.items()}
     model.load_state_dict(converted, strict=True)
     # the identity slots the weights were trained to use (our trainer records it; official: all)
-    slots = obj.get("identity_slots") if isinstance(obj, Mapping) else None
-    model.identity_slots = int(slots) if isinstance(slots, int) and not isinstance(slots, bool) and slots > 0 else None
+    model.identity_slots = _positive_int(obj, "identity_slots")
+    model.preferred_group_size = _positive_int(obj, "group_size")
     return model
+
+
+def _positive_int(obj, key: str) -> int | None:
+    """A checkpoint's optional positive integer entry ``key`` (None when absent or malformed)."""
+    value = obj.get(key) if isinstance(obj, Mapping) else None
+    return int(value) if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
 def save_checkpoint(model: nn.Module, path: str | os.PathLike, extra: Mapping[str, Any] | None = None,

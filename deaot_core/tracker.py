@@ -237,9 +237,10 @@ class Tracker:
             group's maps in the cache. Groups added later by a new object start their own batch.
             None (default): on; False: the official one-engine-per-group order.
         group_size: identities per group (at most the model's ``max_objects``, 10). None
-            (default): the checkpoint's ``identity_slots`` (the slots its training used, e.g. 5 for
-            the shipped demo weights, whose slots 6-10 are untrained) or ``max_objects``. Smaller
-            groups mean more groups: the work per frame grows with their number.
+            (default): the checkpoint's ``group_size`` (what its own measurements favour: 5 for
+            the shipped demo weights), else its ``identity_slots`` (the slots its training used),
+            else ``max_objects``. Smaller groups mean more groups: the work per frame grows with
+            their number.
         threads: CPU threads for torch inside ``step``. None (default): automatic, the cores
             this process may use less those other processes keep busy, measured again every half
             second (:class:`deaot_core.ThreadGovernor`); a number fixes it. Results do not depend
@@ -277,7 +278,8 @@ class Tracker:
         self.test_scales, self.test_flip = options.test_scales, options.test_flip
         self.threads = ThreadGovernor(options.threads)
         self.batch_groups = options.batch_groups if options.batch_groups is not None else True
-        self.group_size = int(options.group_size or getattr(model, "identity_slots", None) or self.cfg.max_objects)
+        self.group_size = int(options.group_size or getattr(model, "preferred_group_size", None)
+                              or getattr(model, "identity_slots", None) or self.cfg.max_objects)
         if not 1 <= self.group_size <= self.cfg.max_objects:
             raise ValueError(f"group_size must be 1..{self.cfg.max_objects} (the model's identity slots), "
                              f"got {self.group_size}")

@@ -584,3 +584,11 @@ def test_group_size_comes_from_the_checkpoint_or_the_option(deaott, tmp_path):
         assert tracker.step(frames[1]).shape == (8, 97, 129)
     with pytest.raises(ValueError, match="group_size"):
         deaot_core.Tracker(model, group_size=11)
+    # all ten slots trained, groups of 4 measured best: the advice wins over the slots
+    advised = deaot_core.load_checkpoint(deaot_core.build_model("DeAOTT"), deaot_core.save_checkpoint(
+        deaott, tmp_path / "advised.pth", extra={"identity_slots": 10, "group_size": 4}))
+    assert (advised.identity_slots, advised.preferred_group_size) == (10, 4)
+    tracker = deaot_core.Tracker(advised)
+    tracker.step(frames[0], labels[0])
+    assert [g.num_objects for g in tracker.groups] == [[4, 3]] and tracker.group_size == 4
+    assert deaot_core.Tracker(advised, group_size=10).group_size == 10
