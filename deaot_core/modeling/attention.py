@@ -146,9 +146,9 @@ _DENSE_WINDOW_FACTOR = 2
 
 def _cpu_inference(module: nn.Module, x: torch.Tensor) -> bool:
     """Whether ``module`` runs inference on the CPU, where B identity groups of a frame run their
-    per-group work one group at a time (_per_group).
+    per-group work one group at a time.
 
-    _per_group: on the CPU a batch of groups is slower than the same groups one after the other
+    Why: on the CPU a batch of groups is slower than the same groups one after the other
     (measured, DeAOTT at 273x481, 9 groups: depth-wise conv 64 vs 27 ms, projection 76 vs 58 ms,
     windowed values 273 vs 155 ms): a group's maps fit the cache, the batch's do not. So only
     what the groups share is computed once (attention weights of the visual branch); the rest
@@ -296,7 +296,7 @@ class GatedPropagation(nn.Module):
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, u: torch.Tensor,
                 size_2d: tuple[int, int]) -> torch.Tensor:
-        if self.use_linear and q.shape[1] > 1 and _cpu_inference(self, q):  # see _per_group
+        if self.use_linear and q.shape[1] > 1 and _cpu_inference(self, q):  # see _cpu_inference
             return torch.cat([self.forward(*(x[:, i:i + 1] for x in (q, k, v, u)), size_2d)
                               for i in range(q.shape[1])], dim=1)
         if self.use_linear:
@@ -308,7 +308,7 @@ class GatedPropagation(nn.Module):
         split = lambda x: x.reshape(x.shape[0], x.shape[1], heads, -1).permute(1, 2, 0, 3)  # noqa: E731
         out = attention(split(q), split(k), split(v), dropout_p=self.dropout if self.training else 0.0)
         out = out.permute(2, 0, 1, 3).reshape(length, bs, -1) * u
-        if bs > 1 and _cpu_inference(self, out):  # see _per_group
+        if bs > 1 and _cpu_inference(self, out):  # see _cpu_inference
             return torch.cat([self.projection(self.dw_conv(out[:, i:i + 1], size_2d)) for i in range(bs)], dim=1)
         return self.projection(self.dw_conv(out, size_2d))
 
@@ -344,7 +344,7 @@ class LocalGatedPropagation(nn.Module):
                                        self.max_dis, self.dilation)
         attn = self.dropout(attn)
         if q.shape[1] == 1 < n and _cpu_inference(self, v):
-            # identity groups sharing the weights: the rest one group at a time (see _per_group),
+            # identity groups sharing the weights: the rest one group at a time (see _cpu_inference),
             # with the dense window where the map is small enough for it to be cheaper
             tile = None if length <= _DENSE_WINDOW_FACTOR * (LOCAL_TILE + 2 * self.max_dis * self.dilation) ** 2 \
                 else LOCAL_TILE
