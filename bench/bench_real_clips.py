@@ -17,6 +17,9 @@ no FiftyOne). There is no ground truth for later frames, so per clip it reports:
   mask, over every non-empty object mask of frames 1..T-1 (1 = one solid mask; more = speckle);
   also per ``--at`` frame (``median_components_at``) and the share of masks in one piece.
 
+``--still`` replaces every frame after the first by a copy of frame 0: nothing moves, so what is
+lost there is what the model cannot redraw from its own memory (small objects), not motion.
+
 Several ``--checkpoint`` values are scored on the same clips (before / after a training). Frames
 are decoded with decord (the plugin's reader), else OpenCV. Prints one JSON document.
 """
@@ -156,6 +159,8 @@ def main(argv=None) -> int:
     p.add_argument("--clips-dir", default=str(CLIPS_DIR), help="folder with <clip>.mp4 + <clip>.png")
     p.add_argument("--clips", nargs="+", default=list(REAL_CLIPS))
     p.add_argument("--frames", type=int, help="only the first N frames of each clip (default: all)")
+    p.add_argument("--still", action="store_true",
+                   help="propagate onto copies of frame 0 (no motion; see the module docstring)")
     p.add_argument("--at", type=int, nargs="+", default=[10, 20, 40], help="frames (0-based) to count kept objects")
     p.add_argument("--min-area", type=float, default=0.2, help="kept: at least this fraction of the first-frame area")
     p.add_argument("--threads", type=int, default=1, help="torch threads (TrackerOptions.threads)")
@@ -170,6 +175,8 @@ def main(argv=None) -> int:
     for name in args.clips:
         frames, reader = read_frames(folder / f"{name}.mp4")
         frames = frames[:args.frames] if args.frames else frames
+        if args.still:
+            frames = np.repeat(frames[:1], len(frames), axis=0)
         first_mask = read_label_map(folder / f"{name}.png")
         if first_mask.shape != frames.shape[1:3]:
             raise ValueError(f"{name}: mask {first_mask.shape} does not match frames {frames.shape[1:3]}")
@@ -181,7 +188,7 @@ def main(argv=None) -> int:
         results[f"checkpoint:{checkpoint}"] = score_checkpoint(model, clips, args)
     doc = {"setup": {"model": args.model, "clips": {k: {"frames": int(v[0].shape[0]), "size": list(v[0].shape[1:3])}
                                                     for k, v in clips.items()},
-                     "at": args.at, "min_area": args.min_area, "reader": reader, "device": args.device,
+                     "still": args.still, "at": args.at, "min_area": args.min_area, "reader": reader, "device": args.device,
                      "threads": args.threads, "options": tracker_options(args.option), "precision": args.precision, "torch": torch.__version__},
            "results": results}
     print(json.dumps(doc, indent=1))
