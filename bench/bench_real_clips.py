@@ -141,7 +141,7 @@ def score_checkpoint(model, clips: dict, args) -> dict:
     for name, (frames, first_mask) in clips.items():
         object_ids = [int(k) for k in np.unique(first_mask) if k != 0]
         pred, per_frame = propagate_clip(model, frames, first_mask, args.device, args.threads, args.precision,
-                                         tracker_options(args.option))
+                                         args.options)
         stats = mask_statistics(pred, object_ids, args.at, args.min_area)
         stats["sec_per_frame"] = round(per_frame, 3)
         per_clip[name] = stats
@@ -169,6 +169,7 @@ def main(argv=None) -> int:
                    help="a further TrackerOptions field, e.g. group_size=3 or max_long_edge=960 (repeatable)")
     p.add_argument("--precision", default="fp32")
     args = p.parse_args(argv)
+    args.options = tracker_options(args.option)
     torch.set_num_threads(args.threads)
     folder = Path(args.clips_dir)
     clips, reader = {}, None
@@ -189,7 +190,7 @@ def main(argv=None) -> int:
     doc = {"setup": {"model": args.model, "clips": {k: {"frames": int(v[0].shape[0]), "size": list(v[0].shape[1:3])}
                                                     for k, v in clips.items()},
                      "still": args.still, "at": args.at, "min_area": args.min_area, "reader": reader, "device": args.device,
-                     "threads": args.threads, "options": tracker_options(args.option), "precision": args.precision, "torch": torch.__version__},
+                     "threads": args.threads, "options": args.options, "precision": args.precision, "torch": torch.__version__},
            "results": results}
     print(json.dumps(doc, indent=1))
     return 0
