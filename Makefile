@@ -66,13 +66,13 @@ demo: venv
 bench: venv  # smoke test: DeAOTT tracker + end to end, 12 frames at 480p
 	$(VPY) bench/bench_speed.py --quick
 
-bench-cpu: venv  # the CPU matrix (~45 min) -> bench/results/cpu.json, BENCHMARKS.md
+bench-cpu: venv  # the CPU matrix (~45 min) -> bench/results/cpu.json, docs/benchmarks/measurements.md
 	bash bench/run_cpu_matrix.sh
 
-bench-gpu: venv  # the full GPU matrix (hours) -> bench/results/gpu.json, BENCHMARKS.md
+bench-gpu: venv  # the full GPU matrix (hours) -> bench/results/gpu.json, docs/benchmarks/measurements.md
 	$(VPY) bench/bench_speed.py --preset gpu --json bench/results/gpu.json
 	$(VPY) bench/make_benchmarks_md.py bench/results/cpu*.json bench/results/gpu.json \
-		--findings bench/results/findings.md -o BENCHMARKS.md
+		--findings bench/results/findings.md -o docs/benchmarks/measurements.md
 
 clean:
 	rm -rf $(VENV) $(OLDEST_VENV) .cache .pytest_cache

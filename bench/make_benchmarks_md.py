@@ -1,6 +1,6 @@
-"""Assemble BENCHMARKS.md from the JSON files written by ``bench/bench_speed.py --json``.
+"""Assemble the detailed benchmark page (docs/benchmarks/measurements.md) from the JSON files written by ``bench/bench_speed.py --json``.
 
-    python bench/make_benchmarks_md.py bench/results/cpu.json [more.json ...] [--findings notes.md] -o BENCHMARKS.md
+    python bench/make_benchmarks_md.py bench/results/cpu.json [more.json ...] [--findings notes.md] -o docs/benchmarks/measurements.md
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from bench_speed import REFERENCE_FPS, WEIGHTS_NOTE, _fmt, markdown_table, memor
 
 GPU_COMMAND = ("python bench/bench_speed.py --preset gpu --json bench/results/gpu.json && "
                "python bench/make_benchmarks_md.py bench/results/cpu*.json bench/results/gpu.json "
-               "--findings bench/results/findings.md -o BENCHMARKS.md")
+               "--findings bench/results/findings.md -o docs/benchmarks/measurements.md")
 
 
 def machine_section(data: dict, source: str) -> str:
@@ -121,7 +121,7 @@ def _results_section(source: str, data: dict) -> list[str]:
 
 
 def build(files: list[str], findings: str | None = None) -> str:
-    """The whole BENCHMARKS.md text (``findings``: Markdown inserted after the method section)."""
+    """The whole page (``findings``: Markdown inserted after the method section)."""
     datasets = [(f, json.loads(Path(f).read_text())) for f in files]
     rows = [r for _, d in datasets for r in d["results"]]
     has_gpu = any(str(r.get("device", "")).startswith("cuda") and not r.get("error") for r in rows)
@@ -171,10 +171,10 @@ def build(files: list[str], findings: str | None = None) -> str:
         out += _results_section(f, d)
     out += ["## Official reference numbers", "",
             "From the DeAOT model zoo (V100, fp32, multi-object, 1.3x480p). The measured columns are CPU numbers "
-            "of this machine and are not comparable in absolute terms; the ratios to DeAOTT show whether the "
+            "of the machine above and are not comparable in absolute terms; the ratios to DeAOTT show whether the "
             "variants' relative cost matches.", "", reference_table(datasets[0][1]["results"]), ""]
     if not has_gpu:
-        out += ["## GPU", "", "GPU: not measured yet (no GPU lent in this session); run", "",
+        out += ["## GPU", "", "GPU: not measured yet; run", "",
                 "```bash", GPU_COMMAND, "```", "",
                 "to fill it (all 12 variants, 480p/1080p, 2/20 objects, 50/2000 frames, tracker in fp32/fp16/bf16 "
                 "with label agreement vs fp32, e2e in fp32/fp16; many hours on one GPU: narrow it with "
@@ -191,7 +191,7 @@ def build(files: list[str], findings: str | None = None) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("results", nargs="+", help="JSON files from bench_speed.py --json")
-    parser.add_argument("-o", "--output", default="BENCHMARKS.md")
+    parser.add_argument("-o", "--output", default="docs/benchmarks/measurements.md")
     parser.add_argument("--findings", help="a Markdown file inserted after the method section")
     args = parser.parse_args(argv)
     findings = Path(args.findings).read_text() if args.findings else None

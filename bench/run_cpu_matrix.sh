@@ -36,4 +36,4 @@ files=("$R/cpu.json" "$R/cpu_paired.json" "$R/cpu_precision.json" "$R/cpu_amx.js
 [ -f "$R/gpu.json" ] && files+=("$R/gpu.json")
 findings=()
 [ -f "$R/findings.md" ] && findings=(--findings "$R/findings.md")
-"$PY" bench/make_benchmarks_md.py "${files[@]}" "${findings[@]}" -o BENCHMARKS.md
+"$PY" bench/make_benchmarks_md.py "${files[@]}" "${findings[@]}" -o docs/benchmarks/measurements.md
