@@ -707,14 +707,14 @@ def add_train_arguments(p: argparse.ArgumentParser, data_help: str, data_default
     p.add_argument("--model", default=d.model, help="variant, e.g. DeAOTT, DeAOTS, R50_DeAOTL")
     p.add_argument("--data", default=data_default, help=data_help)
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--seed", type=int, default=d.seed, help="random seed of data and initialisation")
     p.add_argument("--minutes", type=float, help="time budget (the schedules follow the time used)")
     p.add_argument("--steps", type=int, help="number of optimiser steps")
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="samples per optimiser step")
     p.add_argument("--seq-len", type=int, default=d.seq_len, help="frames per sample: reference + seq_len-1")
     p.add_argument("--size", type=_size, default=(d.height, d.width), help="training crop HxW (16k+1 sides)")
     p.add_argument("--lr", type=float, help="base LR (default: 4e-4 from scratch, 2e-4 with --init)")
-    p.add_argument("--min-lr", type=float, default=d.min_lr)
+    p.add_argument("--min-lr", type=float, default=d.min_lr, help="LR at the end of the poly decay")
     p.add_argument("--weight-decay", type=float, help="default: 0.03 from scratch, 0.07 with --init")
     p.add_argument("--warmup", type=float, default=d.warmup, help="LR warm-up, fraction of training")
     p.add_argument("--encoder-lr-ratio", type=float, help="encoder LR multiplier (default 0.1 with --init, else 1)")
@@ -724,16 +724,18 @@ def add_train_arguments(p: argparse.ArgumentParser, data_help: str, data_default
     p.add_argument("--seq-training-start", type=float,
                    help="fraction of training after which memory holds the model's own predictions "
                         "(1 = never; default: 1 from scratch, 0.5 with --init)")
-    p.add_argument("--clip-grad", type=float, default=d.clip_grad)
+    p.add_argument("--clip-grad", type=float, default=d.clip_grad, help="gradient norm clipping")
     p.add_argument("--ema-ratio", type=float, default=d.ema_ratio, help="0 disables the EMA")
     p.add_argument("--expected-steps", type=int, help="steps expected within --minutes (sets the EMA decay)")
-    p.add_argument("--final-weights", choices=("ema", "raw"), default=d.final_weights)
+    p.add_argument("--final-weights", choices=("ema", "raw"), default=d.final_weights,
+                   help="weights saved as final.pth: the EMA or the raw ones")
     p.add_argument("--init", help="checkpoint to fine-tune from (official or ours)")
     p.add_argument("--calibrate-bn", dest="calibrate_bn", action="store_true", default=None,
                    help="calibrate frozen BN statistics on the first batch (default: from scratch only)")
-    p.add_argument("--no-calibrate-bn", dest="calibrate_bn", action="store_false")
-    p.add_argument("--amp", choices=("auto", "off", "bf16", "fp16"), default=d.amp)
-    p.add_argument("--device", default=d.device)
+    p.add_argument("--no-calibrate-bn", dest="calibrate_bn", action="store_false", help="never calibrate BN statistics")
+    p.add_argument("--amp", choices=("auto", "off", "bf16", "fp16"), default=d.amp,
+                   help="mixed precision (auto: bf16 or fp16 on CUDA, off on the CPU)")
+    p.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--long-term-gap", type=int, help="training long-term memory gap (default: the variant's)")
     p.add_argument("--static-prob", type=float, default=d.static_prob,
@@ -744,19 +746,20 @@ def add_train_arguments(p: argparse.ArgumentParser, data_help: str, data_default
                         "size_range=0.03,0.2 (repeatable)")
     p.add_argument("--id-shuffle", type=float, default=d.id_shuffle,
                    help="probability that a sample's objects use random ID-bank slots (official: always; "
-                        "the demo checkpoint's stages 1-4: 0)")
+                        "the demo checkpoint's first four phases: 0)")
     p.add_argument("--objects", type=_object_range, default=d.objects, metavar="MIN-MAX",
                    help="synthetic data: objects per clip, uniform in MIN..MAX (at most the model's identity "
-                        "slots; the demo checkpoint's stages 1-4: 2-5)")
+                        "slots; the demo checkpoint's first four phases: 2-5)")
     p.add_argument("--max-gap", type=int, default=d.max_gap, help="FiftyOne data: max gap between sampled frames")
     p.add_argument("--half", action="store_true", help="save final.pth in fp16")
     p.add_argument("--export", help="also write the final weights to this file (e.g. checkpoints/deaot_t_synthetic.pth)")
-    p.add_argument("--log-every", type=int, default=d.log_every)
-    p.add_argument("--save-every-minutes", type=float, default=d.save_every_minutes)
+    p.add_argument("--log-every", type=int, default=d.log_every, help="steps between log lines")
+    p.add_argument("--save-every-minutes", type=float, default=d.save_every_minutes,
+                   help="minutes between saves of last.pth (the resume point)")
     p.add_argument("--no-resume", dest="resume", action="store_false", help="ignore an existing last.pth")
     p.add_argument("--stop-at-step", type=int, help="save last.pth after this step and stop; re-running continues "
                    "(also with another --steps: the schedules then follow the new total from that step on)")
-    p.add_argument("--no-progress", dest="progress_bar", action="store_false")
+    p.add_argument("--no-progress", dest="progress_bar", action="store_false", help="no progress bar")
     p.add_argument("--workers", type=int, help="data worker processes making the next batches (default: 0 on the "
                    "CPU, all cores but two (at most 16) on CUDA); the data are the same with any number")
     return p

@@ -221,25 +221,58 @@ def app_command(name: str, plugins: str | Path, python: str | None = None) -> st
             f"{shlex.quote(python or sys.executable)} -c \"{code}\"")
 
 
-def evaluate_command(name: str, python: str | None = None) -> str:
+def evaluate_command(name: str, python: str | None = None, plugins: str | Path | None = None) -> str:
     """The documented J&F evaluation of the demo's propagation (the synthetic video's
     ``ground_truth``; the real clips have none and are skipped). ``--extra-objects ignore``: the
-    fourth shape enters after the first ground-truth frame, an "extra object" to the official rule."""
-    return (f"{shlex.quote(python or sys.executable)} -m deaot_vos evaluate --dataset {shlex.quote(name)} "
-            f"--pred-field {OUTPUT_FIELD} --gt-field ground_truth --eval-key deaot_eval --extra-objects ignore")
+    fourth shape enters after the first ground-truth frame, an "extra object" to the official rule.
+    With ``plugins`` (the folder for ``FIFTYONE_PLUGINS_DIR``, where FiftyOne finds the J&F metrics)
+    it also stores the ``deaot_seg`` run that FiftyOne's Model Evaluation panel shows."""
+    command = (f"{_python(python)} -m deaot_vos evaluate --dataset {shlex.quote(name)} "
+               f"--pred-field {OUTPUT_FIELD} --gt-field ground_truth --eval-key deaot_eval --extra-objects ignore")
+    if plugins is None:
+        return command
+    return f"FIFTYONE_PLUGINS_DIR={shlex.quote(str(plugins))} {command} --segmentation-key deaot_seg --overwrite"
+
+
+def _python(python: str | None) -> str:
+    return shlex.quote(python or sys.executable)
+
+
+def next_steps(name: str, plugins: str | Path, python: str | None = None) -> list[tuple[str, str]]:
+    """(what it does, the exact shell command) for each thing to try after the demo, in order: each
+    command runs as printed once the ones before it ran (the App and the worker keep running)."""
+    py, quoted = _python(python), shlex.quote(name)
+    export_dir = shlex.quote(str(media_dir(name) / "davis-export"))
+    return [
+        ("Open it in the App with the plugin loaded (the operator browser, `, lists the DeAOT operators; "
+         "*Schedule* runs them in a worker)", app_command(name, plugins, python)),
+        ("J&F of the synthetic video against its ground truth, also as a run of FiftyOne's Model Evaluation "
+         "panel (key deaot_seg)", evaluate_command(name, python, plugins)),
+        ("The J&F summary table of every evaluation run (add runs to compare them)",
+         f"{py} -m deaot_vos compare --dataset {quoted}"),
+        ("Where to label next: each frame scored by how likely its masks are wrong; the best frames as the "
+         "saved view 'deaot_review-top'", f"{py} -m deaot_vos suggest --dataset {quoted} --output-field {OUTPUT_FIELD}"),
+        ("After adding or fixing a keyframe in 'keyframes': recompute only the frames that depend on it",
+         f"{py} -m deaot_vos propagate --dataset {quoted} --keyframes-field {KEYFRAMES_FIELD} "
+         f"--output-field {OUTPUT_FIELD} --write-segmentation {SEGMENTATION_FIELD} --incremental"),
+        ("The masks as a DAVIS folder, and back into a new dataset",
+         f"{py} -m deaot_vos export-vos --dataset {quoted} --label-field {OUTPUT_FIELD} --export-dir {export_dir} "
+         f"--overwrite && {py} -m deaot_vos import-vos --dataset-dir {export_dir} "
+         f"--name {shlex.quote(name + '-davis')} --overwrite"),
+        ("A worker for the operations scheduled from the App",
+         f"FIFTYONE_PLUGINS_DIR={shlex.quote(str(plugins))} "
+         f"{shlex.quote(str(Path(python or sys.executable).parent / 'fiftyone'))} delegated launch"),
+    ]
 
 
 def hints(name: str, plugins: str | Path, python: str | None = None) -> str:
-    """What the demo prints at the end: how to open the App with the plugin, *Schedule*, evaluate."""
-    return (f"Open it in the App (FIFTYONE_PLUGINS_DIR points at {plugins}, which this demo made: a link to this "
-            f"checkout, so the operator browser (`) lists the DeAOT operators; "
-            f"FIFTYONE_ALLOW_LEGACY_ORCHESTRATORS=true makes *Schedule* (delegated runs) available, else the App "
-            f"shows it NOT AVAILABLE):\n    {app_command(name, plugins, python)}\n"
-            f"(frame fields: '{KEYFRAMES_FIELD}' = the given keyframes, '{OUTPUT_FIELD}' = propagated instance "
-            f"masks, '{SEGMENTATION_FIELD}' = label maps; the synthetic video also has 'ground_truth')\n"
-            f"J&F of the synthetic video against its ground truth:\n    {evaluate_command(name, python)}\n"
-            f"Scheduled operations run in a worker:\n    FIFTYONE_PLUGINS_DIR={shlex.quote(str(plugins))} "
-            f"{shlex.quote(str(Path(python or sys.executable).parent / 'fiftyone'))} delegated launch")
+    """What the demo prints at the end: the fields it made and :func:`next_steps`."""
+    lines = [f"Frame fields: '{KEYFRAMES_FIELD}' = the given keyframes, '{OUTPUT_FIELD}' = propagated instance "
+             f"masks, '{SEGMENTATION_FIELD}' = label maps; the synthetic video also has 'ground_truth'. "
+             f"{plugins} (made by the demo) links this checkout, for FIFTYONE_PLUGINS_DIR.", "Next steps:"]
+    for number, (what, command) in enumerate(next_steps(name, plugins, python), start=1):
+        lines += [f"{number}. {what}:", f"    {command}"]
+    return "\n".join(lines)
 
 
 def run_demo(name: str = "deaot-demo", device: str = "auto", real_clips: bool = True, launch: bool = False) -> int:

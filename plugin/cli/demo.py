@@ -7,7 +7,7 @@ from ..demo import run_demo
 def add_parser(sub) -> None:
     p = sub.add_parser("demo", help="build the demo dataset and propagate its masks")
     p.add_argument("--name", default="deaot-demo", help="dataset name (replaced if it exists)")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda or cuda:N")
     p.add_argument("--no-real-clips", action="store_true", help="only the synthetic video")
     p.add_argument("--launch", action="store_true", help="open the FiftyOne App at the end (with the plugin loaded and Schedule available)")
     p.set_defaults(handler=run)

@@ -79,7 +79,7 @@ def run_compare(args) -> int:
         print(error_line(err), file=sys.stderr)
         return 1
     if not rows:
-        print(f"dataset '{dataset.name}' has no J&F evaluation; run `python -m deaot_vos evaluate` first", file=sys.stderr)
+        print(f"dataset '{dataset.name}' has no J&F evaluation; run `deaot-vos evaluate` first", file=sys.stderr)
         return 1
     print(to_csv(rows), end="") if args.csv else print(format_table(rows))
     if args.per_sequence:

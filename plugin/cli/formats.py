@@ -1,7 +1,7 @@
 """``export-vos`` and ``import-vos``: DAVIS / YouTube-VOS folders::
 
-    python -m deaot_vos export-vos --dataset NAME --label-field ground_truth --export-dir DIR [--layout davis|youtube]
-    python -m deaot_vos import-vos --dataset-dir DIR --name NAME [--layout auto|davis|youtube]
+    deaot-vos export-vos --dataset NAME --label-field ground_truth --export-dir DIR [--layout davis|youtube]
+    deaot-vos import-vos --dataset-dir DIR --name NAME [--layout auto|davis|youtube]
 """
 from __future__ import annotations
 
@@ -15,8 +15,9 @@ def add_parsers(sub) -> None:
     p = sub.add_parser("export-vos", help="write videos and masks as a DAVIS or YouTube-VOS folder")
     p.add_argument("--dataset", required=True, help="FiftyOne dataset name")
     p.add_argument("--label-field", required=True, help="frame field with the masks")
-    p.add_argument("--export-dir", required=True)
-    p.add_argument("--layout", default="davis", choices=("davis", "youtube"))
+    p.add_argument("--export-dir", required=True, help="folder to write JPEGImages/ and Annotations/ into")
+    p.add_argument("--layout", default="davis", choices=("davis", "youtube"),
+                   help="davis: a PNG for every frame; youtube: PNGs for the labelled frames only, plus meta.json")
     p.add_argument("--sample-id", action="append", default=None, help="only this sample (repeatable)")
     p.add_argument("--overwrite", action="store_true", help="replace existing sequence folders")
     p.set_defaults(handler=run_export)
@@ -24,11 +25,13 @@ def add_parsers(sub) -> None:
     p = sub.add_parser("import-vos", help="load a DAVIS or YouTube-VOS folder as a FiftyOne video dataset")
     p.add_argument("--dataset-dir", required=True, help="folder with JPEGImages/, Annotations/ (and meta.json)")
     p.add_argument("--name", default=None, help="dataset name (default: the folder's name)")
-    p.add_argument("--layout", default="auto", choices=("auto", "davis", "youtube"))
-    p.add_argument("--label-field", default="ground_truth")
-    p.add_argument("--label-type", default="detections", choices=("detections", "segmentation"))
+    p.add_argument("--layout", default="auto", choices=("auto", "davis", "youtube"),
+                   help="auto: youtube when the folder has meta.json, else davis")
+    p.add_argument("--label-field", default="ground_truth", help="frame field to store the masks in")
+    p.add_argument("--label-type", default="detections", choices=("detections", "segmentation"),
+                   help="fo.Detections with instance masks, or fo.Segmentation label maps")
     p.add_argument("--video-dir", default=None, help="where to write the MP4s")
-    p.add_argument("--fps", type=float, default=24.0)
+    p.add_argument("--fps", type=float, default=24.0, help="frame rate of the MP4s made from the JPEG frames")
     p.add_argument("--sequence", action="append", default=None, help="only this sequence (repeatable)")
     p.add_argument("--resolution", default=None, help="DAVIS resolution folder (480p, ...); found automatically")
     p.add_argument("--overwrite", action="store_true", help="replace a dataset with this name")
