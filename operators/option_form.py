@@ -1,7 +1,7 @@
 """The propagation settings as operator form inputs, derived from their declaration
 (:mod:`deaot_vos.propagation.option_specs`): one input per setting the form shows, in field
-order, with its label, help, default, lower bound and choices. Each value given is checked
-inline by building the options from it alone: the error is shown on that input."""
+order, with its label, help, default, lower bound and choices. The params are checked by building
+the options from them once; when that fails, each value alone, to show the error on its input."""
 from __future__ import annotations
 
 from typing import Callable, Optional
@@ -13,8 +13,9 @@ from deaot_vos.propagation.option_specs import OptionSpec, option_specs
 
 #: ``widget(inputs, spec) -> Property``: declares one setting's input in place of :func:`option_input`
 Widget = Callable[[types.Object, OptionSpec], types.Property]
-#: ``hook(props)``: runs right after a setting's input (``props``: the inputs declared so far)
-Hook = Callable[[dict], None]
+#: ``hook(props, options)``: runs right after a setting's input (``props``: the inputs declared so
+#: far; ``options``: what the params make, None when a value is bad)
+Hook = Callable[[dict, Optional[PropagationOptions]], None]
 
 
 def description(spec: OptionSpec) -> str:
@@ -42,32 +43,41 @@ def option_input(inputs: types.Object, spec: OptionSpec, help_text: Optional[str
     return inputs.str(spec.name, required=spec.info.required, **given, **texts)
 
 
-def check_inline(params: dict, prop: types.Property, spec: OptionSpec, options_cls=PropagationOptions) -> None:
-    """Mark ``prop`` invalid with the error that building the options from ``spec``'s given
-    value alone raises (nothing when it is not given)."""
-    value = params.get(spec.name)
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return
+def checked_options(params: dict, options_cls=PropagationOptions):
+    """(options, errors): the options built from the form's ``params``, or, when that fails, None
+    and setting -> the error that building them from its value alone raises."""
     try:
-        options_cls.from_params({spec.name: value})
-    except (TypeError, ValueError) as err:
-        prop.invalid = True
-        prop.error_message = str(err)
+        return options_cls.from_params(params), {}
+    except (TypeError, ValueError):
+        pass
+    errors = {}
+    for spec in option_specs(options_cls):
+        value = params.get(spec.name)
+        if value is None or (isinstance(value, str) and not value.strip()):
+            continue
+        try:
+            options_cls.from_params({spec.name: value})
+        except (TypeError, ValueError) as err:
+            errors[spec.name] = str(err)
+    return None, errors
 
 
 def option_inputs(ctx, inputs: types.Object, widgets: Optional[dict[str, Widget]] = None,
                   after: Optional[dict[str, Hook]] = None, options_cls=PropagationOptions) -> dict[str, types.Property]:
-    """Declare every setting of ``options_cls`` that the form shows, in field order (``widgets``:
-    setting -> its own input; ``after``: setting -> a hook run right after its input); returns
-    setting -> its property."""
+    """Declare every setting of ``options_cls`` that the form shows, in field order, each with
+    the error its value raises (``widgets``: setting -> its own input; ``after``: setting -> a
+    hook run right after its input, given the inputs so far and the options the params make, or
+    None when they make none); returns setting -> its property."""
     widgets, after = widgets or {}, after or {}
+    options, errors = checked_options(ctx.params, options_cls)
     props: dict[str, types.Property] = {}
     for spec in option_specs(options_cls):
         if not spec.shown_in("form"):
             continue
         widget = widgets.get(spec.name)
-        props[spec.name] = widget(inputs, spec) if widget else option_input(inputs, spec)
-        check_inline(ctx.params, props[spec.name], spec, options_cls)
+        prop = props[spec.name] = widget(inputs, spec) if widget else option_input(inputs, spec)
+        if spec.name in errors:
+            prop.invalid, prop.error_message = True, errors[spec.name]
         if spec.name in after:
-            after[spec.name](props)
+            after[spec.name](props, options)
     return props

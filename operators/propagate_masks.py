@@ -15,7 +15,7 @@ from deaot_vos.weights import DEFAULT_MODEL, emulated_precisions, model_names, w
 
 from .common import (app_words, app_wording, delegation_param, dropdown, keyframes_default, label_fields,
                      target_view, throttled_progress, video_target_notice)
-from .option_form import Widget, description, option_input, option_inputs
+from .option_form import Widget, checked_options, description, option_input, option_inputs
 
 
 def _device_choices() -> list[str]:
@@ -55,19 +55,21 @@ def _dropdown_widget(names) -> Widget:
     return widget
 
 
+_FIELD_PARAMS = ("keyframes_field", "output_field", "write_segmentation", "overwrite", "incremental")
+
+
 def _check_fields_inline(ctx, keyframes_default):
     """A hook: the output field checks (exists, type, same as the keyframes) shown on the output
     or the segmentation field's input."""
-    def hook(props: dict) -> None:
+    def hook(props: dict, options) -> None:
         output, seg = props["output_field"], props["write_segmentation"]
-        names = {name: ctx.params.get(name) for name in ("output_field", "write_segmentation", "overwrite",
-                                                          "incremental")}
-        names["keyframes_field"] = ctx.params.get("keyframes_field") or keyframes_default
-        if not names["keyframes_field"] or output.invalid or seg.invalid:
+        if options is None:  # another setting is bad: check the fields all the same
+            options, _ = checked_options({name: ctx.params.get(name) for name in _FIELD_PARAMS})
+        keyframes_field = (options.keyframes_field or keyframes_default) if options is not None else None
+        if not keyframes_field:
             return  # nothing to check against, or a bad name already shown
         try:
-            options = PropagationOptions.from_params(names)
-            check_fields(target_view(ctx), options.keyframes_field, options.output_field, options.write_segmentation,
+            check_fields(target_view(ctx), keyframes_field, options.output_field, options.write_segmentation,
                          options.overwrite or options.incremental)
         except OutputExistsError as err:
             bad = output if err.field == options.output_field else seg
@@ -81,7 +83,7 @@ def _check_fields_inline(ctx, keyframes_default):
 
 def _weights_notice(ctx, inputs: types.Object):
     """A hook: before the run, which weights it would use (a demo checkpoint: a warning)."""
-    def hook(props: dict) -> None:
+    def hook(props: dict, options) -> None:
         try:
             notice = weights_notice(ctx.params.get("model") or DEFAULT_MODEL, ctx.params.get("checkpoint") or None)
         except (ValueError, RuntimeError) as err:  # a missing checkpoint file, no weights at all
