@@ -128,7 +128,8 @@ def test_cli_help_documents_every_propagation_option():
     body = text.index("options:")
     starts = sorted(text.index(f" {flag} ", body) for flag in flags if flag.startswith("--"))
     shown = [spec for spec in option_specs(PropagationOptions) if spec.shown_in("cli")]
-    assert {"--long-term-gap", "--max-long-term-frames", "--max-short-edge", "--max-long-edge"} <= {s.flag for s in shown}
+    assert {"--long-term-gap", "--max-long-term-frames", "--max-short-edge", "--max-long-edge"} <= {
+        spec.flag for spec in shown}
     for spec in shown:
         start = text.index(f" {spec.flag} ", body)
         entry = text[start:min([s for s in starts if s > start] + [len(text)])]
@@ -215,7 +216,7 @@ def test_settings_are_converted_once_per_run(one_video, tiny_checkpoint, monkeyp
 
 
 @pytest.mark.parametrize("name", ["$out", "a$b", "out\0x"])
-def test_unstorable_output_field_is_refused_up_front(name, one_video, tiny_checkpoint, caplog):
+def test_unstorable_output_field_is_refused_up_front(name, one_video, tiny_checkpoint, caplog, capsys):
     import fiftyone.operators as foo
     from fiftyone.operators.executor import ExecutionContext
 
@@ -238,6 +239,11 @@ def test_unstorable_output_field_is_refused_up_front(name, one_video, tiny_check
             run()
         assert str(raised.value) == message
     assert not progress and "temporary field" not in caplog.text  # refused before any work
+    from deaot_vos.cli import main
+
+    assert main(["propagate", "--dataset", one_video.name, "--keyframes-field", "kf", "--output-field", name,
+                 "--device", "cpu"]) == 1
+    assert capsys.readouterr().err.strip() == f"error: {message}"
     one_video.reload()
     assert sorted(one_video.get_frame_field_schema()) == schema
 
