@@ -1,19 +1,21 @@
 """``@deaot/vos/propagate_masks``: a thin operator over :func:`deaot_vos.propagate`.
 
-The form's params are :meth:`deaot_vos.propagation.PropagationOptions.from_params`'s; a queued
-job's tasks carry ``PropagationOptions.to_params()`` plus the job id (``JOB_PARAM``)."""
+The form's inputs are derived from :class:`deaot_vos.propagation.PropagationOptions`'s declaration
+(:mod:`.option_form`) and read back by its ``from_params``; a queued job's tasks carry
+``PropagationOptions.to_params()`` plus the job id (``JOB_PARAM``)."""
 from __future__ import annotations
 
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
-from deaot_vos.propagation import (DEFAULT_OUTPUT, JOB_PARAM, DelegatedCancelCheck, OutputExistsError,
-                                   PropagationCancelled, PropagationOptions, cancel_on_signals, check_fields,
-                                   check_test_scales, propagate, queue_propagation, run_task, split_size)
-from deaot_vos.weights import DEFAULT_MODEL, PRECISIONS, emulated_precisions, model_names, weights_notice
+from deaot_vos.propagation import (JOB_PARAM, DelegatedCancelCheck, OutputExistsError, PropagationCancelled,
+                                   PropagationOptions, cancel_on_signals, check_fields, propagate, queue_propagation,
+                                   run_task, split_size)
+from deaot_vos.weights import DEFAULT_MODEL, emulated_precisions, model_names, weights_notice
 
 from .common import (app_words, app_wording, delegation_param, dropdown, keyframes_default, label_fields,
                      target_view, throttled_progress, video_target_notice)
+from .option_form import Widget, checked_options, description, option_input, option_inputs
 
 
 def _device_choices() -> list[str]:
@@ -29,78 +31,68 @@ def _device_choices() -> list[str]:
     return choices
 
 
-def params_to_kwargs(params: dict) -> dict:
-    """The :func:`deaot_vos.propagate` keyword arguments for the operator's ``params``
-    (:meth:`PropagationOptions.from_params`, validated)."""
-    return vars(PropagationOptions.from_params(params)).copy()
+# -- the form: the settings' inputs are derived from PropagationOptions (option_form); the
+# widgets and hooks below add what only a dataset or this machine knows ---------------------------
+
+def _keyframes_widget(fields: list[str], default) -> Widget:
+    """The keyframes field as a dropdown of the dataset's label fields (an error when it has none)."""
+    def widget(inputs: types.Object, spec) -> types.Property:
+        if not fields:
+            inputs.view("no_keyframes", types.Error(
+                label="No frame field with Detections (instance masks), Segmentation or Polylines to use as keyframes"))
+        choices = dropdown(fields)
+        return inputs.enum(spec.name, choices.values(), required=True, label=spec.info.label,
+                           description=description(spec), view=choices, default=default)
+    return widget
 
 
-# -- the form ------------------------------------------------------------------------------------
-
-def _fields_inputs(ctx, inputs: types.Object) -> None:
-    """Keyframes, output and segmentation fields, overwrite; the field checks shown inline."""
-    fields = label_fields(ctx.dataset)
-    if not fields:
-        inputs.view("no_keyframes", types.Error(
-            label="No frame field with Detections (instance masks), Segmentation or Polylines to use as keyframes"))
-    kf_choices = dropdown(fields)
-    kf_default = keyframes_default(ctx.dataset, fields)
-    inputs.enum("keyframes_field", kf_choices.values(), required=True, label="Keyframes field",
-                description="Frame field holding the keyframe masks (Detections with instance masks, "
-                            "Segmentation, or filled Polylines)", view=kf_choices, default=kf_default)
-    marks = types.RadioGroup()
-    for name, label in (("auto", "auto (when labels are marked)"), ("on", "only marked labels"), ("off", "every label")):
-        marks.add_choice(name, label=label)
-    inputs.enum("keyframe_marks", marks.values(), default="auto", label="Keyframes in a track field", view=marks,
-                description="A track field (CVAT, the App) labels every frame and marks the annotated ones with "
-                            "keyframe=True: only those are keyframes (auto: when any label is marked)")
-    output = inputs.str("output_field", required=True, default=DEFAULT_OUTPUT, label="Output field",
-                        description="New frame field for the propagated Detections (instance masks)")
-    inputs.bool("overwrite", default=False, label="Overwrite",
-                description="Replace the output field(s) if they already exist")
-    inputs.bool("incremental", default=False, label="Incremental (update the output)",
-                description="When the output exists, recompute only the frames whose keyframes, model or "
-                            "options changed and keep the others (the output is updated in place)")
-    inputs.bool("bidirectional", default=False, label="Bidirectional between keyframes",
-                description="Frames between two keyframes fuse the forward pass with a backward pass from the "
-                            "later keyframe: +0.05 J&F between keyframes on held-out clips, about 2x the work between "
-                            "keyframes (README)")
-    seg = inputs.str("write_segmentation", required=False, label="Segmentation field (optional)",
-                     description="Also write a Segmentation label map (pixel value = object index) here")
-    keyframes_field = ctx.params.get("keyframes_field") or kf_default
-    output_field = ctx.params.get("output_field") or DEFAULT_OUTPUT
-    if not keyframes_field:
-        return
-    try:
-        check_fields(target_view(ctx), keyframes_field, output_field, ctx.params.get("write_segmentation") or None,
-                     bool(ctx.params.get("overwrite", False)) or bool(ctx.params.get("incremental", False)))
-    except OutputExistsError as err:
-        bad = output if err.field == output_field.replace("frames.", "", 1) else seg
-        bad.invalid = True
-        bad.error_message = app_words(err)
-    except ValueError as err:
-        output.invalid = True
-        output.error_message = str(err)
+def _dropdown_widget(names) -> Widget:
+    """A dropdown of ``names`` with the setting's default."""
+    def widget(inputs: types.Object, spec) -> types.Property:
+        choices = dropdown(list(names))
+        return inputs.enum(spec.name, choices.values(), default=spec.default, label=spec.info.label,
+                           description=description(spec), view=choices)
+    return widget
 
 
-def _model_inputs(ctx, inputs: types.Object) -> None:
-    """Model, checkpoint (and, before the run, which weights it would use) and device."""
-    model_choices = dropdown(model_names())
-    inputs.enum("model", model_choices.values(), default=DEFAULT_MODEL, label="Model", view=model_choices,
-                description="Official AOT/DeAOT variant")
-    checkpoint = inputs.str("checkpoint", required=False, label="Checkpoint (optional)",
-                            description="Path or URL of the weights; default: the official file in the cache dir "
-                                        "(~/.cache/deaot or $DEAOT_CACHE), else the shipped demo checkpoint")
-    try:
-        notice = weights_notice(ctx.params.get("model") or DEFAULT_MODEL, ctx.params.get("checkpoint") or None)
-    except (ValueError, RuntimeError) as err:  # a missing checkpoint file, no weights at all
-        checkpoint.invalid = True
-        checkpoint.error_message = str(err)
-        notice = None
-    if notice:
-        inputs.view("weights_notice", types.Warning(label="Demo weights", description=notice))
-    device_choices = dropdown(_device_choices())
-    inputs.enum("device", device_choices.values(), default="auto", label="Device", view=device_choices)
+_FIELD_PARAMS = ("keyframes_field", "output_field", "write_segmentation", "overwrite", "incremental")
+
+
+def _check_fields_inline(ctx, keyframes_default):
+    """A hook: the output field checks (exists, type, same as the keyframes) shown on the output
+    or the segmentation field's input."""
+    def hook(props: dict, options) -> None:
+        output, seg = props["output_field"], props["write_segmentation"]
+        if options is None:  # another setting is bad: check the fields all the same
+            options, _ = checked_options({name: ctx.params.get(name) for name in _FIELD_PARAMS})
+        keyframes_field = (options.keyframes_field or keyframes_default) if options is not None else None
+        if not keyframes_field:
+            return  # nothing to check against, or a bad name already shown
+        try:
+            check_fields(target_view(ctx), keyframes_field, options.output_field, options.write_segmentation,
+                         options.overwrite or options.incremental)
+        except OutputExistsError as err:
+            bad = output if err.field == options.output_field else seg
+            bad.invalid = True
+            bad.error_message = app_words(err)
+        except ValueError as err:
+            output.invalid = True
+            output.error_message = str(err)
+    return hook
+
+
+def _weights_notice(ctx, inputs: types.Object):
+    """A hook: before the run, which weights it would use (a demo checkpoint: a warning)."""
+    def hook(props: dict, options) -> None:
+        try:
+            notice = weights_notice(ctx.params.get("model") or DEFAULT_MODEL, ctx.params.get("checkpoint") or None)
+        except (ValueError, RuntimeError) as err:  # a missing checkpoint file, no weights at all
+            props["checkpoint"].invalid = True
+            props["checkpoint"].error_message = str(err)
+            notice = None
+        if notice:
+            inputs.view("weights_notice", types.Warning(label="Demo weights", description=notice))
+    return hook
 
 
 def _precision_help(device) -> str:
@@ -116,41 +108,20 @@ def _precision_help(device) -> str:
     return text
 
 
-def _engine_inputs(ctx, inputs: types.Object) -> None:
-    """The tracker knobs: memory, resolution, precision, compile, test-time augmentation."""
-    inputs.int("long_term_gap", required=False, min=1, label="Long-term memory gap",
-               description="Frames between long-term memory entries (default: the model's)")
-    inputs.int("max_long_term_frames", required=False, min=1, label="Max long-term frames",
-               description="Cap on long-term memory entries (default: unbounded)")
-    inputs.int("max_long_edge", required=False, min=16, default=1040, label="Max long edge",
-               description="Frames are resized so their long edge is at most this many pixels")
-    precision_choices = types.RadioGroup()
-    for name in PRECISIONS:
-        precision_choices.add_choice(name, label=name)
-    inputs.enum("precision", precision_choices.values(), default="fp32", label="Precision",
-                description=_precision_help(ctx.params.get("device")), view=precision_choices)
-    inputs.bool("compile_model", default=False, label="Compile the network (torch.compile)",
-                description="Slower start (about a minute to compile), faster frames: for long videos")
-    scales = inputs.str("test_scales", required=False, default="1.0", label="Test-time scales",
-                        description="Comma-separated, as the official --ms (e.g. 0.8,1.0,1.2): one pass per "
-                                    "scale, probabilities averaged")
-    try:
-        check_test_scales(ctx.params.get("test_scales"))
-    except ValueError as err:
-        scales.invalid = True
-        scales.error_message = str(err)
-    inputs.bool("test_flip", default=False, label="Test-time flip",
-                description="Also run the mirrored video and average (as the official --flip; 2x the work)")
-    inputs.int("threads", required=False, min=1, label="CPU threads",
-               description="Threads for the network on the CPU (default: automatic, the cores other processes "
-                           "leave free, measured as it runs)")
+def _settings_inputs(ctx, inputs: types.Object) -> None:
+    """Every setting the form shows (:func:`.option_form.option_inputs`), with the dataset's
+    label fields, the models, this machine's devices and the inline field and weights checks."""
+    fields = label_fields(ctx.dataset)
+    kf_default = keyframes_default(ctx.dataset, fields)
+    widgets = dict(keyframes_field=_keyframes_widget(fields, kf_default), model=_dropdown_widget(model_names()),
+                   device=_dropdown_widget(_device_choices()),
+                   precision=lambda into, spec: option_input(into, spec, _precision_help(ctx.params.get("device"))))
+    after = dict(write_segmentation=_check_fields_inline(ctx, kf_default), checkpoint=_weights_notice(ctx, inputs))
+    option_inputs(ctx, inputs, widgets, after)
 
 
 def _run_inputs(inputs: types.Object) -> None:
-    """Failure handling and the split into queued tasks."""
-    inputs.bool("skip_failures", default=False, label="Skip failing videos",
-                description="A video that fails keeps its previous output and is listed in the result; "
-                            "the others are written (default: any failure writes nothing)")
+    """The split into queued tasks (a setting of the operator, not of the propagation)."""
     inputs.int("videos_per_task", required=False, min=0, label="Videos per task (delegated)",
                description="Delegated over several videos, queue one operation per this many videos so that "
                            "several `fiftyone delegated launch` workers run them in parallel (default 1; "
@@ -196,9 +167,7 @@ class PropagateMasks(foo.Operator):
         inputs = types.Object()
         form = types.View(label="Propagate masks with DeAOT")
         if video_target_notice(ctx, inputs, "Runs on"):
-            _fields_inputs(ctx, inputs)
-            _model_inputs(ctx, inputs)
-            _engine_inputs(ctx, inputs)
+            _settings_inputs(ctx, inputs)
             _run_inputs(inputs)
         return types.Property(inputs, view=form)
 

@@ -68,8 +68,8 @@ def reserved_name(name: str) -> bool:
 def frame_field_name(name: str | None, what: str = "field") -> str:
     """The one rule for a frame label field's name: ``name`` stripped, without a leading ``frames.``;
     ``ValueError`` naming ``what`` (the argument, e.g. ``gt_field``) when it is missing, nested
-    (a ``.``), private (leading ``_``), a default frame field (``frame_number``...) or ends in a
-    reserved temporary suffix (:data:`RESERVED_SUFFIXES`)."""
+    (a ``.``), private (leading ``_``), one FiftyOne cannot store (a ``$`` or a null character), a
+    default frame field (``frame_number``...) or ends in a reserved temporary suffix (:data:`RESERVED_SUFFIXES`)."""
     if name is None or str(name).strip() == "":
         raise ValueError(f"{what} is required")
     name = str(name).strip()
@@ -77,6 +77,8 @@ def frame_field_name(name: str | None, what: str = "field") -> str:
         name = name[len("frames."):]
     if not name or "." in name or name.startswith("_") or name in FRAME_DEFAULT_FIELDS:
         raise ValueError(f"invalid {what} {name!r}: expected a top-level frame field name")
+    if "$" in name or "\0" in name:  # refused by FiftyOne (MongoDB operators), only once a field is added
+        raise ValueError(f"invalid {what} {name!r}: FiftyOne field names cannot contain '$' or a null character")
     if reserved_name(name):
         raise ValueError(f"invalid {what} {name!r}: names ending in {' or '.join(RESERVED_SUFFIXES)} are reserved "
                          f"for the plugin's temporary fields")

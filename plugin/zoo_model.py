@@ -275,20 +275,16 @@ class DeAOTVideoModel(fom.Model, fom.SamplesMixin):
         return mask_targets_for(getattr(sample, "_view", None) or sample.dataset, field)
 
 
-#: load_model keyword arguments: the PropagationOptions fields a zoo model takes (plus prompt_field, segmentation)
-MODEL_KNOBS = ("device", "checkpoint", "long_term_gap", "max_long_term_frames", "max_short_edge", "max_long_edge",
-               "precision", "compile_model", "test_scales", "test_flip", "bidirectional")
-
-
 def build_video_model(model: str, checkpoint: Optional[str] = None, prompt_field: Optional[str] = None,
                       segmentation: bool = False, **knobs) -> DeAOTVideoModel:
     """A :class:`DeAOTVideoModel` for the official ``model`` name with ``checkpoint`` (path or
     URL; None: :func:`deaot_vos.resolve_checkpoint`'s order), ``prompt_field`` as the default
-    keyframes field and the engine ``knobs`` of :data:`MODEL_KNOBS`; TypeError on another name."""
-    unknown = sorted(set(knobs) - set(MODEL_KNOBS))
+    keyframes field and the settings ``knobs`` a zoo model takes
+    (:meth:`PropagationOptions.zoo_keywords`); TypeError on another name."""
+    unknown = sorted(set(knobs) - set(PropagationOptions.zoo_keywords()))
     if unknown:
         raise TypeError(f"unknown DeAOT zoo model argument(s) {', '.join(unknown)}; accepted: prompt_field, "
-                        f"segmentation, {', '.join(MODEL_KNOBS)}")
+                        f"segmentation, {', '.join(PropagationOptions.zoo_keywords())}")
     keyframes = prompt_field[len("frames."):] if prompt_field and prompt_field.startswith("frames.") else prompt_field
     options = PropagationOptions(keyframes_field=keyframes, model=model, checkpoint=checkpoint, **knobs)
     return DeAOTVideoModel(options, segmentation=segmentation)

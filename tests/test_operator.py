@@ -158,16 +158,17 @@ def test_resolve_input_builds_the_form(video_dataset, monkeypatch):
 
 
 def test_test_time_augmentation_params_are_parsed():
-    from operators.propagate_masks import params_to_kwargs
+    from deaot_vos.propagation import PropagationOptions
 
     base = dict(keyframes_field="kf")
-    assert params_to_kwargs(base)["test_scales"] == (1.0,) and params_to_kwargs(base)["test_flip"] is False
-    kwargs = params_to_kwargs(dict(base, test_scales="0.8, 1.0,1.2", test_flip=True))
-    assert kwargs["test_scales"] == (0.8, 1.0, 1.2) and kwargs["test_flip"] is True
-    assert params_to_kwargs(dict(base, test_scales=[1.3]))["test_scales"] == (1.3,)  # a queued task's JSON list
+    options = PropagationOptions.from_params(base)
+    assert options.test_scales == (1.0,) and options.test_flip is False
+    options = PropagationOptions.from_params(dict(base, test_scales="0.8, 1.0,1.2", test_flip=True))
+    assert options.test_scales == (0.8, 1.0, 1.2) and options.test_flip is True
+    assert PropagationOptions.from_params(dict(base, test_scales=[1.3])).test_scales == (1.3,)  # a queued task's JSON
     for bad in ("0", "1.0,,2", "abc", "9"):
         with pytest.raises(ValueError, match="test_scales"):
-            params_to_kwargs(dict(base, test_scales=bad))
+            PropagationOptions.from_params(dict(base, test_scales=bad))
 
 
 def test_delegated_execution(video_dataset, tiny_checkpoint):

@@ -45,8 +45,13 @@ def run_propagate(args) -> int:
     except ValueError as err:
         print(error_line(err), file=sys.stderr)
         return 2
+    try:
+        options = PropagationOptions.from_args(args)  # a bad setting is refused before anything starts
+    except ValueError as err:
+        print(error_line(err), file=sys.stderr)
+        return 1
     if args.queue:
-        return _queue(view, args)
+        return _queue(view, args, options)
     bar, show = tqdm_progress()
     # Ctrl-C / SIGTERM: stop at the next frame and drop the temporary fields (a second one
     # interrupts at once; the temporary fields are still dropped)
@@ -57,7 +62,7 @@ def run_propagate(args) -> int:
             show(fraction, label)
 
         try:
-            summary = propagate(view, options=PropagationOptions.from_args(args), progress=progress)
+            summary = propagate(view, options=options, progress=progress)
         except (KeyboardInterrupt, PropagationCancelled):
             bar.close()
             print("cancelled: no field was changed", file=sys.stderr)
@@ -100,11 +105,10 @@ def _narrow(dataset, view, args):
     return view
 
 
-def _queue(view, args) -> int:
+def _queue(view, args, options: PropagationOptions) -> int:
     """``propagate --queue``: check once, queue the per-video operations, print their ids."""
     try:
-        queued = queue_propagation(view, options=PropagationOptions.from_args(args),
-                                   videos_per_task=args.videos_per_task)
+        queued = queue_propagation(view, options=options, videos_per_task=args.videos_per_task)
     except (OutputExistsError, ValueError, RuntimeError, OSError) as err:
         if database_unreachable(err):
             raise  # main() prints the one line

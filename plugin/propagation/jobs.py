@@ -90,8 +90,6 @@ def _check_queueable(sample_collection, dataset: fo.Dataset, options: Propagatio
     keyframes_field, output_field, segmentation = check_fields(
         sample_collection, options.keyframes_field, options.output_field, options.write_segmentation,
         options.overwrite)
-    options = options.replace(keyframes_field=keyframes_field, output_field=output_field,
-                              write_segmentation=segmentation)
     resolve_checkpoint(options.model, options.checkpoint, allow_random=options.allow_random_weights)
     sample_ids = sample_collection.values("id")
     if not sample_ids:
@@ -162,7 +160,7 @@ def _queue_claimed(sample_collection, dataset: fo.Dataset, options: PropagationO
             dataset_id=dataset._doc.id, dataset=dataset.name, fields=list(stage), stage=stage,
             created_fields=created, pending=list(sample_ids), videos={}, ops=[], finalized=False,
             parent_op=str(parent_op) if parent_op is not None else None, created_at=now())).inserted_id
-        params = dict(options.replace(overwrite=True).to_params(), delegate=True)
+        params = dict(options.to_params(), overwrite=True, delegate=True)
         params[JOB_PARAM] = str(job_id)
         _queue_operations(dataset, job_id, params, sample_ids, videos_per_task, delegation_target, op_ids)
     except BaseException:

@@ -1,9 +1,13 @@
 """``PropagationOptions``: every propagation setting in one place, validated once.
 
-The same object is built from Python keyword arguments (:func:`deaot_vos.propagate`), from the
-operator's params (:meth:`PropagationOptions.from_params`), from the command line
-(:meth:`PropagationOptions.add_arguments` / :meth:`from_args`), and stored JSON-safe in queued
-tasks (:meth:`to_params`, which :meth:`from_params` reads back unchanged).
+Each setting is one dataclass field whose metadata (:func:`.option_specs.option`: label, help,
+choices, which entry shapes show it) is the single source of the operator form
+(``operators/option_form.py``), the command-line arguments (:meth:`PropagationOptions.add_arguments`
+/ :meth:`~PropagationOptions.from_args`), the queued tasks' JSON-safe params
+(:meth:`~PropagationOptions.to_params`, which :meth:`~PropagationOptions.from_params` reads back
+unchanged) and the zoo model's keywords (:func:`zoo_keywords`): a new setting is written here
+once. The engine knobs take their defaults from :class:`deaot_core.TrackerOptions`, which is built
+once per options object (:meth:`~PropagationOptions.tracker_options`).
 """
 from __future__ import annotations
 
@@ -15,15 +19,23 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 import deaot_core
+from deaot_core.tracker import MIN_EDGE
 
 from ..fields import frame_field_name
 from ..label_frames import KEYFRAME_MARKS
 from ..weights import DEFAULT_MODEL, PRECISIONS
+from . import option_specs as specs
+from .option_specs import option
 
 DEFAULT_OUTPUT = "deaot"  # the operator's default output field
-_ARG_NAMES = {"compile_model": "compile"}  # option -> its argparse dest, where they differ
-TRACKER_KNOBS = ("long_term_gap", "max_long_term_frames", "max_short_edge", "max_long_edge", "precision",
-                 "compile_model", "test_scales", "test_flip", "threads")
+_CORE_DEFAULTS = {f.name: f.default for f in dataclasses.fields(deaot_core.TrackerOptions)}
+_NAME_FIELDS = ("keyframes_field", "output_field", "write_segmentation")
+_UNSET = object()
+
+
+def engine_option(core: str, label: str, help: str, **info) -> Any:
+    """A setting that is the :class:`deaot_core.TrackerOptions` field ``core``, with its default."""
+    return option(_CORE_DEFAULTS[core], label, help, core=core, **info)
 
 
 def optional_field_name(name: Optional[str], what: str) -> Optional[str]:
@@ -37,7 +49,7 @@ def check_test_scales(test_scales) -> tuple[float, ...]:
     tuple of floats, validated by the core (:class:`deaot_core.TrackerOptions`); None or blank
     -> (1.0,)."""
     if test_scales is None or (isinstance(test_scales, str) and not test_scales.strip()):
-        return (1.0,)
+        return _CORE_DEFAULTS["test_scales"]
     return deaot_core.TrackerOptions(test_scales=test_scales).test_scales
 
 
@@ -47,59 +59,108 @@ def _check_write_every(value) -> None:
         raise ValueError(f"write_every must be a number >= 1, got {value!r}")
 
 
-def _int_or_none(value):
-    return None if value is None or value == "" else int(value)
+_APP_ONLY = ("form", "cli")  # settings of a run that writes fields (apply_model writes its own)
 
 
-def _text_or_none(value) -> Optional[str]:
-    return (str(value) if value is not None else "").strip() or None
-
-
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class PropagationOptions:
     """What to propagate where, with which model and engine knobs (see :func:`deaot_vos.propagate`).
 
-    ``__post_init__`` normalises the field names (``frames.`` prefix, blank -> None),
-    ``test_scales`` (-> tuple of floats) and validates ``precision`` and the number knobs:
+    ``__post_init__`` normalises the field names (``frames.`` prefix, blank -> None; a name
+    FiftyOne cannot store is refused), builds the engine knobs' :class:`deaot_core.TrackerOptions`
+    (which validates them; ``test_scales`` -> tuple of floats) and validates the others:
     ValueError on a bad value. Field existence and types are checked against a dataset later
-    (:func:`deaot_vos.propagation.check_fields`)."""
+    (:func:`deaot_vos.propagation.check_fields`). The field order is the form's."""
 
-    keyframes_field: Optional[str] = None
-    output_field: Optional[str] = None
-    model: str = DEFAULT_MODEL
-    checkpoint: Optional[str] = None
-    device: str = "auto"
-    overwrite: bool = False
-    skip_failures: bool = False
-    write_segmentation: Optional[str] = None
-    allow_random_weights: bool = False
-    write_every: int = 64
-    long_term_gap: Optional[int] = None
-    max_long_term_frames: Optional[int] = None
-    max_short_edge: Optional[int] = None
-    max_long_edge: Optional[int] = 1040
-    precision: str = "fp32"
-    compile_model: bool = False
-    test_scales: Sequence[float] = (1.0,)
-    test_flip: bool = False
-    bidirectional: bool = False
-    incremental: bool = False
-    keyframe_marks: str = "auto"
-    threads: Optional[int] = None
+    keyframes_field: Optional[str] = option(
+        None, "Keyframes field", "frame field holding the keyframe masks (Detections with instance masks, "
+        "Segmentation, or filled Polylines)", required=True, metavar="FIELD", shown=_APP_ONLY)
+    output_field: Optional[str] = option(
+        None, "Output field", "new frame field for the propagated Detections (instance masks)", required=True,
+        metavar="FIELD", shown=_APP_ONLY, form_default=DEFAULT_OUTPUT)
+    keyframe_marks: str = option(
+        "auto", "Keyframes in a track field", "a track field (CVAT, the App) labels every frame and marks the "
+        "annotated ones with keyframe=True: on: only the marked labels are keyframes; off: every label is; auto: "
+        "on when any label of the field is marked",
+        choices=(("auto", "auto (when labels are marked)"), ("on", "only marked labels"), ("off", "every label")))
+    overwrite: bool = option(False, "Overwrite", "replace the output field(s) if they already exist", shown=_APP_ONLY)
+    incremental: bool = option(
+        False, "Incremental (update the output)", "when the output exists, recompute only the frames whose "
+        "keyframes, model or options changed and keep the others (the output is updated in place)", shown=_APP_ONLY)
+    bidirectional: bool = option(
+        False, "Bidirectional between keyframes", "frames between two keyframes fuse the forward pass with a "
+        "backward pass from the later keyframe: +0.05 J&F between keyframes on held-out clips, about 2x the work "
+        "between keyframes (README)")
+    write_segmentation: Optional[str] = option(
+        None, "Segmentation field (optional)", "also write a Segmentation label map (pixel value = object index) "
+        "to this frame field", metavar="FIELD", shown=_APP_ONLY)
+    model: str = option(DEFAULT_MODEL, "Model", "official AOT/DeAOT variant", metavar="NAME", shown=_APP_ONLY)
+    checkpoint: Optional[str] = option(
+        None, "Checkpoint (optional)", "path or URL of the weights; default: the official file in the cache dir "
+        "(~/.cache/deaot or $DEAOT_CACHE), else the shipped demo checkpoint", metavar="PATH_OR_URL")
+    device: str = option("auto", "Device", "auto, cpu, cuda or cuda:N")
+    allow_random_weights: bool = option(
+        False, "Allow random weights", "run with random weights when no checkpoint exists (demo only)", shown=())
+    long_term_gap: Optional[int] = engine_option(
+        "long_term_gap", "Long-term memory gap", "frames between long-term memory entries (default: the model's)",
+        minimum=1, metavar="FRAMES")
+    max_long_term_frames: Optional[int] = engine_option(
+        "max_long_term_frames", "Max long-term frames", "cap on long-term memory entries (default: unbounded)",
+        minimum=1, metavar="FRAMES")
+    max_short_edge: Optional[int] = engine_option(
+        "max_short_edge", "Max short edge", "frames are resized so their short edge is at most this many pixels "
+        "(default: no limit)", minimum=MIN_EDGE, metavar="PIXELS")
+    max_long_edge: Optional[int] = engine_option(
+        "max_long_edge", "Max long edge", "frames are resized so their long edge is at most this many pixels",
+        minimum=MIN_EDGE, metavar="PIXELS")
+    precision: str = engine_option(
+        "precision", "Precision", "fp32 keeps the official numerics; bf16 runs channels-last autocast: about 2x "
+        "faster on CPUs with AMX (BENCHMARKS.md), about 99.9% of the fp32 labels; on a CPU without native bf16/fp16 "
+        "kernels (AVX2 only) they are emulated, about 10x slower (a warning says so)", choices=PRECISIONS)
+    compile_model: bool = engine_option(
+        "compile", "Compile the network (torch.compile)", "run the network through torch.compile: slower start "
+        "(about a minute to compile), faster frames; for long videos", flag="--compile")
+    test_scales: Sequence[float] = engine_option(
+        "test_scales", "Test-time scales", "test-time multi-scale, as the official --ms (the form: 0.8,1.0,1.2; "
+        "the command line: 0.8 1.0 1.2): one pass per scale, probabilities averaged", metavar="SCALE")
+    test_flip: bool = engine_option(
+        "test_flip", "Test-time flip", "test-time flip, as the official --flip: also run the mirrored video and "
+        "average (2x the work)")
+    threads: Optional[int] = engine_option(
+        "threads", "CPU threads", "CPU threads for the network (default: automatic, the cores other processes "
+        "leave free, measured as it runs)", minimum=1, metavar="N")
+    skip_failures: bool = option(
+        False, "Skip failing videos", "a video that fails keeps its previous output and is listed in the result; "
+        "the others are written (default: any failure writes nothing)", shown=_APP_ONLY)
+    write_every: int = option(64, "Frames per bulk write", "frames buffered per bulk write", minimum=1,
+                              metavar="FRAMES", shown=("cli",))
 
     def __post_init__(self) -> None:
-        self.keyframes_field = optional_field_name(self.keyframes_field, "keyframes_field")
-        self.output_field = optional_field_name(self.output_field, "output_field")
-        self.write_segmentation = optional_field_name(self.write_segmentation, "write_segmentation")
-        self.model = self.model or DEFAULT_MODEL
+        values = {name: optional_field_name(getattr(self, name), name) for name in _NAME_FIELDS}
+        values["model"] = self.model or DEFAULT_MODEL
         _check_write_every(self.write_every)
-        self.test_flip = bool(self.test_flip)
-        self.bidirectional, self.incremental = bool(self.bidirectional), bool(self.incremental)
-        self.keyframe_marks = str(self.keyframe_marks or "auto").strip().lower()
-        if self.keyframe_marks not in KEYFRAME_MARKS:
+        values.update(overwrite=bool(self.overwrite), skip_failures=bool(self.skip_failures),
+                      allow_random_weights=bool(self.allow_random_weights), bidirectional=bool(self.bidirectional),
+                      incremental=bool(self.incremental))
+        values["keyframe_marks"] = str(self.keyframe_marks or type(self).keyframe_marks).strip().lower()
+        if values["keyframe_marks"] not in KEYFRAME_MARKS:
             raise ValueError(f"keyframe_marks must be one of {', '.join(KEYFRAME_MARKS)}, got {self.keyframe_marks!r}")
-        self.test_scales = check_test_scales(self.test_scales)
-        self.tracker_options()  # the engine knobs are validated by the core's own options object
+        engine = self._engine_knobs()
+        tracker = deaot_core.TrackerOptions(**{core: value for core, (_, value) in engine.items()})
+        values.update({name: getattr(tracker, core) for core, (name, _) in engine.items()})
+        for name, value in values.items():
+            object.__setattr__(self, name, value)
+        object.__setattr__(self, "_tracker_options", tracker)
+
+    def _engine_knobs(self) -> dict[str, tuple[str, Any]]:
+        """TrackerOptions field -> (setting, value) of the engine knobs (a blank ``test_scales``:
+        the default)."""
+        knobs = {spec.info.core: (spec.name, getattr(self, spec.name))
+                 for spec in specs.option_specs(type(self)) if spec.info.core}
+        name, scales = knobs.get("test_scales", (None, 0))
+        if scales is None or (isinstance(scales, str) and not scales.strip()):
+            knobs["test_scales"] = (name, _CORE_DEFAULTS["test_scales"])
+        return knobs
 
     @property
     def output_fields(self) -> list[str]:
@@ -107,97 +168,47 @@ class PropagationOptions:
         return [f for f in (self.output_field, self.write_segmentation) if f]
 
     def replace(self, **changes) -> "PropagationOptions":
-        """A copy with ``changes`` applied (and validated)."""
-        return dataclasses.replace(self, **changes)
+        """A copy with ``changes`` applied (and validated); this object when nothing changes."""
+        changes = {name: value for name, value in changes.items() if getattr(self, name, _UNSET) != value}
+        return dataclasses.replace(self, **changes) if changes else self
 
     def tracker_options(self, **changes) -> deaot_core.TrackerOptions:
         """The engine knobs as the core's :class:`deaot_core.TrackerOptions` (``compile_model``
-        is its ``compile``), with ``changes`` applied; ValueError names a bad knob."""
-        kwargs = {name: getattr(self, name) for name in TRACKER_KNOBS}
-        kwargs["compile"] = kwargs.pop("compile_model")
-        kwargs.update(changes)
-        return deaot_core.TrackerOptions(**kwargs)
+        is its ``compile``), built once; with ``changes`` applied a new one (TypeError on a name
+        it does not have)."""
+        current = self._tracker_options
+        changes = {name: value for name, value in changes.items() if getattr(current, name, _UNSET) != value}
+        return current.replace(**changes) if changes else current
 
     def to_params(self) -> dict[str, Any]:
         """JSON-safe params in the operator form's types (stored in queued tasks, whose params
         the form validates: ``test_scales`` is its comma-separated text); ``from_params``
         returns an equal object."""
-        params = dataclasses.asdict(self)
-        params["test_scales"] = ",".join(repr(float(scale)) for scale in self.test_scales)
-        return params
+        return specs.to_params(self)
 
     @classmethod
     def from_params(cls, params: dict) -> "PropagationOptions":
-        """From the operator's ``params`` (blank strings mean the default; keys that are not
-        options, e.g. ``delegate``, are ignored)."""
-        values: dict[str, Any] = dict(
-            keyframes_field=params.get("keyframes_field"),
-            output_field=params.get("output_field") or DEFAULT_OUTPUT,
-            model=params.get("model") or DEFAULT_MODEL,
-            checkpoint=_text_or_none(params.get("checkpoint")),
-            device=params.get("device") or "auto",
-            precision=params.get("precision") or "fp32",
-            write_segmentation=_text_or_none(params.get("write_segmentation")),
-            keyframe_marks=params.get("keyframe_marks") or "auto",
-            test_scales=params.get("test_scales"))
-        for name in ("overwrite", "skip_failures", "allow_random_weights", "compile_model", "test_flip",
-                     "bidirectional", "incremental"):
-            values[name] = bool(params.get(name, False))
-        for name in ("long_term_gap", "max_long_term_frames", "max_short_edge", "max_long_edge", "write_every",
-                     "threads"):
-            if name in params:
-                values[name] = _int_or_none(params.get(name))
-        if values.get("write_every", 1) is None:
-            del values["write_every"]
-        return cls(**values)
+        """From the operator's ``params`` (a blank value means the form's default, or None for
+        a number that may be unset; keys that are not options, e.g. ``delegate``, are ignored)."""
+        return cls(**specs.from_params(cls, params))
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "PropagationOptions":
-        """From the arguments :meth:`add_arguments` declared: every option with a flag of the same
-        name (``compile_model`` is ``--compile``)."""
-        given = vars(args)
-        values = {f.name: given[_ARG_NAMES.get(f.name, f.name)] for f in dataclasses.fields(cls)
-                  if _ARG_NAMES.get(f.name, f.name) in given}
-        return cls(**values)
+        """From the arguments :meth:`add_arguments` declared."""
+        return cls(**specs.from_args(cls, args))
 
-    @staticmethod
-    def add_arguments(parser: argparse.ArgumentParser) -> None:
-        """Declare the options as command-line arguments (read back by :meth:`from_args`)."""
-        add = parser.add_argument
-        add("--keyframes-field", required=True, help="frame field with the keyframe masks")
-        add("--output-field", required=True, help="frame field to write (fo.Detections)")
-        add("--model", default=None, help=f"official model name (default {DEFAULT_MODEL})")
-        add("--checkpoint", default=None, help="path or URL of the weights")
-        add("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-        add("--overwrite", action="store_true", help="replace the output field(s) if they exist")
-        add("--write-segmentation", default=None, metavar="FIELD",
-            help="also write a fo.Segmentation label map to this frame field")
-        add("--long-term-gap", type=int, default=None)
-        add("--max-long-term-frames", type=int, default=None)
-        add("--max-short-edge", type=int, default=None)
-        add("--max-long-edge", type=int, default=1040)
-        add("--precision", default="fp32", choices=PRECISIONS,
-            help="fp32 keeps the official numerics; bf16 runs channels-last autocast: ~2x faster "
-                 "on CPUs with AMX (BENCHMARKS.md), ~99.9%% of the fp32 labels; on a CPU without "
-                 "native bf16/fp16 kernels (AVX2 only) they are emulated, ~10x slower (a warning says so)")
-        add("--compile", action="store_true", help="run the network through torch.compile (slow start, "
-            "faster frames)")
-        add("--test-scales", type=float, nargs="+", default=None, metavar="SCALE",
-            help="test-time multi-scale, as the official --ms (e.g. 0.8 1.0 1.2): one pass per scale, "
-                 "probabilities averaged (default: 1.0)")
-        add("--test-flip", action="store_true",
-            help="test-time flip, as the official --flip: also run the mirrored video (2x the work)")
-        add("--bidirectional", action="store_true",
-            help="frames between two keyframes fuse the forward pass with a backward pass from the later "
-                 "keyframe (about 2x the work between keyframes; more accurate, see README)")
-        add("--incremental", action="store_true",
-            help="update an existing output: recompute only the frames whose keyframes, model or options "
-                 "changed and keep the others (the output field is updated in place)")
-        add("--keyframe-marks", choices=KEYFRAME_MARKS, default="auto",
-            help="read keyframe=True on the labels of a track field (CVAT, the App) as the keyframes: on, off, "
-                 "or auto (on when any label of the field is marked; default)")
-        add("--threads", type=int, default=None,
-            help="CPU threads for the network (default: automatic, the cores not kept busy by other "
-                 "processes, measured as it runs)")
-        add("--skip-failures", action="store_true", help="go on when a video fails")
-        add("--write-every", type=int, default=64, help="frames buffered per bulk write")
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        """Declare the options as command-line arguments (read back by :meth:`from_args`): one
+        flag per setting, ``--<name-with-dashes>`` (``compile_model`` is ``--compile``)."""
+        specs.add_arguments(cls, parser)
+
+    @classmethod
+    def zoo_keywords(cls) -> tuple[str, ...]:
+        """The settings a zoo model takes as keyword arguments (``load_zoo_model(..., **kwargs)``)."""
+        return specs.zoo_keywords(cls)
+
+
+def zoo_keywords() -> tuple[str, ...]:
+    """The :class:`PropagationOptions` settings a zoo model takes as keyword arguments."""
+    return PropagationOptions.zoo_keywords()

@@ -51,15 +51,14 @@ def _check_keyframes_field(dataset: fo.Dataset, schema: dict, keyframes_field: s
 
 def check_fields(sample_collection, keyframes_field: str, output_field: str,
                  write_segmentation: str | None = None, overwrite: bool = False) -> tuple[str, str, str | None]:
-    """Validate field names/types; returns the normalised (keyframes, output, segmentation) names.
+    """Validate the fields' types and that they differ; the names are as
+    :class:`PropagationOptions` normalised them (no ``frames.`` prefix). Returns them as
+    (keyframes, output, segmentation).
 
     Raises ``OutputExistsError`` naming the field when an output exists and not ``overwrite``.
     """
     dataset = root_dataset(sample_collection, clips=True)
     check_video_collection(sample_collection)
-    keyframes_field = optional_field_name(keyframes_field, "keyframes_field")
-    output_field = optional_field_name(output_field, "output_field")
-    write_segmentation = optional_field_name(write_segmentation, "write_segmentation")
     if keyframes_field is None or output_field is None:
         raise ValueError("keyframes_field and output_field are required")
     schema = dataset.get_frame_field_schema()
@@ -178,8 +177,6 @@ def plan_run(sample_collection, dataset: fo.Dataset, options: PropagationOptions
     the weights; returns the plan without its samples (:func:`check_samples` adds them)."""
     keyframes_field, output_field, segmentation = check_fields(
         sample_collection, options.keyframes_field, options.output_field, options.write_segmentation, overwrite)
-    options = options.replace(keyframes_field=keyframes_field, output_field=output_field,
-                              write_segmentation=segmentation)
     check_group_slices(sample_collection, dataset)
     check_clip_view_fields(sample_collection, keyframes_field)
     device = resolve_device(options.device)
