@@ -2,7 +2,7 @@
 checkpoint, shown in FiftyOne's App in headless Chromium, saved as a JPEG.
 
     .venv/bin/python bench/app_screenshot.py --out docs/app_propagated.jpg \\
-        [--checkpoint checkpoints/deaot_t_synthetic.pth] [--frame 40]
+        [--checkpoint deaot_core/weights/deaot_t_synthetic.pth] [--frame 40]
 
 What it does, all in a temporary folder removed at the end (the user's FiftyOne database, config,
 plugins and model cache are never touched):
@@ -46,7 +46,7 @@ CLIP = "1001_3iEIq5HBY1s"
 DATASET = "deaot-demo"
 SAVED_VIEW = "app-screenshot"
 ARTIFACTS = REPO / "tests" / "artifacts" / "app_screenshot"  # gitignored: evidence of a failed run
-DEFAULT_CHECKPOINT = REPO / "checkpoints" / "deaot_t_synthetic.pth"
+DEFAULT_CHECKPOINT = REPO / "deaot_core" / "weights" / "deaot_t_synthetic.pth"
 MAX_BYTES = 300_000
 
 

@@ -41,7 +41,7 @@ from deaot_core.review import (SIGNALS, WEIGHTS, FrameReview, colour_cut_scores,
                                top_frames)
 
 REPO = Path(__file__).resolve().parents[1]
-DEMO_CHECKPOINT = REPO / "checkpoints" / "deaot_t_synthetic.pth"
+DEMO_CHECKPOINT = REPO / "deaot_core" / "weights" / "deaot_t_synthetic.pth"
 
 
 def spearman(x: np.ndarray, y: np.ndarray) -> float:

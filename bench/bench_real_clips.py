@@ -1,7 +1,7 @@
 """The demo's real clips without ground truth: how many first-frame objects keep a mask, and how
 speckled the masks are.
 
-    .venv/bin/python bench/bench_real_clips.py --checkpoint checkpoints/deaot_t_synthetic.pth \\
+    .venv/bin/python bench/bench_real_clips.py --checkpoint deaot_core/weights/deaot_t_synthetic.pth \\
         > bench/results/real_clips.json
 
 Clips: the two real clips ``make demo`` propagates (``demo_data/aot-demo/``: YouTube-VOS frames

@@ -20,7 +20,7 @@
 # SEQ (frames per sample, 8), OBJECTS (objects per training clip, 2-10), WORKERS (data processes,
 # cores - 2), CLIPS (held-out clips per object range, 20), FRAMES (per held-out clip, 40), SETS
 # (held-out object ranges, "2-5 6-10 11-20"), REAL_FRAMES (frames of the real clips, all),
-# DEVICE (cuda), PY (python3), INIT (checkpoints/deaot_t_synthetic.pth), SEED (6).
+# DEVICE (cuda), PY (python3), INIT (deaot_core/weights/deaot_t_synthetic.pth), SEED (6).
 # tests/test_train_slots.py runs it on the CPU with tiny values.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,7 +37,7 @@ FRAMES=${FRAMES:-40}
 SETS=${SETS:-2-5 6-10 11-20}
 REAL_FRAMES=${REAL_FRAMES:-}
 SEED=${SEED:-6}
-INIT=${INIT:-checkpoints/deaot_t_synthetic.pth}
+INIT=${INIT:-deaot_core/weights/deaot_t_synthetic.pth}
 WORKERS=${WORKERS:-$(( $(nproc) > 3 ? $(nproc) - 2 : 1 ))}
 export PYTHONUNBUFFERED=1 FIFTYONE_DO_NOT_TRACK=true
 mkdir -p "$OUT"

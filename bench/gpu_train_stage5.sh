@@ -9,7 +9,7 @@
 #
 # Knobs (environment): MINUTES (training time budget, 5), SIZE (crop, 225x225), BATCH (16),
 # SEQ (frames per sample, 8), WORKERS (data processes, cores - 2), CLIPS (held-out clips, 20),
-# FRAMES (per held-out clip, 40), DEVICE (cuda), PY (python3), INIT (checkpoints/deaot_t_synthetic.pth,
+# FRAMES (per held-out clip, 40), DEVICE (cuda), PY (python3), INIT (deaot_core/weights/deaot_t_synthetic.pth,
 # stage 4). The stage-4 recipe (2-5 objects, slots 1-5; for all ten slots see bench/gpu_train_slots.sh).
 # tests/test_train.py runs it on the CPU with tiny values.
 # A CPU dry run of the whole script:  PY=.venv/bin/python DEVICE=cpu MINUTES=0.2 SIZE=65x65 \
@@ -25,7 +25,7 @@ SEQ=${SEQ:-8}
 DEVICE=${DEVICE:-cuda}
 CLIPS=${CLIPS:-20}
 FRAMES=${FRAMES:-40}
-INIT=${INIT:-checkpoints/deaot_t_synthetic.pth}
+INIT=${INIT:-deaot_core/weights/deaot_t_synthetic.pth}
 WORKERS=${WORKERS:-$(( $(nproc) > 3 ? $(nproc) - 2 : 1 ))}
 export PYTHONUNBUFFERED=1 FIFTYONE_DO_NOT_TRACK=true
 mkdir -p "$OUT"

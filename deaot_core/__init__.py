@@ -2,6 +2,8 @@
 
     model = deaot_core.build_model("DeAOTT")
     deaot_core.load_checkpoint(model, "DeAOTT_PRE_YTB_DAV.pth")
+    # or in one call: the cache dir, the official download, then the shipped demo weights
+    model = deaot_core.load_pretrained("DeAOTT", checkpoint=None, device="auto")
     tracker = deaot_core.Tracker(model, device="auto")
     probs = tracker.step(frame0, mask0)   # (K+1, H, W)
     probs = tracker.step(frame1)          # tracker.label: the (H, W) label map
@@ -16,9 +18,10 @@ from .checkpoint import extract_state_dict, load_checkpoint, save_checkpoint
 from .config import MODEL_CONFIGS, MODEL_NAMES, WEIGHTS, ModelConfig, PretrainedWeights, get_config
 from .devices import IMAGE_MEAN, IMAGE_STD, PRECISIONS, native_cpu_precision, resolve_device
 from .engine import GroupEngine, train_forward
-from .errors import CheckpointError
+from .errors import CheckpointError, ModelUnavailableError
 from .hub import cache_dir, download
 from .modeling.model import VOSModel, build_model
+from .pretrained import ModelChoice, load_pretrained, weights_identity
 from .tracker import Tracker, TrackerOptions, merge_groups, network_size
 from .schedule import Schedule
 from .states import DirectoryStates, MemoryStates, StateStore
@@ -33,9 +36,11 @@ def count_parameters(model: torch.nn.Module) -> int:
 
 __all__ = [
     "CheckpointError", "DirectoryStates", "FrameResult", "FrameSource", "GroupEngine", "IMAGE_MEAN", "IMAGE_STD", "Keyframe",
-    "MODEL_CONFIGS", "MODEL_NAMES", "MemoryStates", "ModelConfig", "PRECISIONS", "PretrainedWeights",
+    "MODEL_CONFIGS", "MODEL_NAMES", "MemoryStates", "ModelChoice", "ModelConfig", "ModelUnavailableError", "PRECISIONS",
+    "PretrainedWeights",
     "PropagationStats", "Schedule", "StateStore", "ThreadGovernor", "Tracker", "TrackerOptions",
     "VOSModel", "WEIGHTS", "build_model", "cache_dir", "count_parameters", "download", "extract_state_dict",
-    "get_config", "load_checkpoint", "mean_confidences", "merge_groups", "native_cpu_precision", "network_size",
+    "get_config", "load_checkpoint", "load_pretrained", "mean_confidences", "merge_groups", "native_cpu_precision", "network_size",
     "propagate_video", "resolve_device", "save_checkpoint", "train_forward", "usable_cores",
+    "weights_identity",
 ]

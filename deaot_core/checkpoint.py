@@ -127,12 +127,26 @@ def load_checkpoint(model: nn.Module, path_or_url: str | os.PathLike, sha256: st
         key, got, want = wrong[0]
         raise CheckpointError(f"{path} does not match model {name}: {len(wrong)} tensors of the wrong shape, "
                               f"e.g. {key} is {got}, expected {want}")
+    _check_finite(state, path)
     converted = {k: (v.to(expected[k].dtype) if v.is_floating_point() else v) for k, v in state.items()}
     model.load_state_dict(converted, strict=True)
     # the identity slots the weights were trained to use (our trainer records it; official: all)
     model.identity_slots = _positive_int(obj, "identity_slots")
     model.preferred_group_size = _positive_int(obj, "group_size")
     return model
+
+
+def _check_finite(state: Mapping[str, torch.Tensor], path: Path) -> None:
+    """CheckpointError naming the first tensor (in the file's order) that holds NaN or Inf: such
+    weights load silently and then propagate nothing."""
+    bad = [k for k, v in state.items() if (v.is_floating_point() or v.is_complex()) and not torch.isfinite(v).all()]
+    if bad:
+        first = state[bad[0]]
+        nan, inf = int(torch.isnan(first).sum()), int(torch.isinf(first).sum())
+        raise CheckpointError(
+            f"{path} holds non-finite weights: tensor {bad[0]} has {nan} NaN and {inf} Inf of {first.numel()} "
+            f"values ({len(bad)} of {len(state)} tensors are affected); the file is damaged or comes from a "
+            f"training run that diverged")
 
 
 def _positive_int(obj, key: str) -> int | None:

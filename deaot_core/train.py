@@ -1,7 +1,7 @@
 """Train or fine-tune an AOT / DeAOT model on synthetic clips or any clip source handed to it.
 
     python -m deaot_core.train --model DeAOTT --data synthetic --minutes 45 --out runs/deaott_synthetic \\
-        --seed 0 --threads 2 --half --export checkpoints/deaot_t_synthetic.pth
+        --seed 0 --threads 2 --half --export deaot_core/weights/deaot_t_synthetic.pth
 
 :func:`train` / :class:`Trainer` take any indexable clip source (item i -> ``Clip``, a function of
 (seed, i)); a FiftyOne dataset is one, built by the FiftyOne side (same options):
@@ -752,7 +752,7 @@ def add_train_arguments(p: argparse.ArgumentParser, data_help: str, data_default
                         "slots; the demo checkpoint's first four phases: 2-5)")
     p.add_argument("--max-gap", type=int, default=d.max_gap, help="FiftyOne data: max gap between sampled frames")
     p.add_argument("--half", action="store_true", help="save final.pth in fp16")
-    p.add_argument("--export", help="also write the final weights to this file (e.g. checkpoints/deaot_t_synthetic.pth)")
+    p.add_argument("--export", help="also write the final weights to this file (e.g. deaot_core/weights/deaot_t_synthetic.pth)")
     p.add_argument("--log-every", type=int, default=d.log_every, help="steps between log lines")
     p.add_argument("--save-every-minutes", type=float, default=d.save_every_minutes,
                    help="minutes between saves of last.pth (the resume point)")

@@ -295,7 +295,7 @@ def run_demo(name: str = "deaot-demo", device: str = "auto", real_clips: bool = 
     if summary["weights"] == "random":
         print("\nWARNING: no checkpoint was found, the masks come from RANDOMLY INITIALISED weights and are "
               "meaningless.\n         Put an official checkpoint in ~/.cache/deaot (or $DEAOT_CACHE) or add "
-              "checkpoints/deaot_t_synthetic.pth, then rerun `make demo`.", file=sys.stderr)
+              "deaot_core/weights/deaot_t_synthetic.pth, then rerun `make demo`.", file=sys.stderr)
     print("\n" + hints(name, plugins))
     if launch:
         os.environ["FIFTYONE_PLUGINS_DIR"] = str(plugins)  # the App server process reads it

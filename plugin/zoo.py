@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import deaot_core
+from deaot_core import pretrained
 from deaot_core.hub import download, download_timeout
 
-from . import weights
 from .weights import DEMO_MODEL, DOWNLOAD_TIMEOUT, OFFLINE_ENV, cache_dir, is_offline, official_checkpoint_name
 from .zoo_model import DeAOTVideoModel, build_video_model
 
@@ -67,7 +67,7 @@ def manifest() -> dict[str, Any]:
                              f"{name} (video object segmentation: propagates keyframe masks to every frame), the "
                              f"released {file_name} weights (YouTube-VOS + DAVIS), downloaded from the official "
                              f"model zoo", ["official"]))
-    demo = weights.DEMO_CHECKPOINT
+    demo = pretrained.DEMO_CHECKPOINT
     models.append(_entry(DEMO_ZOO_NAME, demo.name,
                          f"{DEMO_MODEL} trained from scratch on synthetic clips by this project (a demo, not the "
                          f"official weights): shipped with the package, works offline", ["demo", "synthetic"],
@@ -87,7 +87,7 @@ def download_model(model_name: str, model_path: str) -> None:
     variant, target = variant_of(model_name), Path(model_path)
     target.parent.mkdir(parents=True, exist_ok=True)
     if model_name.split("@", 1)[0] == DEMO_ZOO_NAME:
-        demo = weights.DEMO_CHECKPOINT
+        demo = pretrained.DEMO_CHECKPOINT
         if not demo.is_file():
             raise FileNotFoundError(f"the demo checkpoint {demo} is not in this install of deaot_vos "
                                     f"(install the package from a checkout, or copy the file to {target})")
@@ -98,7 +98,7 @@ def download_model(model_name: str, model_path: str) -> None:
         log.info("zoo: copying %s from the DeAOT cache dir to %s", cached, target)
         shutil.copyfile(cached, target)
         return
-    entry = weights.OFFICIAL_WEIGHTS[variant]
+    entry = pretrained.OFFICIAL_WEIGHTS[variant]
     if is_offline():
         raise RuntimeError(f"{OFFLINE_ENV} is set: not downloading {entry.url}; put {entry.file_name} at {target} "
                            f"or in {cache_dir()}")

@@ -65,12 +65,13 @@ def two_checkpoints(tmp_path_factory):
 
 @pytest.fixture
 def plugin_weights(cache, monkeypatch, tiny_checkpoint):
-    """deaot_vos.weights with a fresh cache dir, the demo checkpoint, an empty URL table and an empty model cache."""
-    from deaot_vos import weights
+    """deaot_core.pretrained (which the plugin's deaot_vos.weights re-exports) with a fresh cache dir, the demo
+    checkpoint, an empty URL table and an empty model cache."""
+    from deaot_core import pretrained as weights
 
     monkeypatch.setattr(weights, "DEMO_CHECKPOINT", Path(tiny_checkpoint))
     monkeypatch.setattr(weights, "OFFICIAL_WEIGHTS", {})
-    monkeypatch.setattr(weights, "_CACHE", {})
+    monkeypatch.setattr(weights, "_MODELS", {})
     return weights
 
 
@@ -171,7 +172,7 @@ def test_official_download_that_does_not_load_is_removed(plugin_weights, cache, 
 
     # a broken file the user put in the cache dir by hand (source "cache") is not removed
     official.write_bytes(b"not a checkpoint")
-    monkeypatch.setattr(weights, "_CACHE", {})
+    monkeypatch.setattr(weights, "_MODELS", {})
     choice = weights.resolve_checkpoint("DeAOTT")
     assert choice.source == "cache"
     with pytest.raises(CheckpointError):
@@ -286,7 +287,7 @@ def test_official_download_honours_the_env_timeout(plugin_weights, silent_server
     monkeypatch.setenv("DEAOT_DOWNLOAD_TIMEOUT", "1")
     weights.OFFICIAL_WEIGHTS["DeAOTT"] = deaot_core.PretrainedWeights("DeAOTT_PRE_YTB_DAV.pth",
                                                                       silent_server.url("/uc?id=x"))
-    caplog.set_level(logging.INFO, logger="deaot_vos.weights")
+    caplog.set_level(logging.INFO, logger="deaot_core.pretrained")
     start = time.monotonic()
     assert weights.resolve_checkpoint("DeAOTT").source == "demo"  # a warning, then the demo checkpoint
     assert time.monotonic() - start < 5  # was: the fixed 10 s DOWNLOAD_TIMEOUT

@@ -119,6 +119,7 @@ def test_likely_keyframes_field(demo_dataset):
 def test_propagate_form_defaults_and_weights_notice(demo_dataset, tiny_checkpoint, monkeypatch):
     import fiftyone.operators as foo
     from fiftyone.operators.executor import ExecutionContext
+    from deaot_core import pretrained
     from deaot_vos import weights
 
     ds = demo_dataset
@@ -128,7 +129,7 @@ def test_propagate_form_defaults_and_weights_notice(demo_dataset, tiny_checkpoin
         ctx = ExecutionContext(request_params=dict(dataset_name=ds.name, view=[], params=params or {}, **request))
         return op.resolve_input(ctx).type.properties
 
-    monkeypatch.setattr(weights, "DEMO_CHECKPOINT", Path(tiny_checkpoint))
+    monkeypatch.setattr(pretrained, "DEMO_CHECKPOINT", Path(tiny_checkpoint))
     props = form()
     assert props["keyframes_field"].default == "keyframes"
     assert props["target_notice"].view.label == "Runs on the only sample of the dataset"

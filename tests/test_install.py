@@ -12,6 +12,9 @@
   serves a repository archive) and ``fiftyone plugins requirements @deaot/vos --install``; FiftyOne's
   version is unchanged, nothing is installed, and ``@deaot/vos/propagate_masks`` lists and runs
   on a tiny video, with the packages loaded from the downloaded plugin folder.
+* The wheel: built from this working tree, installed non-editable into a fresh venv, it
+  propagates offline with an empty cache (``propagate`` and the zoo model's ``apply_model``) on the
+  demo weights it ships as package data.
 """
 from __future__ import annotations
 
@@ -30,6 +33,7 @@ import sysconfig
 import tarfile
 import textwrap
 import threading
+import time
 import tomllib
 import uuid
 from pathlib import Path
@@ -251,3 +255,102 @@ def test_download_and_install_requirements_keep_fiftyone_and_operators_run(fifty
     assert len(report["objects"]) == 6 and report["objects"][0] == [1, 2]  # the keyframe, exactly
     assert all(objects is not None and set(objects) <= {1, 2} for objects in report["objects"]), report["objects"]
     assert all(Path(p).is_relative_to(plugin_dir) for p in report["packages"]), report["packages"]
+
+
+# -- the wheel ----------------------------------------------------------------------------------
+
+DEMO_FILE = "deaot_core/weights/deaot_t_synthetic.pth"
+RUN_FROM_WHEEL = """
+import json, shutil, sys
+import numpy as np
+import torch
+import fiftyone as fo, fiftyone.zoo as foz
+import deaot_core, deaot_vos
+from deaot_core import pretrained
+
+torch.set_num_threads(1)
+video, maps_path, zoo_dir = sys.argv[1:]
+ds = fo.Dataset()
+sample = fo.Sample(filepath=video)
+label_map = np.load(maps_path)[0]
+sample.frames[1]["kf"] = fo.Segmentation(mask=label_map.astype(np.uint8))
+ds.add_sample(sample)
+summary = deaot_vos.propagate(ds, "kf", "out", model="DeAOTT", device="cpu")
+fo.config.model_zoo_dir = zoo_dir
+model = foz.load_zoo_model("deaot/DeAOTT-synthetic-demo", device="cpu", prompt_field="frames.kf")
+ds.apply_model(model, label_field="zoo")
+frames = ds.first().frames.values()
+print(json.dumps(dict(
+    packages=[deaot_core.__file__, deaot_vos.__file__], demo=str(pretrained.DEMO_CHECKPOINT),
+    summary={k: summary[k] for k in ("weights", "checkpoint", "model")},
+    rows=[row["status"] for row in summary["samples"]],
+    zoo_checkpoint=model.choice.checkpoint,
+    out=[sorted(d.index for d in f["out"].detections) for f in frames],
+    same=[[d.mask.tobytes() for d in f["out"].detections] == [d.mask.tobytes() for d in f["zoo"].detections]
+          for f in frames])))
+"""
+
+
+def _site_packages_of_this_environment() -> list[Path]:
+    """The site-packages directories on this interpreter's path (a layered venv has several)."""
+    return [Path(p) for p in sys.path if Path(p).name == "site-packages" and Path(p).is_dir()]
+
+
+def _build_wheel(tmp_path: Path) -> Path:
+    """The wheel of this working tree (tracked and untracked, not ignored files), built from a
+    copy so that nothing is written into the checkout; build dependencies come from the registry."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                            cwd=REPO, capture_output=True, check=True).stdout.decode().split("\0")
+    source = tmp_path / "source"
+    for rel in filter(None, listed):
+        if (REPO / rel).is_file():
+            (source / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / rel, source / rel)
+    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path / "dist"),
+                           str(source)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, f"pip wheel failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
+    [wheel] = (tmp_path / "dist").glob("fiftyone_deaot_vos-*.whl")
+    return wheel
+
+
+def test_the_wheel_installed_offline_propagates_with_its_shipped_weights(fiftyone_db, tmp_path):
+    """Built, installed non-editable into a fresh venv (the rest of this environment shared
+    through a .pth line, this checkout's editable install not), then offline with an empty
+    cache: ``propagate`` and the zoo model's ``apply_model`` run on the demo weights inside the
+    installed package."""
+    import zipfile
+
+    started = time.monotonic()
+    wheel = _build_wheel(tmp_path)
+    print(f"wheel built in {time.monotonic() - started:.1f} s")
+    with zipfile.ZipFile(wheel) as archive:
+        shipped = archive.getinfo(DEMO_FILE)
+    assert shipped.file_size == (REPO / DEMO_FILE).stat().st_size
+    venv = tmp_path / "venv"
+    python = _make_venv(venv, _site_packages_of_this_environment())
+    done = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index",
+                           "--ignore-installed", "--prefix", str(venv), str(wheel)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    maps = synthetic_label_maps(6)
+    video = write_video(tmp_path / "clip.mp4", maps)
+    np.save(tmp_path / "maps.npy", maps)
+    zoo_dir = tmp_path / "model_zoo"
+    (zoo_dir / "deaot" / "vos").mkdir(parents=True)
+    for name in ("manifest.json", "__init__.py"):  # FiftyOne copies these two files of a source
+        shutil.copy(REPO / "zoo" / name, zoo_dir / "deaot" / "vos" / name)
+    (tmp_path / "cache").mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(DEAOT_OFFLINE="1", DEAOT_CACHE=str(tmp_path / "cache"), FIFTYONE_PLUGINS_DIR=str(tmp_path),
+               FIFTYONE_DATABASE_NAME=f"deaot-wheel-{uuid.uuid4().hex[:8]}")
+    done = _run(python, env, RUN_FROM_WHEEL, str(video), str(tmp_path / "maps.npy"), str(zoo_dir))
+    print(f"wheel built, installed and run in {time.monotonic() - started:.1f} s")
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert all(Path(p).is_relative_to(venv) for p in report["packages"]), report["packages"]
+    assert Path(report["demo"]).is_relative_to(venv) and report["demo"].endswith(DEMO_FILE)
+    assert report["summary"] == dict(weights="demo", checkpoint=report["demo"], model="DeAOTT")
+    assert report["rows"] == ["ok"]
+    assert Path(report["zoo_checkpoint"]).is_relative_to(zoo_dir)  # copied there from the package
+    assert report["out"][0] == [1, 2] and all(report["out"]), report["out"]
+    assert all(report["same"]), report["same"]

@@ -25,8 +25,9 @@ HTML_PAGE = (b"<!DOCTYPE html><html><head><title>Google Drive - Quota exceeded</
 
 @pytest.fixture
 def weights(tmp_path, monkeypatch, tiny_checkpoint):
-    """A fresh cache dir, the demo checkpoint present, an empty URL table; returns the weights module."""
-    from deaot_vos import weights as weights_module
+    """A fresh cache dir, the demo checkpoint present, an empty URL table; returns the core module
+    that resolves weights (``deaot_core.pretrained``)."""
+    from deaot_core import pretrained as weights_module
 
     monkeypatch.setenv("DEAOT_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(weights_module, "DEMO_CHECKPOINT", Path(tiny_checkpoint))
@@ -49,7 +50,7 @@ def test_official_table_covers_every_model():
 
 
 def test_order_explicit_cache_url_demo(weights, tmp_path, monkeypatch, tiny_checkpoint, caplog):
-    caplog.set_level(logging.INFO, logger="deaot_vos.weights")
+    caplog.set_level(logging.INFO, logger="deaot_core.pretrained")
     source = tmp_path / "server" / "official.pth"
     source.parent.mkdir()
     shutil.copy(tiny_checkpoint, source)
@@ -89,7 +90,7 @@ def test_unreachable_url_falls_through_to_the_demo(weights, tmp_path, monkeypatc
     monkeypatch.delenv("DEAOT_OFFLINE")
     weights.OFFICIAL_WEIGHTS["DeAOTT"] = deaot_core.PretrainedWeights("DeAOTT_PRE_YTB_DAV.pth",
                                                                       "http://127.0.0.1:9/x.pth")
-    caplog.set_level(logging.INFO, logger="deaot_vos.weights")
+    caplog.set_level(logging.INFO, logger="deaot_core.pretrained")
     start = time.monotonic()
     choice = weights.resolve_checkpoint("DeAOTT")
     assert time.monotonic() - start < weights.DOWNLOAD_TIMEOUT + 5
@@ -121,7 +122,7 @@ def test_a_web_page_instead_of_a_checkpoint_is_refused(weights, tmp_path, monkey
     # as the official URL of the default resolution: a warning, then the demo checkpoint
     monkeypatch.delenv("DEAOT_OFFLINE")
     weights.OFFICIAL_WEIGHTS["DeAOTT"] = deaot_core.PretrainedWeights("DeAOTT_PRE_YTB_DAV.pth", page.as_uri())
-    caplog.set_level(logging.INFO, logger="deaot_vos.weights")
+    caplog.set_level(logging.INFO, logger="deaot_core.pretrained")
     assert weights.resolve_checkpoint("DeAOTT").source == "demo"
     assert "CheckpointError" in _messages(caplog) and "returned a web page" in _messages(caplog)
     assert not (cache / "DeAOTT_PRE_YTB_DAV.pth").exists()

@@ -134,14 +134,15 @@ def test_label_map_to_detections_round_trips_through_fiftyone_rendering(seed):
 # -- model resolution ----------------------------------------------------------------------------
 
 def test_model_resolution_order(tmp_path, monkeypatch, tiny_checkpoint):
+    from deaot_core import pretrained
     from deaot_vos import weights as models
 
     monkeypatch.setenv("DEAOT_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(models, "DEMO_CHECKPOINT", tmp_path / "missing.pth")
+    monkeypatch.setattr(pretrained, "DEMO_CHECKPOINT", tmp_path / "missing.pth")
     with pytest.raises(models.ModelUnavailableError, match="R50_DeAOTL_PRE_YTB_DAV.pth"):
         models.resolve_checkpoint("R50_DeAOTL")
     assert models.resolve_checkpoint("deaott", allow_random=True).source == "random"
-    monkeypatch.setattr(models, "DEMO_CHECKPOINT", Path(tiny_checkpoint))
+    monkeypatch.setattr(pretrained, "DEMO_CHECKPOINT", Path(tiny_checkpoint))
     assert models.resolve_checkpoint("R50_DeAOTL") == models.ModelChoice("DeAOTT", tiny_checkpoint, "demo")
     cached = tmp_path / "cache" / "DeAOTL_PRE_YTB_DAV.pth"
     cached.parent.mkdir()

@@ -310,7 +310,7 @@ def test_gpu_stage5_script_runs_end_to_end_on_the_cpu(tmp_path):
         "deaot_t_synthetic_stage5.pth", "loss_curve.png", "synthetic_jf_stage5.json", "train_log.json"]
     deaot_core.load_checkpoint(deaot_core.build_model("DeAOTT"), out / "deaot_t_synthetic_stage5.pth")
     scored = json.loads((out / "synthetic_jf_stage5.json").read_text())["results"]
-    assert {"checkpoint:checkpoints/deaot_t_synthetic.pth", f"checkpoint:{out}/deaot_t_synthetic_stage5.pth"} \
+    assert {"checkpoint:deaot_core/weights/deaot_t_synthetic.pth", f"checkpoint:{out}/deaot_t_synthetic_stage5.pth"} \
         <= set(scored)
     assert done.stdout.count("J&F") == 3  # copy-first-mask, stage 4, stage 5
 

@@ -23,7 +23,7 @@ from deaot_core.losses import VOSLoss
 from deaot_core.train import TrainConfig, build_source, config_from_args, main
 
 REPO = Path(__file__).resolve().parents[1]
-SHIPPED = REPO / "checkpoints" / "deaot_t_synthetic.pth"
+SHIPPED = REPO / "deaot_core" / "weights" / "deaot_t_synthetic.pth"
 
 pytestmark = pytest.mark.usefixtures("torch_threads")
 
@@ -113,7 +113,7 @@ def _leg_args(out: Path) -> list[str]:
 
 
 def test_two_steps_from_the_shipped_checkpoint_stop_and_resume(tmp_path, capsys):
-    """The new recipe from ``checkpoints/deaot_t_synthetic.pth`` in two legs (``--stop-at-step``,
+    """The new recipe from ``deaot_core/weights/deaot_t_synthetic.pth`` in two legs (``--stop-at-step``,
     then the same command): the first leg leaves ``last.pth`` and a ``snapshot.pth`` that loads,
     the second ends where an uninterrupted run ends, bit for bit; the identity bank's unused slots
     6-10 of the shipped weights are trained (the first half of the main stage keeps the bank
@@ -161,7 +161,7 @@ def test_gpu_slots_script_runs_end_to_end_on_the_cpu(tmp_path):
         "deaot_t_synthetic_slots.pth", "loss_curve.png", "real_clips_slots.json", "synthetic_jf_slots.json",
         "train_log.json"]
     assert json.loads((out / "train_log.json").read_text())["config"]["objects"] == [2, 4]
-    names = {"checkpoint:checkpoints/deaot_t_synthetic.pth", f"checkpoint:{out}/deaot_t_synthetic_slots.pth"}
+    names = {"checkpoint:deaot_core/weights/deaot_t_synthetic.pth", f"checkpoint:{out}/deaot_t_synthetic_slots.pth"}
     jf = json.loads((out / "synthetic_jf_slots.json").read_text())
     assert set(jf["by_objects"]) == {"6-10"} and names <= set(jf["by_objects"]["6-10"])
     assert all(6 <= k <= 10 for k in jf["setup"]["objects_sets"]["6-10"]["objects_per_clip"])
