@@ -5,7 +5,8 @@ FiftyOne evaluation run.
 collection with :func:`deaot_core.metrics.davis.sequence_metrics` (the official protocol) and records a real
 FiftyOne evaluation run (``dataset.list_evaluations()``, ``get_evaluation_info``,
 ``load_evaluation_results``, ``rename_evaluation`` and ``delete_evaluation`` all work) plus fields
-the App can sort, filter and plot:
+the App can sort, filter and plot (``rename_evaluation`` onto a key whose fields exist already is
+refused before anything moves, with :class:`EvaluationRenameRefused` naming them):
 
 * sample fields ``<eval_key>_JF``, ``<eval_key>_J``, ``<eval_key>_F``: the video's J&F-Mean,
   J-Mean and F-Mean (means over its objects, as in the official per-sequence table);
@@ -53,7 +54,7 @@ from .fields import (LabelFieldError, check_label_field, describe_sample, frame_
 from .label_frames import read_id_maps, renumber_ids
 from .segmentation_run import LabelMapRun, check_segmentation_key
 from .evaluation_errors import (EvaluationCancelled, EvaluationError, EvaluationExistsError,  # noqa: F401 (re-exported)
-                                EvaluationLabelError)
+                                EvaluationLabelError, EvaluationRenameRefused)
 from .tables import format_table
 
 log = logging.getLogger(__name__)
@@ -121,15 +122,21 @@ class VOSEvaluation(BaseEvaluationMethod):
         return fields
 
     def rename(self, samples, eval_key, new_eval_key):
+        """Move the run's fields to ``new_eval_key``'s names, all or nothing: every target name is
+        checked first, and a taken one raises :class:`EvaluationRenameRefused` (which FiftyOne lets
+        through, so the run keeps its key) before anything moved."""
         dataset = samples._dataset
-        sample_schema = dataset.get_field_schema()
-        frame_schema = dataset.get_frame_field_schema() or {}
-        renames = {a: b for a, b in zip(sample_fields(eval_key), sample_fields(new_eval_key)) if a in sample_schema}
-        if renames:
-            dataset.rename_sample_fields(renames)
-        renames = {a: b for a, b in zip(frame_fields(eval_key), frame_fields(new_eval_key)) if a in frame_schema}
-        if renames:
-            dataset.rename_frame_fields(renames)
+        sample_moves, frame_moves = _rename_moves(dataset, self, eval_key, new_eval_key)
+        if sample_moves:
+            dataset.rename_sample_fields(sample_moves)
+        try:
+            if frame_moves:
+                dataset.rename_frame_fields(frame_moves)
+        except Exception as err:
+            if sample_moves:
+                dataset.rename_sample_fields({b: a for a, b in sample_moves.items()})
+            raise EvaluationRenameRefused(f"evaluation '{eval_key}' on dataset '{dataset.name}' was not renamed to "
+                                          f"'{new_eval_key}': moving its frame fields failed ({err})") from err
         self.rename_custom_metrics(samples, eval_key, new_eval_key)
         samples._rename_sidebar_group(eval_key, new_eval_key)
 
@@ -142,6 +149,27 @@ class VOSEvaluation(BaseEvaluationMethod):
 
     def _validate_run(self, samples, eval_key, existing_info):
         pass  # overwriting a run with other fields is fine: cleanup() removes the old run's fields
+
+
+def _rename_moves(dataset, method: VOSEvaluation, eval_key: str, new_eval_key: str) -> tuple[dict, dict]:
+    """(sample, frame) field renames of the run ``eval_key`` to ``new_eval_key``; raises
+    :class:`EvaluationRenameRefused` naming every target field that already exists."""
+    where = f"evaluation '{eval_key}' on dataset '{dataset.name}' was not renamed to '{new_eval_key}'"
+    if not isinstance(new_eval_key, str) or not new_eval_key.isidentifier():
+        raise EvaluationRenameRefused(f"{where}: keys must be valid Python identifiers")
+    sample_schema = dataset.get_field_schema()
+    frame_schema = dataset.get_frame_field_schema() or {}
+    taken = [f"sample field '{b}'" for b in sample_fields(new_eval_key) if b in sample_schema]
+    taken += [f"frame field '{b}'" for b in frame_fields(new_eval_key) if b in frame_schema]
+    taken += [f"field '{path}'" for path in method.get_custom_metric_fields(dataset, new_eval_key)
+              if dataset.has_field(path)]
+    if taken:
+        raise EvaluationRenameRefused(f"{where}: the run's fields would replace existing fields that are not "
+                                      f"its own: {', '.join(taken)}; nothing was renamed (rename or delete those "
+                                      f"fields, or choose another key)")
+    sample_moves = {a: b for a, b in zip(sample_fields(eval_key), sample_fields(new_eval_key)) if a in sample_schema}
+    frame_moves = {a: b for a, b in zip(frame_fields(eval_key), frame_fields(new_eval_key)) if a in frame_schema}
+    return sample_moves, frame_moves
 
 
 class VOSEvaluationResults(BaseEvaluationResults):

@@ -6,7 +6,8 @@ from __future__ import annotations
 from .fields import LabelFieldError
 from .overwrite import NeedsOverwrite
 
-__all__ = ["EvaluationError", "EvaluationExistsError", "EvaluationLabelError", "EvaluationCancelled"]
+__all__ = ["EvaluationError", "EvaluationExistsError", "EvaluationLabelError", "EvaluationCancelled",
+           "EvaluationRenameRefused"]
 
 
 class EvaluationError(ValueError):
@@ -34,3 +35,13 @@ class EvaluationLabelError(EvaluationError, LabelFieldError):
 
 class EvaluationCancelled(Exception):
     """The progress callback asked to stop; nothing was written."""
+
+
+class EvaluationRenameRefused(BaseException):
+    """``rename_evaluation`` of a J&F run was refused and nothing was renamed: a field the run would
+    move to is taken (the message names each one) or the new key is not a valid field prefix.
+
+    A ``BaseException`` on purpose: FiftyOne's ``rename_evaluation`` catches any ``Exception`` raised
+    while the run's fields are moved, only logs it and renames the run anyway, after which
+    ``delete_evaluation`` of the new key would delete the fields the run wrongly claims. Only an
+    exception FiftyOne does not catch keeps the run under its old key. Catch it by this name."""
