@@ -54,7 +54,7 @@ from .fields import (LabelFieldError, check_label_field, describe_sample, frame_
 from .label_frames import read_id_maps, renumber_ids
 from .segmentation_run import LabelMapRun, check_segmentation_key
 from .evaluation_errors import (EvaluationCancelled, EvaluationError, EvaluationExistsError,  # noqa: F401 (re-exported)
-                                EvaluationLabelError, EvaluationRenameRefused)
+                                EvaluationLabelError, EvaluationRenameRefused, check_rename_targets)
 from .tables import format_table
 
 log = logging.getLogger(__name__)
@@ -154,19 +154,9 @@ class VOSEvaluation(BaseEvaluationMethod):
 def _rename_moves(dataset, method: VOSEvaluation, eval_key: str, new_eval_key: str) -> tuple[dict, dict]:
     """(sample, frame) field renames of the run ``eval_key`` to ``new_eval_key``; raises
     :class:`EvaluationRenameRefused` naming every target field that already exists."""
-    where = f"evaluation '{eval_key}' on dataset '{dataset.name}' was not renamed to '{new_eval_key}'"
-    if not isinstance(new_eval_key, str) or not new_eval_key.isidentifier():
-        raise EvaluationRenameRefused(f"{where}: keys must be valid Python identifiers")
+    check_rename_targets(dataset, eval_key, new_eval_key, method.get_fields(dataset, new_eval_key))
     sample_schema = dataset.get_field_schema()
     frame_schema = dataset.get_frame_field_schema() or {}
-    taken = [f"sample field '{b}'" for b in sample_fields(new_eval_key) if b in sample_schema]
-    taken += [f"frame field '{b}'" for b in frame_fields(new_eval_key) if b in frame_schema]
-    taken += [f"field '{path}'" for path in method.get_custom_metric_fields(dataset, new_eval_key)
-              if dataset.has_field(path)]
-    if taken:
-        raise EvaluationRenameRefused(f"{where}: the run's fields would replace existing fields that are not "
-                                      f"its own: {', '.join(taken)}; nothing was renamed (rename or delete those "
-                                      f"fields, or choose another key)")
     sample_moves = {a: b for a, b in zip(sample_fields(eval_key), sample_fields(new_eval_key)) if a in sample_schema}
     frame_moves = {a: b for a, b in zip(frame_fields(eval_key), frame_fields(new_eval_key)) if a in frame_schema}
     return sample_moves, frame_moves

@@ -240,6 +240,51 @@ def test_rename_evaluation_onto_user_fields_is_refused_and_delete_keeps_them(tak
         ds.delete()
 
 
+def test_rename_of_the_segmentation_run_onto_user_fields_is_refused_and_delete_keeps_them(fiftyone_db, make_video):
+    """The same for the ``segmentation`` run made with ``segmentation_key`` (FiftyOne's fields
+    ``<key>_accuracy`` ...): refused, nothing renamed, and deleting it keeps the user's field."""
+    import fiftyone as fo
+
+    from deaot_vos.evaluation import EvaluationRenameRefused, evaluate_vos
+    from deaot_vos.segmentation_run import label_map_fields
+
+    path, maps = make_video("rename_seg", num_frames=6)
+    ds = fo.Dataset()
+    try:
+        sample = fo.Sample(filepath=path)
+        for number in range(1, 7):
+            sample.frames[number]["ground_truth"] = _gt(maps[number - 1])
+            sample.frames[number]["predictions"] = _gt(maps[number - 1])
+        ds.add_sample(sample)
+        evaluate_vos(ds, "predictions", "ground_truth", eval_key="f", segmentation_key="s")
+        ds.set_values("t_recall", [0.25])
+        ds.set_values("frames.t_accuracy", [[0.5] * 6])
+        fields = (sorted(ds.get_field_schema()), sorted(ds.get_frame_field_schema()))
+        before = (ds.list_evaluations(), ds.values("s_accuracy"), ds.values("frames.s_recall"))
+
+        with pytest.raises(EvaluationRenameRefused, match=r"'s'.*'t'.*sample field 't_recall'.*frame field "
+                                                          r"'t_accuracy'.*nothing was renamed"):
+            ds.rename_evaluation("s", "t")
+        ds.reload()
+        assert (sorted(ds.get_field_schema()), sorted(ds.get_frame_field_schema())) == fields
+        assert (ds.list_evaluations(), ds.values("s_accuracy"), ds.values("frames.s_recall")) == before
+        assert ds.load_evaluation_results("s").metrics()["J&F-Mean"] == pytest.approx(1.0)
+
+        ds.delete_evaluation("s")
+        ds.reload()
+        assert ds.list_evaluations() == ["f"]
+        assert ds.values("t_recall") == [0.25] and ds.values("frames.t_accuracy")[0] == [0.5] * 6
+        assert not [f for f in ds.get_field_schema() if f.startswith("s_")]
+        # a free key renames, and the label maps stay the run's inputs
+        evaluate_vos(ds, "predictions", "ground_truth", eval_key="f", segmentation_key="v", overwrite=True)
+        ds.rename_evaluation("v", "u")
+        assert sorted(ds.list_evaluations()) == ["f", "u"] and ds.values("u_accuracy") == [pytest.approx(1.0)]
+        assert ds.get_evaluation_info("u").config.gt_field == "frames." + label_map_fields("v")[0]
+        assert ds.load_evaluation_results("u").metrics()["J&F-Mean"] == pytest.approx(1.0)
+    finally:
+        ds.delete()
+
+
 # --------------------------------------------------------------------------- database outage
 
 
