@@ -27,7 +27,9 @@ frame aborts the evaluation (``extra_objects="error"``, official) or is ignored
 (``extra_objects="ignore"``, e.g. for objects added by a later keyframe). The dataset-level
 summary pools every object of every video with equal weight (``deaot_core.metrics.davis.global_summary``).
 
-Everything is computed before anything is written: an error leaves the dataset unchanged. A label
+Everything is computed before anything is written: an error leaves the dataset unchanged. A
+propagation in another process that replaces one of the two fields while they are read makes the
+evaluation read them again (:mod:`deaot_vos.consistent_reads`). A label
 that cannot be scored (a detection without a mask, a segmentation of another size or without a
 mask, a mask file that is missing or a directory, ...) in either field raises
 :class:`EvaluationLabelError` (an ``EvaluationError``) naming the sample (id and file name), the
@@ -49,6 +51,7 @@ from fiftyone.utils.eval.base import BaseEvaluationMethod, BaseEvaluationMethodC
 
 from deaot_core.metrics.davis import STAT_KEYS, SUMMARY_KEYS, global_summary, official_csvs, sequence_metrics
 
+from .consistent_reads import read_consistently
 from .fields import (LabelFieldError, check_label_field, describe_sample, frame_size, mask_targets_for, root_dataset,
                      sequence_names)
 from .label_frames import read_id_maps, renumber_ids
@@ -412,7 +415,8 @@ def evaluate_vos(sample_collection, pred_field: str, gt_field: str = "ground_tru
     method = config.build()
     label_maps = LabelMapRun(dataset, segmentation_key, gt_field, gt_is_segmentation) if segmentation_key else None
     try:
-        sequences, skipped = _evaluate_videos(sample_collection, config, gt_is_segmentation, progress, label_maps)
+        sequences, skipped = read_consistently(dataset, [pred_field, gt_field], lambda: _evaluate_videos(
+            sample_collection, config, gt_is_segmentation, progress, label_maps))
         if label_maps is not None:
             label_maps.commit(sample_collection, bound_th, extra_objects)
     except BaseException:

@@ -49,6 +49,7 @@ import numpy as np
 
 import fiftyone as fo
 
+from ..consistent_reads import read_consistently
 from ..fields import (check_label_field, check_sequence_name, describe_sample, frame_field_name, mask_targets_for,
                       root_dataset, sample_sequence_names)
 from ..label_frames import id_map_to_detections, read_id_maps
@@ -146,7 +147,9 @@ def export_vos(sample_collection, export_dir: str | Path, label_field: str, layo
     anything is written. Existing sequence folders are refused unless ``overwrite`` (they are then
     replaced; ``meta.json`` is updated, keeping other sequences). Files are written to a staging
     folder inside ``export_dir`` and moved into place only after every sequence is written, so an
-    error or a cancel (an exception from ``progress``) leaves ``export_dir`` as it was.
+    error or a cancel (an exception from ``progress``) leaves ``export_dir`` as it was. A propagation
+    in another process that replaces ``label_field`` while it is read makes the export read it again
+    (:mod:`deaot_vos.consistent_reads`): every video is exported from one version of the field.
 
     Returns ``{"layout", "export_dir", "sequences": {name: {"sample_id", "frames", "annotated",
     "objects"}}}``.
@@ -164,8 +167,9 @@ def export_vos(sample_collection, export_dir: str | Path, label_field: str, layo
             if (export_dir / sub / name).exists() and not overwrite:
                 raise PathExistsError(f"{export_dir / sub / name} already exists", field=str(export_dir / sub / name))
     # read and check every label first: nothing is written for bad input
-    plans = [_plan_export(sample_collection, sid, path, count, name, label_field, targets, layout)
-             for sid, path, count, name in zip(ids, paths, counts, names)]
+    plans = read_consistently(dataset, [label_field], lambda: [
+        _plan_export(sample_collection, sid, path, count, name, label_field, targets, layout)
+        for sid, path, count, name in zip(ids, paths, counts, names)])
     summary = _write_export(plans, export_dir, layout, jpeg_quality, progress)
     if progress is not None:
         progress(1.0, "done")
