@@ -17,12 +17,17 @@ Signals per frame (each in [0, 1], higher = more suspect):
   object, on frames fused from both (bidirectional runs; 0 elsewhere);
 - ``cut``: a scene cut, from the change of the frame's colour histogram (when frames are given).
 
+A confidence or agreement that is not a finite number (NaN, an infinity: a numerical failure, so
+unknown) counts as 0, the most doubtful, as a missing confidence does: such a frame is scored and
+suggested, never skipped. Finite values are clipped to [0, 1].
+
 The score is a weighted sum, ``WEIGHTS`` (chosen on synthetic clips held apart from the
 benchmark's, see BENCHMARKS.md), divided by the weights' total; a frame right after a scene cut
 (``cut`` above ``CUT_THRESHOLD``) scores at least its cut value. Keyframes score 0.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Mapping, Optional, Sequence
 
@@ -47,6 +52,12 @@ class FrameReview:
     label_map: np.ndarray
     confidences: Mapping[int, float] = field(default_factory=dict)
     agreement: Optional[Mapping[int, float]] = None
+
+
+def _probability(value: float) -> float:
+    """A confidence or agreement as used here: non-finite (unknown) -> 0, else clipped to [0, 1]."""
+    value = float(value)
+    return min(1.0, max(0.0, value)) if math.isfinite(value) else 0.0
 
 
 def _small(label_map: np.ndarray) -> np.ndarray:
@@ -114,7 +125,7 @@ def review_signals(frames: Sequence[FrameReview], keyframes: Sequence[int],
         frame = frames[t]
         present = {int(i) for i in np.unique(small[t]) if i > 0}
         tracked |= present
-        confidences = [float(frame.confidences.get(i, 0.0)) for i in sorted(tracked)]
+        confidences = [_probability(frame.confidences.get(i, 0.0)) for i in sorted(tracked)]
         signals["confidence"][t] = 1.0 - float(np.mean(confidences)) if confidences else 0.0
         if source[t] != t:
             signals["change"][t] = _mask_change(small[source[t]], small[t])
@@ -124,7 +135,7 @@ def review_signals(frames: Sequence[FrameReview], keyframes: Sequence[int],
             ratios = [area.get(i, 0) / a for i, a in reference_area.items() if a > 0]
             signals["lost"][t] = float(np.mean([1.0 - min(r, 1.0 / r) if r > 0 else 1.0 for r in ratios]))
         if frame.agreement:
-            signals["disagreement"][t] = 1.0 - min(frame.agreement.values())
+            signals["disagreement"][t] = 1.0 - min(_probability(v) for v in frame.agreement.values())
     if cuts is not None:
         signals["cut"] = np.clip(np.asarray(cuts, dtype=np.float64), 0.0, 1.0)
     for k in keys:

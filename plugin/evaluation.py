@@ -5,7 +5,8 @@ FiftyOne evaluation run.
 collection with :func:`deaot_core.metrics.davis.sequence_metrics` (the official protocol) and records a real
 FiftyOne evaluation run (``dataset.list_evaluations()``, ``get_evaluation_info``,
 ``load_evaluation_results``, ``rename_evaluation`` and ``delete_evaluation`` all work) plus fields
-the App can sort, filter and plot:
+the App can sort, filter and plot (``rename_evaluation`` onto a key whose fields exist already is
+refused before anything moves, with :class:`EvaluationRenameRefused` naming them):
 
 * sample fields ``<eval_key>_JF``, ``<eval_key>_J``, ``<eval_key>_F``: the video's J&F-Mean,
   J-Mean and F-Mean (means over its objects, as in the official per-sequence table);
@@ -26,7 +27,9 @@ frame aborts the evaluation (``extra_objects="error"``, official) or is ignored
 (``extra_objects="ignore"``, e.g. for objects added by a later keyframe). The dataset-level
 summary pools every object of every video with equal weight (``deaot_core.metrics.davis.global_summary``).
 
-Everything is computed before anything is written: an error leaves the dataset unchanged. A label
+Everything is computed before anything is written: an error leaves the dataset unchanged. A
+propagation in another process that replaces one of the two fields while they are read makes the
+evaluation read them again (:mod:`deaot_vos.consistent_reads`). A label
 that cannot be scored (a detection without a mask, a segmentation of another size or without a
 mask, a mask file that is missing or a directory, ...) in either field raises
 :class:`EvaluationLabelError` (an ``EvaluationError``) naming the sample (id and file name), the
@@ -48,12 +51,13 @@ from fiftyone.utils.eval.base import BaseEvaluationMethod, BaseEvaluationMethodC
 
 from deaot_core.metrics.davis import STAT_KEYS, SUMMARY_KEYS, global_summary, official_csvs, sequence_metrics
 
+from .consistent_reads import read_consistently
 from .fields import (LabelFieldError, check_label_field, describe_sample, frame_size, mask_targets_for, root_dataset,
                      sequence_names)
 from .label_frames import read_id_maps, renumber_ids
 from .segmentation_run import LabelMapRun, check_segmentation_key
 from .evaluation_errors import (EvaluationCancelled, EvaluationError, EvaluationExistsError,  # noqa: F401 (re-exported)
-                                EvaluationLabelError)
+                                EvaluationLabelError, EvaluationRenameRefused, check_rename_targets)
 from .tables import format_table
 
 log = logging.getLogger(__name__)
@@ -121,15 +125,21 @@ class VOSEvaluation(BaseEvaluationMethod):
         return fields
 
     def rename(self, samples, eval_key, new_eval_key):
+        """Move the run's fields to ``new_eval_key``'s names, all or nothing: every target name is
+        checked first, and a taken one raises :class:`EvaluationRenameRefused` (which FiftyOne lets
+        through, so the run keeps its key) before anything moved."""
         dataset = samples._dataset
-        sample_schema = dataset.get_field_schema()
-        frame_schema = dataset.get_frame_field_schema() or {}
-        renames = {a: b for a, b in zip(sample_fields(eval_key), sample_fields(new_eval_key)) if a in sample_schema}
-        if renames:
-            dataset.rename_sample_fields(renames)
-        renames = {a: b for a, b in zip(frame_fields(eval_key), frame_fields(new_eval_key)) if a in frame_schema}
-        if renames:
-            dataset.rename_frame_fields(renames)
+        sample_moves, frame_moves = _rename_moves(dataset, self, eval_key, new_eval_key)
+        if sample_moves:
+            dataset.rename_sample_fields(sample_moves)
+        try:
+            if frame_moves:
+                dataset.rename_frame_fields(frame_moves)
+        except Exception as err:
+            if sample_moves:
+                dataset.rename_sample_fields({b: a for a, b in sample_moves.items()})
+            raise EvaluationRenameRefused(f"evaluation '{eval_key}' on dataset '{dataset.name}' was not renamed to "
+                                          f"'{new_eval_key}': moving its frame fields failed ({err})") from err
         self.rename_custom_metrics(samples, eval_key, new_eval_key)
         samples._rename_sidebar_group(eval_key, new_eval_key)
 
@@ -142,6 +152,17 @@ class VOSEvaluation(BaseEvaluationMethod):
 
     def _validate_run(self, samples, eval_key, existing_info):
         pass  # overwriting a run with other fields is fine: cleanup() removes the old run's fields
+
+
+def _rename_moves(dataset, method: VOSEvaluation, eval_key: str, new_eval_key: str) -> tuple[dict, dict]:
+    """(sample, frame) field renames of the run ``eval_key`` to ``new_eval_key``; raises
+    :class:`EvaluationRenameRefused` naming every target field that already exists."""
+    check_rename_targets(dataset, eval_key, new_eval_key, method.get_fields(dataset, new_eval_key))
+    sample_schema = dataset.get_field_schema()
+    frame_schema = dataset.get_frame_field_schema() or {}
+    sample_moves = {a: b for a, b in zip(sample_fields(eval_key), sample_fields(new_eval_key)) if a in sample_schema}
+    frame_moves = {a: b for a, b in zip(frame_fields(eval_key), frame_fields(new_eval_key)) if a in frame_schema}
+    return sample_moves, frame_moves
 
 
 class VOSEvaluationResults(BaseEvaluationResults):
@@ -394,7 +415,8 @@ def evaluate_vos(sample_collection, pred_field: str, gt_field: str = "ground_tru
     method = config.build()
     label_maps = LabelMapRun(dataset, segmentation_key, gt_field, gt_is_segmentation) if segmentation_key else None
     try:
-        sequences, skipped = _evaluate_videos(sample_collection, config, gt_is_segmentation, progress, label_maps)
+        sequences, skipped = read_consistently(dataset, [pred_field, gt_field], lambda: _evaluate_videos(
+            sample_collection, config, gt_is_segmentation, progress, label_maps))
         if label_maps is not None:
             label_maps.commit(sample_collection, bound_th, extra_objects)
     except BaseException:

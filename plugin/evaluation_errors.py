@@ -6,7 +6,8 @@ from __future__ import annotations
 from .fields import LabelFieldError
 from .overwrite import NeedsOverwrite
 
-__all__ = ["EvaluationError", "EvaluationExistsError", "EvaluationLabelError", "EvaluationCancelled"]
+__all__ = ["EvaluationError", "EvaluationExistsError", "EvaluationLabelError", "EvaluationCancelled",
+           "EvaluationRenameRefused", "check_rename_targets"]
 
 
 class EvaluationError(ValueError):
@@ -34,3 +35,29 @@ class EvaluationLabelError(EvaluationError, LabelFieldError):
 
 class EvaluationCancelled(Exception):
     """The progress callback asked to stop; nothing was written."""
+
+
+class EvaluationRenameRefused(BaseException):
+    """``rename_evaluation`` of a J&F run was refused and nothing was renamed: a field the run would
+    move to is taken (the message names each one) or the new key is not a valid field prefix.
+
+    A ``BaseException`` on purpose: FiftyOne's ``rename_evaluation`` catches any ``Exception`` raised
+    while the run's fields are moved, only logs it and renames the run anyway, after which
+    ``delete_evaluation`` of the new key would delete the fields the run wrongly claims. Only an
+    exception FiftyOne does not catch keeps the run under its old key. Catch it by this name."""
+
+
+def check_rename_targets(dataset, eval_key: str, new_eval_key, targets) -> None:
+    """Raise :class:`EvaluationRenameRefused` when ``new_eval_key`` is not a valid key or a field the
+    run ``eval_key`` would be renamed to (``targets``: field paths, ``frames.`` for frame fields)
+    exists already; the message names every such field."""
+    where = f"evaluation '{eval_key}' on dataset '{dataset.name}' was not renamed to '{new_eval_key}'"
+    if not isinstance(new_eval_key, str) or not new_eval_key.isidentifier():
+        raise EvaluationRenameRefused(f"{where}: keys must be valid Python identifiers")
+    prefix = dataset._FRAMES_PREFIX
+    taken = [f"frame field '{path[len(prefix):]}'" if path.startswith(prefix) else f"sample field '{path}'"
+             for path in targets if dataset.has_field(path)]
+    if taken:
+        raise EvaluationRenameRefused(f"{where}: the run's fields would replace existing fields that are not its "
+                                      f"own: {', '.join(taken)}; nothing was renamed (rename or delete those "
+                                      f"fields, or choose another key)")

@@ -193,8 +193,9 @@ def suggest_keyframes(sample_collection, output_field: str, score_field: Optiona
 
     For each video of ``sample_collection`` (as the view shows it), frames 1..T (T from the video;
     a frame without output counts as empty) get :func:`deaot_core.review.review_scores` in [0, 1];
-    keyframes score 0. The scores go to the frame-level float field ``score_field`` (default
-    ``<output>_review``) of the root dataset, in one bulk write after every video is scored: an
+    keyframes score 0; a NaN or infinite confidence is unknown and counts as 0 (the most doubtful).
+    The scores go to the frame-level float field ``score_field`` (default ``<output>_review``) of
+    the root dataset, in one bulk write after every video is scored: an
     error or a cancel writes nothing. An existing float ``score_field`` is replaced (frames 1..T of
     each scored video; other samples keep theirs); one of another type is refused. The saved view
     ``<score_field>-top`` (replaced) selects each video's ``top`` best frames, at least ``spacing``

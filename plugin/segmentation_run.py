@@ -35,9 +35,9 @@ import numpy as np
 import fiftyone as fo
 import fiftyone.core.fields as fof
 from fiftyone.operators.registry import OperatorRegistry
-from fiftyone.utils.eval.segmentation import evaluate_segmentations
+from fiftyone.utils.eval.segmentation import SimpleEvaluation, SimpleEvaluationConfig, evaluate_segmentations
 
-from .evaluation_errors import EvaluationError, EvaluationExistsError
+from .evaluation_errors import EvaluationError, EvaluationExistsError, check_rename_targets
 from .fields import describe_sample, root_dataset
 from .label_frames import IdMaps
 
@@ -110,6 +110,22 @@ def check_segmentation_key(sample_collection, key, eval_key: str | None, fields:
         if name in fields or (name in frame_schema and not own):
             raise EvaluationError(f"frame field '{name}' already exists on dataset '{dataset.name}' and does not "
                                   f"belong to a segmentation run '{key}'; choose another segmentation_key")
+
+
+class LabelMapEvaluationConfig(SimpleEvaluationConfig):
+    """FiftyOne's ``simple`` segmentation evaluation (same type, method and fields), whose
+    ``rename_evaluation`` is all or nothing: see :class:`LabelMapEvaluation`."""
+
+
+class LabelMapEvaluation(SimpleEvaluation):
+    """``simple`` segmentation evaluation that refuses to rename onto existing fields: every target
+    field is checked before anything moves, and a taken one raises ``EvaluationRenameRefused``
+    (which FiftyOne's ``rename_evaluation`` does not catch, so the run keeps its key; its own
+    ``rename`` would move some fields, fail on the first taken one, and rename the run anyway)."""
+
+    def rename(self, samples, eval_key, new_eval_key):
+        check_rename_targets(samples._dataset, eval_key, new_eval_key, self.get_fields(samples._dataset, new_eval_key))
+        super().rename(samples, eval_key, new_eval_key)
 
 
 class LabelMapRun:
@@ -189,7 +205,8 @@ class LabelMapRun:
             # frames without ground truth are not scored (as in DAVIS); FiftyOne warns about each
             warnings.filterwarnings("ignore", message="Skipping sample with missing")
             results = evaluate_segmentations(sample_collection, "frames." + pred, "frames." + gt, eval_key=self.key,
-                                             mask_targets=targets, custom_metrics=custom, progress=False)
+                                             mask_targets=targets, method=LabelMapEvaluationConfig,
+                                             custom_metrics=custom, progress=False)
         missing = [uri for uri in metric_uris() if uri not in (results.custom_metrics or {})]
         if missing:
             reason = "; ".join(failures) or "no object was scored (the reference frames are empty): J&F is undefined"

@@ -175,6 +175,116 @@ def test_evaluate_sample_whose_filepath_is_a_directory(fiftyone_db, make_video, 
         ds.delete()
 
 
+# --------------------------------------------------------------------------- rename onto taken names
+
+
+def _rename_state(ds):
+    """Everything a refused rename must leave as it was: runs, schemas and every float field's values."""
+    sample = {f: ds.values(f) for f in sorted(ds.get_field_schema()) if f[-2:] in ("JF", "_J", "_F")}
+    frame = {f: ds.values("frames." + f) for f in sorted(ds.get_frame_field_schema()) if f[-2:] in ("_J", "_F")}
+    return ds.list_evaluations(), sample, frame
+
+
+@pytest.mark.parametrize("taken", [("g_JF", "frames.g_J"), ("frames.g_F",)], ids=["sample_and_frame", "frame_only"])
+def test_rename_evaluation_onto_user_fields_is_refused_and_delete_keeps_them(taken, fiftyone_db, make_video):
+    """A J&F run renamed onto a key whose field names the user already uses: refused before
+    anything moves (FiftyOne would log the failure and rename the run anyway, and deleting it
+    would then delete the user's fields); deleting the run afterwards leaves the user's fields."""
+    import fiftyone as fo
+
+    from deaot_vos.evaluation import EvaluationRenameRefused, evaluate_vos
+
+    path, maps = make_video("rename", num_frames=6)
+    ds = fo.Dataset()
+    try:
+        sample = fo.Sample(filepath=path)
+        for number in range(1, 7):
+            sample.frames[number]["ground_truth"] = _gt(maps[number - 1])
+            sample.frames[number]["predictions"] = _gt(maps[number - 1])
+        ds.add_sample(sample)
+        evaluate_vos(ds, "predictions", "ground_truth", eval_key="f")
+        user = {}
+        for path_ in taken:  # the user's own float fields with their own values
+            ds.set_values(path_, [[0.25] * 6] if path_.startswith("frames.") else [0.25])
+            user[path_] = ds.values(path_)
+        before = _rename_state(ds)
+        assert before[1]["f_JF"] == [pytest.approx(1.0)]
+
+        with pytest.raises(EvaluationRenameRefused) as info:
+            ds.rename_evaluation("f", "g")
+        message = str(info.value)
+        for path_ in taken:
+            assert f"field '{path_.replace('frames.', '')}'" in message, message
+        assert "'f'" in message and "'g'" in message and "nothing was renamed" in message
+        ds.reload()
+        assert _rename_state(ds) == before
+        assert ds.load_evaluation_results("f").summary()["J&F-Mean"] == pytest.approx(1.0)
+
+        ds.delete_evaluation("f")
+        ds.reload()
+        assert ds.list_evaluations() == []
+        for path_, values in user.items():
+            assert ds.values(path_) == values, path_
+        left = [f for f in ds.get_field_schema() if f.startswith("f_")]
+        left += [f for f in ds.get_frame_field_schema() if f.startswith("f_")]
+        assert left == []
+        # a free key still renames, fields and all
+        evaluate_vos(ds, "predictions", "ground_truth", eval_key="f")
+        ds.rename_evaluation("f", "h")
+        assert ds.list_evaluations() == ["h"] and ds.values("h_JF") == [pytest.approx(1.0)]
+        assert ds.values("frames.h_J")[0][1] == pytest.approx(1.0)
+        with pytest.raises(EvaluationRenameRefused, match="valid Python identifiers"):
+            ds.rename_evaluation("h", "not-a-key")
+        assert ds.list_evaluations() == ["h"]
+    finally:
+        ds.delete()
+
+
+def test_rename_of_the_segmentation_run_onto_user_fields_is_refused_and_delete_keeps_them(fiftyone_db, make_video):
+    """The same for the ``segmentation`` run made with ``segmentation_key`` (FiftyOne's fields
+    ``<key>_accuracy`` ...): refused, nothing renamed, and deleting it keeps the user's field."""
+    import fiftyone as fo
+
+    from deaot_vos.evaluation import EvaluationRenameRefused, evaluate_vos
+    from deaot_vos.segmentation_run import label_map_fields
+
+    path, maps = make_video("rename_seg", num_frames=6)
+    ds = fo.Dataset()
+    try:
+        sample = fo.Sample(filepath=path)
+        for number in range(1, 7):
+            sample.frames[number]["ground_truth"] = _gt(maps[number - 1])
+            sample.frames[number]["predictions"] = _gt(maps[number - 1])
+        ds.add_sample(sample)
+        evaluate_vos(ds, "predictions", "ground_truth", eval_key="f", segmentation_key="s")
+        ds.set_values("t_recall", [0.25])
+        ds.set_values("frames.t_accuracy", [[0.5] * 6])
+        fields = (sorted(ds.get_field_schema()), sorted(ds.get_frame_field_schema()))
+        before = (ds.list_evaluations(), ds.values("s_accuracy"), ds.values("frames.s_recall"))
+
+        with pytest.raises(EvaluationRenameRefused, match=r"'s'.*'t'.*sample field 't_recall'.*frame field "
+                                                          r"'t_accuracy'.*nothing was renamed"):
+            ds.rename_evaluation("s", "t")
+        ds.reload()
+        assert (sorted(ds.get_field_schema()), sorted(ds.get_frame_field_schema())) == fields
+        assert (ds.list_evaluations(), ds.values("s_accuracy"), ds.values("frames.s_recall")) == before
+        assert ds.load_evaluation_results("s").metrics()["J&F-Mean"] == pytest.approx(1.0)
+
+        ds.delete_evaluation("s")
+        ds.reload()
+        assert ds.list_evaluations() == ["f"]
+        assert ds.values("t_recall") == [0.25] and ds.values("frames.t_accuracy")[0] == [0.5] * 6
+        assert not [f for f in ds.get_field_schema() if f.startswith("s_")]
+        # a free key renames, and the label maps stay the run's inputs
+        evaluate_vos(ds, "predictions", "ground_truth", eval_key="f", segmentation_key="v", overwrite=True)
+        ds.rename_evaluation("v", "u")
+        assert sorted(ds.list_evaluations()) == ["f", "u"] and ds.values("u_accuracy") == [pytest.approx(1.0)]
+        assert ds.get_evaluation_info("u").config.gt_field == "frames." + label_map_fields("v")[0]
+        assert ds.load_evaluation_results("u").metrics()["J&F-Mean"] == pytest.approx(1.0)
+    finally:
+        ds.delete()
+
+
 # --------------------------------------------------------------------------- database outage
 
 

@@ -101,6 +101,68 @@ def test_suggest_scores_every_frame_and_saves_the_top_frames(propagated):
     assert len(row["top"]) == 1 and _view_frames(ds, "out_review-top") == {first.id: [row["top"][0]["frame"]]}
 
 
+def _with_frame_values(ds, sample_id: str, source: str, field: str, number: int, value: float) -> None:
+    """Copy ``source`` to ``field`` with every object of frame ``number`` of one video given
+    ``value`` as its confidence and agreement (the rest as propagated)."""
+    ds.clone_frame_field(source, field)
+    sample = ds[sample_id]
+    for det in sample.frames[number][field].detections:
+        det.confidence = value
+        det["agreement"] = value
+    sample.save()
+
+
+def test_nan_confidences_are_unknown_and_score_as_the_most_doubtful(propagated):
+    """A frame whose objects' confidences (and pass agreements) are NaN scores as if they were 0,
+    the most doubtful, as a missing confidence does: finite scores, the frame suggested (a NaN
+    score made it never suggested and wrote NaN)."""
+    import math
+
+    import deaot_vos
+
+    ds = propagated
+    first = ds.first().id
+    number = 6  # a fused frame of the bidirectional run between keyframes 2 and 11
+    assert ds[first].frames[number]["out"].detections[0]["agreement"] is not None
+    _with_frame_values(ds, first, "out", "out_nan", number, float("nan"))
+    _with_frame_values(ds, first, "out", "out_zero", number, 0.0)
+    try:
+        one = ds.select(first)
+        nan = deaot_vos.suggest_keyframes(one, "out_nan", top=T, spacing=1, scene_cuts=False)
+        zero = deaot_vos.suggest_keyframes(one, "out_zero", top=T, spacing=1, scene_cuts=False)
+        plain = deaot_vos.suggest_keyframes(one, "out", score_field="out_plain", top=T, spacing=1, scene_cuts=False)
+        nan_scores, zero_scores = _scores(ds, "out_nan_review")[first], _scores(ds, "out_zero_review")[first]
+        assert all(math.isfinite(v) for v in nan_scores.values()), nan_scores
+        assert nan_scores == zero_scores
+        assert nan_scores[number] > _scores(ds, "out_plain")[first][number]
+        assert number in [t["frame"] for t in nan["samples"][0]["top"]]
+        assert nan["samples"][0]["top"] == zero["samples"][0]["top"] != plain["samples"][0]["top"]
+        assert number in _view_frames(ds, "out_nan_review-top")[first]
+    finally:
+        for field in ("out_nan", "out_zero", "out_nan_review", "out_zero_review", "out_plain"):
+            if field in ds.get_frame_field_schema():
+                ds.delete_frame_field(field)
+        for view in ("out_nan_review-top", "out_zero_review-top", "out_plain-top"):
+            if ds.has_saved_view(view):
+                ds.delete_saved_view(view)
+
+
+def test_review_signals_read_non_finite_confidence_and_agreement_as_zero():
+    """The core rule behind the test above, for NaN and infinities, in one frame of two objects."""
+    import numpy as np
+
+    from deaot_core.review import FrameReview, review_signals
+
+    label_map = np.zeros((8, 8), np.int64)
+    label_map[:4, :4], label_map[4:, 4:] = 1, 2
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        frames = [FrameReview(label_map, {1: 0.9, 2: 0.9}), FrameReview(label_map, {1: bad, 2: 0.8}, {1: 0.7, 2: bad})]
+        signals = review_signals(frames, [0])
+        assert all(np.isfinite(v).all() for v in signals.values()), (bad, signals)
+        assert signals["confidence"][1] == 1.0 - (0.0 + 0.8) / 2
+        assert signals["disagreement"][1] == 1.0
+
+
 def test_a_field_not_written_by_the_propagation_is_refused_and_nothing_is_written(propagated):
     import fiftyone as fo
     import deaot_vos

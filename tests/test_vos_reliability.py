@@ -417,3 +417,72 @@ def test_davis_export_refuses_object_255(one_video, tmp_path):
     assert not (out / "JPEGImages").exists()
     export_vos(ds, tmp_path / "yt", "gt", layout="youtube")
     assert 255 in np.unique(read_annotation(tmp_path / "yt" / "Annotations" / "keep" / "00000.png"))
+
+
+# --------------------------------------------------------------------------- decompression bombs
+
+
+def _png_bomb(path: Path, width: int, height: int) -> Path:
+    """A real palette PNG whose header is rewritten to declare ``width`` x ``height`` (CRC fixed):
+    a file of a few hundred bytes that PIL would decode to ``width * height`` bytes."""
+    import struct
+    import zlib
+
+    from deaot_vos.formats.vos import write_annotation
+
+    write_annotation(path, _box(1, 4, 4))
+    data = bytearray(path.read_bytes())
+    assert data[12:16] == b"IHDR"
+    data[16:24] = struct.pack(">II", width, height)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    path.write_bytes(bytes(data))
+    return path
+
+
+def _jpeg_bomb(path: Path, width: int, height: int) -> Path:
+    """A real JPEG frame whose SOF0 header is rewritten to declare ``width`` x ``height``."""
+    import struct
+
+    data = bytearray(path.read_bytes())
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5:sof + 9] = struct.pack(">HH", height, width)
+    path.write_bytes(bytes(data))
+    return path
+
+
+BOMBS = {  # case -> (file under the DAVIS root, frame number in the message, make(path))
+    "annotation": ("Annotations/b/00002.png", "annotation of frame 3", lambda p: _png_bomb(p, 20000, 20000)),
+    # between PIL's limit and twice it, PIL only warns (and would decode 100 M pixels)
+    "annotation_warning_range": ("Annotations/b/00002.png", "annotation of frame 3",
+                                 lambda p: _png_bomb(p, 10000, 10000)),
+    "frame": ("JPEGImages/b/00003.jpg", "frame 4", lambda p: _jpeg_bomb(p, 65000, 65000)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BOMBS))
+def test_import_refuses_a_decompression_bomb_naming_the_file(tmp_path, case):
+    """A small image declaring a huge size: ``VOSFormatError`` naming the file, the sequence and the
+    frame (PIL raised its own error naming nothing, or only warned); nothing imported."""
+    import fiftyone as fo
+
+    from deaot_vos.formats.vos import VOSFormatError, import_vos
+
+    root = tmp_path / "davis"
+    _write_sequence(root, "a", 4, {0: _box(1, 4, 4)}, stem=lambda i: f"{i:05d}")
+    _write_sequence(root, "b", 5, {0: _box(1, 4, 4), 2: _box(2, 9, 9)}, stem=lambda i: f"{i:05d}")
+    relative, frame, make = BOMBS[case]
+    bomb = make(root / relative)
+    assert bomb.stat().st_size < 2000
+    existing = import_vos(root, "t_vosrel_bomb_existing", sequences=["a"], video_dir=tmp_path / "old")
+    try:
+        before = (sorted(fo.list_datasets()), len(existing), _tree(tmp_path / "old"))
+        pattern = rf"{relative.replace('.', '[.]')} \(sequence 'b', {frame}\): refused.*decompression-bomb"
+        with pytest.raises(VOSFormatError, match=pattern):
+            import_vos(root, "t_vosrel_bomb", video_dir=tmp_path / "videos")
+        with pytest.raises(VOSFormatError, match=pattern):
+            import_vos(root, existing, video_dir=tmp_path / "old")
+        existing.reload()
+        assert (sorted(fo.list_datasets()), len(existing), _tree(tmp_path / "old")) == before
+        assert _tree(tmp_path / "videos") == {}
+    finally:
+        _drop("t_vosrel_bomb_existing", "t_vosrel_bomb")

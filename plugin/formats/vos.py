@@ -40,6 +40,7 @@ import os
 import re
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional
 
@@ -48,6 +49,7 @@ import numpy as np
 
 import fiftyone as fo
 
+from ..consistent_reads import read_consistently
 from ..fields import (check_label_field, check_sequence_name, describe_sample, frame_field_name, mask_targets_for,
                       root_dataset, sample_sequence_names)
 from ..label_frames import id_map_to_detections, read_id_maps
@@ -145,7 +147,9 @@ def export_vos(sample_collection, export_dir: str | Path, label_field: str, layo
     anything is written. Existing sequence folders are refused unless ``overwrite`` (they are then
     replaced; ``meta.json`` is updated, keeping other sequences). Files are written to a staging
     folder inside ``export_dir`` and moved into place only after every sequence is written, so an
-    error or a cancel (an exception from ``progress``) leaves ``export_dir`` as it was.
+    error or a cancel (an exception from ``progress``) leaves ``export_dir`` as it was. A propagation
+    in another process that replaces ``label_field`` while it is read makes the export read it again
+    (:mod:`deaot_vos.consistent_reads`): every video is exported from one version of the field.
 
     Returns ``{"layout", "export_dir", "sequences": {name: {"sample_id", "frames", "annotated",
     "objects"}}}``.
@@ -163,8 +167,9 @@ def export_vos(sample_collection, export_dir: str | Path, label_field: str, layo
             if (export_dir / sub / name).exists() and not overwrite:
                 raise PathExistsError(f"{export_dir / sub / name} already exists", field=str(export_dir / sub / name))
     # read and check every label first: nothing is written for bad input
-    plans = [_plan_export(sample_collection, sid, path, count, name, label_field, targets, layout)
-             for sid, path, count, name in zip(ids, paths, counts, names)]
+    plans = read_consistently(dataset, [label_field], lambda: [
+        _plan_export(sample_collection, sid, path, count, name, label_field, targets, layout)
+        for sid, path, count, name in zip(ids, paths, counts, names)])
     summary = _write_export(plans, export_dir, layout, jpeg_quality, progress)
     if progress is not None:
         progress(1.0, "done")
@@ -293,13 +298,22 @@ def _read_jpeg(path: Path) -> np.ndarray:
     return image[:, :, ::-1]
 
 
-def _image_header(path: Path) -> tuple[str, tuple[int, int], str | None]:
-    """(PIL mode, (height, width), PIL format) of an image, from its header only."""
+def _image_header(path: Path, where: str = "") -> tuple[str, tuple[int, int], str | None]:
+    """(PIL mode, (height, width), PIL format) of an image, from its header only. An image whose
+    header declares more pixels than PIL's ``Image.MAX_IMAGE_PIXELS`` (a decompression bomb: a
+    small file that would decode to gigabytes) is refused, where PIL would only warn up to twice
+    the limit. ``where`` (e.g. ``sequence 'cat', frame 3``) is added to the error."""
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as image:
-            return image.mode, (image.height, image.width), image.format
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                return image.mode, (image.height, image.width), image.format
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise VOSFormatError(f"{path}{f' ({where})' if where else ''}: refused, the image declares more pixels than "
+                             f"PIL's decompression-bomb limit Image.MAX_IMAGE_PIXELS = {Image.MAX_IMAGE_PIXELS} "
+                             f"({err})") from err
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
         raise VOSFormatError(f"{path}: not a readable image ({err})") from err
 
@@ -423,16 +437,16 @@ def _plan_sequence(name: str, jpeg_root: Path, ann_root: Path, layout: str) -> t
                     name, len(lossy), ann_folder)
     if not pngs:
         log.warning("sequence %s has no annotation in %s", name, ann_folder)
-    mode, size, _ = _image_header(jpegs[0])
+    mode, size, _ = _image_header(jpegs[0], f"sequence '{name}', frame 1")
     for path in jpegs[1:]:
-        _, other, _ = _image_header(path)
+        _, other, _ = _image_header(path, f"sequence '{name}', frame {numbers[path.stem]}")
         if other != size:
             raise VOSFormatError(f"{path}: {other[1]}x{other[0]}, the sequence's first frame is {size[1]}x{size[0]}")
     for png in pngs:
         if png.stem not in numbers:
             raise VOSFormatError(f"{png}: no frame {png.stem}.jpg in {folder} (annotations and frames do not match: "
                                  f"{len(pngs)} PNGs, {len(jpegs)} JPEGs)")
-        mode, other, fmt = _image_header(png)
+        mode, other, fmt = _image_header(png, f"sequence '{name}', annotation of frame {numbers[png.stem]}")
         if fmt in LOSSY_FORMATS:
             raise VOSFormatError(_lossy_message(png))
         if mode not in ("P", "L", "1", "I;16", "I"):
@@ -455,10 +469,11 @@ def import_vos(dataset_dir: str | Path, dataset=None, label_field: str = "ground
 
     Frames are ordered by the number in their names (``0.jpg, 1.jpg, ..., 10.jpg``); the DAVIS
     layout also requires consecutive names zero-padded to one width (``00000.jpg``...). A JPEG
-    annotation (lossy: its noise would become spurious objects) is refused; PNGs only. DAVIS void
-    pixels (255) are imported as background, not as an object (the official semi-supervised
-    evaluation scores them so); ``info["vos_import"][-1]["void_frames"]`` counts the annotations
-    that had some.
+    annotation (lossy: its noise would become spurious objects) is refused; PNGs only. So is an
+    image whose header declares more pixels than PIL's ``Image.MAX_IMAGE_PIXELS`` (a decompression
+    bomb), naming the file, the sequence and the frame. DAVIS void pixels (255) are imported as
+    background, not as an object (the official semi-supervised evaluation scores them so);
+    ``info["vos_import"][-1]["void_frames"]`` counts the annotations that had some.
 
     Args:
         dataset_dir: the folder holding ``JPEGImages``, ``Annotations`` (and ``meta.json``)
