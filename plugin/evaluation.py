@@ -11,9 +11,10 @@ the App can sort, filter and plot:
   J-Mean and F-Mean (means over its objects, as in the official per-sequence table);
 * frame fields ``<eval_key>_J``, ``<eval_key>_F``: on each scored frame, the mean over objects.
 
-With ``segmentation_key``, a FiftyOne ``segmentation`` run is stored too, for the Model Evaluation
-panel: label maps of the scored frames and J&F, J, F as its custom metrics
-(:mod:`deaot_vos.segmentation_run`).
+The run is of FiftyOne's ``segmentation`` type (method ``davis2017``), so FiftyOne's Model
+Evaluation panel opens it: J&F, J and F as its custom metrics, one class per object label. With
+``segmentation_key``, a FiftyOne ``segmentation`` run of label maps is stored too (pixel metrics
+beside J&F, :mod:`deaot_vos.segmentation_run`).
 
 Protocol. Both fields are turned into (H, W) id maps (pixel value = object ``index``; see
 ``deaot_vos.label_frames``). Only frames whose ground truth is set are used, in order (frames without
@@ -165,6 +166,8 @@ class VOSEvaluationResults(BaseEvaluationResults):
             column i = ``scored_frames[i]``), ``summary`` (the video's table row) and
             ``missing_predictions`` (annotated frames without a prediction)
         skipped: videos not evaluated (no ground truth): ``sample_id``, ``filepath``, ``reason``
+        custom_metrics: FiftyOne's custom metrics, J&F, J and F among them (what the Model
+            Evaluation panel lists)
     """
 
     #: what the Model Evaluation panel reads for an object without a prediction (none: objects are
@@ -230,12 +233,15 @@ class VOSEvaluationResults(BaseEvaluationResults):
     def classes(self) -> np.ndarray:
         return np.array(sorted(set(self.ytrue)), dtype=object)
 
-    def report(self) -> dict[str, dict[str, float]]:
-        """Per object label: ``support`` (objects) and the official summary of those objects."""
+    def report(self) -> dict[str, dict[str, float | None]]:
+        """Per object label: ``support`` (objects), the official summary of those objects, and
+        ``precision`` and ``recall`` None (J&F defines neither; the panel's per-class chart needs
+        the keys)."""
         rows: dict[str, list] = {}
         for row in self.objects:
             rows.setdefault(row["label"] or NO_LABEL, []).append(row)
-        return {label: dict(support=len(group), **global_summary(group)) for label, group in sorted(rows.items())}
+        return {label: dict(support=len(group), precision=None, recall=None, **global_summary(group))
+                for label, group in sorted(rows.items())}
 
     def _confusion_matrix(self, classes=None, include_other=False, include_missing=False, other_label=None,
                           tabulate_ids=False):

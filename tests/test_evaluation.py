@@ -454,7 +454,8 @@ def test_model_evaluation_panel_opens_a_vos_run(evaluated):
     summary = results.summary()
     assert metrics == pytest.approx({"J&F (DAVIS)": summary["J&F-Mean"], "J (DAVIS region IoU)": summary["J-Mean"],
                                      "F (DAVIS boundary)": summary["F-Mean"]})
-    assert shown["per_class_metrics"] == {"obj1": {"support": 2}, "obj2": {"support": 2}}
+    per_label = dict(support=2, precision=None, recall=None)  # J&F defines no precision or recall
+    assert shown["per_class_metrics"] == {"obj1": per_label, "obj2": per_label}
     assert shown["metrics"]["J&F-Mean"] == pytest.approx(summary["J&F-Mean"])
     assert shown["info"]["config"]["method"] == "davis2017"
     # the run stays a J&F run for this plugin: listed, compared, loaded with its own results
