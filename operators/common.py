@@ -32,22 +32,33 @@ def app_wording():
 #: how the notice names each of FiftyOne's view targets (``fiftyone.operators.constants.ViewTarget``)
 _TARGET_WORDS = {"DATASET": "the dataset", "BASE_VIEW": "the base view", "DATASET_VIEW": "the dataset",
                  "CURRENT_VIEW": "the current view"}
+#: the target this plugin adds to FiftyOne's selector while a sample is open in the App's modal
+OPEN_SAMPLE = "OPEN_SAMPLE"
+
+
+def open_sample(ctx) -> str | None:
+    """The id of the sample open in the App's modal (``ctx.current_sample``), else None."""
+    return ctx.request_params.get("current_sample") or None
 
 
 def target_choice(ctx) -> str:
     """The form's ``view_target`` choice (FiftyOne's target selector); a call that makes none
     (``execute_operator`` from Python) gets the selector's default, its most selective choice:
-    the selected samples if any, else the current view if it is not the whole dataset, else the
-    dataset."""
+    the sample open in the App's modal if any (:data:`OPEN_SAMPLE`), else the selected samples if
+    any, else the current view if it is not the whole dataset, else the dataset."""
     # newer FiftyOne versions move the choice from the params to the request
     chosen = ctx.params.get("view_target") or ctx.request_params.get("view_target")
-    return chosen or types.ViewTargetProperty(ctx).default
+    if chosen == OPEN_SAMPLE and not open_sample(ctx):
+        chosen = None  # no sample open any more: the selector's own default
+    return chosen or (OPEN_SAMPLE if open_sample(ctx) else types.ViewTargetProperty(ctx).default)
 
 
 def target_view(ctx):
-    """The samples the operator runs on: FiftyOne's ``ctx.target_view()`` for
-    :func:`target_choice`."""
+    """The samples the operator runs on: the open sample (of the current view) for
+    :data:`OPEN_SAMPLE`, else FiftyOne's ``ctx.target_view()`` for :func:`target_choice`."""
     choice = target_choice(ctx)
+    if choice == OPEN_SAMPLE:
+        return ctx.view.select(open_sample(ctx))
     if ctx.params.get("view_target") != choice:
         # ctx.target_view() reads the choice from ctx.params in every version; a copy, as the
         # caller's params dict must not change
@@ -57,15 +68,33 @@ def target_view(ctx):
 
 def target_input(ctx, inputs: types.Object, verb: str) -> None:
     """FiftyOne's target selector (dataset, current view, selected samples: the choices this
-    context has, hidden when there is only one) and a notice naming what the choice holds, e.g.
-    "Runs on 3 selected samples"."""
-    inputs.view_target(ctx)
+    context has, hidden when there is only one; with a sample open in the App's modal also
+    :data:`OPEN_SAMPLE`, the default) and a notice naming what the choice holds, e.g. "Runs on 3
+    selected samples"."""
+    selector = inputs.view_target(ctx)
+    if open_sample(ctx):
+        _offer_open_sample(selector)
     target = target_choice(ctx)
     count = target_view(ctx).count()
-    what = (plural(count, "selected sample") if target == "SELECTED_SAMPLES"
+    what = ("the open sample" if target == OPEN_SAMPLE and count == 1
+            else plural(count, "selected sample") if target == "SELECTED_SAMPLES"
             else f"the only sample of {_TARGET_WORDS.get(target, 'the current view')}" if count == 1
             else f"all {count} samples of {_TARGET_WORDS.get(target, 'the current view')}")
     inputs.view("target_notice", types.Notice(label=f"{verb} {what}"))
+
+
+def _offer_open_sample(selector: types.Property) -> None:
+    """Add :data:`OPEN_SAMPLE` to FiftyOne's target selector as its default (shown: a selector
+    FiftyOne hid, holding the dataset alone, becomes a radio group of the two)."""
+    choices = selector.view
+    if not isinstance(choices, types.Choices):
+        choices = types.RadioGroup(label="Target view")
+        for value in selector.type.values:
+            choices.add_choice(value, label="Dataset" if value == "DATASET" else value.replace("_", " ").capitalize())
+        selector.view = choices
+    choices.add_choice(OPEN_SAMPLE, label="Open sample", description="Only the sample open in the App")
+    selector.type = types.Enum(list(selector.type.values) + [OPEN_SAMPLE])
+    selector.default = OPEN_SAMPLE
 
 
 def label_fields(dataset) -> list[str]:

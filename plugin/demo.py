@@ -9,7 +9,10 @@ Samples:
   first appears on a later keyframe.
 - two real clips from the official AOT/DeAOT demo (YouTube-VOS frames, BSD-3-Clause), downscaled
   from 1920x1080 to 480x270 and stored in ``demo_data/aot-demo/`` as H.264 MP4s with their
-  first-frame label maps (44 and 43 objects): many-object propagation.
+  first-frame label maps (44 and 43 objects, labelled ``object <n>`` by their value in the map):
+  many-object propagation.
+
+The dataset opens in the App coloured by instance (each object its own colour).
 
 Videos are written as H.264 with the ffmpeg binary of the ``imageio-ffmpeg`` wheel so the App's
 browser can play them (OpenCV's mp4v is readable by decord but not playable in Chromium); that
@@ -125,7 +128,7 @@ def synthetic_frames(maps: np.ndarray) -> np.ndarray:
 def _detections(label_map: np.ndarray, names: dict[int, str], confidence=None):
     registry = ObjectRegistry()
     for k in sorted(int(v) for v in np.unique(label_map) if v):
-        registry.get(("value", k), names.get(k, "object"), 1, index=k)
+        registry.get(("value", k), names.get(k, f"object {k}"), 1, index=k)
     return mask_to_detections(label_map.astype(np.int32), None, registry, {}, exact_confidence=confidence)
 
 
@@ -207,6 +210,8 @@ def build_dataset(name: str = "deaot-demo", real_clips: bool = True, workdir: st
             samples.append(sample)
     dataset.add_samples(samples)
     dataset.info["description"] = "DeAOT plugin demo: keyframe masks in 'keyframes', propagated into 'deaot'"
+    # one colour per object (its index), not one per field: the real clips' 44 masks are told apart
+    dataset.app_config.color_scheme = fo.ColorScheme(color_by="instance")
     dataset.save()
     log.info("demo dataset '%s': %s videos in %s (synthetic video codec: %s)", name, len(samples), workdir, codec)
     return dataset

@@ -12,9 +12,10 @@ refused before anything moves, with :class:`EvaluationRenameRefused` naming them
   J-Mean and F-Mean (means over its objects, as in the official per-sequence table);
 * frame fields ``<eval_key>_J``, ``<eval_key>_F``: on each scored frame, the mean over objects.
 
-With ``segmentation_key``, a FiftyOne ``segmentation`` run is stored too, for the Model Evaluation
-panel: label maps of the scored frames and J&F, J, F as its custom metrics
-(:mod:`deaot_vos.segmentation_run`).
+The run is of FiftyOne's ``segmentation`` type (method ``davis2017``), so FiftyOne's Model
+Evaluation panel opens it: J&F, J and F as its custom metrics, one class per object label. With
+``segmentation_key``, a FiftyOne ``segmentation`` run of label maps is stored too (pixel metrics
+beside J&F, :mod:`deaot_vos.segmentation_run`).
 
 Protocol. Both fields are turned into (H, W) id maps (pixel value = object ``index``; see
 ``deaot_vos.label_frames``). Only frames whose ground truth is set are used, in order (frames without
@@ -71,6 +72,14 @@ MAX_OBJECTS = 254  # uint8 ids; 255 is the DAVIS void label
 ProgressCallback = Callable[[float, str], Optional[bool]]
 
 
+#: J&F as custom metrics of the run, for FiftyOne's Model Evaluation panel: (name, summary key, label);
+#: the names are those of the segmentation run's metric operators (``deaot_vos.segmentation_run``)
+PANEL_METRICS = (("jf_mean", "J&F-Mean", "J&F (DAVIS)"), ("j_mean", "J-Mean", "J (DAVIS region IoU)"),
+                 ("f_mean", "F-Mean", "F (DAVIS boundary)"))
+PANEL_METRICS_PLUGIN = "@deaot/vos"
+NO_LABEL = "(no label)"
+
+
 def sample_fields(eval_key: str) -> list[str]:
     return [eval_key + s for s in SAMPLE_SUFFIXES]
 
@@ -108,7 +117,9 @@ class VOSEvaluationConfig(BaseEvaluationMethodConfig):
 
     @property
     def type(self):
-        return "vos"
+        # FiftyOne's family of mask evaluations (the method tells this one apart): its Model
+        # Evaluation panel opens runs of the types it knows and fails on any other
+        return "segmentation"
 
     @property
     def method(self):
@@ -176,12 +187,27 @@ class VOSEvaluationResults(BaseEvaluationResults):
             column i = ``scored_frames[i]``), ``summary`` (the video's table row) and
             ``missing_predictions`` (annotated frames without a prediction)
         skipped: videos not evaluated (no ground truth): ``sample_id``, ``filepath``, ``reason``
+        custom_metrics: FiftyOne's custom metrics, J&F, J and F among them (what the Model
+            Evaluation panel lists)
     """
+
+    #: what the Model Evaluation panel reads for an object without a prediction (none: objects are
+    #: matched by index) and per-label ids (none: it then skips its per-label views)
+    missing = "(none)"
+    ytrue_ids = ypred_ids = None
 
     def __init__(self, samples, config, eval_key, sequences, skipped=None, custom_metrics=None, backend=None):
         super().__init__(samples, config, eval_key, custom_metrics=custom_metrics, backend=backend)
         self.sequences = sequences
         self.skipped = skipped or []
+        self.custom_metrics = {**self._panel_metrics(), **(custom_metrics or {})}
+
+    def _panel_metrics(self) -> dict[str, dict]:
+        """The global J&F, J and F in FiftyOne's custom-metric form (what the panel lists)."""
+        summary = self.summary()
+        return {f"{PANEL_METRICS_PLUGIN}/{name}": dict(key=key, value=_none_if_nan(summary[key]), label=label,
+                                                       lower_is_better=False)
+                for name, key, label in PANEL_METRICS}
 
     @property
     def objects(self) -> list[dict[str, Any]]:
@@ -199,17 +225,55 @@ class VOSEvaluationResults(BaseEvaluationResults):
         return global_summary(self.objects)
 
     def metrics(self, *args, **kwargs) -> dict[str, float]:
-        return {**self.summary(), **self._get_custom_metrics()}
+        return {**self._get_custom_metrics(), **self.summary()}
 
     def print_metrics(self, digits=3):
         self._print_metrics(self.metrics(), digits=digits)
 
-    def report(self) -> list[dict[str, Any]]:
+    def video_rows(self) -> list[dict[str, Any]]:
         """Per-video rows: ``name``, ``sample_id``, ``objects`` and the summary keys."""
         return [dict(name=s["name"], sample_id=s["sample_id"], objects=s["K"], **s["summary"]) for s in self.sequences]
 
     def print_report(self, digits=3):
-        print(format_table(self.report(), ["name", "objects", *SUMMARY_KEYS], digits=digits))
+        """The per-video table (:meth:`video_rows`)."""
+        print(format_table(self.video_rows(), ["name", "objects", *SUMMARY_KEYS], digits=digits))
+
+    # -- what FiftyOne's Model Evaluation panel reads of a ``segmentation`` run: one item per scored
+    # object, classed by its label; an object is compared with the predicted object of its index
+
+    @property
+    def ytrue(self) -> np.ndarray:
+        """The label of every scored object (:data:`NO_LABEL` for none), in :attr:`objects` order."""
+        return np.array([row["label"] or NO_LABEL for row in self.objects], dtype=object)
+
+    @property
+    def ypred(self) -> np.ndarray:
+        return self.ytrue
+
+    @property
+    def classes(self) -> np.ndarray:
+        return np.array(sorted(set(self.ytrue)), dtype=object)
+
+    def report(self) -> dict[str, dict[str, float | None]]:
+        """Per object label: ``support`` (objects), the official summary of those objects, and
+        ``precision`` and ``recall`` None (J&F defines neither; the panel's per-class chart needs
+        the keys)."""
+        rows: dict[str, list] = {}
+        for row in self.objects:
+            rows.setdefault(row["label"] or NO_LABEL, []).append(row)
+        return {label: dict(support=len(group), precision=None, recall=None, **global_summary(group))
+                for label, group in sorted(rows.items())}
+
+    def _confusion_matrix(self, classes=None, include_other=False, include_missing=False, other_label=None,
+                          tabulate_ids=False):
+        """(matrix, classes, ids) as FiftyOne's classification results give them: objects are
+        matched by index, so the matrix is diagonal (objects per label)."""
+        classes = [str(c) for c in (self.classes if classes is None else classes)]
+        if include_missing and self.missing not in classes:
+            classes.append(self.missing)
+        counts = self.report()
+        matrix = np.diag(np.array([counts.get(c, {}).get("support", 0) for c in classes], dtype=int))
+        return matrix, classes, None
 
     def official_csvs(self) -> tuple[str, str]:
         """The official CLI's ``global_results-val.csv`` and ``per-sequence_results-val.csv`` text."""
@@ -277,7 +341,7 @@ def list_vos_evaluations(sample_collection) -> list[str]:
     under a legacy class path are upgraded first: :func:`upgrade_legacy_runs`)."""
     dataset = root_dataset(sample_collection)
     upgrade_legacy_runs(dataset)
-    return dataset.list_evaluations(type="vos", method=METHOD)
+    return dataset.list_evaluations(type=VOSEvaluation, method=METHOD)
 
 
 def check_evaluation(sample_collection, pred_field: str, gt_field: str, eval_key: str | None,

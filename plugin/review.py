@@ -6,10 +6,11 @@
 ``fo.Detection`` an ``agreement``), writes the frame-level float field ``<output>_review``
 (higher = more likely wrong) and saves the view ``<score field>-top`` of the top frames per video.
 
-The saved view uses ``select_frames`` (frames by id) rather than ``match_frames``: the top frames
-differ per video, and one ``match_frames`` expression for all videos would have to spell out every
-(video, frame number) pair, while frame ids name exactly the frames scored, and videos without a
-suggestion are left out. It stays a video view: the App's per-frame grid (``to_frames``) needs frame
+The saved view matches the top frames by frame id (``match_frames``): the top frames differ per
+video, frame ids name exactly the frames scored, and videos without a suggestion are left out. Not
+``select_frames``: the App reads only frame 1 of each video for its grid when a view's frame stages
+are selections, so a video whose top frames do not include frame 1 vanished from the grid and
+could not be opened. It stays a video view: the App's per-frame grid (``to_frames``) needs frame
 images on disk (``to_frames(sample_frames=True)`` samples them with ffmpeg).
 """
 from __future__ import annotations
@@ -22,6 +23,8 @@ import numpy as np
 
 import fiftyone as fo
 import fiftyone.core.fields as fof
+from bson import ObjectId
+from fiftyone import ViewField as F
 
 from deaot_core.review import REVIEW_SIZE, FrameReview, colour_cut_scores, review_scores, top_frames
 
@@ -182,7 +185,8 @@ def _write(dataset, score: str, reviews: list[VideoReview]) -> str:
         for sid, sample_numbers, sample_fids in zip(ids, numbers, fids):
             frame_ids += [fid for n, fid in zip(sample_numbers or [], sample_fids or []) if (sid, n) in wanted]
     name = top_view_name(score)
-    dataset.save_view(name, dataset.select_frames(frame_ids), overwrite=True)
+    top = dataset.match_frames(F("_id").is_in([ObjectId(fid) for fid in frame_ids]))
+    dataset.save_view(name, top, overwrite=True)
     return name
 
 
@@ -199,7 +203,7 @@ def suggest_keyframes(sample_collection, output_field: str, score_field: Optiona
     error or a cancel writes nothing. An existing float ``score_field`` is replaced (frames 1..T of
     each scored video; other samples keep theirs); one of another type is refused. The saved view
     ``<score_field>-top`` (replaced) selects each video's ``top`` best frames, at least ``spacing``
-    frames apart (``select_frames``, see the module docstring).
+    frames apart (``match_frames`` on frame ids, see the module docstring).
 
     Args:
         scene_cuts: decode each video once for the colour-histogram scene-cut signal

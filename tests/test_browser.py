@@ -1,19 +1,22 @@
-"""The App in a real browser (issue 16): headless Chromium opens a video dataset in FiftyOne's App,
-opens the operator browser, runs ``@deaot/vos/propagate_masks`` through its form (immediately, not
-delegated) and the output field then holds masks on every frame, in the database and in the App's
-sidebar. Screenshots of each step go to ``tests/artifacts/browser/`` (gitignored).
+"""The App in a real browser: headless Chromium opens a video dataset in FiftyOne's App, opens the
+operator browser, runs ``@deaot/vos/propagate_masks`` through its form (immediately, not delegated)
+and the output field then holds masks on every frame, in the database and in the App's sidebar.
+On the demo dataset: its clips show objects in many colours, every video of the saved view of
+suggested frames shows and opens, and FiftyOne's Model Evaluation panel opens a J&F run.
+One App server serves the module; screenshots of each step go to the test session's temporary
+folder (named in a failure's message).
 
 Needs Debian's chromium + chromium-driver (``make browser``, a prerequisite of ``make test``):
 without them the test fails, it never skips."""
 from __future__ import annotations
 
-import shutil
+import io
 import time
 
 import numpy as np
 import pytest
 
-from browser_app import ARTIFACTS, AppServer, Browser, data_cy, require_chromium, text_is
+from browser_app import AppServer, Browser, data_cy, require_chromium, text_is
 
 pytestmark = pytest.mark.usefixtures("fiftyone_db")
 
@@ -28,11 +31,9 @@ APP_ERROR = "Error occurred during operator execution"  # the App's prompt on an
 RUN_TIMEOUT = 180  # seconds for the propagation itself (about 10-30 s here, more on a loaded machine)
 
 
-@pytest.fixture
-def artifacts():
-    shutil.rmtree(ARTIFACTS, ignore_errors=True)
-    ARTIFACTS.mkdir(parents=True)
-    return ARTIFACTS
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory):
+    return tmp_path_factory.mktemp("browser")
 
 
 @pytest.fixture
@@ -59,8 +60,8 @@ def small_dataset(tmp_path):
         fo.delete_dataset(DATASET)
 
 
-@pytest.fixture
-def app(artifacts):
+@pytest.fixture(scope="module")
+def app(artifacts, fiftyone_db):
     """(server, browser): the App server on this session's database with the plugin loaded
     (conftest.py's FIFTYONE_PLUGINS_DIR), launched but not yet waited for (it boots while the
     dataset is made), and Chromium. Chromium is checked first."""
@@ -77,9 +78,9 @@ def app(artifacts):
         server.stop()
 
 
-def _open_dataset(server, browser) -> None:
+def _open_dataset(server, browser, name: str = DATASET, query: str = "") -> None:
     server.wait_ready()
-    browser.driver.get(f"{server.url}/datasets/{DATASET}")
+    browser.driver.get(f"{server.url}/datasets/{name}{query}")
     browser.visible(data_cy("checkbox-frames.keyframes"), timeout=90)
     # the App's one-time "Explore Enterprise" popover (a fresh profile always gets it) covers the
     # page until dismissed, as a user would; a FiftyOne without it costs this wait only
@@ -188,3 +189,129 @@ def test_missing_chromium_fails_naming_the_make_target(monkeypatch):
     monkeypatch.setattr(browser_app, "CHROMEDRIVER", "/nonexistent/chromedriver")
     with pytest.raises(AssertionError, match=r"chromium and chromedriver not found: run `make browser`"):
         browser_app.require_chromium()
+
+
+# -- the demo dataset ------------------------------------------------------------------------------
+
+DEMO = "t_browser_demo"
+EVAL_KEY = "deaot_eval"
+REVIEWED = "review_src"  # a propagation's output as suggest_keyframes reads it (keyframes marked)
+TILE = data_cy("looker")
+MIN_HUES = 8  # distinct hues (of 36) on a real clip's grid tile: its 44 masks coloured by instance
+
+
+@pytest.fixture
+def demo_dataset(tmp_path):
+    """The demo dataset (synthetic video + the two real clips, keyframe masks), with a J&F run
+    (``keyframes`` scored against the synthetic video's ``ground_truth``) and the saved view of
+    suggested frames, whose frames include no video's frame 1 (keyframes score 0)."""
+    import fiftyone as fo
+    from deaot_vos.demo import build_dataset
+    from deaot_vos.evaluation import evaluate_vos
+    from deaot_vos.review import suggest_keyframes
+
+    dataset = build_dataset(DEMO, real_clips=True, workdir=tmp_path)
+    evaluate_vos(dataset, "keyframes", "ground_truth", eval_key=EVAL_KEY, extra_objects="ignore")
+    marked = {}
+    for sid, numbers, given, truth in zip(*dataset.values(["id", "frames.frame_number", "frames.keyframes",
+                                                          "frames.ground_truth"])):
+        source = truth if any(truth) else given
+        marked[sid] = {n: fo.Detections(detections=d.detections, deaot_keyframe=k is not None)
+                       for n, d, k in zip(numbers, source, given) if d is not None}
+    dataset.set_values(f"frames.{REVIEWED}", marked, key_field="id")
+    summary = suggest_keyframes(dataset, REVIEWED, top=2, spacing=3, scene_cuts=False)
+    yield dataset, summary
+    if fo.dataset_exists(DEMO):
+        fo.delete_dataset(DEMO)
+
+
+def test_demo_dataset_in_the_app(app, demo_dataset):
+    """The demo's clips show many colours; every video of the suggested-frames view shows and
+    opens; the Model Evaluation panel opens the J&F run and lists J&F."""
+    server, browser = app
+    dataset, summary = demo_dataset
+    labels = [d.label for d in dataset.select_by("source", "aot-demo").first().frames[1]["keyframes"].detections]
+    assert len(set(labels)) == len(labels) == 44, labels[:5]  # one label per object
+    with browser.step("demo-colours"):
+        _open_dataset(server, browser, DEMO)
+        tiles = _tiles(browser, len(dataset))
+        deadline = time.monotonic() + 60  # each tile draws its first frame and masks when loaded
+        while True:
+            image = _screenshot_image(browser, "5-demo-grid")
+            hues = [_distinct_hues(image, tile.rect) for tile in tiles[1:]]  # the two real clips
+            if min(hues) >= MIN_HUES or time.monotonic() > deadline:
+                break
+            time.sleep(2)
+        assert min(hues) >= MIN_HUES, f"distinct hues on the real clips' tiles: {hues}, want >= {MIN_HUES}"
+    with browser.step("suggested-frames"):
+        _check_suggestions(server, browser, dataset, summary["view"])
+    with browser.step("evaluation-panel"):
+        _open_evaluation(server, browser)
+
+
+def _tiles(browser, count: int):
+    """The grid's ``count`` tiles (fails if the grid settles on another number)."""
+    from selenium.common.exceptions import TimeoutException
+
+    try:
+        browser.wait(lambda d: len(browser.find_all(TILE)) >= count, timeout=60)
+    except TimeoutException:
+        raise AssertionError(f"the grid shows {len(browser.find_all(TILE))} tiles, want {count}") from None
+    time.sleep(2)
+    tiles = browser.find_all(TILE)
+    assert len(tiles) == count, f"the grid shows {len(tiles)} tiles, want {count}"
+    return sorted(tiles, key=lambda t: (t.rect["y"], t.rect["x"]))
+
+
+def _screenshot_image(browser, name: str):
+    from PIL import Image
+
+    browser.screenshot(name)
+    return Image.open(io.BytesIO(browser.driver.get_screenshot_as_png())).convert("RGB")
+
+
+def _distinct_hues(image, rect: dict, bins: int = 36, share: float = 0.002) -> int:
+    """Hue bins (of ``bins``) holding at least ``share`` of the region's strongly coloured pixels
+    (saturation and value above 0.5)."""
+    box = tuple(int(v) for v in (rect["x"], rect["y"], rect["x"] + rect["width"], rect["y"] + rect["height"]))
+    hsv = np.asarray(image.crop(box).convert("HSV"), dtype=np.int64).reshape(-1, 3)  # each 0-255
+    strong = hsv[(hsv[:, 1] > 127) & (hsv[:, 2] > 127)]
+    counts = np.bincount(strong[:, 0] * bins // 256, minlength=bins)
+    return int((counts >= share * len(hsv)).sum())
+
+
+def _check_suggestions(server, browser, dataset, name: str) -> None:
+    """The saved view shows one tile per video it holds, and each opens in the modal."""
+    import fiftyone.core.utils as fou
+    from selenium.webdriver.common.by import By
+
+    view = dataset.load_saved_view(name)
+    firsts = [min(numbers) for numbers in view.values("frames.frame_number")]
+    assert len(view) == len(dataset) and min(firsts) > 1, firsts  # no video's frame 1 is suggested
+    _open_dataset(server, browser, DEMO, f"?view={fou.to_slug(name)}")
+    tiles = _tiles(browser, len(view))
+    browser.screenshot("6-suggested-grid")
+    tiles[0].click()
+    for position in range(len(view)):
+        if position:
+            browser.clickable(data_cy("nav-right-button")).click()
+        browser.visible(data_cy("modal-looker-container"))
+        time.sleep(2)
+        text = browser.driver.find_element(By.TAG_NAME, "body").text
+        assert "not found" not in text, f"sample {position + 1} of the view: {text[-500:]}"
+        browser.screenshot(f"7-suggested-modal-{position + 1}")
+
+
+def _open_evaluation(server, browser) -> None:
+    """FiftyOne's Model Evaluation panel lists the J&F run and opens it: J&F in its summary."""
+    from selenium.webdriver.common.by import By
+
+    _open_dataset(server, browser, DEMO)
+    browser.clickable(data_cy("new-panel-btn")).click()
+    browser.clickable(data_cy("new-panel-option-model_evaluation_panel_builtin")).click()
+    browser.clickable(f"{text_is(EVAL_KEY)}").click()
+    browser.visible(text_is("J&F (DAVIS)"), timeout=90)
+    time.sleep(1)
+    browser.screenshot("8-evaluation-panel")
+    text = browser.driver.find_element(By.TAG_NAME, "body").text
+    assert "Operator Error" not in text and "unsupported" not in text, text[-1000:]

@@ -440,6 +440,29 @@ def _panel_data(ds, key):
     return data
 
 
+def test_model_evaluation_panel_opens_a_vos_run(evaluated):
+    """FiftyOne's own Model Evaluation panel loads a J&F run (no segmentation companion): no error,
+    the J&F, J and F of the run as its custom metrics, objects per label as its classes."""
+    from deaot_vos.evaluation import list_vos_evaluations
+
+    ds = evaluated["ds"]
+    results = ds.load_evaluation_results("run_b", cache=False)
+    data = _panel_data(ds, "run_b")
+    assert "evaluation_run_b_error" not in data, data.get("evaluation_run_b_error")
+    shown = data["evaluation_run_b"]
+    metrics = {m["label"]: m["value"] for m in shown["custom_metrics"].values()}
+    summary = results.summary()
+    assert metrics == pytest.approx({"J&F (DAVIS)": summary["J&F-Mean"], "J (DAVIS region IoU)": summary["J-Mean"],
+                                     "F (DAVIS boundary)": summary["F-Mean"]})
+    per_label = dict(support=2, precision=None, recall=None)  # J&F defines no precision or recall
+    assert shown["per_class_metrics"] == {"obj1": per_label, "obj2": per_label}
+    assert shown["metrics"]["J&F-Mean"] == pytest.approx(summary["J&F-Mean"])
+    assert shown["info"]["config"]["method"] == "davis2017"
+    # the run stays a J&F run for this plugin: listed, compared, loaded with its own results
+    assert list_vos_evaluations(ds) == ["run_a", "run_b"]
+    assert ds.load_evaluation_results("run_b", cache=False).metrics() == pytest.approx(results.metrics(), nan_ok=True)
+
+
 def _noisy_predictions(ds, maps, field="pred_noisy"):
     """A prediction with J&F strictly between 0 and 1 (the random-weight propagations score ~0):
     the ground truth shifted by 0-2 pixels, object 2 dropped on frame 7, no prediction on frame 5

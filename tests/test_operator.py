@@ -191,3 +191,40 @@ def test_delegated_execution(video_dataset, tiny_checkpoint):
     assert [op.run_state for op in ops] == ["completed"] * 3
     for op in ops:
         service.delete_operation(op.id)
+
+
+def test_the_sample_open_in_the_app_is_the_default_target(video_dataset, tiny_checkpoint):
+    """With a video open in the App's modal (``ctx.current_sample``), the form offers it as the
+    target and chooses it by default; a run without a choice propagates that video only. The
+    dataset and, when samples are selected, the selection stay choices."""
+    import fiftyone.operators as foo
+    from fiftyone.operators.executor import ExecutionContext
+
+    ds = video_dataset
+    first, second = ds.values("id")
+    op = foo.get_operator(URI)
+
+    def form(**request):
+        ctx = ExecutionContext(request_params=dict(dataset_name=ds.name, view=[], params={}, **request))
+        return op.resolve_input(ctx).type.properties
+
+    props = form(current_sample=second)
+    target = props["view_target"]
+    assert target.default == "OPEN_SAMPLE" and target.type.values == ["DATASET", "OPEN_SAMPLE"]
+    assert [c.value for c in target.view.choices] == ["DATASET", "OPEN_SAMPLE"]  # shown, not hidden
+    assert props["target_notice"].view.label == "Runs on the open sample"
+    props = form(current_sample=second, selected=[first])
+    assert props["view_target"].default == "OPEN_SAMPLE"
+    assert "SELECTED_SAMPLES" in props["view_target"].type.values
+    props = form()  # no sample open: FiftyOne's selector as it was, the whole dataset
+    assert props["view_target"].type.values == ["DATASET"] and props["view_target"].default == "DATASET"
+    assert props["target_notice"].view.label == "Runs on all 2 samples of the dataset"
+
+    params = dict(keyframes_field="kf", output_field="out", model="DeAOTT", checkpoint=tiny_checkpoint, device="cpu")
+    result = foo.execute_operator(URI, dict(dataset=ds, view=ds.view(), current_sample=second, params=params))
+    assert [r["id"] for r in result.result["summary"]] == [second]
+    assert ds.count("frames.out") == 9 and ds.select(first).count("frames.out") == 0
+    # the dataset, chosen explicitly with the modal open, runs on every video
+    result = foo.execute_operator(URI, dict(dataset=ds, view=ds.view(), current_sample=second,
+                                            params=dict(params, overwrite=True, view_target="DATASET")))
+    assert sorted(r["id"] for r in result.result["summary"]) == sorted([first, second])

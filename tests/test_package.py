@@ -225,11 +225,11 @@ def test_runs_of_older_versions_are_upgraded_and_load(tmp_path, evaluation_datas
     doc.results.seek(0)
     stored = json_util.loads(doc.results.read().decode())
     assert stored["cls"] == "deaot_vos.evaluation.VOSEvaluationResults"
-    # what an older version wrote: both class paths under the generic package name
+    # what an older version wrote: both class paths under the generic package name, run type "vos"
     stored["cls"] = "plugin.evaluation.VOSEvaluationResults"
     doc.results.delete()
     doc.results.put(json_util.dumps(stored).encode(), content_type="application/json")
-    doc.config = dict(doc.config, cls="plugin.evaluation.VOSEvaluationConfig")
+    doc.config = dict(doc.config, cls="plugin.evaluation.VOSEvaluationConfig", type="vos")
     doc.save()
 
     stale = _run(f"""

@@ -355,6 +355,12 @@ def test_demo_dataset_and_synthetic_propagation(tmp_path, tiny_checkpoint):
         keyframes = ds.values(fo.ViewField("frames").filter(fo.ViewField(demo.KEYFRAMES_FIELD) != None)  # noqa: E711
                               .map(fo.ViewField(demo.KEYFRAMES_FIELD + ".detections").length()))
         assert keyframes == [[3, 4], [44], [43]]
+        # the App tells the objects apart: one label each, one colour each (colour by instance)
+        for sample in ds.match_tags("aot-demo"):
+            labels = [d.label for d in sample.frames[1][demo.KEYFRAMES_FIELD].detections]
+            assert len(set(labels)) == len(labels), labels[:5]
+        ds.reload()
+        assert ds.app_config.color_scheme.color_by == "instance"
         synthetic = ds.match_tags("synthetic")
         summary = deaot_vos.propagate(synthetic, demo.KEYFRAMES_FIELD, demo.OUTPUT_FIELD, model="DeAOTT",
                                    checkpoint=tiny_checkpoint, device="cpu", max_long_edge=192)
