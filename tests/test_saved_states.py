@@ -45,7 +45,7 @@ def test_damaged_saved_states_are_recomputed_not_used(model, frames, tmp_path, c
 
 
 def test_a_file_where_the_state_folder_should_be_warns_once_and_runs(model, frames, tmp_path, caplog, monkeypatch):
-    monkeypatch.setattr(state_module, "_warned_unwritable", set())
+    monkeypatch.setattr(state_module, "_warned_unwritable", set(), raising=False)
     blocker = tmp_path / "states"
     blocker.write_text("not a folder")
     store = DirectoryStates(blocker)
