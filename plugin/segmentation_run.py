@@ -45,7 +45,7 @@ from fiftyone.utils.eval.segmentation import evaluate_segmentations
 from .evaluation_errors import EvaluationError, EvaluationExistsError
 from .fields import describe_sample, root_dataset
 from .label_frames import IdMaps
-from .propagation.journal import TMP_SUFFIX, claim_fields, refuse_unowned_temporaries
+from .propagation.journal import TMP_SUFFIX, FieldBusyError, claim_fields, refuse_unowned_temporaries
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +109,9 @@ def check_segmentation_key(sample_collection, key, eval_key: str | None, fields:
             f"FiftyOne does not find the custom metrics {missing}: the segmentation run needs the plugin {PLUGIN} "
             f"where FiftyOne looks for plugins (plugins dir {fo.config.plugins_dir!r}; see the README's install "
             f"section)")
-    with claimed_label_maps(dataset, key):
-        pass  # a killed run with this key is undone before its fields are judged
+    # a killed run with this key is undone before its fields are judged (a live one is refused by its claim)
+    with contextlib.suppress(FieldBusyError), claimed_label_maps(dataset, key):
+        pass
     own = is_label_map_run(dataset, key)
     if key in dataset.list_evaluations():
         if not own:
@@ -198,13 +199,13 @@ class LabelMapRun:
                                   f"'{self.gt_field}', so there is nothing to score")
         for claim in self.claims:  # from here a kill is undone (run and label maps) by the next run
             claim.set_phase("commit")
-        if is_label_map_run(dataset, key):
-            dataset.delete_evaluation(key)
         final = label_map_fields(key)
-        delete_label_maps(dataset, key)
-        dataset.rename_frame_fields(dict(zip(staging_fields(key), final)))
         targets = self.mask_targets()
         try:
+            if is_label_map_run(dataset, key):
+                dataset.delete_evaluation(key)
+            delete_label_maps(dataset, key)
+            dataset.rename_frame_fields(dict(zip(staging_fields(key), final)))
             dataset.mask_targets = {**(dataset.mask_targets or {}), **{"frames." + n: targets for n in final}}
             dataset.save()
             results = self._evaluate(sample_collection, targets, bound_th, extra_objects)
