@@ -15,10 +15,14 @@ own ``evaluate_segmentations`` on them with the custom metrics ``@deaot/vos/jf_m
 ``@deaot/vos/j_mean`` and ``@deaot/vos/f_mean`` (:mod:`deaot_vos.jf_metrics`), which score the
 label maps with the DAVIS protocol again: ``results.metrics()["J&F-Mean"]`` is the J&F run's.
 
-Writing is staged: the label maps go to ``deaot_staging_<segmentation_key>_...`` frame fields
-while the videos are read, and are renamed into place only once every video was read and scored;
-an error deletes them (fields left by a killed process are deleted by the next run with that key).
-If the run itself then fails, its label maps and its run are removed before the error is raised.
+Writing is staged through the propagation's protocol (:mod:`deaot_vos.propagation.journal`): the
+two label-map fields are claimed (one run per key at a time), the maps go to the reserved
+temporary fields ``<label-map field>_deaot_tmp`` while the videos are read, and are renamed into
+place only once every video was read and scored; an error deletes them. A run killed at any point
+is undone by the next run with that key (its temporary fields, and when it died while committing,
+the half-replaced label maps and segmentation run). A user field with a temporary field's name is
+refused, never touched. If the run itself fails, its label maps and its run are removed before
+the error is raised.
 Deleting the segmentation run (``delete_evaluation``) leaves the two label-map fields (they are its
 inputs; :func:`delete_label_maps` removes them and their mask targets); a new run with the key and
 ``overwrite`` replaces them.
@@ -26,6 +30,7 @@ inputs; :func:`delete_label_maps` removes them and their mask targets); a new ru
 from __future__ import annotations
 
 import contextlib
+import datetime
 import logging
 import warnings
 from collections import Counter
@@ -40,6 +45,7 @@ from fiftyone.utils.eval.segmentation import SimpleEvaluation, SimpleEvaluationC
 from .evaluation_errors import EvaluationError, EvaluationExistsError, check_rename_targets
 from .fields import describe_sample, root_dataset
 from .label_frames import IdMaps
+from .propagation.journal import TMP_SUFFIX, FieldBusyError, claim_fields, refuse_unowned_temporaries
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +54,6 @@ PLUGIN = "@deaot/vos"
 METRICS = {"jf_mean": "J&F-Mean", "j_mean": "J-Mean", "f_mean": "F-Mean"}
 LABEL_MAP_SUFFIXES = ("_gt_labelmap", "_pred_labelmap")
 RUN_SUFFIXES = ("_accuracy", "_precision", "_recall")  # FiftyOne's own fields of a segmentation run
-STAGING_PREFIX = "deaot_staging_"
 VOID = 255  # the DAVIS void value of a ground-truth label map
 _FO_EVAL_LOGGER = "fiftyone.utils.eval.base"  # where FiftyOne logs a custom metric that failed
 
@@ -63,7 +68,19 @@ def label_map_fields(key: str) -> tuple[str, str]:
 
 
 def staging_fields(key: str) -> tuple[str, str]:
-    return tuple(STAGING_PREFIX + name for name in label_map_fields(key))
+    """The reserved temporary fields the label maps of ``key`` are staged in."""
+    return tuple(name + TMP_SUFFIX for name in label_map_fields(key))
+
+
+@contextlib.contextmanager
+def claimed_label_maps(dataset: fo.Dataset, key: str):
+    """Claim the label-map fields of ``key`` for the block (``FieldBusyError`` while another live
+    run holds them; a killed run's journal is settled first); refuses a temporary-named field no
+    run owns. Yields (gt claim, pred claim)."""
+    fields = label_map_fields(key)
+    with claim_fields(dataset, fields) as claims:
+        refuse_unowned_temporaries(dataset, fields)
+        yield tuple(claims[name] for name in fields)
 
 
 def is_label_map_run(dataset: fo.Dataset, key: str) -> bool:
@@ -92,6 +109,9 @@ def check_segmentation_key(sample_collection, key, eval_key: str | None, fields:
             f"FiftyOne does not find the custom metrics {missing}: the segmentation run needs the plugin {PLUGIN} "
             f"where FiftyOne looks for plugins (plugins dir {fo.config.plugins_dir!r}; see the README's install "
             f"section)")
+    # a killed run with this key is undone before its fields are judged (a live one is refused by its claim)
+    with contextlib.suppress(FieldBusyError), claimed_label_maps(dataset, key):
+        pass
     own = is_label_map_run(dataset, key)
     if key in dataset.list_evaluations():
         if not own:
@@ -137,9 +157,18 @@ class LabelMapRun:
         self.gt_is_segmentation = gt_is_segmentation
         self.labels: dict[int, set] = {}  # object index -> labels seen
         self.videos = 0  # videos staged
-        self.discard()  # fields a killed run may have left
-        for name in staging_fields(key):
-            dataset.add_frame_field(name, fof.EmbeddedDocumentField, embedded_doc_type=fo.Segmentation)
+        self._claimed = contextlib.ExitStack()  # the claims of the label-map fields, held until settled
+        self.claims = self._claimed.enter_context(claimed_label_maps(dataset, key))  # settles a killed run
+        try:
+            for claim, name in zip(self.claims, staging_fields(key)):
+                # journalled before it exists: a kill from here on is undone by the next run
+                claim.set_phase("staging", tmp=name, staged_at=datetime.datetime.now(datetime.timezone.utc),
+                                undo_commit=True, evaluation=key)
+                claim.tmp = name
+                dataset.add_frame_field(name, fof.EmbeddedDocumentField, embedded_doc_type=fo.Segmentation)
+        except BaseException:
+            self.discard()
+            raise
 
     def add(self, sample_id: str, filepath: str, gt: IdMaps, pred: IdMaps) -> None:
         """Stage the label maps of one scored video: ``gt``'s annotated frames and ``pred`` on them."""
@@ -184,19 +213,27 @@ class LabelMapRun:
         if not self.videos:
             raise EvaluationError(f"segmentation run '{key}': no video of the collection has ground truth in "
                                   f"'{self.gt_field}', so there is nothing to score")
-        if is_label_map_run(dataset, key):
-            dataset.delete_evaluation(key)
+        for claim in self.claims:  # from here a kill is undone (run and label maps) by the next run
+            claim.set_phase("commit")
         final = label_map_fields(key)
-        delete_label_maps(dataset, key)
-        dataset.rename_frame_fields(dict(zip(staging_fields(key), final)))
         targets = self.mask_targets()
         try:
+            if is_label_map_run(dataset, key):
+                dataset.delete_evaluation(key)
+            delete_label_maps(dataset, key)
+            dataset.rename_frame_fields(dict(zip(staging_fields(key), final)))
             dataset.mask_targets = {**(dataset.mask_targets or {}), **{"frames." + n: targets for n in final}}
             dataset.save()
-            return self._evaluate(sample_collection, targets, bound_th, extra_objects)
+            results = self._evaluate(sample_collection, targets, bound_th, extra_objects)
+            for claim in self.claims:
+                claim.set_phase("claimed", tmp=None)
+                claim.tmp = None
         except BaseException:
             self._remove()
+            self.discard()
             raise
+        self._claimed.close()
+        return results
 
     def _evaluate(self, sample_collection, targets: dict, bound_th: float, extra_objects: str):
         gt, pred = label_map_fields(self.key)
@@ -221,9 +258,18 @@ class LabelMapRun:
         delete_label_maps(self.dataset, self.key)
 
     def discard(self) -> None:
-        """Delete the staged label maps (if any)."""
-        schema = self.dataset.get_frame_field_schema() or {}
-        self.dataset.delete_frame_fields([n for n in staging_fields(self.key) if n in schema], error_level=1)
+        """Delete the staged label maps (if any) and release the claims (repeatable)."""
+        try:
+            self.dataset.reload()
+            schema = self.dataset.get_frame_field_schema() or {}
+            owned = [claim.tmp for claim in self.claims if claim.tmp is not None]
+            self.dataset.delete_frame_fields([n for n in owned if n in schema], error_level=1)
+            for claim in self.claims:
+                if claim.tmp is not None:
+                    claim.set_phase("claimed", tmp=None)
+                    claim.tmp = None
+        finally:
+            self._claimed.close()  # a journal not set back to "claimed" lets the next run finish the undo
 
 
 def delete_label_maps(sample_collection, key: str) -> None:

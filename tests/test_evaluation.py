@@ -522,7 +522,7 @@ def test_segmentation_run_carries_the_same_jf_for_the_model_evaluation_panel(eva
         # background is a target, so pixel metrics are not the 1.0 FiftyOne gives without it
         assert ds.mask_targets["frames." + gt_maps] == {0: "background", 1: "obj1", 2: "obj2"}
         assert seg.missing == "background" and metrics["accuracy"] < 1.0
-        assert not [f for f in ds.get_frame_field_schema() if f.startswith("deaot_staging_")]
+        assert not [f for f in ds.get_frame_field_schema() if f.endswith("_deaot_tmp")]
         # FiftyOne's panel loads the run (no "unsupported" card) with our metrics
         data = _panel_data(ds, "pv_seg")
         assert "evaluation_pv_seg_error" not in data

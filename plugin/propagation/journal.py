@@ -182,7 +182,7 @@ def _take(dataset: fo.Dataset, field: str, run: str) -> FieldClaim:
                     "settling its journal", field, dataset.name, describe_owner(taken.get("owner", {})),
                     taken.get("phase"))
         settle(dataset, taken)
-        claim.set_phase("claimed", tmp=None, recovering_from=None)
+        claim.set_phase("claimed", tmp=None, recovering_from=None, undo_commit=None, evaluation=None)
         return claim
     raise FieldBusyError(f"frame field '{field}' of dataset '{dataset.name}' is contended by other runs; try again",
                          field, {})
@@ -309,7 +309,9 @@ def settle(dataset: fo.Dataset, doc: dict) -> None:
     phase, tmp, field = doc.get("phase"), doc.get("tmp"), doc["field"]
     if not tmp:
         return
-    if phase == "commit":
+    if phase == "commit" and doc.get("undo_commit"):
+        undo_commit(dataset, doc)
+    elif phase == "commit":
         log.warning("finishing the interrupted swap of '%s' into '%s' (from step %s)", tmp, field,
                     doc.get("step") or SWAP_STEPS[0])
         key = doc["_id"]
@@ -318,6 +320,24 @@ def settle(dataset: fo.Dataset, doc: dict) -> None:
     elif phase == "staging":
         log.warning("removing the temporary field '%s' of an interrupted run", tmp)
         drop_temporary_field(dataset, tmp, doc.get("staged_at"))
+
+
+def undo_commit(dataset: fo.Dataset, doc: dict) -> None:
+    """Undo the interrupted commit of a run whose journal says ``undo_commit`` (an evaluation's
+    label maps, :mod:`deaot_vos.segmentation_run`: without its evaluation run they mean nothing):
+    delete that run (``evaluation``), the field being replaced, its mask targets and ``tmp``."""
+    field, tmp, key = doc["field"], doc["tmp"], doc.get("evaluation")
+    log.warning("undoing the interrupted commit of '%s' into '%s'%s", tmp, field,
+                f" (evaluation '{key}')" if key else "")
+    dataset.reload()
+    if key and key in dataset.list_evaluations():
+        dataset.delete_evaluation(key)
+    schema = dataset.get_frame_field_schema() or {}
+    dataset.delete_frame_fields([name for name in (field, tmp) if name in schema], error_level=1)
+    targets = dict(dataset.mask_targets or {})
+    if targets.pop("frames." + field, None) is not None:
+        dataset.mask_targets = targets
+        dataset.save()
 
 
 # -- signals during the swap -------------------------------------------------------------------

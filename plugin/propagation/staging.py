@@ -16,12 +16,13 @@ import contextlib
 import datetime
 import logging
 import signal
-from typing import Callable, Optional, Protocol
+from typing import Callable, Iterable, Optional, Protocol
 
 import fiftyone as fo
 from bson import ObjectId
 from fiftyone import ViewField as F
 
+from ..fields import FRAME_DEFAULT_FIELDS
 from .job_records import active_stage_fields, refuse_if_active
 from .journal import (TMP_SUFFIX, FieldClaim, claim_fields, copy_values, drop_temporary_field, finish_swap,
                       refuse_unowned_temporaries, signals_deferred)
@@ -38,16 +39,28 @@ def _in_support(number: int, support: Support) -> bool:
     return support is None or support[0] <= number <= support[1]
 
 
-def delete_created_frames(dataset: fo.Dataset, existing: dict[str, set], support: Support = None) -> None:
+def delete_created_frames(dataset: fo.Dataset, existing: dict[str, set], support: Support = None,
+                          staged: Iterable[str] = ()) -> None:
     """Delete the frame documents of samples ``existing`` (sample id -> frame numbers that
-    existed before the run) that this run created (within ``support`` when given)."""
-    if not existing:
-        return
-    sids, fids, numbers = dataset.select(list(existing)).values(["id", "frames.id", "frames.frame_number"])
-    doomed = [fid for sid, ids, nums in zip(sids, fids, numbers)
-              for fid, n in zip(ids or [], nums or []) if n not in existing[sid] and _in_support(n, support)]
+    existed before the run) that this run created (within ``support`` when given) and that hold
+    nothing but what this run wrote (its ``staged`` fields): a frame another client created or
+    wrote meanwhile is kept (as the killed-run recovery, :func:`.journal.drop_temporary_field`)."""
+    doomed = []
+    for sid, before in existing.items():
+        doomed += [doc["_id"] for doc in _created_frames(dataset, sid, before, staged)
+                   if _in_support(doc["frame_number"], support)]
     if doomed:
-        dataset.delete_frames(doomed)
+        dataset.delete_frames([str(fid) for fid in doomed])
+
+
+def _created_frames(dataset: fo.Dataset, sid: str, before: set, staged: Iterable[str]) -> list[dict]:
+    """The frame documents of sample ``sid`` absent from ``before`` that a bulk write of this run
+    inserted (no ``created_at``) and that hold no value besides the defaults and ``staged``."""
+    hidden = {name: 0 for name in staged}  # what this run wrote is not read back
+    query = {"_sample_id": ObjectId(sid), "frame_number": {"$nin": sorted(before)}, "created_at": None}
+    docs = dataset._frame_collection.find(query, hidden or None)
+    return [doc for doc in docs
+            if all(value is None or key in FRAME_DEFAULT_FIELDS for key, value in doc.items())]
 
 
 def _frames_of(dataset: fo.Dataset, sid: str, support: Support):
@@ -65,7 +78,7 @@ def reset_sample(dataset: fo.Dataset, sid: str, stages: list[str], finals: list[
     for it and copy its previous output values back (a failed sample or clip)."""
     one = _frames_of(dataset, sid, support)
     if restore:
-        delete_created_frames(dataset, {sid: existing}, support)
+        delete_created_frames(dataset, {sid: existing}, support, staged=stages)
     schema = dataset.get_frame_field_schema()
     for stage, final in zip(stages, finals):
         one.clear_frame_field(stage)
@@ -250,7 +263,7 @@ class LocalSwap(_StagingBase):
         try:
             self.dataset.reload()
             if created:
-                delete_created_frames(self.dataset, created)
+                delete_created_frames(self.dataset, created, staged=self.stage_fields)
             drop_temporary_field(self.dataset, claim.tmp)
             claim.set_phase("claimed", tmp=None)
             claim.tmp = None
@@ -295,7 +308,7 @@ class JobCommit(_StagingBase):
         """The output field was never touched: drop what was staged and the frames created."""
         existing = self.started.pop((sid, None))
         reset_sample(self.dataset, sid, self.stage_fields, self.finals, existing, restore=False)
-        delete_created_frames(self.dataset, {sid: existing})
+        delete_created_frames(self.dataset, {sid: existing}, staged=self.stage_fields)
         self.job.settle(sid, "failed", error)
 
     def finish(self, summary, ask) -> None:
@@ -306,6 +319,6 @@ class JobCommit(_StagingBase):
         for sid, existing in self.created_by_sample().items():
             try:
                 reset_sample(self.dataset, sid, self.stage_fields, self.finals, existing, restore=False)
-                delete_created_frames(self.dataset, {sid: existing})
+                delete_created_frames(self.dataset, {sid: existing}, staged=self.stage_fields)
             except Exception as err:  # best effort: the job's clean-up removes the rest
                 log.warning("could not remove the staged values of sample %s: %s", sid, err)

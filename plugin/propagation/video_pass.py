@@ -176,6 +176,13 @@ def video_provenance(tracker, sample: SamplePlan, target: PassTarget, reader: Vi
     return repr(parts + (("clip", sample.support),) if sample.clip is not None else parts)
 
 
+def holds_every_output(target: PassTarget, segmentation) -> bool:
+    """Whether a frame's previous output can be reused for every field this run writes: the
+    Detections carry the signature; a label map is needed too when the run writes one (a new or
+    deleted segmentation field has none, so its frames are recomputed)."""
+    return target.segmentation_field is None or segmentation is not None
+
+
 def read_previous(target: PassTarget, sample: SamplePlan) -> tuple[dict[int, str], dict[int, tuple]]:
     """The previous output of the sample (of a clip: on its frames): 0-based frame index (within
     the clip) -> stored signature, and video frame number -> (Detections, Segmentation or None) of
@@ -197,7 +204,7 @@ def read_previous(target: PassTarget, sample: SamplePlan) -> tuple[dict[int, str
         if number < first or (last is not None and number > last):
             continue
         signature = dets[SIGNATURE_ATTRIBUTE] if dets is not None and dets.has_field(SIGNATURE_ATTRIBUTE) else None
-        if signature:
+        if signature and holds_every_output(target, seg):
             previous[number - 1 - sample.offset] = signature
             old[number] = (dets, seg)
     return previous, old
