@@ -1,10 +1,10 @@
 """Everything a propagation checks before it writes anything, done once: the fields, the
-group slice, the model and checkpoint, and each sample (its video opens and decodes, its
-keyframes parse into exactly the masks given). The parsed keyframes are kept for the run."""
+group slice, the model and checkpoint; and what a sample's plan is (:class:`SamplePlan`; its
+keyframes parse into exactly the masks given, :func:`parse_keyframes`). Each sample is read and
+checked by :mod:`.sample_path`; the parsed keyframes are kept for the run."""
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 from typing import Any, Optional
 
@@ -17,8 +17,6 @@ from ..video import VideoError
 from .clips import Clip, is_clip_view
 from .errors import OutputExistsError
 from .options import PropagationOptions, optional_field_name
-
-log = logging.getLogger(__name__)
 
 
 def _embedded_type(schema: dict, name: str):
