@@ -196,7 +196,7 @@ class RunPlan:
 
 def plan_run(sample_collection, dataset: fo.Dataset, options: PropagationOptions, overwrite: bool) -> RunPlan:
     """Check the fields (``overwrite``: existing outputs may be replaced), the group slice and
-    the weights; returns the plan without its samples (:func:`check_samples` adds them)."""
+    the weights; returns the plan without its samples (:func:`.sample_path.check_samples` adds them)."""
     keyframes_field, output_field, segmentation = check_fields(
         sample_collection, options.keyframes_field, options.output_field, options.write_segmentation, overwrite)
     options = options.replace(keyframes_field=keyframes_field, output_field=output_field,

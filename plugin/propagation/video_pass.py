@@ -7,6 +7,7 @@ FiftyOne frame numbers are 1-based, the core's frame indexes 0-based: index = nu
 from __future__ import annotations
 
 import bisect
+import contextlib
 import dataclasses
 import logging
 import os
@@ -292,7 +293,8 @@ def run_video(tracker, sample: SamplePlan, target: PassTarget, report: Report, c
                             bidirectional=target.bidirectional, previous=previous, states=target.states(),
                             provenance=video_provenance(tracker, sample, target, frames), stats=stats)
     computed: set[int] = set()
-    with torch.inference_mode(), target.writer(sample.sample_id) as writer:
+    # closing(results): a failed attempt stops its decoding thread before a retry reuses the reader
+    with torch.inference_mode(), contextlib.closing(results), target.writer(sample.sample_id) as writer:
         for done, (number, result, detections, segmentation) in enumerate(results, start=1):
             writer.add(number, detections, segmentation)
             computed.add(number)
