@@ -3,11 +3,16 @@
 ``DeAOTVideoModel`` is a ``fom.Model`` + ``fom.SamplesMixin`` with ``media_type == "video"``:
 ``predict(video_reader, sample)`` returns ``{frame_number: fo.Detections}`` (with
 ``segmentation=True``: ``{frame_number: {"detections": ..., "segmentation": ...}}``), the same
-labels as :func:`deaot_vos.propagate` (the same keyframe parsing, core video pass and label
-making). On a clip view (``to_clips``) a clip propagates within its own frames, from the
-keyframes inside it.
+labels as :func:`deaot_vos.propagate`: ``predict`` plans the sample and takes the same per-video
+path (:func:`deaot_vos.propagation.sample_path.propagate_sample`: keyframe marks, out-of-memory
+retries, label making), collecting the labels in memory. On a clip view (``to_clips``) a clip
+propagates within its own frames, from the keyframes inside it.
 
-Two traps of ``apply_model`` are handled here:
+Three traps of ``apply_model`` are handled here:
+
+- the model is not told ``label_field``: a ``label_field`` equal to the prompt field would
+  overwrite the keyframes. Inside the model's context apply_model's video loop is wrapped so the
+  call's ``label_field`` is checked first, and such a call is refused before anything is written;
 
 - it resets ``needs_fields`` to the call's keyword arguments, so a keyframes field given at load
   time (``prompt_field=...``) would be lost: the setter keeps it unless the call names one;
@@ -20,12 +25,12 @@ Two traps of ``apply_model`` are handled here:
 """
 from __future__ import annotations
 
+import functools
 import logging
 import types
 from typing import Any, Optional
 
 import numpy as np
-import torch
 
 import eta.core.frameutils as etaf
 import eta.core.video as etav
@@ -34,15 +39,16 @@ import fiftyone as fo
 import fiftyone.core.models as fom
 
 from .fields import mask_targets_for, root_dataset
+from .mask_targets import merge_mask_targets, segmentation_targets, written_fields
 from .propagation.clips import Clip
 from .propagation.errors import add_context, error_text
 from .propagation.options import PropagationOptions
-from .propagation.plan import SamplePlan, name_clip, parse_keyframes
-from .propagation.run import merge_mask_targets, segmentation_targets, written_fields
-from .propagation.trackers import TrackerPool
-from .propagation.video_pass import sample_labels
+from .propagation.plan import SamplePlan, check_distinct_fields, name_clip
+from .propagation.sample_path import propagate_sample
+from .propagation.trackers import TrackerFactory, TrackerPool
+from .propagation.video_pass import MemoryTarget
 from .video import VideoError, open_video
-from .weights import resolve_checkpoint, resolve_device
+from .weights import resolve_checkpoint, resolve_device, weights_identity
 
 log = logging.getLogger(__name__)
 
@@ -141,17 +147,20 @@ class DeAOTVideoModel(fom.Model, fom.SamplesMixin):
 
     ``options``: a :class:`deaot_vos.PropagationOptions` (model, checkpoint, device, engine knobs;
     ``keyframes_field`` is the default prompt field). ``segmentation``: also return a
-    ``fo.Segmentation`` label map per frame (pixel value = object ``index``)."""
+    ``fo.Segmentation`` label map per frame (pixel value = object ``index``).
+    ``tracker_factory``: how trackers are built (:class:`deaot_vos.propagation.trackers.TrackerPool`)."""
 
-    def __init__(self, options: PropagationOptions, segmentation: bool = False):
+    def __init__(self, options: PropagationOptions, segmentation: bool = False,
+                 tracker_factory: Optional[TrackerFactory] = None):
         fom.SamplesMixin.__init__(self)
         self.options, self.segmentation = options, bool(segmentation)
         self.device = resolve_device(options.device)
         self.choice = resolve_checkpoint(options.model, options.checkpoint)
-        self._trackers = TrackerPool(self.choice, options, self.device)
-        self.tracker = self._trackers.get(*self._trackers.requested)
+        self._trackers = TrackerPool(self.choice, options, self.device, tracker_factory)
+        self.tracker = self._trackers.get(*self._trackers.requested)  # the weights load (or fail) here
+        self._weights = weights_identity(self.choice)
         self.needs_fields = {}
-        self._saved_video_module = None
+        self._saved_video_module = self._saved_video_loop = None
         self._done: list[str] = []
         self._failed: list[str] = []
         self._segmentations: dict[str, tuple] = {}  # dataset name -> (dataset, Segmentation ids, mask targets)
@@ -190,11 +199,49 @@ class DeAOTVideoModel(fom.Model, fom.SamplesMixin):
                         "(ffmpeg/ffprobe) is used")
         else:
             fom.etav = _VideoModuleWithDecord()
+        self._saved_video_loop = self._guard_label_field()
         return self
+
+    def _guard_label_field(self):
+        """Wrap apply_model's video loop (for the model's context) so that the call's
+        ``label_field`` is checked (:meth:`check_label_field`) before any video; returns the
+        original loop, or None when this FiftyOne has none (then it cannot be checked)."""
+        original = getattr(fom, "_apply_video_model", None)
+        if original is None:
+            log.warning("this FiftyOne's apply_model has no video loop to check label_field against the prompt field")
+            return None
+
+        @functools.wraps(original)
+        def apply_video_model(samples, model, label_field, *args, **kwargs):
+            if model is self:
+                self.check_label_field(label_field)
+            return original(samples, model, label_field, *args, **kwargs)
+
+        fom._apply_video_model = apply_video_model
+        return original
+
+    def check_label_field(self, label_field) -> None:
+        """ValueError when the fields apply_model would store this model's labels in (``label_field``;
+        with ``segmentation``: ``<label_field>_detections`` and ``_segmentation``, or the dict's
+        names) include the prompt (keyframes) field: the keyframes would be overwritten."""
+        keys = ("detections", "segmentation")
+        if isinstance(label_field, dict):
+            outputs = [label_field.get(k, k) for k in keys] if self.segmentation else list(label_field.values())
+        elif label_field is None:
+            outputs = list(keys) if self.segmentation else []
+        else:
+            outputs = [f"{label_field}_{k}" for k in keys] if self.segmentation else [label_field]
+        try:
+            check_distinct_fields(self.prompt_field, [str(name) for name in outputs],
+                                  what="apply_model's label_field and prompt_field")
+        except ValueError as err:
+            raise ValueError(f"{err}; nothing was written (choose another label_field)") from None
 
     def __exit__(self, *args):
         if self._saved_video_module is not None:
             fom.etav = self._saved_video_module
+        if self._saved_video_loop is not None:
+            fom._apply_video_model, self._saved_video_loop = self._saved_video_loop, None
         if self._segmentations:  # apply_model saved its labels before leaving the model's context
             self._set_mask_targets()
         if self._failed and not self._done and args[0] is None:
@@ -207,45 +254,46 @@ class DeAOTVideoModel(fom.Model, fom.SamplesMixin):
 
     def predict(self, video_reader, sample=None) -> dict[int, Any]:
         """``{frame_number: fo.Detections}`` for every frame of ``sample``'s video (of a clip: of its
-        frames); ``video_reader`` is not read (frames come from our decord reader)."""
+        frames), from :func:`.propagation.sample_path.propagate_sample`; ``video_reader`` is not
+        read (frames come from our decord reader)."""
         if sample is None:
             raise ValueError("DeAOTVideoModel needs the sample: use dataset.apply_model(model, ..., prompt_field=...)")
-        where: dict[str, Any] = {}
-        plan = self._plan(sample)
+        plan = self._plan(sample, self.prompt_field)
+        target = MemoryTarget(self.segmentation, self.options.bidirectional, self._weights)
         try:
-            labels = self._propagate(sample, plan, where)
+            result = propagate_sample(self._trackers, plan, self._run_options, target)
+            if not result.ok:
+                span = f" (clip frames {plan.clip.first}-{plan.clip.last})" if plan.clip is not None else ""
+                raise name_clip(add_context(VideoError(
+                    f"no keyframe with objects in 'frames.{self.prompt_field}'{span}: nothing to propagate"),
+                    plan.sample_id, plan.filepath), plan)
         except Exception as err:
-            name_clip(add_context(err, plan.sample_id, plan.filepath, where.get("frame")), plan)
-            self._failed.append(f"{plan.describe()}: {error_text(err, where.get('frame'))}")
+            self._failed.append(f"{plan.describe()}: {error_text(err, getattr(err, 'deaot_frame', None))}")
             raise
         self._done.append(sample.id)
+        labels = {number: dict(detections=dets, segmentation=seg) if self.segmentation else dets
+                  for number, (dets, seg) in sorted(target.labels.items())}
         self._note_segmentation(sample, plan, labels)
         return labels
 
-    @staticmethod
-    def _plan(sample) -> SamplePlan:
-        """The sample (a clip's video, with the clip) as the propagation plans it."""
+    @property
+    def _run_options(self) -> PropagationOptions:
+        """The options of one ``predict``: the prompt field as keyframes field; failures raise
+        (apply_model's ``skip_failures`` decides what happens to them)."""
+        return self.options.replace(keyframes_field=self.prompt_field, output_field=None, write_segmentation=None,
+                                    skip_failures=False)
+
+    @classmethod
+    def _plan(cls, sample, field: str) -> SamplePlan:
+        """The sample (a clip's video, with the clip) as the propagation plans it, with its
+        keyframes field as apply_model's view shows it."""
         metadata = sample.metadata
         frame_count = getattr(metadata, "total_frame_count", None) if metadata else None
         clip = Clip(sample.id, str(sample.sample_id), *map(int, sample.support)) \
             if isinstance(sample, foc.ClipView) else None
-        return SamplePlan(0, clip.sample_id if clip else sample.id, sample.filepath, frame_count, row={}, clip=clip)
-
-    def _propagate(self, sample, plan: SamplePlan, where: dict) -> dict[int, Any]:
-        field = self.prompt_field
-        video = open_video(plan.filepath, plan.frame_count)
-        parse_keyframes(plan, sample_label_frames(sample, field), video, self._mask_targets(sample, field),
-                        self.segmentation)
-        if not plan.keyframes:
-            span = f" (clip frames {plan.clip.first}-{plan.clip.last})" if plan.clip is not None else ""
-            raise VideoError(f"no keyframe with objects in 'frames.{field}'{span}: nothing to propagate")
-        labels: dict[int, Any] = {}
-        with torch.inference_mode():
-            for number, _, detections, segmentation in sample_labels(
-                    self.tracker, plan, video, where, self.segmentation, bidirectional=self.options.bidirectional):
-                labels[number] = dict(detections=detections, segmentation=segmentation) if self.segmentation \
-                    else detections
-        return labels
+        return SamplePlan(0, clip.sample_id if clip else sample.id, sample.filepath, frame_count, clip=clip,
+                          label_frames=sample_label_frames(sample, field),
+                          mask_targets=cls._mask_targets(sample, field))
 
     def _note_segmentation(self, sample, plan: SamplePlan, labels: dict[int, Any]) -> None:
         """Remember, per dataset, one returned Segmentation's id (to find the field apply_model

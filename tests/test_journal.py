@@ -24,41 +24,24 @@ pytestmark = pytest.mark.usefixtures("fiftyone_db", "torch_threads")
 
 REPO = Path(__file__).resolve().parents[1]
 
-# A CLI worker with a colour-labelling stand-in tracker (see test_reliability._Scripted) and
+# A CLI worker with the colour-labelling stand-in tracker (tests/fakes.py) and
 # optional deterministic faults. argv: repo, dataset, mode, arg, marker path, checkpoint.
 _WORKER = r'''
 import os, signal, sys, time
-import numpy as np
-import deaot_core, torch
 mode, arg, marker = sys.argv[3], sys.argv[4], sys.argv[5]
+sys.path.insert(0, os.path.join(sys.argv[1], "tests"))
+from fakes import Script
+from deaot_vos.propagation.trackers import TrackerPool
 
-class Colours:
-    steps = 0
-    def __init__(self, model, **kwargs):
-        self.reset()
-    def reset(self):
-        self.label, self.n = None, 0
-    def step(self, frame, mask=None, objects=None):
-        Colours.steps += 1
-        if mode == "slow" and Colours.steps == 3:
-            open(marker, "w").close()
-        if mode == "slow" and Colours.steps == 3:  # hold on until the test says go (at most 120 s)
-            deadline = time.time() + 120
-            while not os.path.exists(marker + ".go") and time.time() < deadline:
-                time.sleep(0.05)
-        f = frame.astype(int)
-        label = np.zeros(frame.shape[:2], np.int64)
-        label[(f[..., 0] > 150) & (f[..., 1] < 120)] = 1
-        label[(f[..., 1] > 150) & (f[..., 0] < 120)] = 2
-        if mask is not None:
-            mask = np.asarray(mask)
-            label = np.where(mask > 0, mask, label)
-            self.n = max(self.n, int(mask.max()))
-        label[label > self.n] = 0
-        self.label = label
-        return torch.from_numpy(np.stack([label == k for k in range(self.n + 1)]).astype(np.float32))
+def hold_at_step_3(tracker, frame):
+    if mode == "slow" and len(script.steps) == 3:  # hold on until the test says go (at most 120 s)
+        open(marker, "w").close()
+        deadline = time.time() + 120
+        while not os.path.exists(marker + ".go") and time.time() < deadline:
+            time.sleep(0.05)
 
-deaot_core.Tracker = Colours
+script = Script(fail=hold_at_step_3)
+TrackerPool.default_factory = script
 
 import pymongo.collection as pc
 import deaot_vos.propagation.staging as pp

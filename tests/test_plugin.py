@@ -396,43 +396,19 @@ def test_reserved_fields_without_a_journal_are_left_alone(make_video, tiny_check
     assert ds.values("frames.out_deaot_old") == before
 
 
-class _ColourOracle:
-    """A stand-in tracker that 'segments' each frame by its colours (red = 1, green = 2, as
-    conftest.write_video draws them): checks that every output frame number gets the decoded
-    frame of that number, forward and backward."""
-
-    def __init__(self, model, **kwargs):
-        self.reset()
-
-    def reset(self):
-        self.label, self.num_objects, self.steps = None, 0, 0
-
-    def step(self, frame, mask=None, objects=None):
-        import torch
-
-        f = frame.astype(int)
-        label = np.zeros(frame.shape[:2], np.int64)
-        label[(f[..., 0] > 150) & (f[..., 1] < 120)] = 1
-        label[(f[..., 1] > 150) & (f[..., 0] < 120)] = 2
-        if mask is not None:
-            label = np.where(mask > 0, mask, label)
-            self.num_objects = max(self.num_objects, int(mask.max()))
-        label[label > self.num_objects] = 0
-        self.label, self.steps = label, self.steps + 1
-        return torch.from_numpy(np.stack([label == k for k in range(self.num_objects + 1)]).astype(np.float32))
-
-
-def test_every_frame_number_gets_its_own_frame(make_video, monkeypatch, tiny_checkpoint):
-    import deaot_core
+def test_every_frame_number_gets_its_own_frame(make_video, tiny_checkpoint):
+    """The colour-segmenting scripted tracker (tests/fakes.py) labels each frame from the frame
+    itself: every output frame must be the frame of that number, forward and backward."""
     import fiftyone as fo
     import deaot_vos
+    from fakes import Script
 
-    monkeypatch.setattr(deaot_core, "Tracker", _ColourOracle)
     path, maps = make_video("o", 40)  # longer than a backward decoding chunk
     ds = _dataset("t_oracle")
     sample = _video_sample(path, maps, [23], label="obj")
     ds.add_sample(sample)
-    deaot_vos.propagate(ds, "kf", "out", model="DeAOTT", checkpoint=tiny_checkpoint, device="cpu")
+    deaot_vos.propagate(ds, "kf", "out", model="DeAOTT", checkpoint=tiny_checkpoint, device="cpu",
+                        tracker_factory=Script())
     sample.reload()
     for number in range(1, 41):
         rendered = _render(sample.frames[number]["out"], 64, 96)

@@ -57,15 +57,15 @@ def test_cli_arguments_are_declared_once():
 
 
 def test_video_frames_read_forward_and_backward_in_order(make_video):
-    from deaot_vos.propagation.video_pass import VideoFrames
+    from deaot_vos.propagation.video_pass import FrameCursor, VideoFrames
     from deaot_vos.video import open_video
 
     path, _ = make_video("frames", 20)
-    where: dict = {}
-    frames = VideoFrames(open_video(path), where)
+    cursor = FrameCursor()
+    frames = VideoFrames(open_video(path), cursor)
     assert len(frames) == 20
     forward = list(frames.iter_frames(range(3, 20)))
     backward = list(frames.iter_frames(range(3, -1, -1)))
     assert [i for i, _ in forward] == list(range(3, 20)) and [i for i, _ in backward] == [3, 2, 1, 0]
-    assert where["frame"] == 1  # the frame number (1-based) last handed over
+    assert cursor.frame == 1  # the frame number (1-based) last handed over
     assert np.array_equal(backward[0][1], frames[3]) and np.array_equal(forward[-1][1], frames[19])

@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 from helpers import detection as _det
+from fakes import Script
 
 pytestmark = pytest.mark.usefixtures("fiftyone_db", "torch_threads")
 
@@ -125,55 +126,15 @@ def _no_tmp(ds):
     return not [f for f in ds.get_frame_field_schema() if f.endswith(("_deaot_tmp", "_deaot_old"))]
 
 
-class _Scripted:
-    """Stand-in tracker: labels red pixels 1 and green pixels 2 (conftest.write_video's colours),
-    records every step, and raises what ``fail(tracker, frame)`` returns."""
-
-    fail = None
-    steps: list = []
-
-    def __init__(self, model, device="cpu", options=None, max_long_edge=None, **kwargs):
-        # as deaot_core.Tracker: the knobs come in a TrackerOptions (the plugin passes one) or as keywords
-        self.device = str(device)
-        self.max_long_edge = options.max_long_edge if options is not None else max_long_edge
-        self.reset()
-
-    def reset(self):
-        self._label, self.num_objects, self.local_steps = None, 0, 0
-
-    @property
-    def label(self):
-        return self._label
-
-    def step(self, frame, mask=None, objects=None):
-        import torch
-
-        self.local_steps += 1
-        _Scripted.steps.append((self.device, self.max_long_edge, frame.shape[:2]))
-        error = _Scripted.fail(self, frame) if _Scripted.fail else None
-        if error is not None:
-            raise error
-        f = frame.astype(int)
-        label = np.zeros(frame.shape[:2], np.int64)
-        label[(f[..., 0] > 150) & (f[..., 1] < 120)] = 1
-        label[(f[..., 1] > 150) & (f[..., 0] < 120)] = 2
-        if mask is not None:
-            mask = np.asarray(mask)
-            label = np.where(mask > 0, mask, label)
-            self.num_objects = max(self.num_objects, int(mask.max()))
-        label[label > self.num_objects] = 0
-        self._label = label
-        return torch.from_numpy(np.stack([label == k for k in range(self.num_objects + 1)]).astype(np.float32))
-
-
 @pytest.fixture
 def scripted(monkeypatch):
-    import deaot_core
+    """The scripted tracker (tests/fakes.py) as every run's tracker factory, for the test: runs
+    that cannot be handed a factory (the CLI in-process) build their trackers with it too."""
+    from deaot_vos.propagation.trackers import TrackerPool
 
-    monkeypatch.setattr(deaot_core, "Tracker", _Scripted)
-    _Scripted.fail, _Scripted.steps = None, []
-    yield _Scripted
-    _Scripted.fail, _Scripted.steps = None, []
+    script = Script()
+    monkeypatch.setattr(TrackerPool, "default_factory", script)
+    return script
 
 
 @pytest.fixture
@@ -555,10 +516,8 @@ def test_out_of_memory_retries_at_half_resolution(make_video, scripted, run):
 def test_out_of_memory_on_cuda_falls_back_to_cpu(make_video, scripted, run, monkeypatch):
     import deaot_vos
     import deaot_vos.propagation.plan as plan
-    import deaot_vos.propagation.trackers as trackers
 
     monkeypatch.setattr(plan, "resolve_device", lambda device: "cuda:0")
-    monkeypatch.setattr(trackers, "load_model", lambda choice, device: object())
     ds = _base("t_fault_oom_cpu", make_video, output=False)
     scripted.fail = lambda tr, frame: _oom() if tr.device != "cpu" and tr.local_steps == 2 else None
     summary = deaot_vos.propagate(ds, "kf", "out", **run)
@@ -631,28 +590,19 @@ def test_operator_cancel_marking_the_delegated_operation_failed(make_video, scri
 
 _WORKER = r'''
 import os, sys, time
-import numpy as np
-import deaot_core, torch
+sys.path.insert(0, os.path.join(sys.argv[1], "tests"))
+from fakes import Script
+from deaot_vos.propagation.trackers import TrackerPool
 
-class Slow:
+def slow(tracker, frame):
     """After 4 frames: tell the parent, then take 0.5 s per frame."""
-    steps = 0
-    def __init__(self, model, **kwargs):
-        self.reset()
-    def reset(self):
-        self.label, self.n = None, 0
-    def step(self, frame, mask=None, objects=None):
-        Slow.steps += 1
-        if Slow.steps == 5:
-            open(sys.argv[3], "w").close()
-        if Slow.steps >= 5:
-            time.sleep(0.5)
-        if mask is not None:
-            self.n = max(self.n, int(np.max(mask)))
-            self.label = np.asarray(mask).astype(np.int64)
-        return torch.zeros(self.n + 1, *frame.shape[:2])
+    if len(script.steps) == 5:
+        open(sys.argv[3], "w").close()
+    if len(script.steps) >= 5:
+        time.sleep(0.5)
 
-deaot_core.Tracker = Slow
+script = Script(fail=slow)
+TrackerPool.default_factory = script
 if sys.argv[5] == "mid-write":
     # die like a SIGKILL right after set_values inserted new frame documents, before it
     # writes their values (its second bulk write)

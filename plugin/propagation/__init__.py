@@ -3,7 +3,9 @@
 Modules, by concept:
 
 - :mod:`.options`: ``PropagationOptions``, every setting in one validated object;
-- :mod:`.plan`: the checks done once before anything is written (fields, weights, samples);
+- :mod:`.plan`: the checks done once before anything is written (fields, weights);
+- :mod:`.sample_path`: the per-video path every entry point takes (keyframes with marks, the
+  checks of each sample, out-of-memory retries): :func:`.sample_path.propagate_sample`;
 - :mod:`.video_pass`: one video through :func:`deaot_core.video.propagate_video`, to labels;
 - :mod:`.writer`: buffered bulk writes on a worker thread;
 - :mod:`.staging`: how labels reach the output (local swap, or a queued job's per-video commit);

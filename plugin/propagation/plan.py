@@ -1,27 +1,22 @@
 """Everything a propagation checks before it writes anything, done once: the fields, the
-group slice, the model and checkpoint, and each sample (its video opens and decodes, its
-keyframes parse into exactly the masks given). The parsed keyframes are kept for the run."""
+group slice, the model and checkpoint; and what a sample's plan is (:class:`SamplePlan`; its
+keyframes parse into exactly the masks given, :func:`parse_keyframes`). Each sample is read and
+checked by :mod:`.sample_path`; the parsed keyframes are kept for the run."""
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import fiftyone as fo
 
 from ..fields import mask_targets_for, root_dataset
-from ..label_frames import keep_marked_keyframes, read_label_frames
 from ..labels import KEYFRAME_TYPES, Keyframe, KeyframeError, ObjectRegistry, parse_keyframe
 from ..weights import resolve_checkpoint, resolve_device
-from ..video import VideoError, open_video
-from .clips import Clip, check_overlaps, clip_frames, is_clip_view, view_rows
-from .errors import NoKeyframesError, OutputExistsError, add_context, error_text
+from ..video import VideoError
+from .clips import Clip, is_clip_view
+from .errors import OutputExistsError
 from .options import PropagationOptions, optional_field_name
-
-log = logging.getLogger(__name__)
-
-Ask = Callable[[float, str], None]  # progress(fraction, label); raises PropagationCancelled to stop
 
 
 def _embedded_type(schema: dict, name: str):
@@ -49,6 +44,19 @@ def _check_keyframes_field(dataset: fo.Dataset, schema: dict, keyframes_field: s
                          f"Detections (with instance masks), Segmentation or Polylines{hint}")
 
 
+def check_distinct_fields(keyframes_field: str, output_fields: list[str],
+                          what: str = "keyframes_field, output_field and write_segmentation") -> None:
+    """ValueError unless the keyframes field and the output fields are all different fields
+    (the output would overwrite the keyframes); names with or without ``frames.``."""
+    def bare(name: str) -> str:
+        return name[len("frames."):] if name.startswith("frames.") else name
+
+    names = [bare(keyframes_field)] + [bare(name) for name in output_fields]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{what} must be different fields (got {', '.join(repr(n) for n in names)}): writing the "
+                         f"output into the keyframes field would overwrite the keyframes")
+
+
 def check_fields(sample_collection, keyframes_field: str, output_field: str,
                  write_segmentation: str | None = None, overwrite: bool = False) -> tuple[str, str, str | None]:
     """Validate the fields' types and that they differ; the names are as
@@ -64,8 +72,7 @@ def check_fields(sample_collection, keyframes_field: str, output_field: str,
     schema = dataset.get_frame_field_schema()
     _check_keyframes_field(dataset, schema, keyframes_field)
     names = [output_field] + ([write_segmentation] if write_segmentation else [])
-    if len(set(names + [keyframes_field])) != len(names) + 1:
-        raise ValueError("keyframes_field, output_field and write_segmentation must be different fields")
+    check_distinct_fields(keyframes_field, names)
     for name, kind in ((output_field, fo.Detections), (write_segmentation, fo.Segmentation)):
         if name is None or name not in schema:
             continue
@@ -107,24 +114,38 @@ def check_clip_view_fields(sample_collection, keyframes_field: str) -> None:
 
 @dataclasses.dataclass
 class SamplePlan:
-    """One sample (or one clip of a clip view) as checked: ``row`` is its summary (``status`` set
-    when it will not run); ``keyframes`` maps FiftyOne frame numbers (1-based, the video's) to
-    parsed keyframes; ``existing`` are the frame numbers its root-dataset frames had before the
-    run (a view may hide some); ``clip``: the clip, whose frames alone are propagated and written."""
+    """One sample (or one clip of a clip view) to propagate. ``label_frames``: its keyframes
+    field as the view shows it ((frame number, label), sorted; None until read); once loaded
+    (:func:`.sample_path.load_sample`), ``keyframes`` maps FiftyOne frame numbers (1-based, the
+    video's) to parsed keyframes and ``frames``/``width``/``height`` describe the video (``video``:
+    the opened reader when the run keeps it open for the pass); ``existing`` are the frame
+    numbers its root-dataset frames had before the run (a view may hide some); ``clip``: the
+    clip, whose frames alone are propagated and written; ``result``: its
+    :class:`.sample_path.SampleResult` once decided (set by the checks when it will not run)."""
 
     position: int
     sample_id: str  # the video sample's id (also for a clip)
     filepath: str
     frame_count: Optional[int]  # metadata.total_frame_count
-    row: dict[str, Any]
+    clip: Optional[Clip] = None
+    label_frames: Optional[list] = None
+    mask_targets: Optional[dict] = None
     keyframes: dict[int, Keyframe] = dataclasses.field(default_factory=dict)
     registry: Optional[ObjectRegistry] = None
     existing: set = dataclasses.field(default_factory=set)
-    clip: Optional[Clip] = None
+    frames: Optional[int] = None
+    width: Optional[int] = None
+    height: Optional[int] = None
+    video: Any = None  # VideoReader
+    result: Any = None  # sample_path.SampleResult
 
     @property
     def runnable(self) -> bool:
-        return "status" not in self.row
+        return self.result is None
+
+    @property
+    def loaded(self) -> bool:
+        return self.registry is not None
 
     @property
     def view_id(self) -> str:
@@ -174,7 +195,7 @@ class RunPlan:
 
 def plan_run(sample_collection, dataset: fo.Dataset, options: PropagationOptions, overwrite: bool) -> RunPlan:
     """Check the fields (``overwrite``: existing outputs may be replaced), the group slice and
-    the weights; returns the plan without its samples (:func:`check_samples` adds them)."""
+    the weights; returns the plan without its samples (:func:`.sample_path.check_samples` adds them)."""
     keyframes_field, output_field, segmentation = check_fields(
         sample_collection, options.keyframes_field, options.output_field, options.write_segmentation, overwrite)
     check_group_slices(sample_collection, dataset)
@@ -213,25 +234,6 @@ def parse_keyframes(sample_plan: SamplePlan, label_frames, reader, mask_targets=
     sample_plan.registry = registry
 
 
-def load_sample(sample_collection, plan: RunPlan, sample_plan: SamplePlan) -> None:
-    """Open the sample's video and parse its keyframes (those the view shows: of a clip, those
-    inside it) into ``sample_plan``, validating everything (KeyframeError, VideoError)."""
-    sid, field = sample_plan.sample_id, plan.options.keyframes_field
-    label_frames = keep_marked_keyframes(read_label_frames(sample_collection, sample_plan.view_id, field),
-                                         plan.options.keyframe_marks)
-    existing = plan.dataset.select(sid).values("frames.frame_number")
-    sample_plan.existing = set(existing[0] or []) if existing else set()
-    reader = open_video(sample_plan.filepath, sample_plan.frame_count)
-    frames = clip_frames(reader, sample_plan.clip)
-    if not frames.num_frames:
-        raise VideoError(f"{sample_plan.clip.describe()} starts after the last frame of the video, which has "
-                         f"{reader.num_frames} frames")
-    parse_keyframes(sample_plan, label_frames, reader, plan.mask_targets,
-                    bool(plan.options.write_segmentation))
-    sample_plan.row.update(frames=frames.num_frames, width=reader.width, height=reader.height,
-                           keyframes=sorted(sample_plan.keyframes), objects=sample_plan.registry.num_objects)
-
-
 def name_clip(err: BaseException, sample_plan: SamplePlan) -> BaseException:
     """Name ``sample_plan``'s clip (if any) in ``err`` (after :func:`.errors.add_context` named the
     sample): in the message of our errors (keyframe, video, label errors: ValueError or
@@ -245,56 +247,3 @@ def name_clip(err: BaseException, sample_plan: SamplePlan) -> BaseException:
     elif hasattr(err, "add_note"):
         err.add_note(f"in {clip.describe()} of sample {sample_plan.sample_id}")
     return err
-
-
-def _check_sample(sample_collection, plan: RunPlan, sample_plan: SamplePlan) -> None:
-    row, path = sample_plan.row, sample_plan.filepath
-    try:
-        load_sample(sample_collection, plan, sample_plan)
-        if not sample_plan.keyframes:
-            inside = " inside the clip" if sample_plan.clip is not None else ""
-            log.warning("%s: no keyframe with objects in '%s'%s; skipped (its output is unchanged)",
-                        sample_plan.describe() if sample_plan.clip is not None else path,
-                        plan.options.keyframes_field, inside)
-            row.update(status="skipped: no keyframes", frames_written=0)
-    except Exception as err:  # KeyframeError, VideoError, or anything unexpected
-        add_context(err, sample_plan.sample_id, path)
-        if hasattr(err, "with_context"):
-            err.with_context(field=plan.options.keyframes_field)
-        name_clip(err, sample_plan)
-        plan.failures.append(err)
-        row.update(status=f"error: {error_text(err)}")
-        log.error("%s", err)
-
-
-def check_samples(sample_collection, plan: RunPlan, ask: Ask) -> None:
-    """Check every sample into ``plan.samples``. Without ``skip_failures`` the first failure
-    is raised (its message lists the others); NoKeyframesError when nothing could run."""
-    samples = view_rows(sample_collection)
-    what = "clips" if samples and samples[0][3] is not None else "samples"
-    if not samples:
-        raise NoKeyframesError(f"nothing to propagate: the view of dataset '{plan.dataset.name}' has no samples")
-    check_overlaps(samples)
-    for i, (sid, path, meta_count, clip) in enumerate(samples):
-        name = os.path.basename(path) + (f" {clip.describe()}" if clip is not None else "")
-        ask(0.0, f"[{i + 1}/{len(samples)}] {name}: checking the video and keyframes")
-        row = dict(id=sid, filepath=path)
-        if clip is not None:
-            row.update(clip_id=clip.clip_id, support=list(clip.support))
-        sample_plan = SamplePlan(i, sid, path, meta_count, row, clip=clip)
-        _check_sample(sample_collection, plan, sample_plan)
-        plan.samples.append(sample_plan)
-    failures = plan.failures
-    if failures and not plan.options.skip_failures:
-        first = failures[0]
-        if len(failures) > 1:
-            more = "; ".join(str(e) for e in failures[1:4]) + ("; ..." if len(failures) > 4 else "")
-            first.args = (f"{first.args[0]} [and {len(failures) - 1} more sample(s) failed the checks: {more}]",) \
-                + tuple(first.args[1:])
-        first.failures = failures
-        raise first
-    if not failures and not any(s.runnable for s in plan.samples):
-        raise NoKeyframesError(
-            f"no keyframes: none of the {len(samples)} {what} has a non-empty '{plan.options.keyframes_field}' "
-            f"label on any frame{' inside it' if what == 'clips' else ''} (label a few frames with instance masks "
-            f"first)")

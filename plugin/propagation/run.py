@@ -13,7 +13,8 @@ Nothing is lost or half-written, whatever happens:
 - with ``skip_failures`` a failing video keeps its previous output values and is listed in the
   summary (``failed``) while the others are written;
 - a CUDA out-of-memory error retries the video at half, then a quarter of the resolution, then
-  on the CPU, with a warning in the summary (:mod:`.video_pass`).
+  on the CPU, with a warning in the summary (:mod:`.sample_path`, the per-video path every entry
+  point takes).
 
 Values are written in bulk with ``set_values`` (dict form keyed by sample id and frame number,
 which also creates missing frame documents).
@@ -29,14 +30,15 @@ from typing import Any, Optional
 import fiftyone as fo
 
 from ..fields import root_dataset
+from ..mask_targets import merge_mask_targets, segmentation_targets
 from .cancel import ProgressCallback, PropagationCancelled
-from .errors import add_context, error_text
 from .options import PropagationOptions
-from .plan import RunPlan, SamplePlan, check_samples, check_video_collection, name_clip, plan_run
+from .plan import RunPlan, SamplePlan, check_video_collection, plan_run
+from .sample_path import SampleResult, check_samples, propagate_sample, summary_row
 from .staging import LocalSwap, Staging
-from .trackers import TrackerPool
+from .trackers import TrackerFactory, TrackerPool
 from ..weights import weights_identity
-from .video_pass import PassTarget, run_with_retries
+from .video_pass import PassTarget
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +59,8 @@ def resolve_options(keyframes_field=None, output_field=None, options: Optional[P
 
 def propagate(sample_collection, keyframes_field=None, output_field=None, *,
               options: Optional[PropagationOptions] = None, progress: Optional[ProgressCallback] = None,
-              staging: Optional[Staging] = None, **option_values) -> dict[str, Any]:
+              staging: Optional[Staging] = None, tracker_factory: Optional[TrackerFactory] = None,
+              **option_values) -> dict[str, Any]:
     """Propagate the keyframe masks of ``keyframes_field`` to every frame of every video in
     ``sample_collection`` and store ``fo.Detections`` (instance masks) in ``output_field``.
 
@@ -99,7 +102,8 @@ def propagate(sample_collection, keyframes_field=None, output_field=None, *,
     ``progress(fraction, label)`` is called per frame; return False (or raise
     ``PropagationCancelled``) to cancel: nothing is written then. ``staging`` is internal: how
     labels reach the output (default :class:`.staging.LocalSwap`; a queued job's task passes
-    :class:`.staging.JobCommit`).
+    :class:`.staging.JobCommit`); ``tracker_factory`` too (how the run builds its tracker,
+    :class:`.trackers.TrackerPool`; tests pass a scripted one).
 
     Returns:
         a dict with the run settings, ``samples`` (one summary dict per sample: ``status`` is
@@ -119,7 +123,7 @@ def propagate(sample_collection, keyframes_field=None, output_field=None, *,
     check_video_collection(sample_collection, "; propagation needs videos")
     with contextlib.ExitStack() as stack:
         staging.open(stack, dataset, [options.output_field, options.write_segmentation], options.keyframes_field)
-        return _propagate_staged(sample_collection, dataset, options, staging, progress, start_time)
+        return _propagate_staged(sample_collection, dataset, options, staging, progress, start_time, tracker_factory)
 
 
 class _Progress:
@@ -149,11 +153,12 @@ class _Progress:
 
 
 def _propagate_staged(sample_collection, dataset: fo.Dataset, options: PropagationOptions, staging: Staging,
-                      progress: Optional[ProgressCallback], start_time: float) -> dict[str, Any]:
+                      progress: Optional[ProgressCallback], start_time: float,
+                      tracker_factory: Optional[TrackerFactory]) -> dict[str, Any]:
     """:func:`propagate` once ``staging`` is open: plan and check, run the videos, commit."""
     plan = plan_run(sample_collection, dataset, options,
                     options.overwrite or options.incremental or staging.forced_overwrite)
-    trackers = TrackerPool(plan.choice, plan.options, plan.device)
+    trackers = TrackerPool(plan.choice, plan.options, plan.device, tracker_factory)
     trackers.get(*trackers.requested)  # weights and settings are checked before any video
     ask = _Progress(staging, progress)
     summary = _summary_head(plan)
@@ -178,41 +183,9 @@ def set_segmentation_mask_targets(dataset: fo.Dataset, plan: RunPlan) -> None:
     object's ``index`` -> its label (merged into the field's existing targets), so FiftyOne's
     evaluation and the App name the pixel values."""
     registries = [sample.registry for sample in plan.samples
-                  if sample.registry is not None and sample.row.get("status") == "ok"]
+                  if sample.registry is not None and sample.result is not None and sample.result.ok]
     dataset.reload()
     merge_mask_targets(dataset, plan.options.write_segmentation, segmentation_targets(registries))
-
-
-def segmentation_targets(registries) -> dict[int, str]:
-    """Mask targets of label maps whose pixel values are object indexes: 0 -> "background" and
-    each object's ``index`` -> its label (the index as text when it has none; first seen wins)."""
-    targets = {0: "background"}
-    for registry in registries:
-        for info in registry.by_id.values():
-            targets.setdefault(int(info.index), str(info.label) if info.label is not None else str(info.index))
-    return targets
-
-
-def merge_mask_targets(dataset: fo.Dataset, field: str, targets: dict[int, str]) -> None:
-    """Merge ``targets`` into the mask targets of frame field ``field`` (existing entries of other
-    values are kept) and save the dataset."""
-    key = "frames." + field
-    merged = dict(dataset.mask_targets or {})
-    merged[key] = {**(merged.get(key) or {}), **targets}
-    dataset.mask_targets = merged
-    dataset.save()
-
-
-def written_fields(dataset: fo.Dataset, kind: type, label_ids) -> list[str]:
-    """The frame fields of type ``kind`` of ``dataset`` that hold a label with one of the ids
-    ``label_ids`` (how the zoo model finds where ``apply_model`` stored its labels)."""
-    from bson import ObjectId
-
-    oids = [ObjectId(i) for i in label_ids]
-    schema = dataset.get_frame_field_schema() or {}
-    names = [name for name, field in schema.items() if getattr(field, "document_type", None) is kind]
-    frames = dataset._frame_collection
-    return [name for name in names if frames.find_one({f"{name}._id": {"$in": oids}}, {"_id": 1}) is not None]
 
 
 def _outputs(options: PropagationOptions) -> list[tuple[str, type]]:
@@ -222,36 +195,23 @@ def _outputs(options: PropagationOptions) -> list[tuple[str, type]]:
 
 def _run_sample(plan: RunPlan, sample: SamplePlan, staging: Staging, trackers: TrackerPool, ask: _Progress,
                 summary: dict) -> None:
-    """Propagate one checked sample through ``staging``; with ``skip_failures`` a failure is
-    recorded in its row, else raised."""
-    sid, row, support = sample.sample_id, sample.row, sample.support
+    """Propagate one checked sample through ``staging`` (:func:`.sample_path.propagate_sample`);
+    with ``skip_failures`` a failure is recorded in its result, else raised."""
+    sid, support = sample.sample_id, sample.support
     if not staging.begin_sample(sid, sample.existing, support):
-        row.update(status="skipped: claimed by another task", frames_written=0)
+        sample.result = SampleResult("skipped: claimed by another task", frames_written=0)
         return
-    stages = staging.stage_fields
-    options = plan.options
+    stages, options = staging.stage_fields, plan.options
     target = PassTarget(plan.dataset, stages[0], stages[1] if len(stages) > 1 else None, options.write_every,
                         previous_fields=(options.output_field, options.write_segmentation),
                         bidirectional=options.bidirectional, incremental=options.incremental,
-                        weights=weights_identity(plan.choice))
-    where: dict[str, Any] = {}
-    try:
-        row.update(run_with_retries(trackers, sample, target, ask.for_sample(sample, plan.total),
-                                    lambda: staging.clear_sample(sid, support), where))
+                        weights=weights_identity(plan.choice), clear=lambda: staging.clear_sample(sid, support))
+    result = propagate_sample(trackers, sample, options, target, ask.for_sample(sample, plan.total))
+    if result.ok:
         staging.sample_done(sid, summary, support)
-    except (PropagationCancelled, KeyboardInterrupt):
-        raise
-    except Exception as err:
-        name_clip(add_context(err, sid, sample.filepath, where.get("frame")), sample)
-        if not plan.options.skip_failures:
-            raise
-        text = error_text(err, where.get("frame"))
-        if sample.clip is not None and sample.clip.clip_id not in text:
-            text = f"{sample.clip.describe()}: {text}"
-        log.error("%s failed, its output is unchanged: %s", sample.describe(), text)
-        staging.sample_failed(sid, text, support)
-        row.update(status=f"error: {text}", frames_written=0)
-        plan.failures.append(err)
+    elif result.error is not None:
+        staging.sample_failed(sid, result.status[len("error: "):], support)
+        plan.failures.append(result.error)
 
 
 def _summary_head(plan: RunPlan) -> dict[str, Any]:
@@ -263,7 +223,7 @@ def _summary_head(plan: RunPlan) -> dict[str, Any]:
 
 def _summary_tail(summary: dict, plan: RunPlan, start_time: float,
                   progress: Optional[ProgressCallback]) -> dict[str, Any]:
-    rows = [sample.row for sample in plan.samples]
+    rows = [summary_row(sample) for sample in plan.samples]
     summary["samples"] = rows
     summary["failed"] = [dict(id=r["id"], filepath=r["filepath"], error=r["status"][len("error: "):],
                               **({"clip_id": r["clip_id"]} if "clip_id" in r else {}))

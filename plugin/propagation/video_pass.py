@@ -1,17 +1,15 @@
 """One video through the tracker: open it, run :func:`deaot_core.video.propagate_video` on
 its parsed keyframes, turn each frame's result into FiftyOne labels and write them as they
-come. Out-of-memory failures are retried smaller, then on the CPU (:func:`run_with_retries`).
+come (:func:`run_video`: one attempt; :mod:`.sample_path` retries out-of-memory failures).
 
 FiftyOne frame numbers are 1-based, the core's frame indexes 0-based: index = number - 1.
 """
 from __future__ import annotations
 
 import bisect
+import contextlib
 import dataclasses
-import gc
-import itertools
 import logging
-import math
 import os
 import time
 from typing import Any, Callable, Iterator, Optional, Sequence
@@ -27,13 +25,9 @@ from ..labels import mask_to_detections, mask_to_segmentation
 from ..video import VideoReader, open_video, prefetch
 from .clips import clip_frames
 from .plan import SamplePlan
-from .trackers import TrackerPool
 from .writer import FrameLabelWriter
 
 log = logging.getLogger(__name__)
-
-OOM_HALVINGS = 2  # out-of-memory retries at 1/2 and 1/4 of the resolution (then the CPU, from CUDA)
-OOM_MIN_LONG_EDGE = 32  # never retry below this network input long edge
 
 Report = Callable[[int, int, str], None]  # report(done, total, label)
 
@@ -59,19 +53,88 @@ class PassTarget:
     incremental: bool = False
     weights: str = ""
 
+    clear: Optional[Callable[[], None]] = None  # empties the sample's values before an attempt
+
     def states(self) -> Optional[StateStore]:
         """Where incremental runs save and find the forward pass's tracker states."""
         return DirectoryStates() if self.incremental else None
+
+    @property
+    def with_segmentation(self) -> bool:
+        return self.segmentation_field is not None
+
+    def reset(self) -> None:
+        """A clean slate before an attempt (the staging field may hold a copy of the old output,
+        or a failed attempt's values)."""
+        if self.clear is not None:
+            self.clear()
+
+    def writer(self, sample_id: str):
+        """A context manager with ``add(frame_number, detections, segmentation)`` and ``written``."""
+        return FrameLabelWriter(self.dataset, sample_id, self.output_field, self.segmentation_field,
+                                self.write_every)
+
+
+class MemoryTarget(PassTarget):
+    """A :class:`PassTarget` that keeps a sample's labels in memory (``labels``: video frame
+    number -> (Detections, Segmentation or None)) instead of writing them: what the zoo model
+    returns to ``apply_model``."""
+
+    def __init__(self, segmentation: bool, bidirectional: bool, weights: str):
+        super().__init__(None, "detections", "segmentation" if segmentation else None, 1,
+                         bidirectional=bidirectional, weights=weights)
+        self.labels: dict[int, tuple[Any, Any]] = {}
+        self.written = 0
+
+    def reset(self) -> None:
+        self.labels = {}
+
+    def writer(self, sample_id: str) -> "MemoryTarget":
+        return self
+
+    def add(self, frame_number: int, detections, segmentation=None) -> None:
+        self.labels[frame_number] = (detections, segmentation)
+        self.written = len(self.labels)
+
+    def __enter__(self) -> "MemoryTarget":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+
+@dataclasses.dataclass
+class FrameCursor:
+    """Where a video pass is: the video frame number being computed (None before the first);
+    error messages and out-of-memory warnings name it."""
+
+    frame: Optional[int] = None
+
+
+@dataclasses.dataclass
+class PassResult:
+    """What one successful video pass did (an incremental run's ``reused`` frames were kept
+    from the previous output) and the ``device`` / ``max_long_edge`` it ran at."""
+
+    frames_written: int
+    frames_recomputed: int
+    frames_reused: int
+    frames_replayed: int
+    seconds: float
+    fps: Optional[float]
+    device: str = ""
+    max_long_edge: Any = None
+    warnings: list = dataclasses.field(default_factory=list)
 
 
 class VideoFrames:
     """A :class:`deaot_core.video.FrameSource` over a decord reader (or a clip of one,
     :class:`.clips.ClipFrames`): 0-based indexes, read sequentially (backward in forward-decoded
-    chunks) and prefetched on a thread. Each frame handed over sets ``where["frame"]`` to its
+    chunks) and prefetched on a thread. Each frame handed over sets ``cursor.frame`` to its
     video frame number (the frame being computed; a clip's frame + ``offset``)."""
 
-    def __init__(self, reader: VideoReader, where: dict, offset: int = 0):
-        self.reader, self.where, self.offset = reader, where, offset
+    def __init__(self, reader: VideoReader, cursor: FrameCursor, offset: int = 0):
+        self.reader, self.cursor, self.offset = reader, cursor, offset
 
     def __len__(self) -> int:
         return self.reader.num_frames
@@ -92,7 +155,7 @@ class VideoFrames:
 
     def iter_frames(self, indexes: Sequence[int]) -> Iterator[tuple[int, np.ndarray]]:
         for number, frame in prefetch(self._numbered(indexes)):
-            self.where["frame"] = number + self.offset
+            self.cursor.frame = number + self.offset
             yield number - 1, frame
 
 
@@ -210,42 +273,35 @@ def read_previous(target: PassTarget, sample: SamplePlan) -> tuple[dict[int, str
     return previous, old
 
 
-def sample_labels(tracker, sample: SamplePlan, reader: VideoReader, where: dict, with_segmentation: bool,
+def sample_labels(tracker, sample: SamplePlan, reader: VideoReader, cursor: FrameCursor, with_segmentation: bool,
                   **passes) -> Iterator[tuple[int, FrameResult, Any, Any]]:
     """Propagate one sample (a clip: within its frames, from the keyframes inside it) and yield
     (video frame number, result, Detections, Segmentation or None) per frame computed.
     ``reader``: the opened video; ``passes``: :func:`deaot_core.video.propagate_video`'s
-    ``bidirectional``, ``previous`` (clip-local indexes), ``states``, ``provenance``, ``stats``.
-    The zoo model and :func:`run_video` share it."""
+    ``bidirectional``, ``previous`` (clip-local indexes), ``states``, ``provenance``, ``stats``."""
     frames, local = clip_frames(reader, sample.clip), sample.local()
     make_labels = LabelMaker(local, with_segmentation)
-    for result in propagate_video(tracker, VideoFrames(frames, where, sample.offset), core_keyframes(local),
+    for result in propagate_video(tracker, VideoFrames(frames, cursor, sample.offset), core_keyframes(local),
                                   **passes):
         yield (result.index + 1 + sample.offset, result, *make_labels(result))
 
 
-def run_video(tracker, sample: SamplePlan, target: PassTarget, report: Report, where: dict) -> dict[str, Any]:
-    """Propagate one video with ``tracker`` into ``target``'s fields; returns its summary row
-    (``status`` ok, ``frames_written``, ``frames_recomputed``, ``frames_reused`` (kept from the
-    previous output by an incremental run), ``frames_replayed``, ``seconds``, ``fps``). ``where``
-    gets the video's ``height``/``width`` and the ``frame`` being computed (for error messages
-    and retries)."""
+def run_video(tracker, sample: SamplePlan, target: PassTarget, report: Report, cursor: FrameCursor) -> PassResult:
+    """Propagate one loaded sample with ``tracker`` into ``target``; ``cursor`` follows the frame
+    being computed. The video is the one its checks opened when the plan kept it open."""
     start = time.time()
-    reader = open_video(sample.filepath, sample.frame_count)
+    reader = sample.video if sample.video is not None else open_video(sample.filepath, sample.frame_count)
     frames = clip_frames(reader, sample.clip)
     count, last = frames.num_frames, frames.num_frames + sample.offset
-    where.update(height=reader.height, width=reader.width, frame=None)
-    row: dict[str, Any] = dict(frames=count, width=reader.width, height=reader.height,
-                               keyframes=sorted(sample.keyframes), objects=sample.registry.num_objects)
+    cursor.frame = None
     previous, old = read_previous(target, sample) if target.incremental else (None, {})
     stats = PropagationStats()
-    results = sample_labels(tracker, sample, reader, where, target.segmentation_field is not None,
+    results = sample_labels(tracker, sample, reader, cursor, target.with_segmentation,
                             bidirectional=target.bidirectional, previous=previous, states=target.states(),
                             provenance=video_provenance(tracker, sample, target, frames), stats=stats)
-    writer = FrameLabelWriter(target.dataset, sample.sample_id, target.output_field, target.segmentation_field,
-                              target.write_every)
     computed: set[int] = set()
-    with torch.inference_mode(), writer:
+    # closing(results): a failed attempt stops its decoding thread before a retry reuses the reader
+    with torch.inference_mode(), contextlib.closing(results), target.writer(sample.sample_id) as writer:
         for done, (number, result, detections, segmentation) in enumerate(results, start=1):
             writer.add(number, detections, segmentation)
             computed.add(number)
@@ -254,72 +310,8 @@ def run_video(tracker, sample: SamplePlan, target: PassTarget, report: Report, w
         for number in reused:
             writer.add(number, *old[number])
     seconds = time.time() - start
-    row.update(status="ok", frames_written=writer.written, frames_recomputed=stats.computed,
-               frames_reused=len(reused), frames_replayed=stats.replayed, seconds=round(seconds, 3),
-               fps=round(stats.computed / seconds, 2) if seconds > 0 else None)
     log.info("%s: %s frames (%s recomputed, %s reused), keyframes %s, %s objects, %.1fs", sample.filepath, count,
-             stats.computed, len(reused), row["keyframes"], row["objects"], seconds)
-    return row
-
-
-def oom_plan(device: str, max_long_edge, height: int, width: int) -> list[tuple[str, Any]]:
-    """(device, max_long_edge) attempts: as asked, at 1/2 and 1/4 of the effective network input
-    long edge (not below ``OOM_MIN_LONG_EDGE``), then, from CUDA, the CPU as asked."""
-    plan = [(device, max_long_edge)]
-    edge = min(max_long_edge or math.inf, max(height, width))
-    for _ in range(OOM_HALVINGS):
-        edge = int(edge // 2)
-        if edge < OOM_MIN_LONG_EDGE:
-            break
-        plan.append((device, edge))
-    if device != "cpu":
-        plan.append(("cpu", max_long_edge))
-    return plan
-
-
-def _oom_errors() -> tuple[type, ...]:
-    return (torch.OutOfMemoryError, MemoryError)
-
-
-def _free_memory(device: str) -> None:
-    gc.collect()
-    if device.startswith("cuda") and torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
-def _oom_text(err: BaseException) -> str:
-    return f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
-
-
-def run_with_retries(trackers: TrackerPool, sample: SamplePlan, target: PassTarget, report: Report,
-                     clear: Callable[[], None], where: dict) -> dict[str, Any]:
-    """:func:`run_video`, retried on out-of-memory errors along :func:`oom_plan` from
-    ``trackers.requested``, each attempt with ``trackers.get(device, max_long_edge)``;
-    ``clear()`` empties the sample's target values before each attempt. The row also says the
-    ``device``, ``max_long_edge`` and ``warnings`` (one per retry) of the attempt that succeeded."""
-    device, max_long_edge = trackers.requested
-    plan: Optional[list[tuple[str, Any]]] = None  # made at the first out-of-memory error
-    warnings: list[str] = []
-    for attempt in itertools.count():
-        dev, edge = plan[attempt] if plan else (device, max_long_edge)
-        tracker = trackers.get(dev, edge)
-        try:
-            clear()  # a clean slate (the staging field may hold a copy of the old output, or a failed attempt)
-            row = run_video(tracker, sample, target, report, where)
-            row.update(device=dev, max_long_edge=edge, warnings=warnings)
-            return row
-        except _oom_errors() as err:
-            if plan is None:
-                plan = oom_plan(device, max_long_edge, where.get("height", 0), where.get("width", 0))
-            if attempt + 1 >= len(plan):
-                raise
-            oom = _oom_text(err)
-        finally:
-            tracker.reset()
-        _free_memory(dev)
-        next_dev, next_edge = plan[attempt + 1]
-        message = (f"out of memory at frame {where.get('frame')} on {dev} with max_long_edge {edge} ({oom}); "
-                   f"retrying the video " + (f"on {next_dev} " if next_dev != dev else "")
-                   + f"with max_long_edge {next_edge}")
-        log.warning("%s: %s", sample.filepath, message)
-        warnings.append(message)
+             stats.computed, len(reused), sorted(sample.keyframes), sample.registry.num_objects, seconds)
+    return PassResult(frames_written=writer.written, frames_recomputed=stats.computed, frames_reused=len(reused),
+                      frames_replayed=stats.replayed, seconds=round(seconds, 3),
+                      fps=round(stats.computed / seconds, 2) if seconds > 0 else None)
