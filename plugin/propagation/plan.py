@@ -16,7 +16,7 @@ from ..weights import resolve_checkpoint, resolve_device
 from ..video import VideoError
 from .clips import Clip, is_clip_view
 from .errors import OutputExistsError
-from .options import PropagationOptions, optional_field_name
+from .options import PropagationOptions
 
 
 def _embedded_type(schema: dict, name: str):
