@@ -7,7 +7,7 @@ Parts (``--part``):
 
 - ``fusion``: keyframes on the first and last frame; J&F (DAVIS protocol: the frames in between)
   of forward-only against ``bidirectional`` with each fusion weighting, and the time per clip.
-- ``suggest``: how well :func:`deaot_core.review.review_scores` finds wrong frames: Spearman of
+- ``suggest``: how well :func:`deaot_core.review_signals.review_scores` finds wrong frames: Spearman of
   the score against 1 - J (frames pooled over clips), and the mean J of the top 5 % of frames by
   score against the mean J, both per clip (top 5 % of each clip's frames against its mean,
   averaged) and pooled (top 5 % of all frames against all frames: what sorting a dataset's frames
@@ -37,7 +37,7 @@ import torch
 import deaot_core
 from deaot_core.data.synthetic import generate_clip
 from deaot_core.metrics.davis import global_summary, sequence_metrics
-from deaot_core.review import (SIGNALS, WEIGHTS, FrameReview, colour_cut_scores, review_scores, review_signals,
+from deaot_core.review_signals import (SIGNALS, WEIGHTS, FrameReview, colour_cut_scores, review_scores, review_signals,
                                top_frames)
 
 REPO = Path(__file__).resolve().parents[1]

@@ -26,7 +26,7 @@ from .tracker import Tracker, TrackerOptions, merge_groups, network_size
 from .schedule import Schedule
 from .states import DirectoryStates, MemoryStates, StateStore
 from .threads import ThreadGovernor, usable_cores
-from .video import FrameResult, FrameSource, Keyframe, PropagationStats, mean_confidences, propagate_video
+from .propagation import FrameResult, FrameSource, Keyframe, PropagationStats, mean_confidences, propagate_video
 
 
 def count_parameters(model: torch.nn.Module) -> int:

@@ -1,4 +1,4 @@
-"""``@deaot/vos/suggest_keyframes``: a thin operator over :func:`deaot_vos.review.suggest_keyframes`
+"""``@deaot/vos/suggest_keyframes``: a thin operator over :func:`deaot_vos.suggestions.suggest_keyframes`
 (where to label next)."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 from deaot_vos.propagation import DEFAULT_OUTPUT, DelegatedCancelCheck
-from deaot_vos.review import SuggestionCancelled, check_suggestion, default_score_field, suggest_keyframes
+from deaot_vos.suggestions import SuggestionCancelled, check_suggestion, default_score_field, suggest_keyframes
 
 from .common import delegation_param, dropdown, target_view, throttled_progress, video_target_notice
 

@@ -4,7 +4,7 @@ in ``operators/`` are thin wrappers around it).
 ``deaot_vos.propagate(...)`` propagates keyframe masks through videos; ``python -m deaot_vos`` is its
 CLI (``propagate``, ``demo``, ``suggest``...); ``deaot_vos.suggest_keyframes(...)`` scores
 where a propagated output is likely wrong. Attributes are imported lazily so that light submodules (e.g.
-``deaot_vos.video``) do not pull in FiftyOne or torch.
+``deaot_vos.video_io``) do not pull in FiftyOne or torch.
 """
 from __future__ import annotations
 
@@ -21,11 +21,11 @@ _LAZY = {
     "resolve_checkpoint": "weights",
     "resolve_device": "weights",
     "DEFAULT_MODEL": "weights",
-    "VideoError": "video",
+    "VideoError": "video_io",
     "evaluate_vos": "evaluation",
     "upgrade_legacy_runs": "evaluation",
-    "suggest_keyframes": "review",
-    "SuggestionCancelled": "review",
+    "suggest_keyframes": "suggestions",
+    "SuggestionCancelled": "suggestions",
 }
 
 __all__ = sorted(_LAZY)

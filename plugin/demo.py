@@ -40,7 +40,7 @@ import numpy as np
 from .labels import ObjectRegistry, mask_to_detections
 from .propagation import propagate
 from .reporting import print_summary, tqdm_progress
-from .video import video_metadata, write_mp4
+from .video_io import video_metadata, write_mp4
 from .weights import DEFAULT_MODEL, REPO_ROOT
 
 log = logging.getLogger(__name__)

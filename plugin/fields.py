@@ -16,7 +16,7 @@ import cv2
 import fiftyone as fo
 
 from .labels import KEYFRAME_TYPES
-from .video import VideoError, open_video
+from .video_io import VideoError, open_video
 
 __all__ = [
     "FRAME_DEFAULT_FIELDS", "RESERVED_SUFFIXES", "LabelFieldError", "root_dataset", "frame_field_name",

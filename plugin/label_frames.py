@@ -22,7 +22,7 @@ import fiftyone as fo
 
 from .fields import KEYFRAME_MARK, label_error
 from .labels import KeyframeError, ObjectRegistry, describe_label_item, mask_to_detections, parse_keyframe
-from .video import file_problem
+from .video_io import file_problem
 
 __all__ = ["IdMaps", "KEYFRAME_MARKS", "keep_marked_keyframes", "read_label_frames", "parse_id_maps", "read_id_maps", "renumber_ids", "id_map_to_detections"]
 

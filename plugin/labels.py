@@ -418,7 +418,7 @@ def mask_to_detections(label_map: np.ndarray, confidences: Mapping[int, float] |
     """One ``fo.Detection`` per object present in ``label_map`` (bbox-relative masks).
 
     ``exact``: obj id -> given detection whose bbox and mask are copied unchanged (keyframes).
-    ``confidences``: obj id -> confidence (see :func:`deaot_core.video.mean_confidences`).
+    ``confidences``: obj id -> confidence (see :func:`deaot_core.propagation.mean_confidences`).
     ``given``: obj ids given on this (key)frame: confidence ``exact_confidence``.
     """
     from scipy import ndimage

@@ -47,7 +47,7 @@ from .propagation.plan import SamplePlan, check_distinct_fields, name_clip
 from .propagation.sample_path import propagate_sample
 from .propagation.trackers import TrackerFactory, TrackerPool
 from .propagation.video_pass import MemoryTarget
-from .video import VideoError, open_video
+from .video_io import VideoError, open_video
 from .weights import resolve_checkpoint, resolve_device, weights_identity
 
 log = logging.getLogger(__name__)

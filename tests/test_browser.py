@@ -43,7 +43,7 @@ def small_dataset(tmp_path):
     import fiftyone as fo
     from conftest import synthetic_label_maps
     from deaot_vos.demo import synthetic_frames
-    from deaot_vos.video import video_metadata, write_mp4
+    from deaot_vos.video_io import video_metadata, write_mp4
     from helpers import detection
 
     maps = synthetic_label_maps(NUM_FRAMES, height=96, width=160, objects=2)
@@ -208,7 +208,7 @@ def demo_dataset(tmp_path):
     import fiftyone as fo
     from deaot_vos.demo import build_dataset
     from deaot_vos.evaluation import evaluate_vos
-    from deaot_vos.review import suggest_keyframes
+    from deaot_vos.suggestions import suggest_keyframes
 
     dataset = build_dataset(DEMO, real_clips=True, workdir=tmp_path)
     evaluate_vos(dataset, "keyframes", "ground_truth", eval_key=EVAL_KEY, extra_objects="ignore")

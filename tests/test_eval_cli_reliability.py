@@ -136,7 +136,7 @@ def test_evaluate_label_errors_name_sample_field_and_frame(name, which, frame, b
 
 
 def test_video_path_that_is_a_directory_is_named_a_directory(tmp_path):
-    from deaot_vos.video import VideoError, open_video
+    from deaot_vos.video_io import VideoError, open_video
 
     folder = tmp_path / "clip.mp4"
     folder.mkdir()

@@ -421,7 +421,7 @@ def test_every_frame_number_gets_its_own_frame(make_video, tiny_checkpoint):
 def test_prefetch_keeps_order_raises_in_place_and_stops_when_closed():
     import threading
 
-    from deaot_vos.video import prefetch
+    from deaot_vos.video_io import prefetch
 
     assert list(prefetch(iter(range(50)), depth=3)) == list(range(50))
 

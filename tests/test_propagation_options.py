@@ -58,7 +58,7 @@ def test_cli_arguments_are_declared_once():
 
 def test_video_frames_read_forward_and_backward_in_order(make_video):
     from deaot_vos.propagation.video_pass import FrameCursor, VideoFrames
-    from deaot_vos.video import open_video
+    from deaot_vos.video_io import open_video
 
     path, _ = make_video("frames", 20)
     cursor = FrameCursor()

@@ -12,7 +12,7 @@ import pytest
 
 from deaot_core import states as state_module
 from deaot_core.states import DirectoryStates
-from deaot_core.video import PropagationStats
+from deaot_core.propagation import PropagationStats
 from test_video_loop import assert_same_results, boxes, frames, model, run  # noqa: F401 (fixtures)
 
 REPO = Path(__file__).resolve().parents[1]

@@ -151,7 +151,7 @@ def test_review_signals_read_non_finite_confidence_and_agreement_as_zero():
     """The core rule behind the test above, for NaN and infinities, in one frame of two objects."""
     import numpy as np
 
-    from deaot_core.review import FrameReview, review_signals
+    from deaot_core.review_signals import FrameReview, review_signals
 
     label_map = np.zeros((8, 8), np.int64)
     label_map[:4, :4], label_map[4:, 4:] = 1, 2

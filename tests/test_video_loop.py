@@ -12,7 +12,7 @@ from deaot_core import Keyframe, Tracker, propagate_video
 from deaot_core.fusion import forward_weight, fuse
 from deaot_core.schedule import Schedule
 from deaot_core.states import DirectoryStates, MemoryStates
-from deaot_core.video import PropagationStats
+from deaot_core.propagation import PropagationStats
 
 T, H, W = 14, 64, 96
 
@@ -178,7 +178,7 @@ def test_schedule_dependencies():
 
 
 def test_review_scores_flag_a_vanishing_object_and_a_scene_cut():
-    from deaot_core.review import FrameReview, colour_cut_scores, review_scores, review_signals, top_frames
+    from deaot_core.review_signals import FrameReview, colour_cut_scores, review_scores, review_signals, top_frames
 
     frames = []
     for t in range(8):

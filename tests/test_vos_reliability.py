@@ -27,7 +27,7 @@ H, W = 48, 64
 
 
 def video_metadata(path):
-    from deaot_vos.video import video_metadata as decord_metadata  # decord: no ffprobe needed
+    from deaot_vos.video_io import video_metadata as decord_metadata  # decord: no ffprobe needed
 
     return decord_metadata(path)
 
@@ -86,7 +86,7 @@ def _drop(*names):
 def test_youtube_unpadded_frame_names_are_ordered_by_number(tmp_path):
     """``0.jpg ... 11.jpg``: frame n is the JPEG numbered n - 1 and ``5.png`` lands on frame 6 (text
     order put it on frame 8)."""
-    from deaot_vos.video import VideoReader
+    from deaot_vos.video_io import VideoReader
     from deaot_vos.formats.vos import import_vos
 
     root = tmp_path / "yt"

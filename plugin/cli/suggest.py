@@ -1,4 +1,4 @@
-"""``suggest``: where to label next (:func:`deaot_vos.review.suggest_keyframes`)::
+"""``suggest``: where to label next (:func:`deaot_vos.suggestions.suggest_keyframes`)::
 
     python -m deaot_vos suggest --dataset NAME --output-field F [--score-field S] [--top N] [--spacing N] \
         [--no-scene-cuts] [--sample-id ID ...] [--json]
@@ -14,7 +14,7 @@ import sys
 
 from ..propagation import cancel_on_signals
 from ..reporting import tqdm_progress
-from ..review import SuggestionCancelled, suggest_keyframes
+from ..suggestions import SuggestionCancelled, suggest_keyframes
 from .common import database_unreachable, error_line, load_view
 
 

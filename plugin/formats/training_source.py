@@ -34,7 +34,7 @@ from deaot_core.data.synthetic import Clip, clip_rng, relabel_from_reference, st
 
 from ..fields import describe_sample, frame_field_name, frame_size, mask_targets_for, root_dataset
 from ..label_frames import IdMaps, parse_id_maps, read_label_frames, renumber_ids
-from ..video import open_video
+from ..video_io import open_video
 
 log = logging.getLogger(__name__)
 

@@ -54,7 +54,7 @@ from ..fields import (check_label_field, check_sequence_name, describe_sample, f
                       root_dataset, sample_sequence_names)
 from ..label_frames import id_map_to_detections, read_id_maps
 from ..overwrite import NeedsOverwrite
-from ..video import VideoReader, open_video, video_metadata, write_mp4
+from ..video_io import VideoReader, open_video, video_metadata, write_mp4
 
 __all__ = ["LAYOUTS", "LABEL_TYPES", "VOSFormatError", "davis_palette", "write_annotation", "read_annotation",
            "check_sequence_name", "export_vos", "import_vos", "detect_layout", "detect_resolution", "list_sequences",

@@ -6,7 +6,7 @@ Modules, by concept:
 - :mod:`.plan`: the checks done once before anything is written (fields, weights);
 - :mod:`.sample_path`: the per-video path every entry point takes (keyframes with marks, the
   checks of each sample, out-of-memory retries): :func:`.sample_path.propagate_sample`;
-- :mod:`.video_pass`: one video through :func:`deaot_core.video.propagate_video`, to labels;
+- :mod:`.video_pass`: one video through :func:`deaot_core.propagation.propagate_video`, to labels;
 - :mod:`.writer`: buffered bulk writes on a worker thread;
 - :mod:`.staging`: how labels reach the output (local swap, or a queued job's per-video commit);
 - :mod:`.journal`: output-field claims and the swap journal;

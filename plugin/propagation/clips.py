@@ -81,7 +81,7 @@ def check_overlaps(rows) -> None:
 
 class ClipFrames:
     """Frames ``first..last`` (1-based) of an opened video as a video of their own: frame 1 is
-    ``first``; the interface of :class:`deaot_vos.video.VideoReader` that the video pass uses."""
+    ``first``; the interface of :class:`deaot_vos.video_io.VideoReader` that the video pass uses."""
 
     def __init__(self, video, first: int, last: int):
         self.video, self.offset = video, first - 1

@@ -5,7 +5,7 @@ import os
 
 from ..labels import KeyframeError
 from ..overwrite import NeedsOverwrite
-from ..video import VideoError
+from ..video_io import VideoError
 
 
 class OutputExistsError(NeedsOverwrite, ValueError):

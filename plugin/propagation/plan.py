@@ -13,7 +13,7 @@ import fiftyone as fo
 from ..fields import mask_targets_for, root_dataset
 from ..labels import KEYFRAME_TYPES, Keyframe, KeyframeError, ObjectRegistry, parse_keyframe
 from ..weights import resolve_checkpoint, resolve_device
-from ..video import VideoError
+from ..video_io import VideoError
 from .clips import Clip, is_clip_view
 from .errors import OutputExistsError
 from .options import PropagationOptions

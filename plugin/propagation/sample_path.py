@@ -19,7 +19,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from ..label_frames import keep_marked_keyframes, read_label_frames
-from ..video import VideoError, open_video
+from ..video_io import VideoError, open_video
 from .cancel import PropagationCancelled
 from .clips import check_overlaps, clip_frames, view_rows
 from .errors import NoKeyframesError, add_context, error_text

@@ -1,4 +1,4 @@
-"""One video through the tracker: open it, run :func:`deaot_core.video.propagate_video` on
+"""One video through the tracker: open it, run :func:`deaot_core.propagation.propagate_video` on
 its parsed keyframes, turn each frame's result into FiftyOne labels and write them as they
 come (:func:`run_video`: one attempt; :mod:`.sample_path` retries out-of-memory failures).
 
@@ -19,10 +19,10 @@ import torch
 
 from deaot_core import TrackerOptions
 from deaot_core.states import DirectoryStates, StateStore
-from deaot_core.video import FrameResult, Keyframe as CoreKeyframe, PropagationStats, propagate_video
+from deaot_core.propagation import FrameResult, Keyframe as CoreKeyframe, PropagationStats, propagate_video
 
 from ..labels import mask_to_detections, mask_to_segmentation
-from ..video import VideoReader, open_video, prefetch
+from ..video_io import VideoReader, open_video, prefetch
 from .clips import clip_frames
 from .plan import SamplePlan
 from .writer import FrameLabelWriter
@@ -128,7 +128,7 @@ class PassResult:
 
 
 class VideoFrames:
-    """A :class:`deaot_core.video.FrameSource` over a decord reader (or a clip of one,
+    """A :class:`deaot_core.propagation.FrameSource` over a decord reader (or a clip of one,
     :class:`.clips.ClipFrames`): 0-based indexes, read sequentially (backward in forward-decoded
     chunks) and prefetched on a thread. Each frame handed over sets ``cursor.frame`` to its
     video frame number (the frame being computed; a clip's frame + ``offset``)."""
@@ -277,7 +277,7 @@ def sample_labels(tracker, sample: SamplePlan, reader: VideoReader, cursor: Fram
                   **passes) -> Iterator[tuple[int, FrameResult, Any, Any]]:
     """Propagate one sample (a clip: within its frames, from the keyframes inside it) and yield
     (video frame number, result, Detections, Segmentation or None) per frame computed.
-    ``reader``: the opened video; ``passes``: :func:`deaot_core.video.propagate_video`'s
+    ``reader``: the opened video; ``passes``: :func:`deaot_core.propagation.propagate_video`'s
     ``bidirectional``, ``previous`` (clip-local indexes), ``states``, ``provenance``, ``stats``."""
     frames, local = clip_frames(reader, sample.clip), sample.local()
     make_labels = LabelMaker(local, with_segmentation)

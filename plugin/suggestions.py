@@ -1,5 +1,5 @@
 """Where to label next, on the FiftyOne side: score every frame of a propagated output field with
-:func:`deaot_core.review.review_scores` and point the App at the best frames to label next.
+:func:`deaot_core.review_signals.review_scores` and point the App at the best frames to label next.
 
 :func:`suggest_keyframes` reads the output of :func:`deaot_vos.propagate` (every frame's
 ``fo.Detections`` carries ``deaot_keyframe`` and, on frames fused by a bidirectional run, each
@@ -26,12 +26,12 @@ import fiftyone.core.fields as fof
 from bson import ObjectId
 from fiftyone import ViewField as F
 
-from deaot_core.review import REVIEW_SIZE, FrameReview, colour_cut_scores, review_scores, top_frames
+from deaot_core.review_signals import REVIEW_SIZE, FrameReview, colour_cut_scores, review_scores, top_frames
 
 from .fields import LabelFieldError, check_label_field, describe_sample, frame_field_name, root_dataset
 from .label_frames import parse_id_maps, read_label_frames
 from .propagation.video_pass import AGREEMENT_ATTRIBUTE, KEYFRAME_ATTRIBUTE
-from .video import VideoError, open_video
+from .video_io import VideoError, open_video
 
 __all__ = ["suggest_keyframes", "check_suggestion", "SuggestionCancelled", "default_score_field", "top_view_name"]
 
@@ -196,7 +196,7 @@ def suggest_keyframes(sample_collection, output_field: str, score_field: Optiona
     wrong, and suggest the frames to label next.
 
     For each video of ``sample_collection`` (as the view shows it), frames 1..T (T from the video;
-    a frame without output counts as empty) get :func:`deaot_core.review.review_scores` in [0, 1];
+    a frame without output counts as empty) get :func:`deaot_core.review_signals.review_scores` in [0, 1];
     keyframes score 0; a NaN or infinite confidence is unknown and counts as 0 (the most doubtful).
     The scores go to the frame-level float field ``score_field`` (default ``<output>_review``) of
     the root dataset, in one bulk write after every video is scored: an
