@@ -39,6 +39,29 @@ def file_problem(path, what: str = "video") -> str | None:
     return f"{what} file not found: {path}"
 
 
+_DIGESTS: dict[tuple, str] = {}
+
+
+def file_digest(path) -> str | None:
+    """The sha256 of the file's content (None if it cannot be read). Cached per process by path,
+    size, inode and change times: replacing or rewriting the file (even keeping its size and
+    modification time) changes its ctime, so a stale digest is never returned."""
+    import hashlib
+
+    try:
+        stat = os.stat(path)
+        key = (os.path.abspath(path), stat.st_size, stat.st_ino, stat.st_mtime_ns, stat.st_ctime_ns)
+        if key not in _DIGESTS:
+            digest = hashlib.sha256()
+            with open(path, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(chunk)
+            _DIGESTS[key] = digest.hexdigest()
+        return _DIGESTS[key]
+    except OSError:
+        return None
+
+
 DECODE_THREADS = 1  # decoding runs on a prefetch thread beside the network; more threads only compete with it
 
 

@@ -11,7 +11,7 @@ from typing import Any, Iterable, Optional
 
 import fiftyone as fo
 
-from .journal import drop_temporary_field
+from .journal import describe_owner, drop_temporary_field, owner_alive, this_owner
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +49,13 @@ def refuse_if_active(dataset: fo.Dataset, fields: Iterable[Optional[str]]) -> No
     fields = [f for f in fields if f]
     for job in jobs_collection().find({"dataset_id": dataset._doc.id, "finalized": False,
                              "fields": {"$in": fields}}):
+        fail_dead_claims(job)
         if _ops_active(job.get("ops", [])):
             raise RuntimeError(f"a queued propagation (job {job['_id']}) into frame field(s) "
                                f"{', '.join(job['fields'])} of dataset '{dataset.name}' is still queued or running; "
                                f"wait for it, or mark its operations failed (fiftyone delegated fail ...)")
         log.warning("closing propagation job %s: none of its operations is queued or running", job["_id"])
+        job = jobs_collection().find_one({"_id": job["_id"]}) or job
         finalize_job(dataset, job, force=True)
 
 
@@ -77,7 +79,8 @@ class JobHandle:
         self.job = job
         self.id = job["_id"]
         self.stage_fields: dict[str, str] = dict(job["stage"])
-        self.worker = dict(host=socket.gethostname(), pid=os.getpid(), op=str(op_id) if op_id is not None else None)
+        self.worker = dict(host=socket.gethostname(), pid=os.getpid(), op=str(op_id) if op_id is not None else None,
+                           proc_start=this_owner()["proc_start"])
         self.mine: set[str] = set()
         self.settled: set[str] = set()
 
@@ -112,11 +115,42 @@ class JobHandle:
             if sid in self.mine or self.claim(sid):
                 row = (rows or {}).get(sid)
                 self.settle(sid, row or status, None if row else error)
+        fail_dead_claims(self.job)
         job = jobs_collection().find_one_and_update({"_id": self.id, "pending": {"$size": 0}, "finalized": False},
                                           {"$set": {"finalized": True, "finished_at": now()}})
         if job is not None:
             dataset = fo.load_dataset(job["dataset"])
             finalize_job(dataset, job)
+
+
+def fail_dead_claims(job: dict) -> None:
+    """Settle as failed the videos of ``job`` still marked running by a worker process of this
+    host that is gone (SIGKILLed, out of memory), and mark its delegated operation failed, so
+    the job can close and the failure shows in ``fiftyone delegated list``. Its staged values
+    never reached the output; the job's clean-up removes them."""
+    from bson import ObjectId
+    from fiftyone.operators.delegated import DelegatedOperationService
+    from fiftyone.operators.executor import ExecutionResult
+
+    current = jobs_collection().find_one({"_id": job["_id"]}) or {}
+    for sid, claim in (current.get("videos") or {}).items():
+        if claim.get("status") != "running" or claim.get("host") != socket.gethostname() or owner_alive(claim):
+            continue
+        error = f"the worker ({describe_owner(claim)}) died while propagating sample {sid}; nothing was written"
+        done = jobs_collection().find_one_and_update(
+            {"_id": job["_id"], f"videos.{sid}.status": "running", f"videos.{sid}.pid": claim.get("pid")},
+            {"$set": {f"videos.{sid}.status": "failed", f"videos.{sid}.error": error,
+                      f"videos.{sid}.finished_at": now()}, "$pull": {"pending": sid}})
+        if done is None or not claim.get("op"):
+            continue
+        log.warning("%s", error)
+        try:
+            service = DelegatedOperationService()
+            op = service.get(ObjectId(claim["op"]))
+            if str(op.run_state) in ACTIVE_STATES:
+                service.set_failed(op.id, result=ExecutionResult(error=error))
+        except Exception as err:  # best effort: the video is settled either way
+            log.warning("could not mark operation %s failed: %s", claim["op"], err)
 
 
 def finalize_job(dataset: fo.Dataset, job: dict, force: bool = False) -> None:

@@ -83,6 +83,14 @@ def _process_start(pid: int) -> Optional[str]:
         return None
 
 
+def _is_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] == b"Z"
+    except (OSError, IndexError):
+        return False
+
+
 def this_owner() -> dict[str, Any]:
     now = _now()
     return dict(host=socket.gethostname(), pid=os.getpid(), proc_start=_process_start(os.getpid()),
@@ -104,6 +112,8 @@ def owner_alive(owner: dict) -> bool:
         except PermissionError:
             pass
         except (OSError, ValueError):
+            return False
+        if _is_zombie(pid):  # killed, not yet reaped by its parent
             return False
         start = owner.get("proc_start")
         return start is None or _process_start(pid) in (None, start)

@@ -10,7 +10,6 @@ import bisect
 import contextlib
 import dataclasses
 import logging
-import os
 import time
 from typing import Any, Callable, Iterator, Optional, Sequence
 
@@ -22,7 +21,7 @@ from deaot_core.states import DirectoryStates, StateStore
 from deaot_core.propagation import FrameResult, Keyframe as CoreKeyframe, PropagationStats, propagate_video
 
 from ..labels import mask_to_detections, mask_to_segmentation
-from ..video_io import VideoReader, open_video, prefetch
+from ..video_io import VideoReader, file_digest, open_video, prefetch
 from .clips import clip_frames
 from .plan import SamplePlan
 from .writer import FrameLabelWriter
@@ -223,11 +222,7 @@ def video_provenance(tracker, sample: SamplePlan, target: PassTarget, reader: Vi
     """Everything a frame's result depends on besides its keyframes: weights, model, the
     tracker's options and device type, the fields written, the video file and, for a clip, its
     frames (``reader``: the frames propagated, a clip's own)."""
-    try:
-        stat = os.stat(sample.filepath)
-        file_identity = (stat.st_size, stat.st_mtime_ns)
-    except OSError:
-        file_identity = None
+    file_identity = file_digest(sample.filepath)  # content, not size and time: a replaced file is recomputed
     device = getattr(tracker, "device", None)
     options = getattr(tracker, "options", None)
     if isinstance(options, TrackerOptions):
