@@ -1,7 +1,7 @@
 """Command line of the FiftyOne side: ``deaot-vos SUBCOMMAND ...`` or ``python -m deaot_vos SUBCOMMAND ...``.
 
 Subcommands: ``propagate`` (also ``--queue``), ``demo``, ``evaluate``, ``compare``,
-``export-vos``, ``import-vos``, ``train``, ``suggest``; ``--help`` on each lists its options. Every
+``export-vos``, ``import-vos``, ``train``, ``suggest``, ``metadata``; ``--help`` on each lists its options. Every
 subcommand module adds its parser with ``set_defaults(handler=...)``; :func:`main` parses and
 calls the handler. Exit status 4 on any subcommand: the FiftyOne database cannot be reached (one
 line on stderr names it, without credentials).
@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 
-from . import demo, evaluation, formats, propagate, suggest, train
+from . import demo, evaluation, formats, metadata, propagate, suggest, train
 from .common import EXIT_DATABASE, database_error_line, database_unreachable
 
 
@@ -27,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     formats.add_parsers(sub)
     train.add_parser(sub)
     suggest.add_parser(sub)
+    metadata.add_parser(sub)
     return parser
 
 

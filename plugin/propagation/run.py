@@ -29,6 +29,7 @@ from typing import Any, Optional
 import fiftyone as fo
 
 from ..fields import root_dataset
+from ..metadata import fill_video_metadata
 from .cancel import ProgressCallback, PropagationCancelled
 from .errors import add_context, error_text
 from .options import PropagationOptions
@@ -119,7 +120,10 @@ def propagate(sample_collection, keyframes_field=None, output_field=None, *,
     check_video_collection(sample_collection, "; propagation needs videos")
     with contextlib.ExitStack() as stack:
         staging.open(stack, dataset, [options.output_field, options.write_segmentation], options.keyframes_field)
-        return _propagate_staged(sample_collection, dataset, options, staging, progress, start_time)
+        summary = _propagate_staged(sample_collection, dataset, options, staging, progress, start_time)
+    # the videos written to get the metadata they lack, so the App plays them without ffprobe
+    fill_video_metadata(dataset.select([row["id"] for row in summary["samples"] if row.get("status") == "ok"]))
+    return summary
 
 
 class _Progress:
