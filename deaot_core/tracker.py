@@ -12,7 +12,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .devices import IMAGE_MEAN, IMAGE_STD, PRECISIONS, check_precision, native_cpu_precision, resolve_device
+from .devices import (IMAGE_MEAN, IMAGE_STD, PRECISIONS, check_precision, device_fallbacks, native_cpu_precision,
+                      resolve_device)
 from .engine import GroupEngine
 from .modeling.model import VOSModel
 from .threads import ThreadGovernor
@@ -206,13 +207,14 @@ class Tracker:
 
     Args:
         model: a ``VOSModel`` (``deaot_core.build_model``) with weights loaded.
-        device: "cpu", "cuda", "cuda:1", ... or "auto" (:func:`deaot_core.resolve_device`).
+        device: "cpu", "cuda", "cuda:1", "mps" or "auto" (:func:`deaot_core.resolve_device`); what
+            ``mps`` lacks falls back with a ``RuntimeWarning`` (:func:`deaot_core.devices.device_fallbacks`).
         options: a :class:`TrackerOptions`; or give its fields as keyword arguments (they
             replace the fields of ``options`` when both are given). The fields:
         long_term_gap: frames between long-term memory frames (default: the variant's).
         max_long_term_frames: cap on long-term memory frames (None = unbounded, as official).
         max_short_edge / max_long_edge: the official resize limits (defaults: None / 1040).
-        precision: "fp32", or "fp16" / "bf16" autocast (CUDA and CPU). On CPUs with AMX, bf16 (with
+        precision: "fp32", or "fp16" / "bf16" autocast (CUDA, CPU, mps). On CPUs with AMX, bf16 (with
             channels-last) is the fast path (speed and agreement: BENCHMARKS.md). On a CPU without
             native kernels for it (:func:`native_cpu_precision`, e.g. AVX2-only) it is emulated,
             much slower than fp32: a ``RuntimeWarning`` says so.
@@ -258,19 +260,22 @@ class Tracker:
             options = options.replace(**option_values)
         self.options = options
         self.device = torch.device(resolve_device(device))
+        precision, use_compile, notes = device_fallbacks(self.device, options.precision, options.compile)
+        for note in notes:  # what the device lacks (mps) falls back, said once per tracker
+            warnings.warn(note, RuntimeWarning, stacklevel=2)
         channels_last = options.channels_last
         if channels_last is None:
             channels_last = options.precision != "fp32"
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.model = model.to(self.device, memory_format=self.memory_format).eval()
-        if options.compile:
+        if use_compile:
             self.model = _CompiledModel(self.model)
         self.cfg = model.cfg
         self.long_term_gap = int(options.long_term_gap or self.cfg.long_term_gap)
         self.short_term_skip = int(options.short_term_skip or self.cfg.short_term_skip)
         self.max_long_term_frames = options.max_long_term_frames
         self.max_short_edge, self.max_long_edge = options.max_short_edge, options.max_long_edge
-        self.precision = options.precision
+        self.precision = precision
         if self.device.type == "cpu" and not native_cpu_precision(self.precision):
             warnings.warn(f"precision={self.precision!r}: this CPU has no native {self.precision} kernels "
                           f"({torch.backends.cpu.get_cpu_capability()}), so it is emulated and runs about 10x "

@@ -4,10 +4,12 @@ from .evaluate_vos import EvaluateVOS
 from .jf_metrics import FMean, JFMean, JMean
 from .propagate_masks import PropagateMasks
 from .suggest_keyframes import SuggestKeyframes
+from .video_metadata import ComputeVideoMetadata
 from .vos_io_ops import ExportVOS, ImportVOS
 
 OPERATORS = (PropagateMasks, EvaluateVOS, CompareVOS, VOSComparePanel, ExportVOS, ImportVOS, JFMean, JMean, FMean,
-             SuggestKeyframes)
+             SuggestKeyframes, ComputeVideoMetadata)
 
 __all__ = ["OPERATORS", "PropagateMasks", "EvaluateVOS", "CompareVOS", "VOSComparePanel", "ExportVOS", "ImportVOS",
-           "JFMean", "JMean", "FMean", "SuggestKeyframes"]
+           "JFMean", "JMean", "FMean", "SuggestKeyframes",
+           "ComputeVideoMetadata"]

@@ -53,6 +53,7 @@ from fiftyone.utils.eval.base import BaseEvaluationMethod, BaseEvaluationMethodC
 from deaot_core.metrics.davis import STAT_KEYS, SUMMARY_KEYS, global_summary, official_csvs, sequence_metrics
 
 from .consistent_reads import read_consistently
+from .metadata import fill_video_metadata
 from .fields import (LabelFieldError, check_label_field, describe_sample, frame_size, mask_targets_for, root_dataset,
                      sequence_names)
 from .label_frames import read_id_maps, renumber_ids
@@ -490,6 +491,7 @@ def evaluate_vos(sample_collection, pred_field: str, gt_field: str = "ground_tru
     results = VOSEvaluationResults(sample_collection, config, eval_key, sequences, skipped=skipped, backend=method)
     if eval_key is not None:
         _write(sample_collection, dataset, method, eval_key, results, overwrite)
+        fill_video_metadata(sample_collection)  # a saved run: the App plays its videos without ffprobe
     log.info("evaluated %d video(s) (%d skipped) in %.1fs: J&F-Mean %.3f", len(sequences), len(skipped),
              time.time() - t0, results.summary()["J&F-Mean"])
     if progress is not None:

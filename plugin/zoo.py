@@ -31,7 +31,10 @@ PREFIX = "deaot/"
 DEMO_ZOO_NAME = PREFIX + "DeAOTT-synthetic-demo"
 MANIFEST_PATH = Path(__file__).resolve().parents[1] / "zoo" / "manifest.json"
 OFFICIAL_SOURCE = "https://github.com/yoxu515/aot-benchmark"
-PACKAGES = ["torch>=2.1", "torchvision>=0.16", "numpy>=1.24", "decord>=0.6", "fiftyone-deaot-vos"]
+#: the models' requirements: requirements.txt's lines (tests/test_zoo.py checks), all installable from
+#: the registry; the code comes from the installed packages or the @deaot/vos plugin (zoo/__init__.py)
+PACKAGES = ["torch>=2.1", "torchvision>=0.16", "numpy>=1.24", "decord2>=2.0|decord>=0.6", "opencv-python-headless>=4.5",
+            "tqdm>=4.40"]
 
 
 def variant_of(model_name: str) -> str:

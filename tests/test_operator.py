@@ -35,8 +35,9 @@ def video_dataset(make_video):
 
 def _snapshot(ds):
     """Every sample-level value, and every non-empty frame-level value by (sample, frame number),
-    except the output fields and modification times (new frame documents are expected)."""
-    fields = [f for f in ds.get_field_schema() if f not in ("last_modified_at", "frames")]
+    except the output fields, modification times (new frame documents are expected) and the
+    metadata (a run fills what is missing)."""
+    fields = [f for f in ds.get_field_schema() if f not in ("last_modified_at", "frames", "metadata")]
     samples = dict(zip(fields, ([repr(v) for v in vals] for vals in ds.values(fields))))
     frame_fields = [f for f in ds.get_frame_field_schema()
                     if f not in ("id", "created_at", "last_modified_at", "out", "seg")]
@@ -91,6 +92,7 @@ def test_execute_operator_end_to_end(video_dataset, tiny_checkpoint):
                     assert out[index].label == d.label and out[index].bounding_box == d.bounding_box
                     assert np.array_equal(out[index].mask, d.mask)
     assert _snapshot(ds) == before
+    assert ds.values("metadata.total_frame_count") == [12, 9], "the run fills the videos' missing metadata"
     assert sorted(ds.get_frame_field_schema()) == sorted(
         ["id", "frame_number", "created_at", "last_modified_at", "kf", "other", "out", "seg"])
 

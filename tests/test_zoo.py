@@ -161,3 +161,137 @@ def test_a_run_that_writes_nothing_says_why(zoo, make_video, tmp_path):
     with pytest.raises(NothingWrittenError, match=r"no keyframe with objects in 'frames.kf' \(clip frames 2-4\)"):
         no_keyframes.apply_model(model, label_field="out", prompt_field="frames.kf")
     assert "out" not in dataset.get_frame_field_schema()
+
+
+# -- install: registry packages only, decord2 or decord; the code from the plugin folder ----------
+
+@pytest.fixture
+def distributions(monkeypatch):
+    """``set({"decord": "0.6.0"})``: the video reader distributions FiftyOne's requirement checks
+    find (importlib.metadata answers for every other package as installed)."""
+    import eta.core.utils as etau
+
+    real = etau.metadata.version
+
+    def set_(present: dict[str, str]):
+        def version(name):
+            if name.lower() in ("decord", "decord2"):
+                if name.lower() not in present:
+                    raise etau.metadata.PackageNotFoundError(name)
+                return present[name.lower()]
+            return real(name)
+        monkeypatch.setattr(etau.metadata, "version", version)
+    return set_
+
+
+def test_requirements_install_from_the_registry_and_accept_decord2_or_decord(zoo, distributions):
+    import fiftyone.core.utils as fou
+    from eta.core.utils import PackageError
+    from deaot_vos import zoo as source
+
+    lines = [line.split("#", 1)[0].strip() for line in (REPO / "requirements.txt").read_text().splitlines()]
+    assert source.PACKAGES == [line for line in lines if line], "the zoo models need what the plugin needs"
+    assert not any(p.startswith("fiftyone") for p in source.PACKAGES), "the registry has no fiftyone-deaot-vos"
+    for present in ({"decord2": "3.4.0"}, {"decord": "0.6.0"}, {"decord": "0.6.0", "decord2": "2.0.0"}):
+        distributions(present)
+        # what `fiftyone plugins requirements @deaot/vos --ensure` and load_zoo_model check
+        fou.ensure_requirements(str(REPO / "requirements.txt"), error_level=0)
+        zoo.get_zoo_model(DEMO).ensure_requirements(error_level=0)
+    for absent in ({}, {"decord": "0.5.6"}):
+        distributions(absent)
+        with pytest.raises(PackageError, match="decord2>=2.0"):
+            fou.ensure_requirements(str(REPO / "requirements.txt"), error_level=0)
+        with pytest.raises(PackageError):
+            zoo.load_zoo_model(DEMO, cache=False, device="cpu")
+
+
+LOAD_FROM_PLUGIN = r"""
+import json, sys
+# this checkout is installed editable: take its finder away so that only the plugin folder has the code
+sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in getattr(f, "__module__", "") + repr(f)]
+import fiftyone as fo, fiftyone.zoo as foz
+fo.config.model_zoo_dir = sys.argv[1]
+model = foz.load_zoo_model("deaot/DeAOTT-synthetic-demo", cache=False, device="cpu", prompt_field="kf")
+import deaot_core, deaot_vos
+print(json.dumps(dict(packages=[deaot_core.__file__, deaot_vos.__file__], model=model.choice.model)))
+"""
+
+
+def test_the_source_loads_the_code_from_the_plugin_folder(zoo, tmp_path):
+    """Without the pip install, the zoo source imports our packages from the @deaot/vos plugin's
+    folder, wherever FiftyOne keeps it (here: a plugins dir holding this checkout)."""
+    import os
+    import subprocess
+    import sys
+    import fiftyone as fo
+
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "deaot-vos").symlink_to(REPO)
+    env = dict(os.environ, FIFTYONE_PLUGINS_DIR=str(plugins))
+    script = tmp_path / "load.py"
+    script.write_text(LOAD_FROM_PLUGIN)
+    done = subprocess.run([sys.executable, str(script), fo.config.model_zoo_dir], env=env, capture_output=True,
+                          text=True, cwd=tmp_path, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["model"] == "DeAOTT"
+    assert all(p.startswith(str(plugins / "deaot-vos")) for p in report["packages"]), report
+    env["FIFTYONE_PLUGINS_DIR"] = str(tmp_path / "no-plugins")
+    done = subprocess.run([sys.executable, str(script), fo.config.model_zoo_dir], env=env, capture_output=True,
+                          text=True, cwd=tmp_path, timeout=600)
+    assert done.returncode != 0 and "need the @deaot/vos plugin" in done.stderr
+
+
+# -- voxel51's "Apply zoo model" operator ----------------------------------------------------------
+
+def _fill(form, **choices) -> dict:
+    """The operator's ``remote_params``: each input's default, or ``choices`` (checked against an
+    enum's values), as the App sends them."""
+    params = {}
+    for name, prop in form.type.properties.items():
+        if type(prop.type).__name__ == "Void":  # a notice, not an input
+            continue
+        value = choices.get(name, prop.default)
+        values = getattr(prop.type, "values", None)
+        if values is not None and value is not None:
+            assert value in values, f"{name}: {value!r} not among {values}"
+        params[name] = value
+    return params
+
+
+def test_apply_zoo_model_operator_sequence_equals_propagate(zoo, make_video, torch_threads):
+    """What ``@voxel51/zoo/apply_zoo_model`` does with a remote model: the model's
+    ``resolve_input`` as its ``remote_params`` form, ``parse_parameters`` on the filled dict,
+    ``load_zoo_model(name, **params)``, then ``apply_model`` with its own arguments and no
+    prompt field. The masks equal ``deaot_vos.propagate``'s."""
+    import fiftyone as fo
+    from fiftyone.operators.executor import ExecutionContext
+    import deaot_vos
+
+    path, maps = make_video("operator", num_frames=10, objects=2)
+    dataset = _video_dataset(fo, path, maps, {2: [1], 6: [2]})
+    dataset.add_frame_field("gt", fo.EmbeddedDocumentField, embedded_doc_type=fo.Segmentation)
+    deaot_vos.propagate(dataset, "kf", "ref", device="cpu")
+
+    ctx = ExecutionContext(request_params=dict(dataset_name=dataset.name, view=[], params={}))
+    zoo_model = zoo.get_zoo_model(DEMO)
+    form = zoo_model.resolve_input(ctx)
+    fields = form.type.properties["keyframes_field"]
+    assert sorted(fields.type.values) == ["gt", "kf", "ref"] and fields.default == "kf" and fields.required
+    assert not form.invalid
+    params = _fill(form, device="cpu")
+    zoo_model.parse_parameters(ctx, params)
+    assert params["prompt_field"] == "frames.kf" and "keyframes_field" not in params
+    model = zoo.load_zoo_model(DEMO, **params)
+    dataset.apply_model(model, label_field="zoo", confidence_thresh=None, store_logits=False, batch_size=None,
+                        num_workers=0, skip_failures=True, output_dir=None, rel_dir=None)
+    got = _frames(dataset, "zoo")
+    assert sorted(got) == list(range(1, 11)) and got == _frames(dataset, "ref")
+
+    empty = fo.Dataset()
+    empty.add_sample(fo.Sample(filepath=path))
+    form = zoo_model.resolve_input(ExecutionContext(request_params=dict(dataset_name=empty.name, view=[], params={})))
+    assert form.invalid and "keyframes_field" not in form.type.properties
+    with pytest.raises(ValueError, match="choose the keyframes field"):
+        zoo_model.parse_parameters(ctx, {"device": "cpu"})

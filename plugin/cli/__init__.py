@@ -29,6 +29,8 @@ COMMANDS = {
     "import-vos": ("formats", "load a DAVIS or YouTube-VOS folder as a FiftyOne video dataset"),
     "demo": ("demo", "build the demo dataset and propagate its masks"),
     "train": ("train", "train or fine-tune a model on a FiftyOne dataset's masks (or synthetic clips)"),
+    "metadata": ("metadata", "fill the videos' missing metadata with our decoder (so the App plays them without "
+                             "ffmpeg)"),
 }
 
 

@@ -31,6 +31,7 @@ import fiftyone as fo
 
 from ..fields import root_dataset
 from ..mask_targets import merge_mask_targets, segmentation_targets
+from ..metadata import fill_video_metadata
 from .cancel import ProgressCallback, PropagationCancelled
 from .options import PropagationOptions
 from .plan import RunPlan, SamplePlan, check_video_collection, plan_run
@@ -123,7 +124,11 @@ def propagate(sample_collection, keyframes_field=None, output_field=None, *,
     check_video_collection(sample_collection, "; propagation needs videos")
     with contextlib.ExitStack() as stack:
         staging.open(stack, dataset, [options.output_field, options.write_segmentation], options.keyframes_field)
-        return _propagate_staged(sample_collection, dataset, options, staging, progress, start_time, tracker_factory)
+        summary = _propagate_staged(sample_collection, dataset, options, staging, progress, start_time,
+                                    tracker_factory)
+    # the videos written get the metadata they lack, so the App plays them without ffprobe
+    fill_video_metadata(dataset.select([row["id"] for row in summary["samples"] if row.get("status") == "ok"]))
+    return summary
 
 
 class _Progress:
