@@ -2,7 +2,7 @@
 
 FiftyOne's ``compute_metadata`` runs ffprobe; without it a video sample keeps no metadata and
 the App refuses to play it. :func:`fill_video_metadata` reads the same fields with decord
-(:func:`deaot_vos.video.video_metadata`) for the samples that lack them.
+(:func:`deaot_vos.video_io.video_metadata`) for the samples that lack them.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Callable, Optional
 import fiftyone as fo
 
 from .fields import describe_sample, root_dataset
-from .video import VideoError, video_metadata
+from .video_io import VideoError, video_metadata
 
 #: what the App needs of a video's metadata
 REQUIRED = ("frame_width", "frame_height", "frame_rate", "total_frame_count")
