@@ -66,7 +66,8 @@ def app(artifacts, fiftyone_db):
     (conftest.py's FIFTYONE_PLUGINS_DIR), launched but not yet waited for (it boots while the
     dataset is made), and Chromium. Chromium is checked first."""
     chromium, chromedriver = require_chromium()
-    server = AppServer(artifacts / "app-server.log", env={"FIFTYONE_ALLOW_LEGACY_ORCHESTRATORS": "true"})
+    server = AppServer(artifacts / "app-server.log", env={"FIFTYONE_ALLOW_LEGACY_ORCHESTRATORS": "true",
+                                                         "PATH": _path_without_ffmpeg()})
     try:
         server.launch()
         browser = Browser(chromium, chromedriver, artifacts, server)
@@ -78,10 +79,22 @@ def app(artifacts, fiftyone_db):
         server.stop()
 
 
-def _open_dataset(server, browser, name: str = DATASET, query: str = "") -> None:
+def _path_without_ffmpeg() -> str:
+    """This PATH without the folders that hold an ffmpeg or ffprobe: the App server runs as on a
+    machine without them (FiftyOne does not install them)."""
+    import os
+
+    folders = os.environ.get("PATH", "").split(os.pathsep)
+    return os.pathsep.join(f for f in folders
+                           if not any(os.path.exists(os.path.join(f, b)) for b in ("ffmpeg", "ffprobe")))
+
+
+def _open_dataset(server, browser, name: str = DATASET, query: str = "",
+                  ready: str = data_cy("checkbox-frames.keyframes")) -> None:
+    """Open dataset ``name`` once ``ready`` (an XPath) shows, and dismiss the App's popover."""
     server.wait_ready()
     browser.driver.get(f"{server.url}/datasets/{name}{query}")
-    browser.visible(data_cy("checkbox-frames.keyframes"), timeout=90)
+    browser.visible(ready, timeout=90)
     # the App's one-time "Explore Enterprise" popover (a fresh profile always gets it) covers the
     # page until dismissed, as a user would; a FiftyOne without it costs this wait only
     from selenium.common.exceptions import TimeoutException
@@ -315,3 +328,57 @@ def _open_evaluation(server, browser) -> None:
     browser.screenshot("8-evaluation-panel")
     text = browser.driver.find_element(By.TAG_NAME, "body").text
     assert "Operator Error" not in text and "unsupported" not in text, text[-1000:]
+
+
+# -- a user's own video without metadata ----------------------------------------------------------
+
+NO_METADATA = "t_browser_no_metadata"
+
+
+@pytest.fixture
+def video_without_metadata(tmp_path):
+    """A user's own H.264 video in a dataset, without the metadata FiftyOne's App needs."""
+    import fiftyone as fo
+    from conftest import synthetic_label_maps
+    from deaot_vos.demo import synthetic_frames
+    from deaot_vos.video_io import write_mp4
+
+    maps = synthetic_label_maps(NUM_FRAMES, height=96, width=160, objects=2)
+    path = tmp_path / "mine.mp4"
+    assert write_mp4(synthetic_frames(maps.astype(np.uint8)), path, fps=8) == "h264"
+    dataset = fo.Dataset(NO_METADATA)
+    dataset.add_sample(fo.Sample(filepath=str(path)))
+    yield dataset
+    if fo.dataset_exists(NO_METADATA):
+        fo.delete_dataset(NO_METADATA)
+
+
+def test_a_video_without_metadata_plays_after_the_metadata_command(app, video_without_metadata):
+    """Without ffmpeg the App cannot read a video's metadata itself; ``deaot-vos metadata`` fills
+    it with our decoder, and the video then shows in the grid and plays in the modal."""
+    import subprocess
+    import sys
+
+    from selenium.webdriver.common.by import By
+
+    server, browser = app
+    dataset = video_without_metadata
+    assert dataset.first().metadata is None
+    done = subprocess.run([sys.executable, "-m", "deaot_vos", "metadata", NO_METADATA], capture_output=True,
+                          text=True, timeout=300, env={**__import__("os").environ, "PATH": _path_without_ffmpeg()})
+    assert done.returncode == 0, done.stderr[-2000:]
+    dataset.reload()
+    metadata = dataset.first().metadata
+    assert (metadata.frame_width, metadata.frame_height, metadata.total_frame_count) == (160, 96, NUM_FRAMES)
+    with browser.step("no-metadata-grid"):
+        _open_dataset(server, browser, NO_METADATA, ready=TILE)
+        tiles = _tiles(browser, 1)
+        tiles[0].click()
+        browser.visible(data_cy("modal-looker-container"))
+        time.sleep(3)
+        browser.screenshot("9-no-metadata-modal")
+        text = browser.driver.find_element(By.TAG_NAME, "body").text
+        assert "ffmpeg" not in text.lower() and "error" not in text.lower(), text[-1000:]
+        image = _screenshot_image(browser, "9-no-metadata-modal")
+        box = browser.find_all(data_cy("modal-looker-container"))[0].rect
+        assert _distinct_hues(image, box) >= 2, "the modal shows no frame of the video"
