@@ -152,3 +152,100 @@ def test_cvat_round_trip_keeps_masks_and_keyframes(imported, tiny_checkpoint, tm
             ious.append((a & b).sum() / max((a | b).sum(), 1))
     print(f"polygon round trip: {len(ious)} objects, mean IoU {np.mean(ious):.3f}, min {np.min(ious):.3f}")
     assert len(ious) >= 2 * T and np.mean(ious) >= 0.85
+
+
+def _with_track(xml: str, track: str) -> str:
+    return xml.replace("</annotations>", track + "</annotations>")
+
+
+def _mask_track(track_id: int, frame: int, rle: str, left: int, top: int, width: int, height: int) -> str:
+    return (f'<track id="{track_id}" label="bad" source="manual"><mask frame="{frame}" keyframe="1" outside="0" '
+            f'occluded="0" rle="{rle}" left="{left}" top="{top}" width="{width}" height="{height}" z_order="0">'
+            f"</mask></track>")
+
+
+@pytest.mark.parametrize("track, problem", [
+    (_mask_track(3, 5, "4, 3, 2", 1, 1, 3, 3), None),  # the control: the same track, well-formed, imports
+    (_mask_track(3, 5, "4, 3, 3", 1, 1, 3, 3), "add up to 10 pixels, not width x height = 3 x 3 = 9"),
+    (_mask_track(3, 5, "4, -3, 8", 1, 1, 3, 3), "a run length is negative"),
+    (_mask_track(3, 5, "4, 3, 2", 94, 1, 3, 3), "leaves the 96x64 video frame"),
+    (_mask_track(3, 5, "4, x, 2", 1, 1, 3, 3), "bad rle"),
+    (_mask_track(3, 5, "4, 3, 2", 1, 1, 3, 3).replace(' left="1"', ""), "has no 'left' attribute"),
+    (_mask_track(3, 12, "4, 3, 2", 1, 1, 3, 3), "the video has 10 frames"),
+])
+def test_a_bad_mask_shape_names_file_track_and_frame_and_writes_nothing(imported, track, problem):
+    from deaot_vos.formats.cvat import CVATMaskError, import_cvat_masks
+
+    ds, folder = imported
+    xml_path = os.path.join(folder, "labels", "clip.xml")
+    with open(xml_path) as f:
+        xml = _with_track(f.read(), track)
+    with open(xml_path, "w") as f:
+        f.write(xml)
+    if problem is None:
+        assert import_cvat_masks(ds, folder, "cvat_masks")["masks"] == 2
+        return
+    with pytest.raises(CVATMaskError) as err:
+        import_cvat_masks(ds, folder, "cvat_masks")
+    frame = 12 if "10 frames" in problem else 5
+    assert problem in str(err.value) and "clip.xml: track 3 ('bad'), frame " + str(frame) in str(err.value), err.value
+    assert "cvat_masks" not in ds.get_frame_field_schema()  # the good track 2 was not written either
+
+
+def test_masks_go_to_an_existing_detections_field_only(imported):
+    import fiftyone as fo
+    from deaot_vos.formats.cvat import CVATMaskError, import_cvat_masks
+
+    ds, folder = imported
+    with pytest.raises(CVATMaskError, match="'cvat_polylines' .* holds Polylines, not Detections"):
+        import_cvat_masks(ds, folder, "cvat_polylines")
+    sample = ds.first()
+    sample.frames[4]["masks"] = fo.Detections(detections=[fo.Detection(label="other", index=9,
+                                                                       bounding_box=[0, 0, .1, .1])])
+    sample.save()
+    for _ in range(2):  # importing twice replaces the mask (same index), the other label stays
+        import_cvat_masks(ds, os.path.join(folder, "labels", "clip.xml"), "masks")
+        assert sorted(d.index for d in ds.first().frames[4]["masks"].detections) == [2, 9]
+    with pytest.raises(CVATMaskError, match="no video of the collection named 'other.*'"):
+        shutil.copy(os.path.join(folder, "labels", "clip.xml"), os.path.join(folder, "labels", "other.xml"))
+        import_cvat_masks(ds, folder, "masks2")
+    assert "masks2" not in ds.get_frame_field_schema()
+
+
+def test_an_incremental_run_adds_the_polygons_without_recomputing(imported, tiny_checkpoint):
+    import deaot_vos
+
+    ds, _ = imported
+    run = dict(model="DeAOTT", checkpoint=tiny_checkpoint, device="cpu", incremental=True)
+    first, = deaot_vos.propagate(ds, "cvat_polylines", "deaot", **run)["samples"]
+    assert first["frames_recomputed"] == T and "deaot_polygons" not in ds.get_frame_field_schema()
+    second, = deaot_vos.propagate(ds, "cvat_polylines", "deaot", write_polylines="deaot_polygons", **run)["samples"]
+    assert (second["frames_recomputed"], second["frames_reused"]) == (0, T), second
+    for frame in ds.first().frames.values():
+        polygons = frame["deaot_polygons"].polylines
+        assert sorted(p.index for p in polygons) == sorted(d.index for d in frame["deaot"].detections)
+        assert {p.keyframe for p in polygons} == {frame.frame_number - 1 in KEYFRAMES}
+    with pytest.raises(ValueError, match="must be different fields"):
+        deaot_vos.propagate(ds, "cvat_polylines", "deaot", write_polylines="cvat_polylines", **run)
+
+
+def _polygons(ds, field):
+    return [[(p.index, p.keyframe, p.points) for p in (frame.polylines if frame else [])]
+            for frame in ds.values(f"frames.{field}")[0]]
+
+
+def test_apply_model_returns_the_same_polygons(imported, tiny_checkpoint):
+    import deaot_vos
+    from deaot_vos.zoo_model import build_video_model
+
+    ds, _ = imported
+    deaot_vos.propagate(ds, "cvat_polylines", "deaot", write_polylines="deaot_polygons", model="DeAOTT",
+                        checkpoint=tiny_checkpoint, device="cpu")
+    model = build_video_model("DeAOTT", checkpoint=tiny_checkpoint, device="cpu", polylines=True)
+    with pytest.raises(ValueError, match="must be different fields"):
+        ds.apply_model(model, label_field={"detections": "zoo", "polylines": "cvat_polylines"},
+                       prompt_field="frames.cvat_polylines")
+    ds.apply_model(model, label_field={"detections": "zoo", "polylines": "zoo_polygons"},
+                   prompt_field="frames.cvat_polylines")
+    expected = _polygons(ds, "deaot_polygons")
+    assert len(expected) == T and all(expected) and _polygons(ds, "zoo_polygons") == expected
