@@ -249,3 +249,22 @@ def test_apply_model_returns_the_same_polygons(imported, tiny_checkpoint):
                    prompt_field="frames.cvat_polylines")
     expected = _polygons(ds, "deaot_polygons")
     assert len(expected) == T and all(expected) and _polygons(ds, "zoo_polygons") == expected
+
+
+def test_the_command_line_imports_the_masks_or_names_the_bad_shape(imported, capsys):
+    from deaot_vos.cli import main
+
+    ds, folder = imported
+    xml_path = os.path.join(folder, "labels", "clip.xml")
+    with open(xml_path) as f:
+        good = f.read()
+    with open(xml_path, "w") as f:
+        f.write(_with_track(good, _mask_track(3, 5, "4, 3, 3", 1, 1, 3, 3)))
+    assert main(["import-cvat-masks", "--dataset", ds.name, "--xml", folder, "--label-field", "m"]) == 1
+    assert "clip.xml: track 3 ('bad'), frame 5 (FiftyOne frame 6): bad rle" in capsys.readouterr().err
+    assert "m" not in ds.get_frame_field_schema()
+    with open(xml_path, "w") as f:
+        f.write(good)
+    assert main(["import-cvat-masks", "--dataset", ds.name, "--xml", xml_path, "--label-field", "m"]) == 0
+    assert "added 1 mask(s) on 1 frame(s) of 1 video(s) to 'm'" in capsys.readouterr().out
+    assert ds.count("frames.m.detections") == 1
