@@ -268,3 +268,27 @@ def test_the_command_line_imports_the_masks_or_names_the_bad_shape(imported, cap
     assert main(["import-cvat-masks", "--dataset", ds.name, "--xml", xml_path, "--label-field", "m"]) == 0
     assert "added 1 mask(s) on 1 frame(s) of 1 video(s) to 'm'" in capsys.readouterr().out
     assert ds.count("frames.m.detections") == 1
+
+
+def test_a_queued_job_writes_the_polygons_and_an_existing_field_needs_overwrite(imported, tiny_checkpoint):
+    import fiftyone as fo
+    import deaot_vos
+    from deaot_vos.propagation import PropagationOptions, queue_propagation, run_task
+
+    ds, _ = imported
+    options = dict(write_polylines="deaot_polygons", model="DeAOTT", checkpoint=tiny_checkpoint, device="cpu")
+    queued = queue_propagation(ds, "cvat_polylines", "deaot", **options)
+    summary = run_task(ds, queued["job"], ds.values("id"),
+                       options=PropagationOptions(keyframes_field="cvat_polylines", output_field="deaot", **options))
+    assert summary["samples"][0]["status"] == "ok", summary
+    ds.reload()
+    assert not [name for name in ds.get_frame_field_schema() if "deaot_polygons" in name and name != "deaot_polygons"]
+    flags = [{p.keyframe for p in frame.polylines} for frame in ds.values("frames.deaot_polygons")[0]]
+    assert flags == [{n - 1 in KEYFRAMES} for n in range(1, T + 1)]
+    with pytest.raises(deaot_vos.OutputExistsError, match="'deaot_polygons' already exists") as err:
+        deaot_vos.propagate(ds, "cvat_polylines", "deaot2", **options)
+    assert err.value.field == "deaot_polygons" and "deaot2" not in ds.get_frame_field_schema()
+    ds.add_frame_field("not_polygons", fo.EmbeddedDocumentField, embedded_doc_type=fo.Detections)
+    with pytest.raises(ValueError, match="'not_polygons' exists with type Detections, not Polylines"):
+        deaot_vos.propagate(ds, "cvat_polylines", "deaot", **{**options, "write_polylines": "not_polygons"},
+                            overwrite=True)
