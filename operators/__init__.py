@@ -1,5 +1,6 @@
 """Thin FiftyOne operators of the ``@deaot/vos`` plugin; the work is done in ``plugin/``."""
 from .compare_panel import CompareVOS, VOSComparePanel
+from .cvat_ops import ImportCVATMasks
 from .evaluate_vos import EvaluateVOS
 from .jf_metrics import FMean, JFMean, JMean
 from .propagate_masks import PropagateMasks
@@ -7,7 +8,7 @@ from .suggest_keyframes import SuggestKeyframes
 from .vos_io_ops import ExportVOS, ImportVOS
 
 OPERATORS = (PropagateMasks, EvaluateVOS, CompareVOS, VOSComparePanel, ExportVOS, ImportVOS, JFMean, JMean, FMean,
-             SuggestKeyframes)
+             SuggestKeyframes, ImportCVATMasks)
 
 __all__ = ["OPERATORS", "PropagateMasks", "EvaluateVOS", "CompareVOS", "VOSComparePanel", "ExportVOS", "ImportVOS",
-           "JFMean", "JMean", "FMean", "SuggestKeyframes"]
+           "JFMean", "JMean", "FMean", "SuggestKeyframes", "ImportCVATMasks"]

@@ -292,3 +292,24 @@ def test_a_queued_job_writes_the_polygons_and_an_existing_field_needs_overwrite(
     with pytest.raises(ValueError, match="'not_polygons' exists with type Detections, not Polylines"):
         deaot_vos.propagate(ds, "cvat_polylines", "deaot", **{**options, "write_polylines": "not_polygons"},
                             overwrite=True)
+
+
+def test_the_operator_imports_the_masks_or_names_the_bad_shape(imported):
+    import fiftyone.operators as foo
+
+    ds, folder = imported
+    xml_path = os.path.join(folder, "labels", "clip.xml")
+    with open(xml_path) as f:
+        good = f.read()
+    with open(xml_path, "w") as f:
+        f.write(_with_track(good, _mask_track(3, 5, "4, 3, 2", 94, 1, 3, 3)))
+    with pytest.raises(Exception, match=r"track 3 \('bad'\), frame 5 .*leaves the 96x64 video frame"):
+        foo.execute_operator("@deaot/vos/import_cvat_masks", dict(dataset=ds, view=ds.view(), params=dict(
+            xml_path=folder, label_field="op_masks")))
+    assert "op_masks" not in ds.get_frame_field_schema()
+    with open(xml_path, "w") as f:
+        f.write(good)
+    result = foo.execute_operator("@deaot/vos/import_cvat_masks", dict(dataset=ds, view=ds.view(), params=dict(
+        xml_path=folder, label_field="op_masks")))
+    assert result.result == dict(samples=1, masks=1, frames=1)
+    assert ds.first().frames[4]["op_masks"].detections[0].index == 2
