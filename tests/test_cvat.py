@@ -313,3 +313,19 @@ def test_the_operator_imports_the_masks_or_names_the_bad_shape(imported):
         xml_path=folder, label_field="op_masks")))
     assert result.result == dict(samples=1, masks=1, frames=1)
     assert ds.first().frames[4]["op_masks"].detections[0].index == 2
+
+
+def test_the_polygons_field_follows_the_output_rules(imported, tiny_checkpoint):
+    import deaot_vos
+    from deaot_vos.propagation.journal import TMP_SUFFIX
+
+    ds, _ = imported
+    with pytest.raises(ValueError, match="invalid write_polylines 'p_deaot_tmp': .* reserved"):
+        deaot_vos.PropagationOptions(keyframes_field="cvat_polylines", output_field="o", write_polylines="p" + TMP_SUFFIX)
+    # a cancelled run leaves neither the output nor the polygons, nor a temporary field
+    with pytest.raises(deaot_vos.PropagationCancelled):
+        deaot_vos.propagate(ds, "cvat_polylines", "deaot", write_polylines="deaot_polygons", model="DeAOTT",
+                            checkpoint=tiny_checkpoint, device="cpu", write_every=2,
+                            progress=lambda fraction, label: "frame 6/" not in label)
+    ds.reload()
+    assert not [name for name in ds.get_frame_field_schema() if name.startswith("deaot")]
