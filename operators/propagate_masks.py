@@ -55,7 +55,8 @@ def _dropdown_widget(names) -> Widget:
     return widget
 
 
-_FIELD_PARAMS = ("keyframes_field", "output_field", "write_segmentation", "overwrite", "incremental")
+_FIELD_PARAMS = ("keyframes_field", "output_field", "write_segmentation", "write_polylines", "overwrite",
+                 "incremental")
 
 
 def _check_fields_inline(ctx, keyframes_default):
@@ -70,7 +71,7 @@ def _check_fields_inline(ctx, keyframes_default):
             return  # nothing to check against, or a bad name already shown
         try:
             check_fields(target_view(ctx), keyframes_field, options.output_field, options.write_segmentation,
-                         options.overwrite or options.incremental)
+                         options.overwrite or options.incremental, options.write_polylines)
         except OutputExistsError as err:
             bad = output if err.field == options.output_field else seg
             bad.invalid = True

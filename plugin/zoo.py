@@ -111,7 +111,7 @@ def download_model(model_name: str, model_path: str) -> None:
 
 def load_model(model_name: str, model_path: str, **kwargs) -> DeAOTVideoModel:
     """The :class:`DeAOTVideoModel` of ``model_name`` with the checkpoint at ``model_path``;
-    ``kwargs``: ``prompt_field``, ``segmentation``, ``device`` and the engine knobs
+    ``kwargs``: ``prompt_field``, ``segmentation``, ``polylines``, ``device`` and the engine knobs
     (:func:`deaot_vos.zoo_model.build_video_model`)."""
     if kwargs.get("checkpoint"):
         raise TypeError("a zoo model loads its own checkpoint; for another file use deaot_vos.zoo_model."

@@ -2,7 +2,8 @@
 
 ``DeAOTVideoModel`` is a ``fom.Model`` + ``fom.SamplesMixin`` with ``media_type == "video"``:
 ``predict(video_reader, sample)`` returns ``{frame_number: fo.Detections}`` (with
-``segmentation=True``: ``{frame_number: {"detections": ..., "segmentation": ...}}``), the same
+``segmentation=True`` and/or ``polylines=True``: ``{frame_number: {"detections": ...,
+"segmentation": ..., "polylines": ...}}``, the polygons as ``propagate``'s ``write_polylines``), the same
 labels as :func:`deaot_vos.propagate`: ``predict`` plans the sample and takes the same per-video
 path (:func:`deaot_vos.propagation.sample_path.propagate_sample`: keyframe marks, out-of-memory
 retries, label making), collecting the labels in memory. On a clip view (``to_clips``) a clip
@@ -46,7 +47,7 @@ from .propagation.options import PropagationOptions
 from .propagation.plan import SamplePlan, check_distinct_fields, name_clip
 from .propagation.sample_path import propagate_sample
 from .propagation.trackers import TrackerFactory, TrackerPool
-from .propagation.video_pass import MemoryTarget
+from .propagation.video_pass import MemoryTarget, frame_polylines
 from .video_io import VideoError, open_video
 from .weights import resolve_checkpoint, resolve_device, weights_identity
 
@@ -147,13 +148,14 @@ class DeAOTVideoModel(fom.Model, fom.SamplesMixin):
 
     ``options``: a :class:`deaot_vos.PropagationOptions` (model, checkpoint, device, engine knobs;
     ``keyframes_field`` is the default prompt field). ``segmentation``: also return a
-    ``fo.Segmentation`` label map per frame (pixel value = object ``index``).
+    ``fo.Segmentation`` label map per frame (pixel value = object ``index``); ``polylines``:
+    also return each object as one filled polygon (``fo.Polylines``, ``keyframe`` flags).
     ``tracker_factory``: how trackers are built (:class:`deaot_vos.propagation.trackers.TrackerPool`)."""
 
     def __init__(self, options: PropagationOptions, segmentation: bool = False,
-                 tracker_factory: Optional[TrackerFactory] = None):
+                 tracker_factory: Optional[TrackerFactory] = None, polylines: bool = False):
         fom.SamplesMixin.__init__(self)
-        self.options, self.segmentation = options, bool(segmentation)
+        self.options, self.segmentation, self.polylines = options, bool(segmentation), bool(polylines)
         self.device = resolve_device(options.device)
         self.choice = resolve_checkpoint(options.model, options.checkpoint)
         self._trackers = TrackerPool(self.choice, options, self.device, tracker_factory)
@@ -224,13 +226,13 @@ class DeAOTVideoModel(fom.Model, fom.SamplesMixin):
         """ValueError when the fields apply_model would store this model's labels in (``label_field``;
         with ``segmentation``: ``<label_field>_detections`` and ``_segmentation``, or the dict's
         names) include the prompt (keyframes) field: the keyframes would be overwritten."""
-        keys = ("detections", "segmentation")
+        keys, several = self._label_keys, self.segmentation or self.polylines
         if isinstance(label_field, dict):
-            outputs = [label_field.get(k, k) for k in keys] if self.segmentation else list(label_field.values())
+            outputs = [label_field.get(k, k) for k in keys] if several else list(label_field.values())
         elif label_field is None:
-            outputs = list(keys) if self.segmentation else []
+            outputs = list(keys) if several else []
         else:
-            outputs = [f"{label_field}_{k}" for k in keys] if self.segmentation else [label_field]
+            outputs = [f"{label_field}_{k}" for k in keys] if several else [label_field]
         try:
             check_distinct_fields(self.prompt_field, [str(name) for name in outputs],
                                   what="apply_model's label_field and prompt_field")
@@ -271,10 +273,24 @@ class DeAOTVideoModel(fom.Model, fom.SamplesMixin):
             self._failed.append(f"{plan.describe()}: {error_text(err, getattr(err, 'deaot_frame', None))}")
             raise
         self._done.append(sample.id)
-        labels = {number: dict(detections=dets, segmentation=seg) if self.segmentation else dets
-                  for number, (dets, seg) in sorted(target.labels.items())}
+        labels = {number: self._frame_labels(dets, seg) for number, (dets, seg) in sorted(target.labels.items())}
         self._note_segmentation(sample, plan, labels)
         return labels
+
+    @property
+    def _label_keys(self) -> tuple[str, ...]:
+        """The keys of each frame's labels dict (when more than the Detections are returned)."""
+        return ("detections",) + (("segmentation",) if self.segmentation else ()) + \
+            (("polylines",) if self.polylines else ())
+
+    def _frame_labels(self, detections, segmentation):
+        """One frame's return value: its Detections, or a dict with the other labels asked for."""
+        if not (self.segmentation or self.polylines):
+            return detections
+        labels = dict(detections=detections, segmentation=segmentation)
+        if self.polylines:
+            labels["polylines"] = frame_polylines(detections)
+        return {key: labels[key] for key in self._label_keys}
 
     @property
     def _run_options(self) -> PropagationOptions:
@@ -324,7 +340,7 @@ class DeAOTVideoModel(fom.Model, fom.SamplesMixin):
 
 
 def build_video_model(model: str, checkpoint: Optional[str] = None, prompt_field: Optional[str] = None,
-                      segmentation: bool = False, **knobs) -> DeAOTVideoModel:
+                      segmentation: bool = False, polylines: bool = False, **knobs) -> DeAOTVideoModel:
     """A :class:`DeAOTVideoModel` for the official ``model`` name with ``checkpoint`` (path or
     URL; None: :func:`deaot_vos.resolve_checkpoint`'s order), ``prompt_field`` as the default
     keyframes field and the settings ``knobs`` a zoo model takes
@@ -332,7 +348,7 @@ def build_video_model(model: str, checkpoint: Optional[str] = None, prompt_field
     unknown = sorted(set(knobs) - set(PropagationOptions.zoo_keywords()))
     if unknown:
         raise TypeError(f"unknown DeAOT zoo model argument(s) {', '.join(unknown)}; accepted: prompt_field, "
-                        f"segmentation, {', '.join(PropagationOptions.zoo_keywords())}")
+                        f"segmentation, polylines, {', '.join(PropagationOptions.zoo_keywords())}")
     keyframes = prompt_field[len("frames."):] if prompt_field and prompt_field.startswith("frames.") else prompt_field
     options = PropagationOptions(keyframes_field=keyframes, model=model, checkpoint=checkpoint, **knobs)
-    return DeAOTVideoModel(options, segmentation=segmentation)
+    return DeAOTVideoModel(options, segmentation=segmentation, polylines=polylines)

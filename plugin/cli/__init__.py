@@ -27,6 +27,8 @@ COMMANDS = {
     "compare": ("evaluation", "summary table of J&F evaluation runs"),
     "export-vos": ("formats", "write videos and masks as a DAVIS or YouTube-VOS folder"),
     "import-vos": ("formats", "load a DAVIS or YouTube-VOS folder as a FiftyOne video dataset"),
+    "import-cvat-masks": ("formats", "add the <mask> shapes of CVAT video XML to a dataset's frames (FiftyOne's CVAT "
+                                     "importer drops them)"),
     "demo": ("demo", "build the demo dataset and propagate its masks"),
     "train": ("train", "train or fine-tune a model on a FiftyOne dataset's masks (or synthetic clips)"),
     "metadata": ("metadata", "fill the videos' missing metadata with our decoder (so the App plays them without "

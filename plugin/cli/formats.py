@@ -1,14 +1,17 @@
-"""``export-vos`` and ``import-vos``: DAVIS / YouTube-VOS folders::
+"""``export-vos`` and ``import-vos``: DAVIS / YouTube-VOS folders; ``import-cvat-masks``: the
+``<mask>`` shapes of CVAT video XML into an imported dataset::
 
     deaot-vos export-vos --dataset NAME --label-field ground_truth --export-dir DIR [--layout davis|youtube]
     deaot-vos import-vos --dataset-dir DIR --name NAME [--layout auto|davis|youtube]
+    deaot-vos import-cvat-masks --dataset NAME --xml FILE_OR_DIR --label-field cvat_masks [--sample-id ID]
 """
 from __future__ import annotations
 
 import sys
 
+from ..formats.cvat import import_cvat_masks
 from ..formats.vos import export_vos, import_vos
-from .common import error_line, load_view
+from .common import error_line, load_dataset, load_view
 
 
 def add_parsers(sub) -> None:
@@ -36,6 +39,14 @@ def add_parsers(sub) -> None:
     p.add_argument("--resolution", default=None, help="DAVIS resolution folder (480p, ...); found automatically")
     p.add_argument("--overwrite", action="store_true", help="replace a dataset with this name")
     p.set_defaults(handler=run_import)
+
+    p = sub.add_parser("import-cvat-masks", help="add the <mask> shapes of CVAT video XML to a dataset's frames "
+                                                 "(FiftyOne's CVAT importer drops them)")
+    p.add_argument("--dataset", required=True, help="FiftyOne dataset name (the CVAT videos already imported)")
+    p.add_argument("--xml", required=True, help="a CVAT video XML, a folder of them, or a CVATVideoDataset folder")
+    p.add_argument("--label-field", default="cvat_masks", help="frame field for the masks (fo.Detections)")
+    p.add_argument("--sample-id", default=None, help="the sample of the XML (default: the video with its file name)")
+    p.set_defaults(handler=run_import_cvat_masks)
 
 
 def run_export(args) -> int:
@@ -65,4 +76,18 @@ def run_import(args) -> int:
         return 1
     print(f"dataset '{dataset.name}': {len(dataset)} videos, {dataset.count('frames.' + args.label_field)} "
           f"annotated frames in '{args.label_field}'")
+    return 0
+
+
+def run_import_cvat_masks(args) -> int:
+    dataset = load_dataset(args.dataset)
+    if dataset is None:
+        return 2
+    try:
+        summary = import_cvat_masks(dataset, args.xml, args.label_field, sample_id=args.sample_id)
+    except (ValueError, RuntimeError) as err:
+        print(error_line(err), file=sys.stderr)
+        return 1
+    print(f"added {summary['masks']} mask(s) on {summary['frames']} frame(s) of {summary['samples']} video(s) to "
+          f"'{args.label_field}'")
     return 0

@@ -39,7 +39,7 @@ from .errors import NoKeyframesError
 from .job_records import JobHandle, active_stage_fields, jobs_collection, now, refuse_if_active
 from .journal import TMP_SUFFIX, claim_fields, refuse_unowned_temporaries
 from .options import PropagationOptions
-from .plan import check_fields
+from .plan import check_fields, output_kinds
 from .run import propagate, resolve_options
 from .staging import JobCommit
 
@@ -76,7 +76,7 @@ def queue_propagation(sample_collection, keyframes_field=None, output_field=None
     if int(videos_per_task) < 1:
         raise ValueError(f"videos_per_task must be >= 1, got {videos_per_task!r}")
     dataset = root_dataset(sample_collection)
-    names = [options.output_field, options.write_segmentation]
+    names = [options.output_field, options.write_segmentation, options.write_polylines]
     # the fields are claimed while the job is set up; from then on the job document guards them
     with claim_fields(dataset, names):
         refuse_if_active(dataset, names)
@@ -89,7 +89,7 @@ def _check_queueable(sample_collection, dataset: fo.Dataset, options: Propagatio
     """The checks of the whole view before queueing; returns (normalised options, sample ids)."""
     keyframes_field, output_field, segmentation = check_fields(
         sample_collection, options.keyframes_field, options.output_field, options.write_segmentation,
-        options.overwrite)
+        options.overwrite, options.write_polylines)
     resolve_checkpoint(options.model, options.checkpoint, allow_random=options.allow_random_weights)
     sample_ids = sample_collection.values("id")
     if not sample_ids:
@@ -104,9 +104,7 @@ def _declare_fields(dataset: fo.Dataset, options: PropagationOptions, created: l
     """Declare the output fields that do not exist (into ``created``) and a staging field per
     output (``stage``: output -> staging field); only the queueing process changes the schema."""
     schema = dataset.get_frame_field_schema()
-    for final, kind in ((options.output_field, fo.Detections), (options.write_segmentation, fo.Segmentation)):
-        if final is None:
-            continue
+    for final, kind in output_kinds(options.output_field, options.write_segmentation, options.write_polylines):
         if final not in schema:
             dataset.add_frame_field(final, fo.EmbeddedDocumentField, embedded_doc_type=kind)
             created.append(final)

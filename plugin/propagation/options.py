@@ -29,7 +29,7 @@ from .option_specs import option
 
 DEFAULT_OUTPUT = "deaot"  # the operator's default output field
 _CORE_DEFAULTS = {f.name: f.default for f in dataclasses.fields(deaot_core.TrackerOptions)}
-_NAME_FIELDS = ("keyframes_field", "output_field", "write_segmentation")
+_NAME_FIELDS = ("keyframes_field", "output_field", "write_segmentation", "write_polylines")
 _UNSET = object()
 
 
@@ -94,6 +94,10 @@ class PropagationOptions:
     write_segmentation: Optional[str] = option(
         None, "Segmentation field (optional)", "also write a Segmentation label map (pixel value = object index) "
         "to this frame field", metavar="FIELD", shown=_APP_ONLY)
+    write_polylines: Optional[str] = option(
+        None, "Polygons field (optional)", "also write each object's mask as one filled polygon (Polylines with the "
+        "object's index, keyframe=True on the keyframes) to this frame field: the polygon tracks CVAT's video format "
+        "exports", metavar="FIELD", shown=_APP_ONLY)
     model: str = option(DEFAULT_MODEL, "Model", "official AOT/DeAOT variant", metavar="NAME", shown=_APP_ONLY)
     checkpoint: Optional[str] = option(
         None, "Checkpoint (optional)", "path or URL of the weights; default: the official file in the cache dir "
@@ -164,8 +168,9 @@ class PropagationOptions:
 
     @property
     def output_fields(self) -> list[str]:
-        """The frame fields this run writes: the output field, then the segmentation field if any."""
-        return [f for f in (self.output_field, self.write_segmentation) if f]
+        """The frame fields this run writes: the output field, then the segmentation and the
+        polygons fields if any."""
+        return [f for f in (self.output_field, self.write_segmentation, self.write_polylines) if f]
 
     def replace(self, **changes) -> "PropagationOptions":
         """A copy with ``changes`` applied (and validated); this object when nothing changes."""

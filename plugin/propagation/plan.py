@@ -45,7 +45,7 @@ def _check_keyframes_field(dataset: fo.Dataset, schema: dict, keyframes_field: s
 
 
 def check_distinct_fields(keyframes_field: str, output_fields: list[str],
-                          what: str = "keyframes_field, output_field and write_segmentation") -> None:
+                          what: str = "keyframes_field, output_field, write_segmentation and write_polylines") -> None:
     """ValueError unless the keyframes field and the output fields are all different fields
     (the output would overwrite the keyframes); names with or without ``frames.``."""
     def bare(name: str) -> str:
@@ -57,8 +57,17 @@ def check_distinct_fields(keyframes_field: str, output_fields: list[str],
                          f"output into the keyframes field would overwrite the keyframes")
 
 
+def output_kinds(output_field: str, write_segmentation: str | None = None,
+                 write_polylines: str | None = None) -> list[tuple[str, type]]:
+    """(field, label type) of each output a run writes: the Detections, then the optional
+    Segmentation and Polylines fields."""
+    return [(name, kind) for name, kind in ((output_field, fo.Detections), (write_segmentation, fo.Segmentation),
+                                            (write_polylines, fo.Polylines)) if name]
+
+
 def check_fields(sample_collection, keyframes_field: str, output_field: str,
-                 write_segmentation: str | None = None, overwrite: bool = False) -> tuple[str, str, str | None]:
+                 write_segmentation: str | None = None, overwrite: bool = False,
+                 write_polylines: str | None = None) -> tuple[str, str, str | None]:
     """Validate the fields' types and that they differ; the names are as
     :class:`PropagationOptions` normalised them (no ``frames.`` prefix). Returns them as
     (keyframes, output, segmentation).
@@ -71,9 +80,9 @@ def check_fields(sample_collection, keyframes_field: str, output_field: str,
         raise ValueError("keyframes_field and output_field are required")
     schema = dataset.get_frame_field_schema()
     _check_keyframes_field(dataset, schema, keyframes_field)
-    names = [output_field] + ([write_segmentation] if write_segmentation else [])
-    check_distinct_fields(keyframes_field, names)
-    for name, kind in ((output_field, fo.Detections), (write_segmentation, fo.Segmentation)):
+    outputs = output_kinds(output_field, write_segmentation, write_polylines)
+    check_distinct_fields(keyframes_field, [name for name, _ in outputs])
+    for name, kind in outputs:
         if name is None or name not in schema:
             continue
         if not overwrite:
@@ -197,7 +206,8 @@ def plan_run(sample_collection, dataset: fo.Dataset, options: PropagationOptions
     """Check the fields (``overwrite``: existing outputs may be replaced), the group slice and
     the weights; returns the plan without its samples (:func:`.sample_path.check_samples` adds them)."""
     keyframes_field, output_field, segmentation = check_fields(
-        sample_collection, options.keyframes_field, options.output_field, options.write_segmentation, overwrite)
+        sample_collection, options.keyframes_field, options.output_field, options.write_segmentation, overwrite,
+        options.write_polylines)
     check_group_slices(sample_collection, dataset)
     check_clip_view_fields(sample_collection, keyframes_field)
     device = resolve_device(options.device)

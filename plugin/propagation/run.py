@@ -34,7 +34,7 @@ from ..mask_targets import merge_mask_targets, segmentation_targets
 from ..metadata import fill_video_metadata
 from .cancel import ProgressCallback, PropagationCancelled
 from .options import PropagationOptions
-from .plan import RunPlan, SamplePlan, check_video_collection, plan_run
+from .plan import RunPlan, SamplePlan, check_video_collection, output_kinds, plan_run
 from .sample_path import SampleResult, check_samples, propagate_sample, summary_row
 from .staging import LocalSwap, Staging
 from .trackers import TrackerFactory, TrackerPool
@@ -87,6 +87,10 @@ def propagate(sample_collection, keyframes_field=None, output_field=None, *,
             ``test_flip``; the probabilities are averaged. Default: one pass at scale 1
         write_segmentation: optional frame field for a ``fo.Segmentation`` label map whose
             values are the objects' ``index``
+        write_polylines: optional frame field for ``fo.Polylines``: each object's mask as one
+            closed, filled polygon with its ``index``, ``keyframe=True`` on the run's keyframes
+            (False elsewhere): what ``export(dataset_type=fo.types.CVATVideoDataset)`` writes as
+            polygon tracks
         skip_failures: a video that fails (bad keyframes, undecodable, an error while running)
             keeps its previous output values and is listed in ``failed``; the others are written.
             Without it (the default) the first failure raises and nothing is written
@@ -123,7 +127,8 @@ def propagate(sample_collection, keyframes_field=None, output_field=None, *,
     dataset = root_dataset(sample_collection, clips=True)
     check_video_collection(sample_collection, "; propagation needs videos")
     with contextlib.ExitStack() as stack:
-        staging.open(stack, dataset, [options.output_field, options.write_segmentation], options.keyframes_field)
+        staging.open(stack, dataset, [options.output_field, options.write_segmentation, options.write_polylines],
+                     options.keyframes_field)
         summary = _propagate_staged(sample_collection, dataset, options, staging, progress, start_time,
                                     tracker_factory)
     # the videos written get the metadata they lack, so the App plays them without ffprobe
@@ -194,8 +199,7 @@ def set_segmentation_mask_targets(dataset: fo.Dataset, plan: RunPlan) -> None:
 
 
 def _outputs(options: PropagationOptions) -> list[tuple[str, type]]:
-    return [(options.output_field, fo.Detections)] + (
-        [(options.write_segmentation, fo.Segmentation)] if options.write_segmentation else [])
+    return output_kinds(options.output_field, options.write_segmentation, options.write_polylines)
 
 
 def _run_sample(plan: RunPlan, sample: SamplePlan, staging: Staging, trackers: TrackerPool, ask: _Progress,
@@ -206,11 +210,14 @@ def _run_sample(plan: RunPlan, sample: SamplePlan, staging: Staging, trackers: T
     if not staging.begin_sample(sid, sample.existing, support):
         sample.result = SampleResult("skipped: claimed by another task", frames_written=0)
         return
-    stages, options = staging.stage_fields, plan.options
-    target = PassTarget(plan.dataset, stages[0], stages[1] if len(stages) > 1 else None, options.write_every,
-                        previous_fields=(options.output_field, options.write_segmentation),
+    options = plan.options
+    # output field -> where this run writes it (staging.prepare got the fields in this order)
+    stages = dict(zip([name for name, _ in _outputs(options)], staging.stage_fields))
+    target = PassTarget(plan.dataset, stages[options.output_field], stages.get(options.write_segmentation),
+                        options.write_every, previous_fields=(options.output_field, options.write_segmentation),
                         bidirectional=options.bidirectional, incremental=options.incremental,
-                        weights=weights_identity(plan.choice), clear=lambda: staging.clear_sample(sid, support))
+                        weights=weights_identity(plan.choice), clear=lambda: staging.clear_sample(sid, support),
+                        polylines_field=stages.get(options.write_polylines))
     result = propagate_sample(trackers, sample, options, target, ask.for_sample(sample, plan.total))
     if result.ok:
         staging.sample_done(sid, summary, support)
@@ -223,7 +230,8 @@ def _summary_head(plan: RunPlan) -> dict[str, Any]:
     options, choice = plan.options, plan.choice
     return dict(model=choice.model, checkpoint=choice.checkpoint, weights=choice.source, device=plan.device,
                 keyframes_field=options.keyframes_field, output_field=options.output_field,
-                segmentation_field=options.write_segmentation, samples=[], failed=[], written=False)
+                segmentation_field=options.write_segmentation, polylines_field=options.write_polylines, samples=[],
+                failed=[], written=False)
 
 
 def _summary_tail(summary: dict, plan: RunPlan, start_time: float,

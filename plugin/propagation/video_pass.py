@@ -21,6 +21,7 @@ from deaot_core.states import DirectoryStates, StateStore
 from deaot_core.propagation import FrameResult, Keyframe as CoreKeyframe, PropagationStats, propagate_video
 
 from ..labels import mask_to_detections, mask_to_segmentation
+from ..polygons import detections_to_polylines
 from ..video_io import VideoReader, file_digest, open_video, prefetch
 from .clips import clip_frames
 from .plan import SamplePlan
@@ -38,8 +39,8 @@ AGREEMENT_ATTRIBUTE = "agreement"  # on each fo.Detection of a fused frame: IoU 
 
 @dataclasses.dataclass
 class PassTarget:
-    """Where one video's labels go and how they are computed: the (staging) fields, the
-    bulk-write size, the fields holding the previous output (read by incremental runs), the
+    """Where one video's labels go and how they are computed: the (staging) fields (the polygons
+    field's values are derived from the Detections as they are written), the bulk-write size, the fields holding the previous output (read by incremental runs), the
     passes (``bidirectional``), ``incremental`` and ``weights`` (an identity of the weights, part
     of every frame's signature)."""
 
@@ -53,6 +54,7 @@ class PassTarget:
     weights: str = ""
 
     clear: Optional[Callable[[], None]] = None  # empties the sample's values before an attempt
+    polylines_field: Optional[str] = None
 
     def states(self) -> Optional[StateStore]:
         """Where incremental runs save and find the forward pass's tracker states."""
@@ -71,7 +73,16 @@ class PassTarget:
     def writer(self, sample_id: str):
         """A context manager with ``add(frame_number, detections, segmentation)`` and ``written``."""
         return FrameLabelWriter(self.dataset, sample_id, self.output_field, self.segmentation_field,
-                                self.write_every)
+                                self.write_every, self.polylines_field, frame_polylines)
+
+
+def frame_polylines(detections):
+    """A frame's output Detections as filled polygons (:mod:`deaot_vos.polygons`), marked
+    ``keyframe`` when the frame is one of the run's keyframes. Derived from the Detections
+    alone, so an incremental run's reused frames get theirs without being recomputed."""
+    keyframe = detections is not None and bool(detections.get_field(KEYFRAME_ATTRIBUTE)
+                                                 if detections.has_field(KEYFRAME_ATTRIBUTE) else False)
+    return detections_to_polylines(detections, keyframe)
 
 
 class MemoryTarget(PassTarget):

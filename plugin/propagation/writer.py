@@ -45,13 +45,16 @@ class BackgroundWriter:
 class FrameLabelWriter:
     """Buffers one sample's frame labels (Detections, and a Segmentation when
     ``segmentation_field`` is set) and stores every ``write_every`` frames with ``set_values``
-    (which also creates missing frame documents). Use as a context manager: leaving it waits
+    (which also creates missing frame documents). With ``polylines_field`` each frame's
+    Detections are also stored as ``to_polylines(detections)`` (computed on the writer thread). Use as a context manager: leaving it waits
     for the last write; on an error no write is left in flight (a rollback may follow)."""
 
     def __init__(self, dataset: fo.Dataset, sample_id: str, output_field: str,
-                 segmentation_field: Optional[str], write_every: int):
+                 segmentation_field: Optional[str], write_every: int, polylines_field: Optional[str] = None,
+                 to_polylines: Optional[Callable[[Any], Any]] = None):
         self.dataset, self.sample_id = dataset, sample_id
         self.output_field, self.segmentation_field = output_field, segmentation_field
+        self.polylines_field, self.to_polylines = polylines_field, to_polylines
         self.write_every = int(write_every)
         self.written = 0
         self._buffer: dict[int, tuple[Any, Any]] = {}
@@ -76,6 +79,9 @@ class FrameLabelWriter:
         if self.segmentation_field is not None:
             self.dataset.set_values("frames." + self.segmentation_field,
                                     {sid: {n: v[1] for n, v in values.items()}}, key_field="id")
+        if self.polylines_field is not None:
+            self.dataset.set_values("frames." + self.polylines_field,
+                                    {sid: {n: self.to_polylines(v[0]) for n, v in values.items()}}, key_field="id")
 
     def __enter__(self) -> "FrameLabelWriter":
         return self
