@@ -54,9 +54,9 @@ class _Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
 
-def build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    """The parser; only ``command``'s module is imported (every subcommand's, with ``command="*"``),
-    the others appear with their one-line help."""
+def build_parser(command: str | None = "*") -> argparse.ArgumentParser:
+    """The parser of every subcommand (``"*"``), or with only ``command``'s module imported (None:
+    none), the others appearing with their one-line help."""
     parser = _Parser(prog=PROG, description=DESCRIPTION, epilog=EPILOG)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     if command == "*":
