@@ -39,11 +39,15 @@ def _declared_at(dataset, field: str):
 
 def _version(dataset, fields: Sequence[str], deadline: float) -> tuple:
     """The fields' declarations, once no swap into one of them is in progress."""
-    from .propagation.journal import claim_for, describe_owner
+    from .propagation.journal import claim_for, describe_owner, this_owner
 
+    me = {key: this_owner()[key] for key in ("host", "pid")}
     while True:
+        # this process's own commit (an evaluation scoring the label maps it is committing) is no swap
+        # to wait for: it cannot finish while we wait
         swapping = [(field, claim) for field in fields
-                    if (claim := claim_for(dataset, field)) is not None and claim.get("phase") == "commit"]
+                    if (claim := claim_for(dataset, field)) is not None and claim.get("phase") == "commit"
+                    and {key: (claim.get("owner") or {}).get(key) for key in me} != me]
         if not swapping:
             return tuple(_declared_at(dataset, field) for field in fields)
         if time.monotonic() > deadline:
