@@ -30,8 +30,11 @@ def fill_video_metadata(sample_collection, overwrite: bool = False,
 
     Returns ``{"filled": n, "kept": n, "failed": ["sample <id> (<path>): <reason>", ...]}``."""
     dataset = root_dataset(sample_collection, clips=True)
-    if dataset.media_type != "video":
-        raise ValueError(f"dataset {dataset.name!r} holds {dataset.media_type} samples, not videos")
+    media = dataset.media_type
+    if media == fo.core.media.GROUP:  # a grouped dataset: the samples of its active slice
+        media = (dataset.group_media_types or {}).get(dataset.group_slice)
+    if media != "video":
+        raise ValueError(f"dataset {dataset.name!r} holds {media} samples, not videos")
     ids = sample_collection.distinct("sample_id") if isinstance(sample_collection, fo.core.clips.ClipsView) \
         else sample_collection.values("id")
     videos = dataset.select(ids)

@@ -165,8 +165,10 @@ def test_two_workers_share_the_queue(workers_dataset, tiny_checkpoint, tmp_path)
         ["id", "frame_number", "created_at", "last_modified_at", "kf", "other", "out"])
     samples_after, frames_after = _raw(ds)
     strip = lambda d, drop: {k: v for k, v in d.items() if k not in drop}  # noqa: E731
-    assert {k: strip(d, {"last_modified_at"}) for k, d in samples_after.items()} == \
-        {k: strip(d, {"last_modified_at"}) for k, d in samples_before.items()}
+    # the samples are as they were but for the metadata the run filled (the App needs it to play them)
+    assert {k: strip(d, {"last_modified_at", "metadata"}) for k, d in samples_after.items()} == \
+        {k: strip(d, {"last_modified_at", "metadata"}) for k, d in samples_before.items()}
+    assert all(d["metadata"]["total_frame_count"] == T for d in samples_after.values())
     for key, doc in frames_after.items():
         if key in frames_before:
             assert strip(doc, {"out", "last_modified_at"}) == strip(frames_before[key], {"out", "last_modified_at"})
