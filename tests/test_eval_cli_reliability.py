@@ -185,23 +185,29 @@ def _rename_state(ds):
     return ds.list_evaluations(), sample, frame
 
 
+def _predicted_as_ground_truth(make_video, name: str):
+    """A dataset of one 6-frame video whose ``predictions`` equal its ``ground_truth`` on every frame."""
+    import fiftyone as fo
+
+    path, maps = make_video(name, num_frames=6)
+    ds = fo.Dataset()
+    sample = fo.Sample(filepath=path)
+    for number in range(1, 7):
+        sample.frames[number]["ground_truth"] = _gt(maps[number - 1])
+        sample.frames[number]["predictions"] = _gt(maps[number - 1])
+    ds.add_sample(sample)
+    return ds
+
+
 @pytest.mark.parametrize("taken", [("g_JF", "frames.g_J"), ("frames.g_F",)], ids=["sample_and_frame", "frame_only"])
 def test_rename_evaluation_onto_user_fields_is_refused_and_delete_keeps_them(taken, fiftyone_db, make_video):
     """A J&F run renamed onto a key whose field names the user already uses: refused before
     anything moves (FiftyOne would log the failure and rename the run anyway, and deleting it
     would then delete the user's fields); deleting the run afterwards leaves the user's fields."""
-    import fiftyone as fo
-
     from deaot_vos.evaluation import EvaluationRenameRefused, evaluate_vos
 
-    path, maps = make_video("rename", num_frames=6)
-    ds = fo.Dataset()
+    ds = _predicted_as_ground_truth(make_video, "rename")
     try:
-        sample = fo.Sample(filepath=path)
-        for number in range(1, 7):
-            sample.frames[number]["ground_truth"] = _gt(maps[number - 1])
-            sample.frames[number]["predictions"] = _gt(maps[number - 1])
-        ds.add_sample(sample)
         evaluate_vos(ds, "predictions", "ground_truth", eval_key="f")
         user = {}
         for path_ in taken:  # the user's own float fields with their own values
@@ -243,19 +249,11 @@ def test_rename_evaluation_onto_user_fields_is_refused_and_delete_keeps_them(tak
 def test_rename_of_the_segmentation_run_onto_user_fields_is_refused_and_delete_keeps_them(fiftyone_db, make_video):
     """The same for the ``segmentation`` run made with ``segmentation_key`` (FiftyOne's fields
     ``<key>_accuracy`` ...): refused, nothing renamed, and deleting it keeps the user's field."""
-    import fiftyone as fo
-
     from deaot_vos.evaluation import EvaluationRenameRefused, evaluate_vos
     from deaot_vos.segmentation_run import label_map_fields
 
-    path, maps = make_video("rename_seg", num_frames=6)
-    ds = fo.Dataset()
+    ds = _predicted_as_ground_truth(make_video, "rename_seg")
     try:
-        sample = fo.Sample(filepath=path)
-        for number in range(1, 7):
-            sample.frames[number]["ground_truth"] = _gt(maps[number - 1])
-            sample.frames[number]["predictions"] = _gt(maps[number - 1])
-        ds.add_sample(sample)
         evaluate_vos(ds, "predictions", "ground_truth", eval_key="f", segmentation_key="s")
         ds.set_values("t_recall", [0.25])
         ds.set_values("frames.t_accuracy", [[0.5] * 6])
