@@ -1,13 +1,12 @@
 """``@deaot/vos/import_cvat_masks``: a thin operator over ``deaot_vos.formats.cvat.import_cvat_masks``."""
 from __future__ import annotations
 
-import fiftyone as fo
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 from deaot_vos.formats.cvat import import_cvat_masks
 
-from .common import app_wording, target_input, target_view
+from .common import app_wording, target_view, video_target_notice
 
 
 class ImportCVATMasks(foo.Operator):
@@ -26,11 +25,8 @@ class ImportCVATMasks(foo.Operator):
     def resolve_input(self, ctx):
         inputs = types.Object()
         form = types.View(label="Import CVAT masks")
-        dataset = ctx.dataset
-        if dataset is None or dataset.media_type != fo.core.media.VIDEO:
-            inputs.view("not_video", types.Error(label="This operator needs a video dataset"))
+        if not video_target_notice(ctx, inputs, "Imports into"):
             return types.Property(inputs, view=form)
-        target_input(ctx, inputs, "Imports into")
         inputs.str("xml_path", required=True, label="CVAT XML",
                    description="A CVAT video XML, a folder of them, or a CVATVideoDataset folder (labels/); each XML "
                                "goes to the video with its file name")
