@@ -367,7 +367,8 @@ class _Mongod:
         import time
 
         self.proc = subprocess.Popen([self.binary, "--dbpath", str(self.root / "db"), "--port", str(self.port),
-                                      "--bind_ip", "127.0.0.1", "--nounixsocket", "--logpath",
+                                      "--bind_ip", "127.0.0.1", "--nounixsocket", "--journalCommitInterval", "500",
+                                      "--logpath",
                                       str(self.root / "mongod.log"), "--logappend"],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         deadline = time.time() + 60

@@ -33,6 +33,7 @@ from ..fields import root_dataset
 from ..mask_targets import merge_mask_targets, segmentation_targets
 from ..metadata import fill_video_metadata
 from .cancel import ProgressCallback, PropagationCancelled
+from .durability import RestartWatch
 from .options import PropagationOptions
 from .plan import RunPlan, SamplePlan, check_video_collection, output_kinds, plan_run
 from .sample_path import SampleResult, check_samples, propagate_sample, summary_row
@@ -175,7 +176,9 @@ def _propagate_staged(sample_collection, dataset: fo.Dataset, options: Propagati
     check_samples(sample_collection, plan, ask)
     try:
         if any(sample.runnable for sample in plan.samples):
+            watch = RestartWatch(f"the preparation of the output field(s) of dataset '{dataset.name}'")
             staging.prepare(dataset, _outputs(plan.options))
+            watch.check()
         for sample in plan.samples:
             if sample.runnable:
                 _run_sample(plan, sample, staging, trackers, ask, summary)
@@ -207,9 +210,11 @@ def _run_sample(plan: RunPlan, sample: SamplePlan, staging: Staging, trackers: T
     """Propagate one checked sample through ``staging`` (:func:`.sample_path.propagate_sample`);
     with ``skip_failures`` a failure is recorded in its result, else raised."""
     sid, support = sample.sample_id, sample.support
+    watch = RestartWatch(f"the start of sample {sid}")
     if not staging.begin_sample(sid, sample.existing, support):
         sample.result = SampleResult("skipped: claimed by another task", frames_written=0)
         return
+    watch.check()
     options = plan.options
     # output field -> where this run writes it (staging.prepare got the fields in this order)
     stages = dict(zip([name for name, _ in _outputs(options)], staging.stage_fields))

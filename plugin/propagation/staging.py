@@ -23,6 +23,7 @@ from bson import ObjectId
 from fiftyone import ViewField as F
 
 from ..fields import FRAME_DEFAULT_FIELDS
+from .durability import RestartWatch
 from .job_records import active_stage_fields, refuse_if_active
 from .journal import (TMP_SUFFIX, FieldClaim, claim_fields, copy_values, drop_temporary_field, finish_swap,
                       refuse_unowned_temporaries, signals_deferred)
@@ -224,9 +225,11 @@ class LocalSwap(_StagingBase):
         self.committing = True
         try:
             with signals_deferred(deferred):
+                watch = RestartWatch(f"the final swap of frame field(s) {', '.join(self.finals)}")
                 for final, kind in self.outputs:
                     self._swap(final, kind)
                     summary["written"] = True
+                watch.check()
         except BaseException as err:
             err.add_note(f"the final swap of frame field(s) {', '.join(self.finals)} of dataset "
                          f"'{self.dataset.name}' was interrupted: nothing is lost (the complete new output is in "
@@ -299,10 +302,12 @@ class JobCommit(_StagingBase):
         return True
 
     def sample_done(self, sid, summary, support=None) -> None:
+        watch = RestartWatch(f"the commit of sample {sid}")
         commit_sample(self.dataset, sid, self.stage_fields, self.finals)
         self.started.pop((sid, None), None)
         summary["written"] = True
         self.job.settle(sid, "done")
+        watch.check()
 
     def sample_failed(self, sid, error, support=None) -> None:
         """The output field was never touched: drop what was staged and the frames created."""

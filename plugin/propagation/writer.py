@@ -8,6 +8,8 @@ from typing import Any, Callable, Optional
 
 import fiftyone as fo
 
+from .durability import write_durably
+
 log = logging.getLogger(__name__)
 
 
@@ -45,7 +47,8 @@ class BackgroundWriter:
 class FrameLabelWriter:
     """Buffers one sample's frame labels (Detections, and a Segmentation when
     ``segmentation_field`` is set) and stores every ``write_every`` frames with ``set_values``
-    (which also creates missing frame documents). With ``polylines_field`` each frame's
+    (which also creates missing frame documents), each write in the database's journal before the
+    next one starts (:mod:`.durability`). With ``polylines_field`` each frame's
     Detections are also stored as ``to_polylines(detections)`` (computed on the writer thread). Use as a context manager: leaving it waits
     for the last write; on an error no write is left in flight (a rollback may follow)."""
 
@@ -73,6 +76,10 @@ class FrameLabelWriter:
         self._buffer.clear()
 
     def _store(self, values: dict[int, tuple]) -> None:
+        first, last = min(values), max(values)
+        write_durably(lambda: self._set_values(values), f"frames {first}-{last} of sample {self.sample_id}")
+
+    def _set_values(self, values: dict[int, tuple]) -> None:
         sid = self.sample_id
         self.dataset.set_values("frames." + self.output_field, {sid: {n: v[0] for n, v in values.items()}},
                                 key_field="id")
