@@ -153,6 +153,18 @@ def test_cvat_round_trip_keeps_masks_and_keyframes(imported, tiny_checkpoint, tm
     print(f"polygon round trip: {len(ious)} objects, mean IoU {np.mean(ious):.3f}, min {np.min(ious):.3f}")
     assert len(ious) >= 2 * T and np.mean(ious) >= 0.85
 
+    # for CVAT to keep every propagated shape (it keeps only keyframed ones), export a view that
+    # marks them all, as docs/propagation.md shows; the dataset keeps its own marks
+    every = str(tmp_path / "cvat_every")
+    ds.set_field("frames.deaot_polygons.polylines.keyframe", True).export(
+        export_dir=every, dataset_type=__import__("fiftyone").types.CVATVideoDataset, frame_labels_field="deaot_polygons")
+    xml = ElementTree.parse(os.path.join(every, "labels", "clip.xml")).getroot()
+    flags = {(int(p.attrib["frame"]), p.attrib["keyframe"]) for t in xml.iter("track") for p in t.iter("polygon")
+             if p.attrib["outside"] == "0"}
+    assert flags == {(f, "1") for f in range(T)}, flags
+    assert ds.count_values("frames.deaot_polygons.polylines.keyframe") == {True: 2 * len(KEYFRAMES),
+                                                                          False: 2 * (T - len(KEYFRAMES))}
+
 
 def _with_track(xml: str, track: str) -> str:
     return xml.replace("</annotations>", track + "</annotations>")
