@@ -232,11 +232,33 @@ def write_mp4(frames: Iterable[np.ndarray], path: str | os.PathLike, fps: float 
 
 
 def video_metadata(path: str | os.PathLike):
-    """``fo.VideoMetadata`` from decord (no ffprobe needed)."""
+    """``fo.VideoMetadata`` from decord (no ffprobe needed); the MIME type from the file name,
+    the codec's four-character code from the container (OpenCV)."""
+    import mimetypes
+
     import fiftyone as fo
 
     reader = VideoReader(str(path))
     fps = reader.fps or 24.0
-    return fo.VideoMetadata(size_bytes=os.path.getsize(path), mime_type="video/mp4", frame_width=reader.width,
-                            frame_height=reader.height, frame_rate=fps, total_frame_count=reader.num_frames,
-                            duration=reader.num_frames / fps, encoding_str="avc1")
+    return fo.VideoMetadata(size_bytes=os.path.getsize(path), mime_type=mimetypes.guess_type(str(path))[0],
+                            frame_width=reader.width, frame_height=reader.height, frame_rate=fps,
+                            total_frame_count=reader.num_frames, duration=reader.num_frames / fps,
+                            encoding_str=video_codec(path))
+
+
+_MP4_SAMPLE_ENTRIES = {"h264": "avc1", "fmp4": "mp4v"}  # OpenCV's codec tag -> the tag ffprobe reports
+
+
+def video_codec(path: str | os.PathLike):
+    """The video stream's codec tag as ffprobe reports it for MP4 ("avc1" for H.264, "mp4v" for
+    MPEG-4 part 2; OpenCV's own tag for others), None when unknown."""
+    import cv2
+
+    capture = cv2.VideoCapture(str(path))
+    try:
+        code = int(capture.get(cv2.CAP_PROP_FOURCC)) if capture.isOpened() else 0
+    finally:
+        capture.release()
+    text = "".join(chr((code >> (8 * i)) & 0xFF) for i in range(4)).strip("\x00 ")
+    text = text.lower() if text.isprintable() and text else None
+    return _MP4_SAMPLE_ENTRIES.get(text, text)
