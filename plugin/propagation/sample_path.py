@@ -22,6 +22,7 @@ from ..label_frames import keep_marked_keyframes, read_label_frames
 from ..video_io import VideoError, open_video
 from .cancel import PropagationCancelled
 from .clips import check_overlaps, clip_frames, view_rows
+from .corrections import add_corrections, read_corrections
 from .errors import NoKeyframesError, add_context, error_text
 from .options import PropagationOptions
 from .plan import RunPlan, SamplePlan, name_clip, parse_keyframes
@@ -78,8 +79,9 @@ def summary_row(sample: SamplePlan) -> dict[str, Any]:
 def load_sample(sample: SamplePlan, options: PropagationOptions, with_segmentation: bool,
                 keep_open: bool = True) -> None:
     """Open the sample's video and parse its ``label_frames`` into keyframes (of a track field
-    only the marked labels, ``options.keyframe_marks``), validating everything (KeyframeError,
-    VideoError). ``keep_open``: keep the reader on the plan for the pass."""
+    only the marked labels, ``options.keyframe_marks``) and its ``corrections`` in the output
+    field (:mod:`.corrections`), validating everything (KeyframeError, VideoError).
+    ``keep_open``: keep the reader on the plan for the pass."""
     label_frames = keep_marked_keyframes(sample.label_frames or [], options.keyframe_marks)
     reader = open_video(sample.filepath, sample.frame_count)
     frames = clip_frames(reader, sample.clip)
@@ -87,6 +89,8 @@ def load_sample(sample: SamplePlan, options: PropagationOptions, with_segmentati
         raise VideoError(f"{sample.clip.describe()} starts after the last frame of the video, which has "
                          f"{reader.num_frames} frames")
     parse_keyframes(sample, label_frames, reader, sample.mask_targets, with_segmentation)
+    if sample.corrections:
+        add_corrections(sample, sample.corrections, reader.height, reader.width)
     sample.frames, sample.width, sample.height = frames.num_frames, reader.width, reader.height
     sample.video = reader if keep_open else None
 
@@ -98,6 +102,7 @@ def _check_sample(sample_collection, plan: RunPlan, sample: SamplePlan, keep_ope
         field = plan.options.keyframes_field
         sample.label_frames = read_label_frames(sample_collection, sample.view_id, field)
         sample.mask_targets = plan.mask_targets
+        sample.corrections = read_corrections(plan.dataset, sample, field, plan.options.output_field)
         existing = plan.dataset.select(sample.sample_id).values("frames.frame_number")
         sample.existing = set(existing[0] or []) if existing else set()
         load_sample(sample, plan.options, bool(plan.options.write_segmentation), keep_open)

@@ -24,6 +24,7 @@ from ..labels import mask_to_detections, mask_to_segmentation
 from ..polygons import detections_to_polylines
 from ..video_io import VideoReader, file_digest, open_video, prefetch
 from .clips import clip_frames
+from .corrections import LABELS_DIGEST_ATTRIBUTE, edited_since_written, keep_corrections, labels_digest
 from .plan import SamplePlan
 from .writer import FrameLabelWriter
 
@@ -202,7 +203,10 @@ class LabelMaker:
         detections = mask_to_detections(result.label_map, result.confidences, registry, labels,
                                         exact=keyframe.exact if keyframe is not None else None,
                                         given=set(keyframe.objects) if keyframe is not None else None)
+        if keyframe is not None and keyframe.corrected:
+            keep_corrections(detections, keyframe, registry)
         detections[SIGNATURE_ATTRIBUTE] = result.signature
+        detections[LABELS_DIGEST_ATTRIBUTE] = labels_digest(detections)
         detections[KEYFRAME_ATTRIBUTE] = keyframe is not None
         if result.agreement:
             by_index = {registry.by_id[i].index: v for i, v in result.agreement.items() if i in registry.by_id}
@@ -255,7 +259,7 @@ def holds_every_output(target: PassTarget, segmentation) -> bool:
 def read_previous(target: PassTarget, sample: SamplePlan) -> tuple[dict[int, str], dict[int, tuple]]:
     """The previous output of the sample (of a clip: on its frames): 0-based frame index (within
     the clip) -> stored signature, and video frame number -> (Detections, Segmentation or None) of
-    every frame that has a signature."""
+    every frame that has a signature and was not edited since (:mod:`.corrections`)."""
     output, segmentation = (list(target.previous_fields) + [None, None])[:2]
     schema = target.dataset.get_frame_field_schema()
     if not output or output not in schema:
@@ -273,7 +277,7 @@ def read_previous(target: PassTarget, sample: SamplePlan) -> tuple[dict[int, str
         if number < first or (last is not None and number > last):
             continue
         signature = dets[SIGNATURE_ATTRIBUTE] if dets is not None and dets.has_field(SIGNATURE_ATTRIBUTE) else None
-        if signature and holds_every_output(target, seg):
+        if signature and holds_every_output(target, seg) and not edited_since_written(dets):
             previous[number - 1 - sample.offset] = signature
             old[number] = (dets, seg)
     return previous, old
