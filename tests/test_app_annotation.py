@@ -271,3 +271,33 @@ def _screenshot_in_the_app(app: AppServer, folder, dataset) -> None:
         assert shot.stat().st_size > 10_000
     finally:
         browser.close()
+
+
+def test_a_correction_that_cannot_be_used_is_refused_naming_the_field_and_frame(make_video, tiny_checkpoint):
+    """A label marked keyframe=True in the output whose mask is empty: the run refuses before it
+    writes, naming the sample, the output field and the frame; the output is unchanged."""
+    import fiftyone as fo
+    import deaot_vos
+    from deaot_vos.labels import KeyframeError
+    from helpers import detection
+
+    path, maps = make_video("bad_fix", 6)
+    name = "t_app_annotation_bad"
+    if fo.dataset_exists(name):
+        fo.delete_dataset(name)
+    dataset = fo.Dataset(name)
+    sample = fo.Sample(filepath=path)
+    sample.frames[1]["kf"] = fo.Detections(detections=[detection("car", maps[0] == 1)])
+    sample.frames[4]["out"] = fo.Detections(detections=[
+        fo.Detection(label="car", index=1, bounding_box=[0.1, 0.1, 0.2, 0.2], mask=np.zeros((4, 4), bool),
+                     keyframe=True)])
+    dataset.add_sample(sample)
+    before = dataset.values("frames.out")
+    with pytest.raises(KeyframeError) as caught:
+        deaot_vos.propagate(dataset, "kf", "out", model="DeAOTT", checkpoint=tiny_checkpoint, device="cpu",
+                            incremental=True)
+    message = str(caught.value)
+    assert dataset.first().id in message and "frame 4" in message and "output field 'out'" in message, message
+    assert "empty instance mask" in message, message
+    assert dataset.values("frames.out") == before
+    fo.delete_dataset(name)

@@ -24,7 +24,7 @@ import fiftyone as fo
 
 from ..fields import KEYFRAME_MARK
 from ..label_frames import keep_marked_keyframes, read_label_frames
-from ..labels import Keyframe, parse_keyframe
+from ..labels import Keyframe, KeyframeError, parse_keyframe
 
 LABELS_DIGEST_ATTRIBUTE = "deaot_labels"  # on each output fo.Detections: digest of its labels as written
 
@@ -57,14 +57,19 @@ def _merge(base: Keyframe | None, correction: Keyframe) -> Keyframe:
                     {**base.labels, **correction.labels}, base.corrected | correction.corrected)
 
 
-def add_corrections(sample, corrections: list[tuple[int, Any]], height: int, width: int) -> None:
+def add_corrections(sample, corrections: list[tuple[int, Any]], height: int, width: int, output_field: str) -> None:
     """Parse ``corrections`` (:func:`read_corrections`) into ``sample``'s keyframes, after its
     keyframes field was parsed: a label's ``index`` names the object that has that output index
-    (a new index or none: a new object). KeyframeError as for any keyframe."""
+    (a new index or none: a new object). KeyframeError as for any keyframe, saying that the label
+    is a correction in ``output_field``."""
     registry = sample.registry
     registry.alias_indexes()
     for number, value in corrections:
-        correction = parse_keyframe(value, number, height, width, registry)
+        try:
+            correction = parse_keyframe(value, number, height, width, registry)
+        except KeyframeError as err:
+            raise KeyframeError(f"a correction (marked keyframe=True) in the output field '{output_field}': "
+                                f"{err.detail}", number) from err
         if correction is not None:
             sample.keyframes[number] = _merge(sample.keyframes.get(number), correction)
     registry.assign_indexes()

@@ -90,7 +90,7 @@ def load_sample(sample: SamplePlan, options: PropagationOptions, with_segmentati
                          f"{reader.num_frames} frames")
     parse_keyframes(sample, label_frames, reader, sample.mask_targets, with_segmentation)
     if sample.corrections:
-        add_corrections(sample, sample.corrections, reader.height, reader.width)
+        add_corrections(sample, sample.corrections, reader.height, reader.width, options.output_field)
     sample.frames, sample.width, sample.height = frames.num_frames, reader.width, reader.height
     sample.video = reader if keep_open else None
 
