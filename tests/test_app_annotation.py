@@ -171,6 +171,8 @@ def run(dataset, tiny_checkpoint) -> dict:
 
 def test_the_apps_annotation_loop_draw_propagate_correct_rerun(server, video_dataset, tiny_checkpoint, tmp_path,
                                                                monkeypatch, torch_threads):
+    from deaot_vos.fields import likely_keyframes_field
+
     app, folder = server
     dataset, maps = video_dataset
     monkeypatch.setenv("DEAOT_CACHE", str(tmp_path / "cache"))
@@ -210,6 +212,7 @@ def test_the_apps_annotation_loop_draw_propagate_correct_rerun(server, video_dat
     assert (corrected.id, corrected["keyframe"], corrected.confidence) == (user_label_id, True, 1.0)
     assert np.array_equal(rendered(dataset, "out", FIRST_FIX, a_index), fix)
     assert frames_of(dataset, "annotations") == drawn, "the user's annotations changed"
+    assert likely_keyframes_field(dataset) == "annotations", "the form would propose the output (it has marks now)"
 
     # 4. a second correction of A on frame 12: the App interpolates A's boxes on frames 10-11
     # (between its keyframes 9 and 12) and copies the new box to 13-14

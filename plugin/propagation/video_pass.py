@@ -20,6 +20,7 @@ from deaot_core import TrackerOptions
 from deaot_core.states import DirectoryStates, StateStore
 from deaot_core.propagation import FrameResult, Keyframe as CoreKeyframe, PropagationStats, propagate_video
 
+from ..fields import RUN_SIGNATURE
 from ..labels import mask_to_detections, mask_to_segmentation
 from ..polygons import detections_to_polylines
 from ..video_io import VideoReader, file_digest, open_video, prefetch
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 Report = Callable[[int, int, str], None]  # report(done, total, label)
 
 
-SIGNATURE_ATTRIBUTE = "deaot_inputs"  # on each output fo.Detections: the frame's signature (deaot_core.schedule)
+SIGNATURE_ATTRIBUTE = RUN_SIGNATURE  # on each output fo.Detections: the frame's signature (deaot_core.schedule)
 KEYFRAME_ATTRIBUTE = "deaot_keyframe"  # on each output fo.Detections: True on the run's keyframes
 AGREEMENT_ATTRIBUTE = "agreement"  # on each fo.Detection of a fused frame: IoU of the two passes' masks
 
