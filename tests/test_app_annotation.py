@@ -304,3 +304,35 @@ def test_a_correction_that_cannot_be_used_is_refused_naming_the_field_and_frame(
     assert "empty instance mask" in message, message
     assert dataset.values("frames.out") == before
     fo.delete_dataset(name)
+
+
+def test_a_correction_on_a_keyframe_replaces_that_object_only_and_an_overwrite_run_keeps_it(
+        make_video, tiny_checkpoint):
+    """Frame 1 is a keyframe of the keyframes field (objects 1 and 2) and holds a correction of
+    object 2 in the output: the run (``overwrite``, not incremental) takes object 1 from the
+    keyframes field and object 2 from the correction, and writes the user's label back."""
+    import fiftyone as fo
+    import deaot_vos
+    from helpers import detection
+
+    path, maps = make_video("fix_on_keyframe", 6, height=H, width=W)
+    name = "t_app_annotation_merge"
+    if fo.dataset_exists(name):
+        fo.delete_dataset(name)
+    dataset = fo.Dataset(name)
+    sample = fo.Sample(filepath=path)
+    sample.frames[1]["kf"] = fo.Detections(detections=[detection("car", maps[0] == k, index=k) for k in (1, 2)])
+    fix = np.zeros((H, W), bool)
+    fix[60:80, 100:130] = True
+    user_label = detection("truck", fix, index=2, keyframe=True, tags=["fixed"])
+    sample.frames[1]["out"] = fo.Detections(detections=[user_label])
+    dataset.add_sample(sample)
+    row, = deaot_vos.propagate(dataset, "kf", "out", model="DeAOTT", checkpoint=tiny_checkpoint, device="cpu",
+                               overwrite=True)["samples"]
+    assert row["status"] == "ok" and row["keyframes"] == [1] and row["objects"] == 2, row
+    assert np.array_equal(rendered(dataset, "out", 1, 1), maps[0] == 1)
+    assert np.array_equal(rendered(dataset, "out", 1, 2), fix)
+    kept = label_of(dataset, "out", 1, 2)
+    assert (kept.id, kept.label, kept.tags, kept["keyframe"]) == (user_label.id, "truck", ["fixed"], True)
+    assert not label_of(dataset, "out", 1, 1).has_field("keyframe")  # the keyframes field's copy is not a correction
+    fo.delete_dataset(name)

@@ -15,6 +15,7 @@ instead of keeping it (:func:`edited_since_written`).
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from typing import Any
 
@@ -53,8 +54,9 @@ def _merge(base: Keyframe | None, correction: Keyframe) -> Keyframe:
     painted = correction.label_map > 0
     label_map[painted] = correction.label_map[painted]
     objects = base.objects + [o for o in correction.objects if o not in base.objects]
-    return Keyframe(base.frame_number, label_map, objects, {**base.exact, **correction.exact},
-                    {**base.labels, **correction.labels}, base.corrected | correction.corrected)
+    return dataclasses.replace(base, label_map=label_map, objects=objects, exact={**base.exact, **correction.exact},
+                               labels={**base.labels, **correction.labels},
+                               corrected=base.corrected | correction.corrected)
 
 
 def add_corrections(sample, corrections: list[tuple[int, Any]], height: int, width: int, output_field: str) -> None:
