@@ -140,9 +140,9 @@ def likely_keyframes_field(dataset: fo.Dataset) -> str | None:
     """The mask field (:func:`label_field_names`) most likely to hold keyframes, or None. A track
     field (CVAT's tracks, the App's annotation: labels on every frame, ``keyframe=True`` on the
     annotated ones) counts only its marked frames; never one otherwise labelled on every frame (a
-    ground truth) nor a propagation's output (whose corrections are marked); among the others, one named like keyframes first
-    (``keyframe`` or ``kf`` in the name), then one with labelled frames before an empty one, then
-    the fewest labelled frames, then schema order."""
+    ground truth) nor a propagation's output (the App marks corrections made in it); among the
+    others, one named like keyframes first (``keyframe`` or ``kf`` in the name), then one with
+    labelled frames before an empty one, then the fewest labelled frames, then schema order."""
     fields = label_field_names(dataset)
     if not fields:
         return None

@@ -175,8 +175,10 @@ class LabelMaker:
     """A video's :class:`FrameResult` -> (Detections, Segmentation or None). Object labels come
     from the keyframes the frame depends on (those up to it; on the head pass, the first one; on
     a fused frame also the later keyframe of its gap), so frames computed in any order or subset
-    get the labels of a full run. Each Detections carries the frame's signature and whether it is
-    a keyframe; on fused frames each Detection carries the passes' ``agreement``."""
+    get the labels of a full run. Each Detections carries the frame's signature, whether it is
+    a keyframe and a digest of its labels (:mod:`.corrections`, which also puts a keyframe's
+    corrected labels back as the user left them); on fused frames each Detection carries the
+    passes' ``agreement``."""
 
     def __init__(self, sample: SamplePlan, with_segmentation: bool):
         self.sample, self.with_segmentation = sample, with_segmentation
