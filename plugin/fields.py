@@ -127,23 +127,33 @@ def _marked_frames(name: str, field) -> fo.Sum | None:
     return fo.Sum("frames", expr=marked.if_else(1, 0))
 
 
+#: set by every propagation on each frame of its output (``fo.Detections``): the frame's signature
+RUN_SIGNATURE = "deaot_inputs"
+
+
+def _output_frames(name: str) -> fo.Sum:
+    """An aggregation counting the frames where ``name`` holds a propagation's output."""
+    return fo.Sum("frames", expr=fo.ViewField(f"{name}.{RUN_SIGNATURE}").exists().if_else(1, 0))
+
+
 def likely_keyframes_field(dataset: fo.Dataset) -> str | None:
     """The mask field (:func:`label_field_names`) most likely to hold keyframes, or None. A track
     field (CVAT's tracks, the App's annotation: labels on every frame, ``keyframe=True`` on the
     annotated ones) counts only its marked frames; never one otherwise labelled on every frame (a
-    ground truth or a propagated output); among the others, one named like keyframes first
-    (``keyframe`` or ``kf`` in the name), then one with labelled frames before an empty one, then
-    the fewest labelled frames, then schema order."""
+    ground truth) nor a propagation's output (the App marks corrections made in it); among the
+    others, one named like keyframes first (``keyframe`` or ``kf`` in the name), then one with
+    labelled frames before an empty one, then the fewest labelled frames, then schema order."""
     fields = label_field_names(dataset)
     if not fields:
         return None
     schema = dataset.get_frame_field_schema()
     marks = {name: agg for name in fields if (agg := _marked_frames(name, schema[name])) is not None}
     counts = dataset.aggregate([fo.Count("frames")] + [fo.Count(f"frames.{name}") for name in fields]
-                               + list(marks.values()))
+                               + list(marks.values()) + [_output_frames(name) for name in marks])
     total, labelled = counts[0], dict(zip(fields, counts[1:len(fields) + 1]))
     labelled.update({name: marked for name, marked in zip(marks, counts[len(fields) + 1:]) if marked})
-    candidates = [name for name in fields if not (total and labelled[name] >= total)]
+    outputs = {name for name, frames in zip(marks, counts[len(fields) + 1 + len(marks):]) if frames}
+    candidates = [name for name in fields if not (total and labelled[name] >= total) and name not in outputs]
     if not candidates:
         return None
     return min(candidates, key=lambda name: (not KEYFRAME_NAME.search(name), labelled[name] == 0, labelled[name],

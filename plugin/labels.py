@@ -4,9 +4,11 @@ Keyframes may be ``fo.Detections`` with instance masks (masks relative to their 
 FiftyOne's convention), ``fo.Segmentation`` label maps, or filled ``fo.Polylines``.
 
 Objects are identified across keyframes by their ``index`` when set (for segmentations, by
-their pixel value), else by ``label`` plus their order among the keyframe's objects with that
-label. Each object gets an internal id 1..K (the tracker's ids, in order of first appearance)
-and a stable output ``index`` (its given index, else the smallest unused integer >= 1).
+their pixel value), else by their ``instance`` (a FiftyOne ``Instance``, as the App's annotation
+links a drawn object across frames), else by ``label`` plus their order among the keyframe's
+objects with that label. Each object gets an internal id 1..K (the tracker's ids, in order of
+first appearance) and a stable output ``index`` (its given index, else the smallest unused
+integer >= 1).
 
 Keyframes are validated strictly: a label that cannot be turned into exactly the masks the user
 drew (a detection without a mask, an empty mask, a mask outside the frame or of another aspect
@@ -83,6 +85,7 @@ class Keyframe:
     # obj id -> exact copy of the given label to output (Detections keyframes only)
     exact: dict[int, Any] = field(default_factory=dict)
     labels: dict[int, str | None] = field(default_factory=dict)
+    corrected: set[int] = field(default_factory=set)  # obj ids given by a correction in the output field
 
 
 class ObjectRegistry:
@@ -96,7 +99,7 @@ class ObjectRegistry:
             index: int | None = None) -> ObjectInfo:
         info = self.by_key.get(key)
         if info is None:
-            info = ObjectInfo(obj_id=len(self.by_key) + 1, key=key, label=label, index=index,
+            info = ObjectInfo(obj_id=len(self.by_id) + 1, key=key, label=label, index=index,
                               first_frame=frame_number)
             self.by_key[key] = info
             self.by_id[info.obj_id] = info
@@ -104,18 +107,25 @@ class ObjectRegistry:
 
     def assign_indexes(self) -> None:
         """Objects without a given index get the smallest unused integers >= 1."""
-        used = {info.index for info in self.by_key.values() if info.index is not None}
+        used = {info.index for info in self.by_id.values() if info.index is not None}
         candidate = 1
-        for info in sorted(self.by_key.values(), key=lambda i: i.obj_id):
+        for info in sorted(self.by_id.values(), key=lambda i: i.obj_id):
             if info.index is None:
                 while candidate in used:
                     candidate += 1
                 info.index = candidate
                 used.add(candidate)
 
+    def alias_indexes(self) -> None:
+        """Make each object's output ``index`` also find it (a label carrying that index is that
+        object): for labels read back from an output, whose indexes the run assigned."""
+        for info in list(self.by_id.values()):
+            if info.index is not None:
+                self.by_key.setdefault(("index", info.index), info)
+
     @property
     def num_objects(self) -> int:
-        return len(self.by_key)
+        return len(self.by_id)
 
     def index_table(self) -> np.ndarray:
         """Object id -> output index as a lookup array (``table[label_map]`` turns a tracker label map
@@ -368,9 +378,18 @@ def _parse_segmentation(kf: Keyframe, value: fo.Segmentation, height: int, width
         kf.labels[info.obj_id] = info.label if name is None else name
 
 
+def instance_key(item) -> tuple | None:
+    """("instance", id) of a label linked to a FiftyOne ``Instance`` (the App's annotation gives
+    every object it draws one, and no ``index``), else None."""
+    instance = getattr(item, "instance", None) if item.has_field("instance") else None
+    instance_id = getattr(instance, "id", None) if instance is not None else None
+    return ("instance", str(instance_id)) if instance_id else None
+
+
 def _parse_instances(kf: Keyframe, value, height: int, width: int, registry: ObjectRegistry) -> None:
-    """Fill ``kf`` from Detections (instance masks) or filled Polylines: objects by ``index``, else
-    by label and order; later objects paint over earlier ones, an object painted over entirely is refused."""
+    """Fill ``kf`` from Detections (instance masks) or filled Polylines: objects by ``index``, else by
+    ``instance``, else by label and order; later objects paint over earlier ones, an object painted
+    over entirely is refused."""
     frame_number, label_map = kf.frame_number, kf.label_map
     is_det = isinstance(value, fo.Detections)
     items = value.detections if is_det else value.polylines
@@ -389,9 +408,11 @@ def _parse_instances(kf: Keyframe, value, height: int, width: int, registry: Obj
             by_index[given_index] = what
             key = ("index", given_index)
         else:
-            order = seen.get(item.label, 0)
-            seen[item.label] = order + 1
-            key = ("label", item.label, order)
+            key = instance_key(item)
+            if key is None:
+                order = seen.get(item.label, 0)
+                seen[item.label] = order + 1
+                key = ("label", item.label, order)
         if is_det:
             region = _render_detection(item, height, width, what, frame_number)
         else:

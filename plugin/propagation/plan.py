@@ -138,6 +138,7 @@ class SamplePlan:
     frame_count: Optional[int]  # metadata.total_frame_count
     clip: Optional[Clip] = None
     label_frames: Optional[list] = None
+    corrections: Optional[list] = None  # marked labels of the existing output (.corrections)
     mask_targets: Optional[dict] = None
     keyframes: dict[int, Keyframe] = dataclasses.field(default_factory=dict)
     registry: Optional[ObjectRegistry] = None

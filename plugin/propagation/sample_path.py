@@ -22,6 +22,7 @@ from ..label_frames import keep_marked_keyframes, read_label_frames
 from ..video_io import VideoError, open_video
 from .cancel import PropagationCancelled
 from .clips import check_overlaps, clip_frames, view_rows
+from .corrections import add_corrections, read_corrections
 from .errors import NoKeyframesError, add_context, error_text
 from .options import PropagationOptions
 from .plan import RunPlan, SamplePlan, name_clip, parse_keyframes
@@ -88,6 +89,8 @@ def load_sample(sample: SamplePlan, options: PropagationOptions, with_segmentati
                          f"{reader.num_frames} frames")
     parse_keyframes(sample, label_frames, reader, sample.mask_targets, with_segmentation)
     sample.frames, sample.width, sample.height = frames.num_frames, reader.width, reader.height
+    if sample.corrections:  # the output's corrections (:mod:`.corrections`) are keyframes too
+        add_corrections(sample, sample.corrections, reader.height, reader.width, options.output_field)
     sample.video = reader if keep_open else None
 
 
@@ -98,6 +101,7 @@ def _check_sample(sample_collection, plan: RunPlan, sample: SamplePlan, keep_ope
         field = plan.options.keyframes_field
         sample.label_frames = read_label_frames(sample_collection, sample.view_id, field)
         sample.mask_targets = plan.mask_targets
+        sample.corrections = read_corrections(plan.dataset, sample, field, plan.options.output_field)
         existing = plan.dataset.select(sample.sample_id).values("frames.frame_number")
         sample.existing = set(existing[0] or []) if existing else set()
         load_sample(sample, plan.options, bool(plan.options.write_segmentation), keep_open)

@@ -20,10 +20,12 @@ from deaot_core import TrackerOptions
 from deaot_core.states import DirectoryStates, StateStore
 from deaot_core.propagation import FrameResult, Keyframe as CoreKeyframe, PropagationStats, propagate_video
 
+from ..fields import RUN_SIGNATURE
 from ..labels import mask_to_detections, mask_to_segmentation
 from ..polygons import detections_to_polylines
 from ..video_io import VideoReader, file_digest, open_video, prefetch
 from .clips import clip_frames
+from .corrections import LABELS_DIGEST_ATTRIBUTE, edited_since_written, keep_corrections, labels_digest
 from .plan import SamplePlan
 from .writer import FrameLabelWriter
 
@@ -32,7 +34,7 @@ log = logging.getLogger(__name__)
 Report = Callable[[int, int, str], None]  # report(done, total, label)
 
 
-SIGNATURE_ATTRIBUTE = "deaot_inputs"  # on each output fo.Detections: the frame's signature (deaot_core.schedule)
+SIGNATURE_ATTRIBUTE = RUN_SIGNATURE  # on each output fo.Detections: the frame's signature (deaot_core.schedule)
 KEYFRAME_ATTRIBUTE = "deaot_keyframe"  # on each output fo.Detections: True on the run's keyframes
 AGREEMENT_ATTRIBUTE = "agreement"  # on each fo.Detection of a fused frame: IoU of the two passes' masks
 
@@ -173,8 +175,10 @@ class LabelMaker:
     """A video's :class:`FrameResult` -> (Detections, Segmentation or None). Object labels come
     from the keyframes the frame depends on (those up to it; on the head pass, the first one; on
     a fused frame also the later keyframe of its gap), so frames computed in any order or subset
-    get the labels of a full run. Each Detections carries the frame's signature and whether it is
-    a keyframe; on fused frames each Detection carries the passes' ``agreement``."""
+    get the labels of a full run. Each Detections carries the frame's signature, whether it is
+    a keyframe and a digest of its labels (:mod:`.corrections`, which also puts a keyframe's
+    corrected labels back as the user left them); on fused frames each Detection carries the
+    passes' ``agreement``."""
 
     def __init__(self, sample: SamplePlan, with_segmentation: bool):
         self.sample, self.with_segmentation = sample, with_segmentation
@@ -202,7 +206,10 @@ class LabelMaker:
         detections = mask_to_detections(result.label_map, result.confidences, registry, labels,
                                         exact=keyframe.exact if keyframe is not None else None,
                                         given=set(keyframe.objects) if keyframe is not None else None)
+        if keyframe is not None and keyframe.corrected:
+            keep_corrections(detections, keyframe, registry)
         detections[SIGNATURE_ATTRIBUTE] = result.signature
+        detections[LABELS_DIGEST_ATTRIBUTE] = labels_digest(detections)
         detections[KEYFRAME_ATTRIBUTE] = keyframe is not None
         if result.agreement:
             by_index = {registry.by_id[i].index: v for i, v in result.agreement.items() if i in registry.by_id}
@@ -255,7 +262,7 @@ def holds_every_output(target: PassTarget, segmentation) -> bool:
 def read_previous(target: PassTarget, sample: SamplePlan) -> tuple[dict[int, str], dict[int, tuple]]:
     """The previous output of the sample (of a clip: on its frames): 0-based frame index (within
     the clip) -> stored signature, and video frame number -> (Detections, Segmentation or None) of
-    every frame that has a signature."""
+    every frame that has a signature and was not edited since (:mod:`.corrections`)."""
     output, segmentation = (list(target.previous_fields) + [None, None])[:2]
     schema = target.dataset.get_frame_field_schema()
     if not output or output not in schema:
@@ -273,7 +280,7 @@ def read_previous(target: PassTarget, sample: SamplePlan) -> tuple[dict[int, str
         if number < first or (last is not None and number > last):
             continue
         signature = dets[SIGNATURE_ATTRIBUTE] if dets is not None and dets.has_field(SIGNATURE_ATTRIBUTE) else None
-        if signature and holds_every_output(target, seg):
+        if signature and holds_every_output(target, seg) and not edited_since_written(dets):
             previous[number - 1 - sample.offset] = signature
             old[number] = (dets, seg)
     return previous, old
