@@ -203,6 +203,25 @@ def test_point_keyframes_without_a_prompt_model_are_refused(make_video):
         == (given, schema, frames), "nothing written"
 
 
+def _older_sam2_wrapper() -> bool:
+    """FiftyOne's SAM 2 image model before its prompts went through a GetItem (1.6: it builds the
+    network from ``model_cfg`` alone)."""
+    import inspect
+
+    import fiftyone.utils.sam2 as fosam2
+
+    return "model_cfg" in inspect.getsource(fosam2.SegmentAnything2ImageModel._load_model)
+
+
+def _sam2_build_args() -> tuple[list, dict]:
+    """(hydra overrides, the manifest's entrypoint_args): the lighter hiera tiny where FiftyOne passes
+    the entrypoint arguments to ``build_sam2`` (1.22); older FiftyOne (1.6) passes only ``model_cfg``,
+    so the plain hiera tiny."""
+    if _older_sam2_wrapper():
+        return [], dict(model_cfg=SAM2_CONFIG)
+    return SAM2_OVERRIDES, dict(config_file=SAM2_CONFIG, hydra_overrides_extra=SAM2_OVERRIDES)
+
+
 @pytest.fixture(scope="module")
 def sam2_zoo(tmp_path_factory):
     """A zoo manifest naming a SAM 2 image model (FiftyOne's ``SegmentAnything2ImageModel``) whose
@@ -215,19 +234,19 @@ def sam2_zoo(tmp_path_factory):
     from sam2.build_sam import build_sam2
 
     start = time.perf_counter()
-    zoo_dir = tmp_path_factory.mktemp("zoo")
+    zoo_dir, manifest_dir = tmp_path_factory.mktemp("zoo"), tmp_path_factory.mktemp("manifest")
+    overrides, entrypoint_args = _sam2_build_args()
     # random weights give junk masks; with this seed every prompt of these tests gets a non-empty one that
     # differs from its box (another seed may give none for a box: refused, as it should be)
     torch.manual_seed(9)
-    model = build_sam2(SAM2_CONFIG, ckpt_path=None, device="cpu", hydra_overrides_extra=SAM2_OVERRIDES)
+    model = build_sam2(SAM2_CONFIG, ckpt_path=None, device="cpu", hydra_overrides_extra=overrides)
     torch.save({"model": model.state_dict()}, zoo_dir / "sam2_random.pt")
     entry = dict(base_name=SAM2_NAME, base_filename="sam2_random.pt", version=None, description="random weights",
                  manager=dict(type="fiftyone.core.models.ModelManager", config=dict(url=None)),
                  default_deployment_config_dict=dict(type="fiftyone.utils.sam2.SegmentAnything2ImageModel", config=dict(
-                     entrypoint_fcn="sam2.build_sam.build_sam2", device="cpu", entrypoint_args=dict(
-                         config_file=SAM2_CONFIG, hydra_overrides_extra=SAM2_OVERRIDES))),
+                     entrypoint_fcn="sam2.build_sam.build_sam2", device="cpu", entrypoint_args=entrypoint_args)),
                  requirements=dict(packages=["torch", "sam2"]), tags=["segment-anything"], date_added="2026-12-07")
-    manifest = zoo_dir / "manifest.json"
+    manifest = manifest_dir / "manifest.json"
     manifest.write_text(json.dumps(dict(models=[entry])))
     saved = fo.config.model_zoo_manifest_paths, fo.config.model_zoo_dir
     fo.config.model_zoo_manifest_paths, fo.config.model_zoo_dir = [str(manifest)], str(zoo_dir)
@@ -255,8 +274,12 @@ def test_point_keyframes_through_a_real_sam2_zoo_model(make_video, sam2_zoo, tmp
     # the keyframe's masks are the ones the model gives through FiftyOne's own apply_model on the frame
     frame_png = tmp_path / "frame1.png"
     cv2.imwrite(str(frame_png), open_video(path).frame(1)[:, :, ::-1])
+    prompts = dataset.first().frames[1]["pts"]
+    for kp in prompts.keypoints:  # FiftyOne 1.6 reads sam2_labels once sam_labels is set; later ones sam_labels
+        if kp.has_field("sam_labels"):
+            kp["sam2_labels"] = kp["sam_labels"]
     images = fo.Dataset()
-    images.add_sample(fo.Sample(filepath=str(frame_png), pts=dataset.first().frames[1]["pts"]))
+    images.add_sample(fo.Sample(filepath=str(frame_png), pts=prompts))
     images.apply_model(load_prompt_model(SAM2_NAME), label_field="sam", prompt_field="pts")
     by_label = {d.label: d for d in images.first()["sam"].detections}
     height, width = maps.shape[1:]
@@ -278,6 +301,9 @@ def _full_mask_from(det, height: int, width: int) -> np.ndarray:
 def test_box_keyframes_through_the_cli_with_a_zoo_model_by_name(make_video, sam2_zoo):
     import deaot_vos
 
+    if _older_sam2_wrapper():
+        pytest.skip("FiftyOne 1.6's SAM 2 wrapper fails on box prompts itself (its output parser: 'only "
+                    "0-dimensional arrays can be converted'); points work (test above)")
     env, _ = sam2_zoo
     dataset, path, maps = _box_dataset(make_video, "boxes_sam2", num_frames=8)
     dataset.persistent = True
