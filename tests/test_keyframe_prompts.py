@@ -267,7 +267,8 @@ def test_point_keyframes_through_a_real_sam2_zoo_model(make_video, sam2_zoo, tmp
 
     dataset, path, maps = _points_dataset(make_video)
     given = _keyframe_field(dataset, "pts")
-    summary = deaot_vos.propagate(dataset, "pts", "out", device="cpu", prompt_model=SAM2_NAME)
+    model = load_prompt_model(SAM2_NAME)  # by zoo name; propagate takes the loaded model too
+    summary = deaot_vos.propagate(dataset, "pts", "out", device="cpu", prompt_model=model)
     assert summary["samples"][0]["status"] == "ok" and summary["samples"][0]["objects"] == 2
     assert _keyframe_field(dataset, "pts") == given, "the keypoints are unchanged"
 
@@ -280,7 +281,7 @@ def test_point_keyframes_through_a_real_sam2_zoo_model(make_video, sam2_zoo, tmp
             kp["sam2_labels"] = kp["sam_labels"]
     images = fo.Dataset()
     images.add_sample(fo.Sample(filepath=str(frame_png), pts=prompts))
-    images.apply_model(load_prompt_model(SAM2_NAME), label_field="sam", prompt_field="pts")
+    images.apply_model(model, label_field="sam", prompt_field="pts")
     by_label = {d.label: d for d in images.first()["sam"].detections}
     height, width = maps.shape[1:]
     out = _keyframe_outputs(dataset, "out", 1)
