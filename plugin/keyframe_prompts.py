@@ -49,6 +49,21 @@ def normalize_prompt_model(value: Any) -> Any:
                      f"got {type(value).__name__}")
 
 
+def check_prompt_model(prompt_model: Any) -> None:
+    """ValueError naming the setting when ``prompt_model`` is a name the FiftyOne model zoo does
+    not know (read from its manifests; nothing is loaded)."""
+    if not isinstance(prompt_model, str):
+        return
+    import fiftyone.zoo.models as fozm
+
+    try:
+        fozm.get_zoo_model(prompt_model)
+    except ValueError as err:
+        raise ValueError(f"prompt_model: {err}; give a FiftyOne zoo model that takes box and point prompts (e.g. "
+                         f"segment-anything-2-hiera-tiny-image-torch), or leave it blank for boxes without a "
+                         f"model") from None
+
+
 def is_box(item) -> bool:
     """A detection without an instance mask (neither ``mask`` nor ``mask_path``)."""
     return isinstance(item, fo.Detection) and item.mask is None and not getattr(item, "mask_path", None)

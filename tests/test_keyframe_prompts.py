@@ -222,6 +222,17 @@ def _sam2_build_args() -> tuple[list, dict]:
     return SAM2_OVERRIDES, dict(config_file=SAM2_CONFIG, hydra_overrides_extra=SAM2_OVERRIDES)
 
 
+def test_an_unknown_prompt_model_is_refused_before_any_work(make_video):
+    import deaot_vos
+
+    dataset, _, _ = _box_dataset(make_video, "unknown_model", num_frames=8)
+    given, schema = _keyframe_field(dataset), sorted(dataset.get_frame_field_schema())
+    with pytest.raises(ValueError, match="prompt_model: Model 'no-such-sam' not found in the zoo"):
+        deaot_vos.propagate(dataset, "kf", "out", device="cpu", prompt_model="no-such-sam")
+    dataset.reload()
+    assert (_keyframe_field(dataset), sorted(dataset.get_frame_field_schema())) == (given, schema)
+
+
 @pytest.fixture(scope="module")
 def sam2_zoo(tmp_path_factory):
     """A zoo manifest naming a SAM 2 image model (FiftyOne's ``SegmentAnything2ImageModel``) whose

@@ -11,7 +11,7 @@ from typing import Any, Optional
 import fiftyone as fo
 
 from ..fields import mask_targets_for, root_dataset
-from ..keyframe_prompts import needs_prompting, prompted_keyframe
+from ..keyframe_prompts import check_prompt_model, needs_prompting, prompted_keyframe
 from ..labels import KEYFRAME_TYPES, PROMPT_TYPES, Keyframe, KeyframeError, ObjectRegistry, parse_keyframe
 from ..weights import resolve_checkpoint, resolve_device
 from ..video_io import VideoError
@@ -204,8 +204,9 @@ class RunPlan:
 
 
 def plan_run(sample_collection, dataset: fo.Dataset, options: PropagationOptions, overwrite: bool) -> RunPlan:
-    """Check the fields (``overwrite``: existing outputs may be replaced), the group slice and
-    the weights; returns the plan without its samples (:func:`.sample_path.check_samples` adds them)."""
+    """Check the fields (``overwrite``: existing outputs may be replaced), the group slice, the
+    weights and the prompt model's name; returns the plan without its samples
+    (:func:`.sample_path.check_samples` adds them)."""
     keyframes_field, output_field, segmentation = check_fields(
         sample_collection, options.keyframes_field, options.output_field, options.write_segmentation, overwrite,
         options.write_polylines)
@@ -213,6 +214,7 @@ def plan_run(sample_collection, dataset: fo.Dataset, options: PropagationOptions
     check_clip_view_fields(sample_collection, keyframes_field)
     device = resolve_device(options.device)
     choice = resolve_checkpoint(options.model, options.checkpoint, allow_random=options.allow_random_weights)
+    check_prompt_model(options.prompt_model)
     mask_targets = mask_targets_for(dataset, keyframes_field)
     return RunPlan(dataset, options, device, choice, mask_targets)
 
