@@ -345,3 +345,19 @@ def _boxed(det):
     full = det.copy()
     full.mask = np.ones_like(np.asarray(det.mask), dtype=bool)
     return full
+
+
+def test_the_operator_form_offers_keypoints_fields_and_the_prompt_model(make_video):
+    from fiftyone.operators.executor import ExecutionContext
+
+    from operators.propagate_masks import PropagateMasks
+
+    dataset, _, _ = _points_dataset(make_video, "points_form", num_frames=4)
+    dataset.persistent = True  # the context loads it by name
+    try:
+        ctx = ExecutionContext(request_params=dict(dataset_name=dataset.name, view=[], params={}))
+        properties = PropagateMasks().resolve_input(ctx).type.properties
+        assert list(properties["keyframes_field"].type.values) == ["pts"]
+        assert "Prompt model" in properties["prompt_model"].view.label
+    finally:
+        dataset.persistent = False
