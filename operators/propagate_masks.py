@@ -11,9 +11,10 @@ import fiftyone.operators.types as types
 from deaot_vos.propagation import (JOB_PARAM, DelegatedCancelCheck, OutputExistsError, PropagationCancelled,
                                    PropagationOptions, cancel_on_signals, check_fields, propagate, queue_propagation,
                                    run_task, split_size)
+from deaot_vos.fields import keyframe_field_names
 from deaot_vos.weights import DEFAULT_MODEL, emulated_precisions, model_names, weights_notice
 
-from .common import (app_words, app_wording, delegation_param, dropdown, keyframes_default, label_fields,
+from .common import (app_words, app_wording, delegation_param, dropdown, keyframes_default,
                      target_view, throttled_progress, video_target_notice)
 from .option_form import Widget, checked_options, description, option_input, option_inputs
 
@@ -39,7 +40,8 @@ def _keyframes_widget(fields: list[str], default) -> Widget:
     def widget(inputs: types.Object, spec) -> types.Property:
         if not fields:
             inputs.view("no_keyframes", types.Error(
-                label="No frame field with Detections (instance masks), Segmentation or Polylines to use as keyframes"))
+                label="No frame field with Detections (masks or boxes), Segmentation, Polylines or Keypoints to use as "
+                      "keyframes"))
         choices = dropdown(fields)
         return inputs.enum(spec.name, choices.values(), required=True, label=spec.info.label,
                            description=description(spec), view=choices, default=default)
@@ -112,7 +114,7 @@ def _precision_help(device) -> str:
 def _settings_inputs(ctx, inputs: types.Object) -> None:
     """Every setting the form shows (:func:`.option_form.option_inputs`), with the dataset's
     label fields, the models, this machine's devices and the inline field and weights checks."""
-    fields = label_fields(ctx.dataset)
+    fields = keyframe_field_names(ctx.dataset)
     kf_default = keyframes_default(ctx.dataset, fields)
     widgets = dict(keyframes_field=_keyframes_widget(fields, kf_default), model=_dropdown_widget(model_names()),
                    device=_dropdown_widget(_device_choices()),

@@ -15,12 +15,12 @@ import cv2
 
 import fiftyone as fo
 
-from .labels import KEYFRAME_TYPES
+from .labels import KEYFRAME_TYPES, PROMPT_TYPES
 from .video_io import VideoError, open_video
 
 __all__ = [
     "FRAME_DEFAULT_FIELDS", "RESERVED_SUFFIXES", "LabelFieldError", "root_dataset", "frame_field_name",
-    "reserved_name", "check_label_field", "label_field_names", "likely_keyframes_field", "mask_targets_for", "frame_size", "describe_sample", "describe_field",
+    "reserved_name", "check_label_field", "label_field_names", "keyframe_field_names", "likely_keyframes_field", "mask_targets_for", "frame_size", "describe_sample", "describe_field",
     "label_error", "check_sequence_name", "sequence_names",
 ]
 
@@ -107,6 +107,14 @@ def label_field_names(dataset: fo.Dataset) -> list[str]:
     """Frame fields the plugin can read as masks (Detections with masks, Segmentation, Polylines)."""
     schema = dataset.get_frame_field_schema() or {}
     return [name for name, field in schema.items() if getattr(field, "document_type", None) in KEYFRAME_TYPES]
+
+
+def keyframe_field_names(dataset: fo.Dataset) -> list[str]:
+    """Frame fields a propagation can start from: the mask fields (:func:`label_field_names`) and
+    the Keypoints fields (points, made masks by a prompt model)."""
+    schema = dataset.get_frame_field_schema() or {}
+    return [name for name, field in schema.items()
+            if getattr(field, "document_type", None) in KEYFRAME_TYPES + PROMPT_TYPES]
 
 
 #: a field name that says "keyframes": ``keyframes``, ``my_keyframe``, ``kf``, ``kf_masks``...

@@ -59,10 +59,10 @@ KEYFRAME_MARKS = ("auto", "on", "off")
 
 
 def _marked_items(value) -> tuple[str, list] | None:
-    """(the list attribute, its labels) of a Detections / Polylines label, else None."""
-    for attribute in ("detections", "polylines"):
+    """(the list attribute, its labels) of a Detections / Polylines / Keypoints label, else None."""
+    for attribute in ("detections", "polylines", "keypoints"):
         items = getattr(value, attribute, None)
-        if isinstance(value, (fo.Detections, fo.Polylines)) and items is not None:
+        if isinstance(value, (fo.Detections, fo.Polylines, fo.Keypoints)) and items is not None:
             return attribute, list(items)
     return None
 
@@ -87,7 +87,7 @@ def keep_marked_keyframes(label_frames: list[tuple[int, Any]], keyframe_marks: s
     kept = []
     for number, value, items in parts:
         if items is None:
-            raise ValueError(f"keyframe_marks='on' needs Detections or Polylines (labels with a 'keyframe' "
+            raise ValueError(f"keyframe_marks='on' needs Detections, Polylines or Keypoints (labels with a 'keyframe' "
                              f"attribute); frame {number} holds a {type(value).__name__}")
         marked = [x for x in items[1] if _is_marked(x)]
         if marked:

@@ -10,8 +10,11 @@ objects with that label. Each object gets an internal id 1..K (the tracker's ids
 first appearance) and a stable output ``index`` (its given index, else the smallest unused
 integer >= 1).
 
+A detection without a mask (a box) or an ``fo.Keypoints`` keyframe (points) is a prompt: the
+propagation turns it into a detection with a mask first (:mod:`deaot_vos.keyframe_prompts`).
+
 Keyframes are validated strictly: a label that cannot be turned into exactly the masks the user
-drew (a detection without a mask, an empty mask, a mask outside the frame or of another aspect
+drew (a detection without a mask here, an empty mask, a mask outside the frame or of another aspect
 ratio, a ``mask_path`` to a JPEG file (lossy: its noise would become objects; use PNG), two
 objects with the same index, an object entirely hidden by later ones) raises
 :class:`KeyframeError` naming the frame and the object, never a silent guess.
@@ -31,6 +34,7 @@ import fiftyone as fo
 log = logging.getLogger(__name__)
 
 KEYFRAME_TYPES = (fo.Detections, fo.Segmentation, fo.Polylines)
+PROMPT_TYPES = (fo.Keypoints,)  # keyframes that are prompts only (points): a prompt model makes their masks
 
 
 class KeyframeError(ValueError):
@@ -211,8 +215,8 @@ def _detection_mask(det: fo.Detection, what: str, frame_number: int | None) -> n
         raise KeyframeError(f"{what}: cannot read its instance mask ({type(err).__name__}: {err})",
                             frame_number) from err
     if mask is None:
-        raise KeyframeError(f"{what} has no instance mask: boxes alone are not enough to propagate masks; "
-                            f"draw its mask (or convert boxes to masks, e.g. with SAM) first", frame_number)
+        raise KeyframeError(f"{what} has no instance mask (a box: only the propagation turns boxes into masks, "
+                            f"see its prompt_model)", frame_number)
     mask = np.asarray(mask)
     if mask.ndim == 3:
         mask = mask[..., 0]
@@ -225,13 +229,11 @@ def _detection_mask(det: fo.Detection, what: str, frame_number: int | None) -> n
     return mask
 
 
-def _render_detection(det: fo.Detection, height: int, width: int, what: str = "detection",
-                      frame_number: int | None = None) -> np.ndarray:
-    """Boolean (H, W) mask of one detection: its mask stretched (nearest) over its bounding box,
-    whose corners are rounded to pixels (the App's convention; FiftyOne's Python renderer
-    truncates and can lose a row/column to floating-point error). Parts outside the frame are
-    clipped; a detection without a mask, with an empty mask or entirely outside the frame raises
-    :class:`KeyframeError`."""
+def pixel_box(det: fo.Detection, height: int, width: int, what: str = "detection",
+              frame_number: int | None = None) -> tuple[int, int, int, int]:
+    """The detection's box in pixels (x0, y0, x1, y1; x1, y1 exclusive; corners rounded, the App's
+    convention; not clipped to the frame). :class:`KeyframeError` for a box that is not finite,
+    smaller than a pixel or entirely outside the frame."""
     box = det.bounding_box
     try:
         x, y, w, h = (float(v) for v in box)
@@ -240,17 +242,29 @@ def _render_detection(det: fo.Detection, height: int, width: int, what: str = "d
     if not all(math.isfinite(v) for v in (x, y, w, h)) or w <= 0 or h <= 0:
         raise KeyframeError(f"{what} has an invalid bounding box {list(box)} (needs finite [x, y, w, h] with "
                             f"w, h > 0)", frame_number)
-    mask = _detection_mask(det, what, frame_number)
-    canvas = np.zeros((height, width), dtype=bool)
     x0, y0 = int(round(x * width)), int(round(y * height))
     x1, y1 = int(round((x + w) * width)), int(round((y + h) * height))
     if x1 <= x0 or y1 <= y0:
         raise KeyframeError(f"{what} has a bounding box {list(box)} smaller than a pixel of the {width}x{height} "
                             f"video", frame_number)
-    cx0, cy0, cx1, cy1 = max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)
-    if cx1 <= cx0 or cy1 <= cy0:
+    if min(x1, width) <= max(x0, 0) or min(y1, height) <= max(y0, 0):
         raise KeyframeError(f"{what} lies outside the frame (bounding box {list(box)}, relative coordinates must "
                             f"overlap [0, 1])", frame_number)
+    return x0, y0, x1, y1
+
+
+def _render_detection(det: fo.Detection, height: int, width: int, what: str = "detection",
+                      frame_number: int | None = None) -> np.ndarray:
+    """Boolean (H, W) mask of one detection: its mask stretched (nearest) over its bounding box,
+    whose corners are rounded to pixels (the App's convention; FiftyOne's Python renderer
+    truncates and can lose a row/column to floating-point error). Parts outside the frame are
+    clipped; a detection without a mask, with an empty mask or entirely outside the frame raises
+    :class:`KeyframeError`."""
+    x0, y0, x1, y1 = pixel_box(det, height, width, what, frame_number)
+    box = det.bounding_box
+    mask = _detection_mask(det, what, frame_number)
+    canvas = np.zeros((height, width), dtype=bool)
+    cx0, cy0, cx1, cy1 = max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)
     if mask.shape != (y1 - y0, x1 - x0):
         import cv2
 
@@ -350,7 +364,7 @@ def parse_keyframe(value: Any, frame_number: int, height: int, width: int,
         _parse_instances(kf, value, height, width, registry)
     else:
         raise KeyframeError(f"unsupported keyframe label type {type(value).__name__}; expected Detections, "
-                            "Segmentation or Polylines", frame_number)
+                            "Segmentation or Polylines (Keypoints need a prompt model first)", frame_number)
     if not kf.objects:
         return None
     return kf

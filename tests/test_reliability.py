@@ -220,12 +220,20 @@ def _case_polyline_outside_frame(ds, tmp, ckpt):
     return dict(keyframes_field="poly_kf"), "KeyframeError", [r"frame 3", r"polyline #0.*covers no pixel"]
 
 
-def _case_detection_without_mask(ds, tmp, ckpt):
-    def edit(v):
+def _case_box_without_area(ds, tmp, ckpt):
+    def edit(v):  # a box keyframe (no mask) whose box has no width
         v.detections[1].mask = None
+        v.detections[1].bounding_box = [0.5, 0.5, 0.0, 0.2]
         return v
     _edit_kf(ds, 6, edit)
-    return {}, "KeyframeError", [r"frame 6", r"detection #1.*no instance mask: boxes alone are not enough"]
+    return {}, "KeyframeError", [r"frame 6", r"detection #1.*invalid bounding box"]
+
+
+def _case_points_without_a_prompt_model(ds, tmp, ckpt):
+    import fiftyone as fo
+
+    _set_frame(ds, 4, "pts", fo.Keypoints(keypoints=[fo.Keypoint(label="p", points=[(0.5, 0.5)])]))
+    return dict(keyframes_field="pts"), "KeyframeError", [r"frame 4", r"keypoint #0 \(label 'p'\).*set prompt_model"]
 
 
 def _case_index_collision(ds, tmp, ckpt):
@@ -426,14 +434,14 @@ def test_all_bad_samples_are_named_in_one_error(make_video, tmp_path, run):
     first, _, third = ds.values("id")
     _replace_video(ds, None, tmp_path, "missing.mp4")
     sample = ds[third]
-    sample.frames[6]["kf"].detections[0].mask = None
+    sample.frames[6]["kf"].detections[0].mask = np.zeros_like(sample.frames[6]["kf"].detections[0].mask)
     sample.save()
     before = _snapshot(ds)
     with pytest.raises(deaot_vos.VideoError) as info:
         deaot_vos.propagate(ds, "kf", "out", overwrite=True, **run)
     message = str(info.value)
     assert first in message and "and 1 more sample(s) failed the checks" in message
-    assert third in message and "boxes alone are not enough" in message
+    assert third in message and "empty instance mask" in message
     assert [type(e).__name__ for e in info.value.failures] == ["VideoError", "KeyframeError"]
     assert _snapshot(ds) == before
 
@@ -810,9 +818,10 @@ def _keyframe_label(layout, n):
         elif defect == "empty" and kind == "detections":
             first.mask = np.zeros_like(first.mask)
             applied = "empty instance mask"
-        elif defect == "no_mask" and kind == "detections":
+        elif defect == "no_mask" and kind == "detections":  # a box keyframe whose box has no height
             first.mask = None
-            applied = "boxes alone are not enough"
+            first.bounding_box = [first.bounding_box[0], 0.5, first.bounding_box[2], 0.0]
+            applied = "invalid bounding box"
         elif defect == "outside":
             if kind == "detections":
                 first.bounding_box = [1.5, 0.2, 0.1, 0.1]

@@ -22,6 +22,7 @@ import deaot_core
 from deaot_core.tracker import MIN_EDGE
 
 from ..fields import frame_field_name
+from ..keyframe_prompts import normalize_prompt_model
 from ..label_frames import KEYFRAME_MARKS
 from ..weights import DEFAULT_MODEL, PRECISIONS
 from . import option_specs as specs
@@ -83,6 +84,12 @@ class PropagationOptions:
         "annotated ones with keyframe=True: on: only the marked labels are keyframes; off: every label is; auto: "
         "on when any label of the field is marked",
         choices=(("auto", "auto (when labels are marked)"), ("on", "only marked labels"), ("off", "every label")))
+    prompt_model: Optional[str] = option(
+        None, "Prompt model (box and point keyframes)", "how keyframe boxes (detections without a mask) and points "
+        "(Keypoints) become masks on their keyframe: the name of a FiftyOne zoo model that takes box and point prompts "
+        "(Segment Anything / SAM 2 image models, e.g. segment-anything-2-hiera-tiny-image-torch), run on the keyframes "
+        "only; blank or offline: boxes become masks without a model, points are refused (the Python API also takes "
+        "a loaded model)", metavar="ZOO_MODEL")
     overwrite: bool = option(False, "Overwrite", "replace the output field(s) if they already exist", shown=_APP_ONLY)
     incremental: bool = option(
         False, "Incremental (update the output)", "when the output exists, recompute only the frames whose "
@@ -146,6 +153,7 @@ class PropagationOptions:
         values.update(overwrite=bool(self.overwrite), skip_failures=bool(self.skip_failures),
                       allow_random_weights=bool(self.allow_random_weights), bidirectional=bool(self.bidirectional),
                       incremental=bool(self.incremental))
+        values["prompt_model"] = normalize_prompt_model(self.prompt_model)
         values["keyframe_marks"] = str(self.keyframe_marks or type(self).keyframe_marks).strip().lower()
         if values["keyframe_marks"] not in KEYFRAME_MARKS:
             raise ValueError(f"keyframe_marks must be one of {', '.join(KEYFRAME_MARKS)}, got {self.keyframe_marks!r}")
@@ -188,7 +196,10 @@ class PropagationOptions:
     def to_params(self) -> dict[str, Any]:
         """JSON-safe params in the operator form's types (stored in queued tasks, whose params
         the form validates: ``test_scales`` is its comma-separated text); ``from_params``
-        returns an equal object."""
+        returns an equal object. ValueError for a loaded ``prompt_model`` (only a name travels)."""
+        if self.prompt_model is not None and not isinstance(self.prompt_model, str):
+            raise ValueError(f"prompt_model: a loaded model ({type(self.prompt_model).__name__}) cannot be stored in "
+                             f"params (queued tasks); give its zoo model name")
         return specs.to_params(self)
 
     @classmethod

@@ -11,7 +11,8 @@ from typing import Any, Optional
 import fiftyone as fo
 
 from ..fields import mask_targets_for, root_dataset
-from ..labels import KEYFRAME_TYPES, Keyframe, KeyframeError, ObjectRegistry, parse_keyframe
+from ..keyframe_prompts import check_prompt_model, needs_prompting, prompted_keyframe
+from ..labels import KEYFRAME_TYPES, PROMPT_TYPES, Keyframe, KeyframeError, ObjectRegistry, parse_keyframe
 from ..weights import resolve_checkpoint, resolve_device
 from ..video_io import VideoError
 from .clips import Clip, is_clip_view
@@ -33,15 +34,15 @@ def check_video_collection(sample_collection, purpose: str = "") -> None:
 
 def _check_keyframes_field(dataset: fo.Dataset, schema: dict, keyframes_field: str) -> None:
     kf_type = _embedded_type(schema, keyframes_field)
-    usable = sorted(n for n in schema if _embedded_type(schema, n) in KEYFRAME_TYPES)
+    usable = sorted(n for n in schema if _embedded_type(schema, n) in KEYFRAME_TYPES + PROMPT_TYPES)
     hint = f" (frame fields that could be: {', '.join(usable)})" if usable else \
-        " (it has no Detections, Segmentation or Polylines frame field)"
+        " (it has no Detections, Segmentation, Polylines or Keypoints frame field)"
     if keyframes_field not in schema:
         raise ValueError(f"keyframes field: dataset '{dataset.name}' has no frame field '{keyframes_field}'{hint}")
-    if kf_type not in KEYFRAME_TYPES:
+    if kf_type not in KEYFRAME_TYPES + PROMPT_TYPES:
         raise ValueError(f"keyframes field: frame field '{keyframes_field}' of dataset '{dataset.name}' holds "
                          f"{getattr(kf_type, '__name__', None) or type(schema[keyframes_field]).__name__}, not "
-                         f"Detections (with instance masks), Segmentation or Polylines{hint}")
+                         f"Detections (instance masks or boxes), Segmentation, Polylines or Keypoints{hint}")
 
 
 def check_distinct_fields(keyframes_field: str, output_fields: list[str],
@@ -204,8 +205,9 @@ class RunPlan:
 
 
 def plan_run(sample_collection, dataset: fo.Dataset, options: PropagationOptions, overwrite: bool) -> RunPlan:
-    """Check the fields (``overwrite``: existing outputs may be replaced), the group slice and
-    the weights; returns the plan without its samples (:func:`.sample_path.check_samples` adds them)."""
+    """Check the fields (``overwrite``: existing outputs may be replaced), the group slice, the
+    weights and the prompt model's name; returns the plan without its samples
+    (:func:`.sample_path.check_samples` adds them)."""
     keyframes_field, output_field, segmentation = check_fields(
         sample_collection, options.keyframes_field, options.output_field, options.write_segmentation, overwrite,
         options.write_polylines)
@@ -213,27 +215,39 @@ def plan_run(sample_collection, dataset: fo.Dataset, options: PropagationOptions
     check_clip_view_fields(sample_collection, keyframes_field)
     device = resolve_device(options.device)
     choice = resolve_checkpoint(options.model, options.checkpoint, allow_random=options.allow_random_weights)
+    check_prompt_model(options.prompt_model)
     mask_targets = mask_targets_for(dataset, keyframes_field)
     return RunPlan(dataset, options, device, choice, mask_targets)
 
 
+def _check_in_video(number: int, reader, meta_count) -> None:
+    """KeyframeError for a keyframe beyond the video's frames."""
+    count = reader.num_frames
+    if number > count:
+        capped = (f" (metadata.total_frame_count is {int(meta_count)}, decord decodes {reader.decoded_frames})"
+                  if meta_count and int(meta_count) != reader.decoded_frames else "")
+        raise KeyframeError(f"keyframe on frame {number} but the video has only {count} frames{capped}: "
+                            f"labels of another video, or a wrong frame rate/trim?", number)
+
+
 def parse_keyframes(sample_plan: SamplePlan, label_frames, reader, mask_targets=None,
-                    with_segmentation: bool = False) -> None:
+                    with_segmentation: bool = False, prompt_model: Any = None) -> None:
     """Parse ``label_frames`` ((frame number, label), sorted) into ``sample_plan``'s keyframes and
-    object registry; ``reader`` (an opened video) gives the frame size and count. KeyframeError
-    on a label that cannot be used, on a keyframe beyond the video's frames and, with
-    ``with_segmentation``, on an object index a segmentation label map cannot hold."""
+    object registry; ``reader`` (an opened video) gives the frame size and count, and the frames
+    of keyframes holding boxes or points, which ``prompt_model`` turns into masks first
+    (:func:`deaot_vos.keyframe_prompts.prompted_keyframe`). KeyframeError on a label that cannot
+    be used, on a keyframe beyond the video's frames and, with ``with_segmentation``, on an
+    object index a segmentation label map cannot hold."""
     registry = ObjectRegistry()
-    count, meta_count = reader.num_frames, sample_plan.frame_count
+    meta_count = sample_plan.frame_count
     for number, value in label_frames:
+        if needs_prompting(value):
+            _check_in_video(number, reader, meta_count)
+            value = prompted_keyframe(value, number, lambda: reader.frame(number), prompt_model)
         kf = parse_keyframe(value, number, reader.height, reader.width, registry, mask_targets)
         if kf is None:
             continue
-        if number > count:
-            capped = (f" (metadata.total_frame_count is {int(meta_count)}, decord decodes {reader.decoded_frames})"
-                      if meta_count and int(meta_count) != reader.decoded_frames else "")
-            raise KeyframeError(f"keyframe on frame {number} but the video has only {count} frames{capped}: "
-                                f"labels of another video, or a wrong frame rate/trim?", number)
+        _check_in_video(number, reader, meta_count)
         sample_plan.keyframes[number] = kf
     registry.assign_indexes()
     if with_segmentation:

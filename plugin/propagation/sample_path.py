@@ -79,15 +79,15 @@ def summary_row(sample: SamplePlan) -> dict[str, Any]:
 def load_sample(sample: SamplePlan, options: PropagationOptions, with_segmentation: bool,
                 keep_open: bool = True) -> None:
     """Open the sample's video and parse its ``label_frames`` into keyframes (of a track field
-    only the marked labels, ``options.keyframe_marks``), validating everything (KeyframeError,
-    VideoError). ``keep_open``: keep the reader on the plan for the pass."""
+    only the marked labels, ``options.keyframe_marks``; boxes and points made masks by
+    ``options.prompt_model``), validating everything (KeyframeError, VideoError). ``keep_open``: keep the reader on the plan for the pass."""
     label_frames = keep_marked_keyframes(sample.label_frames or [], options.keyframe_marks)
     reader = open_video(sample.filepath, sample.frame_count)
     frames = clip_frames(reader, sample.clip)
     if not frames.num_frames:
         raise VideoError(f"{sample.clip.describe()} starts after the last frame of the video, which has "
                          f"{reader.num_frames} frames")
-    parse_keyframes(sample, label_frames, reader, sample.mask_targets, with_segmentation)
+    parse_keyframes(sample, label_frames, reader, sample.mask_targets, with_segmentation, options.prompt_model)
     sample.frames, sample.width, sample.height = frames.num_frames, reader.width, reader.height
     if sample.corrections:  # the output's corrections (:mod:`.corrections`) are keyframes too
         add_corrections(sample, sample.corrections, reader.height, reader.width, options.output_field)
