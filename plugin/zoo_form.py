@@ -13,7 +13,7 @@ import dataclasses
 
 import fiftyone.operators.types as types
 
-from .fields import label_field_names, likely_keyframes_field
+from .fields import keyframe_field_names, likely_keyframes_field
 from .propagation.options import PropagationOptions
 from .weights import PRECISIONS
 
@@ -42,14 +42,18 @@ def resolve_input(model_name: str, ctx) -> types.Property:
     Segmentation or Polylines; required, the likeliest proposed), device, precision,
     bidirectional and :data:`NUMBER_KNOBS`. Without such a field the form says so and is invalid."""
     inputs = types.Object()
-    fields = label_field_names(ctx.dataset) if ctx.dataset is not None else []
+    fields = keyframe_field_names(ctx.dataset) if ctx.dataset is not None else []
     if fields:
         inputs.enum(KEYFRAMES, fields, required=True, default=likely_keyframes_field(ctx.dataset), view=_choices(fields),
-                    label="Keyframes field", description="Frame field holding the keyframe masks (Detections with "
-                    f"instance masks, Segmentation or Polylines) that {model_name} propagates to every frame")
+                    label="Keyframes field", description="Frame field holding the keyframes (Detections with "
+                    f"instance masks or boxes, Segmentation, Polylines or Keypoints) that {model_name} propagates to "
+                    "every frame")
     else:
         inputs.view("no_keyframes", types.Error(label="No frame field with Detections (instance masks), "
                                                       "Segmentation or Polylines to use as keyframes"))
+    inputs.str("prompt_model", default=None, label="Prompt model (boxes, points)",
+               description="A FiftyOne zoo model that turns box and point keyframes into masks (e.g. "
+               "segment-anything-2-hiera-tiny-image-torch); blank: boxes offline, points refused")
     inputs.enum("device", list(DEVICES), default="auto", view=_choices(DEVICES), label="Device",
                 description="auto: CUDA, then Apple's mps, then the CPU")
     inputs.enum("precision", list(PRECISIONS), default=_DEFAULTS["precision"], view=_choices(PRECISIONS),

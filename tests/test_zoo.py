@@ -279,7 +279,7 @@ def test_apply_zoo_model_operator_sequence_equals_propagate(zoo, make_video, tor
     form = zoo_model.resolve_input(ctx)
     fields = form.type.properties["keyframes_field"]
     assert sorted(fields.type.values) == ["gt", "kf", "ref"] and fields.default == "kf" and fields.required
-    assert not form.invalid
+    assert not form.invalid and form.type.properties["prompt_model"].default is None
     params = _fill(form, device="cpu")
     zoo_model.parse_parameters(ctx, params)
     assert params["prompt_field"] == "frames.kf" and "keyframes_field" not in params
