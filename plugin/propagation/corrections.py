@@ -30,16 +30,15 @@ from ..labels import Keyframe, KeyframeError, parse_keyframe
 LABELS_DIGEST_ATTRIBUTE = "deaot_labels"  # on each output fo.Detections: digest of its labels as written
 
 
-def read_corrections(dataset, sample, keyframes_field: str, output_field: str) -> list[tuple[int, fo.Detections]]:
-    """(frame number, Detections of the marked labels) of ``sample``'s existing output field (a
-    clip: on its frames), sorted; empty when the output is not a Detections field yet or is the
-    keyframes field."""
-    schema = dataset.get_frame_field_schema()
-    field = schema.get(output_field)
+def read_corrections(sample_collection, sample, keyframes_field: str, output_field: str) -> list[tuple[int, fo.Detections]]:
+    """(frame number, Detections of the marked labels) of ``sample``'s existing output field as
+    ``sample_collection`` (the run's view) shows it (a clip: on its frames), sorted; empty when
+    the output is not a Detections field of the view or is the keyframes field."""
+    field = sample_collection.get_frame_field_schema().get(output_field)
     if output_field == keyframes_field or getattr(field, "document_type", None) is not fo.Detections:
         return []
     first, last = sample.support or (1, None)
-    frames = [(n, v) for n, v in read_label_frames(dataset, sample.sample_id, output_field)
+    frames = [(n, v) for n, v in read_label_frames(sample_collection, sample.view_id, output_field)
               if n >= first and (last is None or n <= last) and isinstance(v, fo.Detections)]
     return keep_marked_keyframes(frames, "on")
 

@@ -101,7 +101,7 @@ def _check_sample(sample_collection, plan: RunPlan, sample: SamplePlan, keep_ope
         field = plan.options.keyframes_field
         sample.label_frames = read_label_frames(sample_collection, sample.view_id, field)
         sample.mask_targets = plan.mask_targets
-        sample.corrections = read_corrections(plan.dataset, sample, field, plan.options.output_field)
+        sample.corrections = read_corrections(sample_collection, sample, field, plan.options.output_field)
         existing = plan.dataset.select(sample.sample_id).values("frames.frame_number")
         sample.existing = set(existing[0] or []) if existing else set()
         load_sample(sample, plan.options, bool(plan.options.write_segmentation), keep_open)
