@@ -71,11 +71,12 @@ def _scaled(height: int, width: int, scale: float) -> tuple[int, int]:
 
 
 def _work_frame(image: np.ndarray, scale: float) -> np.ndarray:
-    """The frame at the working scale, lightly blurred (compression noise, JPEG blocks)."""
+    """The frame at the working scale (area-averaged; not blurred further: blurred edges make
+    colours neither histogram has seen, which the prior then hands to the foreground)."""
     if scale < 1.0:
         height, width = _scaled(*image.shape[:2], scale)
         image = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
-    return cv2.GaussianBlur(image, (0, 0), 0.7)
+    return image
 
 
 def _colour_codes(image: np.ndarray) -> np.ndarray:
