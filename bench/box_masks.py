@@ -59,7 +59,8 @@ def demo_frames(clip: str, originals: Path):
 
     folder = REPO / "demo_data" / "aot-demo"
     yield "480x270", open_video(str(folder / f"{clip}.mp4")).frame(1), np.array(Image.open(folder / f"{clip}.png"))
-    images, masks = sorted((originals / "images" / clip).glob("*.jpg")), sorted((originals / "masks" / clip).glob("*.png"))
+    images = sorted((originals / "images" / clip).glob("*.jpg"))
+    masks = sorted((originals / "masks" / clip).glob("*.png"))
     if images and masks:
         yield "1920x1080", np.asarray(Image.open(images[0]).convert("RGB")), np.array(Image.open(masks[0]))
 
@@ -144,7 +145,8 @@ def table(doc: dict) -> str:
         rows.append(f"| {clip} | {resolution} | {s['objects']} | {s['filled_box']:.3f} | {s['masks_from_boxes']:.3f} |")
     syn = doc.get("synthetic")
     if syn:
-        rows.append(f"\nSynthetic J ({syn['clips']} clips x {syn['frames']} frames, {syn['size'][0]}x{syn['size'][1]}): "
+        size = f"{syn['size'][0]}x{syn['size'][1]}"
+        rows.append(f"\nSynthetic J ({syn['clips']} clips x {syn['frames']} frames, {size}): "
                     f"mask keyframe {syn['J']['mask']:.3f}, filled box {syn['J']['filled_box']:.3f} "
                     f"({syn['ratio_filled_box']:.2f}x), masks_from_boxes {syn['J']['masks_from_boxes']:.3f} "
                     f"({syn['ratio_masks_from_boxes']:.2f}x)")
