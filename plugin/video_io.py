@@ -70,6 +70,10 @@ class VideoReader:
     threads (0: decord's automatic choice, one per core)."""
 
     def __init__(self, path: str, num_threads: int = DECODE_THREADS):
+        # torch before decord: with decord2's wheel loaded first, torch's first matrix product
+        # crashes the process (a segfault in its BLAS) on Linux x86_64
+        import torch  # noqa: F401
+
         try:
             import decord
         except ImportError as err:  # pragma: no cover - decord is a requirement

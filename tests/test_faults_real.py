@@ -279,7 +279,10 @@ def test_a_worker_killed_mid_task_fails_its_video_visibly_and_writes_none_of_it(
         assert claim["status"] == "running" and claim["pid"] == worker_a.pid
         worker_b = _start_worker(tmp_path / "b.log")
         deadline = time.time() + 150
-        while not job_status(job_id)["finalized"]:
+        # the job is finalized by the last task, whose own operation is marked completed just after it
+        while not job_status(job_id)["finalized"] or any(
+                op.run_state not in ("completed", "failed") for op in service.list_operations(
+                    operator=URI, dataset_name=ds.name)):
             assert worker_b.poll() is None and time.time() < deadline, (tmp_path / "b.log").read_text()[-3000:]
             time.sleep(0.5)
     finally:

@@ -253,3 +253,22 @@ def test_cache_dir_expands_home_and_ignores_empty(monkeypatch, tmp_path):
         assert deaot_core.cache_dir() == Path(tmp_path) / ".cache" / "deaot"
     monkeypatch.delenv("DEAOT_CACHE")
     assert deaot_core.cache_dir() == Path(tmp_path) / ".cache" / "deaot"
+
+
+def test_reading_a_video_before_torch_is_imported_does_not_crash_torch():
+    """decord2's wheel loaded before torch made torch's first matrix product segfault: a fresh
+    process that opens a video with our reader first, then runs a torch layer, must finish."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    clip = Path(__file__).resolve().parents[1] / "demo_data" / "aot-demo" / "1001_3iEIq5HBY1s.mp4"
+    code = ("import sys\n"
+            "from deaot_vos.video_io import VideoReader\n"
+            f"reader = VideoReader({str(clip)!r})\n"
+            "frame = reader.frame(1)\n"
+            "import torch\n"
+            "torch.nn.Linear(64, 64)(torch.zeros(300, 64))\n"
+            "print('ok', frame.shape)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "ok" in done.stdout, (done.returncode, done.stderr[-2000:])
