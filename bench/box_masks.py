@@ -31,15 +31,6 @@ MIN_PIXELS = 400  # at 480x270
 WEIGHTS = REPO / "deaot_core" / "weights" / "deaot_t_synthetic.pth"
 
 
-def tight_boxes(label_map: np.ndarray, ids) -> np.ndarray:
-    """(N, 4) xyxy tight boxes (x1/y1 exclusive) of objects ``ids`` of a label map."""
-    boxes = []
-    for i in ids:
-        ys, xs = np.nonzero(label_map == i)
-        boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
-    return np.array(boxes, np.float64).reshape(-1, 4)
-
-
 def filled_boxes(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
     masks = np.zeros((len(boxes), height, width), bool)
     for mask, (x0, y0, x1, y1) in zip(masks, boxes.astype(int)):
@@ -67,7 +58,7 @@ def demo_frames(clip: str, originals: Path):
 
 def demo_scores(originals: Path) -> tuple[dict, dict]:
     """Mean IoU per clip and resolution, and the 1080p runtime with every object's box."""
-    from deaot_vos.box_masks import masks_from_boxes
+    from deaot_vos.box_masks import masks_from_boxes, tight_boxes
 
     scores, runtime = {}, {}
     for clip in CLIPS:
@@ -95,6 +86,8 @@ def demo_scores(originals: Path) -> tuple[dict, dict]:
 def box_keyframe(frame: np.ndarray, labels: np.ndarray, make_masks) -> np.ndarray:
     """The label map of ``labels``' objects rebuilt from their tight boxes by ``make_masks``."""
     ids = [int(v) for v in np.unique(labels) if v]
+    from deaot_vos.box_masks import tight_boxes
+
     masks = make_masks(frame, tight_boxes(labels, ids))
     keyframe = np.zeros(labels.shape, np.uint8)
     for mask, i in zip(masks, ids):

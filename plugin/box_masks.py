@@ -56,6 +56,16 @@ def masks_from_boxes(image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return np.stack([labels == k + 1 for k in range(len(full))])
 
 
+def tight_boxes(label_map: np.ndarray, ids) -> np.ndarray:
+    """(N, 4) float xyxy tight boxes (x1/y1 exclusive) of objects ``ids`` of an (H, W) label map
+    (each id must be present)."""
+    boxes = []
+    for i in ids:
+        ys, xs = np.nonzero(label_map == i)
+        boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+    return np.array(boxes, np.float64).reshape(-1, 4)
+
+
 def pixel_boxes(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
     """(N, 4) int xyxy boxes (x1/y1 exclusive) clipped to the frame, each at least one pixel."""
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)

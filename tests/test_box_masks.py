@@ -8,19 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deaot_vos.box_masks import masks_from_boxes, pixel_boxes
+from deaot_vos.box_masks import masks_from_boxes, pixel_boxes, tight_boxes
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "demo_data" / "aot-demo"
 WEIGHTS = REPO / "deaot_core" / "weights" / "deaot_t_synthetic.pth"
-
-
-def tight_boxes(labels: np.ndarray, ids) -> np.ndarray:
-    boxes = []
-    for i in ids:
-        ys, xs = np.nonzero(labels == i)
-        boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
-    return np.array(boxes, np.float64)
 
 
 def mean_iou(masks: np.ndarray, labels: np.ndarray, ids) -> float:
