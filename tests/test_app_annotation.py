@@ -336,3 +336,29 @@ def test_a_correction_on_a_keyframe_replaces_that_object_only_and_an_overwrite_r
     assert (kept.id, kept.label, kept.tags, kept["keyframe"]) == (user_label.id, "truck", ["fixed"], True)
     assert not label_of(dataset, "out", 1, 1).has_field("keyframe")  # the keyframes field's copy is not a correction
     fo.delete_dataset(name)
+
+
+def test_renaming_an_object_on_a_propagated_frame_survives_an_incremental_run(make_video, tiny_checkpoint):
+    """A class name changed on a propagated frame (the App does not mark such an edit keyframe):
+    the frame's geometry is as the run wrote it, so an incremental run keeps the frame, renamed."""
+    import fiftyone as fo
+    import deaot_vos
+    from helpers import detection
+
+    path, maps = make_video("rename_on_frame", 6)
+    name = "t_app_annotation_rename"
+    if fo.dataset_exists(name):
+        fo.delete_dataset(name)
+    dataset = fo.Dataset(name)
+    sample = fo.Sample(filepath=path)
+    sample.frames[1]["kf"] = fo.Detections(detections=[detection("car", maps[0] == 1)])
+    dataset.add_sample(sample)
+    run = dict(model="DeAOTT", checkpoint=tiny_checkpoint, device="cpu")
+    deaot_vos.propagate(dataset, "kf", "out", **run)
+    frame = dataset.first().frames[4]
+    frame["out"].detections[0].label = "truck"
+    frame.save()
+    row, = deaot_vos.propagate(dataset, "kf", "out", incremental=True, **run)["samples"]
+    assert row["status"] == "ok" and row["frames_recomputed"] == 0, row
+    assert [d.label for d in dataset.first().frames[4]["out"].detections] == ["truck"]
+    fo.delete_dataset(name)

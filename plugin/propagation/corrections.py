@@ -94,16 +94,17 @@ def keep_corrections(detections: fo.Detections, keyframe: Keyframe, registry) ->
 
 
 def labels_digest(detections: fo.Detections) -> str:
-    """A digest of what the App shows of a frame's labels: each label's class, index, box, mask
-    and keyframe mark."""
+    """A digest of the geometry of a frame's labels (what the App rewrites on the frames around an
+    edited keyframe): each label's index, box, mask and keyframe mark. Class names, attributes
+    and tags are not in it, so renaming an object on a frame does not make a run recompute (and
+    overwrite) that frame."""
     digest = hashlib.sha1()
     for det in detections.detections:
         mask = det.mask
         mask_part = (np.asarray(mask).shape, np.packbits(np.asarray(mask) > 0).tobytes()) if mask is not None \
             else det.mask_path
         mark = det[KEYFRAME_MARK] if det.has_field(KEYFRAME_MARK) else None
-        digest.update(repr((det.label, det.index, [float(v) for v in det.bounding_box or []], mask_part,
-                            mark)).encode())
+        digest.update(repr((det.index, [float(v) for v in det.bounding_box or []], mask_part, mark)).encode())
     return digest.hexdigest()[:20]
 
 
