@@ -28,7 +28,7 @@ import numpy as np
 
 import fiftyone as fo
 
-from .labels import KeyframeError, _render_detection, bbox_of, describe_label_item, pixel_box
+from .labels import KeyframeError, render_detection, bbox_of, describe_label_item, pixel_box
 
 OFFLINE = "offline"  # the prompt_model value (also None or blank) for boxes without a model
 _PROMPTS = "deaot_prompts"  # the prompt field of the in-memory sample a model reads
@@ -213,7 +213,7 @@ def _model_masks(prompt_model: Any, frame: np.ndarray, prompts, names: list[str]
         position = int(det.label) if isinstance(det.label, str) and det.label.isdigit() else -1
         if 0 <= position < len(masks) and (det.mask is not None or getattr(det, "mask_path", None)):
             try:
-                masks[position] |= _render_detection(det, height, width)
+                masks[position] |= render_detection(det, height, width)
             except KeyframeError:  # an empty or degenerate mask: left empty, refused below
                 pass
     for mask, what in zip(masks, names):

@@ -253,8 +253,8 @@ def pixel_box(det: fo.Detection, height: int, width: int, what: str = "detection
     return x0, y0, x1, y1
 
 
-def _render_detection(det: fo.Detection, height: int, width: int, what: str = "detection",
-                      frame_number: int | None = None) -> np.ndarray:
+def render_detection(det: fo.Detection, height: int, width: int, what: str = "detection",
+                     frame_number: int | None = None) -> np.ndarray:
     """Boolean (H, W) mask of one detection: its mask stretched (nearest) over its bounding box,
     whose corners are rounded to pixels (the App's convention; FiftyOne's Python renderer
     truncates and can lose a row/column to floating-point error). Parts outside the frame are
@@ -428,7 +428,7 @@ def _parse_instances(kf: Keyframe, value, height: int, width: int, registry: Obj
                 seen[item.label] = order + 1
                 key = ("label", item.label, order)
         if is_det:
-            region = _render_detection(item, height, width, what, frame_number)
+            region = render_detection(item, height, width, what, frame_number)
         else:
             region = _render_polyline(item, height, width, what, frame_number)
         info = registry.get(key, item.label, frame_number, index=given_index)

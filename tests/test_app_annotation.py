@@ -155,9 +155,9 @@ def label_of(dataset, field: str, frame: int, index: int):
 
 
 def rendered(dataset, field: str, frame: int, index: int) -> np.ndarray:
-    from deaot_vos.labels import _render_detection
+    from deaot_vos.labels import render_detection
 
-    return _render_detection(label_of(dataset, field, frame, index), H, W)
+    return render_detection(label_of(dataset, field, frame, index), H, W)
 
 
 def run(dataset, tiny_checkpoint) -> dict:
