@@ -38,32 +38,34 @@ def journal_barrier() -> None:
     barrier.update_one({"_id": "barrier"}, {"$inc": {"n": 1}}, upsert=True)
 
 
-def write_durably(write: Callable[[], None], what: str) -> None:
-    """Run the idempotent ``write`` until it is in the journal of a server that did not restart
-    after accepting it; a restart in between repeats it. ``what`` names it in messages."""
-    for _ in range(ATTEMPTS):
-        before = server_process_id()
-        write()
-        journal_barrier()
-        if before is None or server_process_id() == before:
-            return
-        log.warning("the database restarted while %s was being stored: writing it again", what)
-    raise DatabaseRestartedError(f"the database restarted {ATTEMPTS} times while {what} was being stored")
-
-
 class RestartWatch:
-    """For writes that cannot simply be repeated: ``check()`` makes everything written since the
-    watch began durable and raises :class:`DatabaseRestartedError` (naming ``what``) if the server
-    restarted meanwhile, so a lost write is an error rather than a silent success."""
+    """Watches the server from its creation on: :meth:`restarted` makes everything written since
+    durable and tells whether the server restarted meanwhile (so some of it may be lost);
+    :meth:`check` raises :class:`DatabaseRestartedError` (naming ``what``) instead, for writes
+    that cannot simply be repeated, so a lost write is an error rather than a silent success."""
 
     def __init__(self, what: str) -> None:
         self.what = what
         self.process: Optional[object] = server_process_id()
 
-    def check(self) -> None:
+    def restarted(self) -> bool:
         journal_barrier()
-        now = server_process_id()
-        if self.process is not None and now != self.process:
+        return self.process is not None and server_process_id() != self.process
+
+    def check(self) -> None:
+        if self.restarted():
             raise DatabaseRestartedError(
                 f"the database restarted during {self.what}: some of its writes may be lost; run the "
                 f"same propagation again to redo them")
+
+
+def write_durably(write: Callable[[], None], what: str) -> None:
+    """Run the idempotent ``write`` until it is in the journal of a server that did not restart
+    after accepting it; a restart in between repeats it. ``what`` names it in messages."""
+    for _ in range(ATTEMPTS):
+        watch = RestartWatch(what)
+        write()
+        if not watch.restarted():
+            return
+        log.warning("the database restarted while %s was being stored: writing it again", what)
+    raise DatabaseRestartedError(f"the database restarted {ATTEMPTS} times while {what} was being stored")
