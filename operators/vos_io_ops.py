@@ -8,7 +8,7 @@ import fiftyone.operators.types as types
 from deaot_vos.formats.vos import LABEL_TYPES, LAYOUTS, export_vos, import_vos
 from deaot_vos.overwrite import CONTROLS
 
-from .common import app_wording, dropdown, label_fields, target_input, target_view, throttled_progress
+from .common import app_wording, dropdown, label_fields, target_view, throttled_progress, video_target_notice
 
 
 def _radio(values):
@@ -33,12 +33,9 @@ class ExportVOS(foo.Operator):
     def resolve_input(self, ctx):
         inputs = types.Object()
         form = types.View(label="Export as DAVIS / YouTube-VOS")
-        dataset = ctx.dataset
-        if dataset is None or dataset.media_type != fo.core.media.VIDEO:
-            inputs.view("not_video", types.Error(label="This operator needs a video dataset"))
+        if not video_target_notice(ctx, inputs, "Exports"):
             return types.Property(inputs, view=form)
-        target_input(ctx, inputs, "Exports")
-        fields = label_fields(dataset)
+        fields = label_fields(ctx.dataset)
         inputs.enum("label_field", fields, required=True, label="Mask field", view=dropdown(fields),
                     default=fields[0] if fields else None)
         inputs.str("export_dir", required=True, label="Export folder")
