@@ -14,3 +14,12 @@ def detection(label: str, region: np.ndarray, index: int | None = None, **kwargs
     y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
     return fo.Detection(label=label, bounding_box=[x0 / w, y0 / h, (x1 - x0) / w, (y1 - y0) / h],
                         mask=region[y0:y1, x0:x1].copy(), index=index, **kwargs)
+
+
+def fresh_dataset(name: str):
+    """An empty (non-persistent) dataset named ``name``, replacing one a failed test left behind."""
+    import fiftyone as fo
+
+    if fo.dataset_exists(name):
+        fo.delete_dataset(name)
+    return fo.Dataset(name)

@@ -282,13 +282,10 @@ def test_a_correction_that_cannot_be_used_is_refused_naming_the_field_and_frame(
     import fiftyone as fo
     import deaot_vos
     from deaot_vos.labels import KeyframeError
-    from helpers import detection
+    from helpers import detection, fresh_dataset
 
     path, maps = make_video("bad_fix", 6)
-    name = "t_app_annotation_bad"
-    if fo.dataset_exists(name):
-        fo.delete_dataset(name)
-    dataset = fo.Dataset(name)
+    dataset = fresh_dataset("t_app_annotation_bad")
     sample = fo.Sample(filepath=path)
     sample.frames[1]["kf"] = fo.Detections(detections=[detection("car", maps[0] == 1)])
     sample.frames[4]["out"] = fo.Detections(detections=[
@@ -303,7 +300,7 @@ def test_a_correction_that_cannot_be_used_is_refused_naming_the_field_and_frame(
     assert dataset.first().id in message and "frame 4" in message and "output field 'out'" in message, message
     assert "empty instance mask" in message, message
     assert dataset.values("frames.out") == before
-    fo.delete_dataset(name)
+    fo.delete_dataset(dataset.name)
 
 
 def test_a_correction_on_a_keyframe_replaces_that_object_only_and_an_overwrite_run_keeps_it(
@@ -313,13 +310,10 @@ def test_a_correction_on_a_keyframe_replaces_that_object_only_and_an_overwrite_r
     keyframes field and object 2 from the correction, and writes the user's label back."""
     import fiftyone as fo
     import deaot_vos
-    from helpers import detection
+    from helpers import detection, fresh_dataset
 
     path, maps = make_video("fix_on_keyframe", 6, height=H, width=W)
-    name = "t_app_annotation_merge"
-    if fo.dataset_exists(name):
-        fo.delete_dataset(name)
-    dataset = fo.Dataset(name)
+    dataset = fresh_dataset("t_app_annotation_merge")
     sample = fo.Sample(filepath=path)
     sample.frames[1]["kf"] = fo.Detections(detections=[detection("car", maps[0] == k, index=k) for k in (1, 2)])
     fix = np.zeros((H, W), bool)
@@ -335,7 +329,7 @@ def test_a_correction_on_a_keyframe_replaces_that_object_only_and_an_overwrite_r
     kept = label_of(dataset, "out", 1, 2)
     assert (kept.id, kept.label, kept.tags, kept["keyframe"]) == (user_label.id, "truck", ["fixed"], True)
     assert not label_of(dataset, "out", 1, 1).has_field("keyframe")  # the keyframes field's copy is not a correction
-    fo.delete_dataset(name)
+    fo.delete_dataset(dataset.name)
 
 
 def test_renaming_an_object_on_a_propagated_frame_survives_an_incremental_run(make_video, tiny_checkpoint):
@@ -343,13 +337,10 @@ def test_renaming_an_object_on_a_propagated_frame_survives_an_incremental_run(ma
     the frame's geometry is as the run wrote it, so an incremental run keeps the frame, renamed."""
     import fiftyone as fo
     import deaot_vos
-    from helpers import detection
+    from helpers import detection, fresh_dataset
 
     path, maps = make_video("rename_on_frame", 6)
-    name = "t_app_annotation_rename"
-    if fo.dataset_exists(name):
-        fo.delete_dataset(name)
-    dataset = fo.Dataset(name)
+    dataset = fresh_dataset("t_app_annotation_rename")
     sample = fo.Sample(filepath=path)
     sample.frames[1]["kf"] = fo.Detections(detections=[detection("car", maps[0] == 1)])
     dataset.add_sample(sample)
@@ -361,4 +352,4 @@ def test_renaming_an_object_on_a_propagated_frame_survives_an_incremental_run(ma
     row, = deaot_vos.propagate(dataset, "kf", "out", incremental=True, **run)["samples"]
     assert row["status"] == "ok" and row["frames_recomputed"] == 0, row
     assert [d.label for d in dataset.first().frames[4]["out"].detections] == ["truck"]
-    fo.delete_dataset(name)
+    fo.delete_dataset(dataset.name)

@@ -166,8 +166,14 @@ def test_cvat_round_trip_keeps_masks_and_keyframes(imported, tiny_checkpoint, tm
                                                                           False: 2 * (T - len(KEYFRAMES))}
 
 
-def _with_track(xml: str, track: str) -> str:
-    return xml.replace("</annotations>", track + "</annotations>")
+def _add_track(folder: str, track: str) -> tuple[str, str]:
+    """Append ``track`` to the folder's clip.xml; returns its path and its text before."""
+    xml_path = os.path.join(folder, "labels", "clip.xml")
+    with open(xml_path) as f:
+        before = f.read()
+    with open(xml_path, "w") as f:
+        f.write(before.replace("</annotations>", track + "</annotations>"))
+    return xml_path, before
 
 
 def _mask_track(track_id: int, frame: int, rle: str, left: int, top: int, width: int, height: int) -> str:
@@ -189,11 +195,7 @@ def test_a_bad_mask_shape_names_file_track_and_frame_and_writes_nothing(imported
     from deaot_vos.formats.cvat import CVATMaskError, import_cvat_masks
 
     ds, folder = imported
-    xml_path = os.path.join(folder, "labels", "clip.xml")
-    with open(xml_path) as f:
-        xml = _with_track(f.read(), track)
-    with open(xml_path, "w") as f:
-        f.write(xml)
+    _add_track(folder, track)
     if problem is None:
         assert import_cvat_masks(ds, folder, "cvat_masks")["masks"] == 2
         return
@@ -267,11 +269,7 @@ def test_the_command_line_imports_the_masks_or_names_the_bad_shape(imported, cap
     from deaot_vos.cli import main
 
     ds, folder = imported
-    xml_path = os.path.join(folder, "labels", "clip.xml")
-    with open(xml_path) as f:
-        good = f.read()
-    with open(xml_path, "w") as f:
-        f.write(_with_track(good, _mask_track(3, 5, "4, 3, 3", 1, 1, 3, 3)))
+    xml_path, good = _add_track(folder, _mask_track(3, 5, "4, 3, 3", 1, 1, 3, 3))
     assert main(["import-cvat-masks", "--dataset", ds.name, "--xml", folder, "--label-field", "m"]) == 1
     assert "clip.xml: track 3 ('bad'), frame 5 (FiftyOne frame 6): bad rle" in capsys.readouterr().err
     assert "m" not in ds.get_frame_field_schema()
@@ -310,11 +308,7 @@ def test_the_operator_imports_the_masks_or_names_the_bad_shape(imported):
     import fiftyone.operators as foo
 
     ds, folder = imported
-    xml_path = os.path.join(folder, "labels", "clip.xml")
-    with open(xml_path) as f:
-        good = f.read()
-    with open(xml_path, "w") as f:
-        f.write(_with_track(good, _mask_track(3, 5, "4, 3, 2", 94, 1, 3, 3)))
+    xml_path, good = _add_track(folder, _mask_track(3, 5, "4, 3, 2", 94, 1, 3, 3))
     with pytest.raises(Exception, match=r"track 3 \('bad'\), frame 5 .*leaves the 96x64 video frame"):
         foo.execute_operator("@deaot/vos/import_cvat_masks", dict(dataset=ds, view=ds.view(), params=dict(
             xml_path=folder, label_field="op_masks")))

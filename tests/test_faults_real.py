@@ -10,18 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import detection as _det
+from helpers import detection as _det, fresh_dataset
 
 URI = "@deaot/vos/propagate_masks"
 pytestmark = pytest.mark.usefixtures("fiftyone_db", "torch_threads")
-
-
-def _fresh(name):
-    import fiftyone as fo
-
-    if fo.dataset_exists(name):
-        fo.delete_dataset(name)
-    return fo.Dataset(name)
 
 
 def _masks(ds, field="out"):
@@ -34,7 +26,7 @@ def _masks(ds, field="out"):
 def _one_video(name, path, maps, keyframes=(2, 6)):
     import fiftyone as fo
 
-    ds = _fresh(name)
+    ds = fresh_dataset(name)
     sample = fo.Sample(filepath=path)
     for n in keyframes:
         m = maps[n - 1]
@@ -131,7 +123,7 @@ def test_two_hundred_objects_on_one_keyframe(tmp_path, run):
         y, x = divmod(k, 14)
         maps[:, 2 + y * 11:10 + y * 11, 2 + x * 11:10 + x * 11] = k + 1
     path = write_video(tmp_path / "crowd.mp4", maps)
-    ds = _fresh("faults_crowd")
+    ds = fresh_dataset("faults_crowd")
     sample = fo.Sample(filepath=str(path))
     sample.frames[1]["kf"] = fo.Detections(detections=[_det(f"o{k}", maps[0] == k + 1, index=k + 1) for k in range(N)])
     ds.add_sample(sample)
@@ -194,7 +186,7 @@ def test_a_3000_frame_video_runs_in_flat_memory(tmp_path, run, monkeypatch):
     maps = synthetic_label_maps(40, 48, 64, 2)
     maps = np.concatenate([maps, maps[::-1]] * (T // 80 + 1))[:T]
     path = _raw_video(tmp_path / "long.avi", maps)
-    ds = _fresh("faults_long")
+    ds = fresh_dataset("faults_long")
     sample = fo.Sample(filepath=path)
     sample.frames[1]["kf"] = fo.Detections(detections=[_det("red", maps[0] == 1), _det("green", maps[0] == 2)])
     ds.add_sample(sample)
@@ -249,10 +241,10 @@ def test_a_worker_killed_mid_task_fails_its_video_visibly_and_writes_none_of_it(
     from fiftyone.operators.delegated import DelegatedOperationService
     import deaot_vos
     from deaot_vos.propagation import job_status
-    from test_workers import _start_worker, _stop, _worker_command
+    from test_workers import _start_worker, _stop
 
     T, videos = 8, 3
-    ds = _fresh("faults_workers")
+    ds = fresh_dataset("faults_workers")
     ds.persistent = True
     for v in range(videos):
         path, maps = make_video(f"fw{v}", T, objects=2, height=48, width=64)
