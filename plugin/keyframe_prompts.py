@@ -103,16 +103,10 @@ def prompted_keyframe(value, frame_number: int, image: Callable[[], np.ndarray],
 
 
 def _offline_masks(frame: np.ndarray, boxes: list[tuple[int, int, int, int]]) -> list[np.ndarray]:
+    """Full-frame (H, W) bool masks of pixel ``boxes`` (clipped to the frame by the callee)."""
     from .box_masks import masks_from_boxes
 
-    height, width = frame.shape[:2]
-    clipped = np.array([[max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)] for x0, y0, x1, y1 in boxes],
-                       dtype=float)
-    masks = np.asarray(masks_from_boxes(frame, clipped))
-    if masks.shape != (len(boxes), height, width):
-        raise RuntimeError(f"masks_from_boxes returned shape {masks.shape} for {len(boxes)} boxes on a "
-                           f"{width}x{height} frame")
-    return [m.astype(bool) for m in masks]
+    return list(masks_from_boxes(frame, np.array(boxes, dtype=float)))
 
 
 def _boxed_copy(det: fo.Detection, mask: np.ndarray, box: tuple[int, int, int, int], what: str,
