@@ -80,7 +80,8 @@ def load_sample(sample: SamplePlan, options: PropagationOptions, with_segmentati
                 keep_open: bool = True) -> None:
     """Open the sample's video and parse its ``label_frames`` into keyframes (of a track field
     only the marked labels, ``options.keyframe_marks``; boxes and points made masks by
-    ``options.prompt_model``), validating everything (KeyframeError, VideoError). ``keep_open``: keep the reader on the plan for the pass."""
+    ``options.prompt_model``), validating everything (KeyframeError, VideoError). ``keep_open``:
+    keep the reader on the plan for the pass."""
     label_frames = keep_marked_keyframes(sample.label_frames or [], options.keyframe_marks)
     reader = open_video(sample.filepath, sample.frame_count)
     frames = clip_frames(reader, sample.clip)
