@@ -103,18 +103,17 @@ def check_label_field(sample_collection, name: str, what: str = "field") -> tupl
     return name, kind
 
 
-def label_field_names(dataset: fo.Dataset) -> list[str]:
-    """Frame fields the plugin can read as masks (Detections with masks, Segmentation, Polylines)."""
+def label_field_names(dataset: fo.Dataset, kinds: tuple = KEYFRAME_TYPES) -> list[str]:
+    """Frame fields holding one of ``kinds``; by default those the plugin can read as masks
+    (Detections with masks, Segmentation, Polylines)."""
     schema = dataset.get_frame_field_schema() or {}
-    return [name for name, field in schema.items() if getattr(field, "document_type", None) in KEYFRAME_TYPES]
+    return [name for name, field in schema.items() if getattr(field, "document_type", None) in kinds]
 
 
 def keyframe_field_names(dataset: fo.Dataset) -> list[str]:
     """Frame fields a propagation can start from: the mask fields (:func:`label_field_names`) and
     the Keypoints fields (points, made masks by a prompt model)."""
-    schema = dataset.get_frame_field_schema() or {}
-    return [name for name, field in schema.items()
-            if getattr(field, "document_type", None) in KEYFRAME_TYPES + PROMPT_TYPES]
+    return label_field_names(dataset, KEYFRAME_TYPES + PROMPT_TYPES)
 
 
 #: a field name that says "keyframes": ``keyframes``, ``my_keyframe``, ``kf``, ``kf_masks``...
